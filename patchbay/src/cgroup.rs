@@ -1,0 +1,263 @@
+//! cgroup v2 bookkeeping: one cgroup per process, one child per lab.
+//!
+//! The first lab of a process creates `patchbay.<pid>.<starttime>` under the
+//! process's current cgroup v2 cgroup and moves the process into it (the
+//! BPF engine attaches its programs there, so they apply to every socket the
+//! process and its children create). Each lab gets a child `lab-<n>` for
+//! the commands it spawns, so dropping the lab can kill them all at once,
+//! grandchildren included (`cgroup.kill`, Linux 5.14+; older kernels get a
+//! per-pid SIGKILL sweep).
+//!
+//! A SIGKILLed process cannot remove its cgroup; the next process that
+//! creates a lab reaps every `patchbay.*` cgroup whose owner is dead, and
+//! only those. The cgroup2 mount is found through `/proc/self/mountinfo`
+//! (hybrid layouts mount it at `/sys/fs/cgroup/unified`).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+/// cgroup errors.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// No cgroup2 file system is mounted.
+    #[error(
+        "no cgroup v2 mount found in /proc/self/mountinfo; mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified`"
+    )]
+    NoCgroup2,
+    /// A file operation failed.
+    #[error("cgroup: cannot {op} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + use<> {
+    let path = path.to_path_buf();
+    move |source| CgroupError::Io { op, path, source }
+}
+
+/// Finds the cgroup2 mount point from a mountinfo text.
+pub fn cgroup2_mount_from(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        let fstype = post.split_whitespace().next()?;
+        if fstype != "cgroup2" {
+            return None;
+        }
+        pre.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+/// The cgroup2 mount point of this system, if any.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    cgroup2_mount_from(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
+}
+
+/// The v2 cgroup path (`0::/path`) from a `/proc/<pid>/cgroup` text.
+pub fn v2_path_from(cgroup: &str) -> Option<String> {
+    cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+}
+
+/// The start time (field 22 of `/proc/<pid>/stat`) of a process.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Parses a `patchbay.<pid>.<starttime>` directory name.
+pub fn parse_owner(name: &str) -> Option<(u32, u64)> {
+    let rest = name.strip_prefix("patchbay.")?;
+    let (pid, st) = rest.split_once('.')?;
+    Some((pid.parse().ok()?, st.parse().ok()?))
+}
+
+/// This process's own cgroup, created on first use.
+#[derive(Debug)]
+pub struct ProcessCgroup {
+    path: PathBuf,
+    next_lab: Mutex<u32>,
+}
+
+static PROCESS: OnceLock<Result<ProcessCgroup, String>> = OnceLock::new();
+
+impl ProcessCgroup {
+    /// Returns the process cgroup, creating it (and reaping dead ones) the
+    /// first time.
+    pub fn get() -> Result<&'static ProcessCgroup, CgroupError> {
+        let r = PROCESS.get_or_init(|| Self::create().map_err(|e| e.to_string()));
+        r.as_ref().map_err(|msg| CgroupError::Io {
+            op: "set up",
+            path: PathBuf::from("process cgroup"),
+            source: std::io::Error::other(msg.clone()),
+        })
+    }
+
+    fn create() -> Result<ProcessCgroup, CgroupError> {
+        let mount = cgroup2_mount().ok_or(CgroupError::NoCgroup2)?;
+        let selfcg = std::fs::read_to_string("/proc/self/cgroup")
+            .map_err(io("read", Path::new("/proc/self/cgroup")))?;
+        let rel = v2_path_from(&selfcg).unwrap_or_else(|| "/".into());
+        let base = mount.join(rel.trim_start_matches('/'));
+        reap_dead(&base);
+        let pid = std::process::id();
+        let st = start_time(pid).unwrap_or(0);
+        let path = base.join(format!("patchbay.{pid}.{st}"));
+        match std::fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io("create", &path)(e)),
+        }
+        let procs = path.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string()).map_err(io("join", &procs))?;
+        Ok(ProcessCgroup {
+            path,
+            next_lab: Mutex::new(0),
+        })
+    }
+
+    /// The cgroup directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates a fresh child cgroup for one lab's processes.
+    pub fn new_lab(&self) -> Result<LabCgroup, CgroupError> {
+        let n = {
+            let mut g = self.next_lab.lock().unwrap_or_else(|p| p.into_inner());
+            *g += 1;
+            *g
+        };
+        let path = self.path.join(format!("lab-{n}"));
+        std::fs::create_dir(&path).map_err(io("create", &path))?;
+        Ok(LabCgroup {
+            procs: path.join("cgroup.procs"),
+            path,
+        })
+    }
+}
+
+/// One lab's cgroup; kills its processes and removes itself on drop.
+#[derive(Debug)]
+pub struct LabCgroup {
+    path: PathBuf,
+    procs: PathBuf,
+}
+
+impl LabCgroup {
+    /// The `cgroup.procs` file a child writes `0` into to join.
+    pub fn procs_file(&self) -> &Path {
+        &self.procs
+    }
+
+    /// The cgroup directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for LabCgroup {
+    fn drop(&mut self) {
+        kill_and_remove(&self.path);
+    }
+}
+
+/// Kills every process in `dir` (recursively) and removes the directories.
+/// Best effort: used from drop paths and the reaper.
+fn kill_and_remove(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                kill_and_remove(&e.path());
+            }
+        }
+    }
+    let kill = dir.join("cgroup.kill");
+    if std::fs::write(&kill, "1").is_err() {
+        // Before 5.14 there is no cgroup.kill: signal each member.
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // A member may exit between the read and the kill.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    // The kernel removes a cgroup only once its members are gone; SIGKILLed
+    // members disappear within milliseconds.
+    for _ in 0..200 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+        }
+    }
+    tracing::warn!(path = %dir.display(), "could not remove cgroup; the next lab will reap it");
+}
+
+/// Removes `patchbay.<pid>.<starttime>` cgroups under `base` whose owner is
+/// no longer alive. Returns the directories it removed.
+pub fn reap_dead(base: &Path) -> Vec<PathBuf> {
+    let mut reaped = Vec::new();
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return reaped;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some((pid, st)) = name.to_str().and_then(parse_owner) else {
+            continue;
+        };
+        if start_time(pid) == Some(st) {
+            continue; // owner alive
+        }
+        kill_and_remove(&e.path());
+        reaped.push(e.path());
+    }
+    reaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_hybrid_cgroup2_mount() {
+        let mi = "30 25 0:26 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                  35 30 0:31 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw\n\
+                  36 30 0:32 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n";
+        assert_eq!(
+            cgroup2_mount_from(mi),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            cgroup2_mount_from("30 25 0:26 / /x rw - tmpfs tmpfs rw\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn parses_v2_path_and_owner() {
+        assert_eq!(
+            v2_path_from("12:pids:/\n0::/user.slice/x\n").as_deref(),
+            Some("/user.slice/x")
+        );
+        assert_eq!(parse_owner("patchbay.123.456"), Some((123, 456)));
+        assert_eq!(parse_owner("patchbay.x.1"), None);
+        assert_eq!(parse_owner("other.1.2"), None);
+    }
+
+    #[test]
+    fn own_start_time_is_readable() {
+        assert!(start_time(std::process::id()).is_some());
+    }
+}

@@ -1,0 +1,87 @@
+//! The library's top-level error type.
+
+use crate::addr::AddrError;
+use crate::cgroup::CgroupError;
+use crate::cmd::CmdError;
+use crate::netlink::NetlinkError;
+use crate::netns::NetnsError;
+use crate::sysctl::SysctlError;
+
+/// Any error of the patchbay library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The lab description is invalid (caught before touching the kernel).
+    #[error("invalid lab: {0}")]
+    Invalid(String),
+    /// This process lacks a privilege patchbay needs.
+    #[error("{0}")]
+    Privilege(String),
+    /// The kernel lacks a feature patchbay needs.
+    #[error("missing kernel feature: {feature}: {hint}")]
+    KernelFeature {
+        /// The feature (e.g. `CONFIG_NET_SCH_NETEM`).
+        feature: String,
+        /// What to do about it.
+        hint: String,
+    },
+    /// Address-pool exhaustion.
+    #[error(transparent)]
+    Addr(#[from] AddrError),
+    /// A namespace worker failed.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// A netlink request failed.
+    #[error("{context}: {source}")]
+    Netlink {
+        /// What patchbay was doing.
+        context: String,
+        /// The failed request.
+        #[source]
+        source: NetlinkError,
+    },
+    /// A sysctl access failed.
+    #[error(transparent)]
+    Sysctl(#[from] SysctlError),
+    /// An external command failed.
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
+    /// cgroup bookkeeping failed.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// Spawning a process in a node failed.
+    #[error("cannot spawn `{program}` in node {node}: {source}")]
+    Spawn {
+        /// Program.
+        program: String,
+        /// Node name.
+        node: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An I/O error with context.
+    #[error("{context}: {source}")]
+    Io {
+        /// What patchbay was doing.
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) trait NetlinkContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> NetlinkContext<T> for std::result::Result<T, NetlinkError> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Netlink {
+            context: context(),
+            source,
+        })
+    }
+}

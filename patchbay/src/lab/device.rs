@@ -1,0 +1,296 @@
+//! Devices: end hosts with one or more interfaces, each on a router's LAN.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use futures::future::try_join_all;
+
+use crate::addr;
+use crate::error::{Error, NetlinkContext, Result};
+use crate::netlink::{self, VethEnd};
+use crate::netns::{Netns, Task};
+
+use super::LabInner;
+use super::node::{Iface, Node, NodeInner, NodeKind};
+use super::router::{FIRST_PORT_INDEX, LAN_INDEX};
+use super::topo::{Member, check_ifname};
+
+/// First interface index used for a device's own interfaces.
+const FIRST_DEVICE_INDEX: u32 = 2;
+
+/// Builds a [`Device`]; from [`crate::Lab::add_device`].
+#[derive(Debug)]
+#[must_use = "call .build().await"]
+pub struct DeviceBuilder {
+    lab: Arc<LabInner>,
+    name: String,
+    ifaces: Vec<(String, String)>,
+    default_via: Option<String>,
+}
+
+struct Planned {
+    iface: String,
+    router: String,
+    v4: Ipv4Addr,
+    v6: Ipv6Addr,
+    gw: (Ipv4Addr, Ipv6Addr),
+    bridge_mac: [u8; 6],
+    router_ns: Netns,
+    port: u32,
+    siblings: Vec<Member>,
+}
+
+impl DeviceBuilder {
+    pub(crate) fn new(lab: Arc<LabInner>, name: &str) -> Self {
+        DeviceBuilder {
+            lab,
+            name: name.to_string(),
+            ifaces: vec![],
+            default_via: None,
+        }
+    }
+
+    /// Adds an interface named `name` on `router`'s LAN.
+    pub fn iface(mut self, name: &str, router: &super::Router) -> Self {
+        self.ifaces
+            .push((name.to_string(), router.name().to_string()));
+        self
+    }
+
+    /// Adds an interface named `name` on the LAN of the router called
+    /// `router` (for descriptions that refer to routers by name).
+    pub fn iface_on(mut self, name: &str, router: &str) -> Self {
+        self.ifaces.push((name.to_string(), router.to_string()));
+        self
+    }
+
+    /// Which interface carries the default route (default: the first).
+    pub fn default_via(mut self, iface: &str) -> Self {
+        self.default_via = Some(iface.to_string());
+        self
+    }
+
+    fn validate(&self) -> Result<String> {
+        if self.name.is_empty() {
+            return Err(Error::Invalid("a device needs a non-empty name".into()));
+        }
+        if self.ifaces.is_empty() {
+            return Err(Error::Invalid(format!(
+                "device {} has no interface; add one with .iface(\"eth0\", &router)",
+                self.name
+            )));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, _) in &self.ifaces {
+            check_ifname(&self.name, i)?;
+            if !seen.insert(i) {
+                return Err(Error::Invalid(format!(
+                    "device {} has two interfaces named {i:?}",
+                    self.name
+                )));
+            }
+        }
+        let dv = self
+            .default_via
+            .clone()
+            .unwrap_or_else(|| self.ifaces[0].0.clone());
+        if !seen.contains(&dv) {
+            return Err(Error::Invalid(format!(
+                "device {}: default_via({dv:?}) names no interface of it (it has {:?})",
+                self.name,
+                seen.iter().collect::<Vec<_>>()
+            )));
+        }
+        Ok(dv)
+    }
+
+    /// Creates the device's namespace and links.
+    pub async fn build(self) -> Result<Device> {
+        let default_via = self.validate()?;
+        let DeviceBuilder {
+            lab, name, ifaces, ..
+        } = self;
+        let planned = {
+            let mut t = lab.topo();
+            t.check_free(&name)?;
+            // Check every router first so a bad one allocates nothing.
+            for (_, r) in &ifaces {
+                t.router_mut(r)?;
+            }
+            let mut planned = vec![];
+            for (iface, router) in &ifaces {
+                let rec = t.router_mut(router)?;
+                let (v4, v6) = rec.lan.lan.alloc()?;
+                rec.lan.next_port += 1;
+                planned.push(Planned {
+                    iface: iface.clone(),
+                    router: router.clone(),
+                    v4,
+                    v6,
+                    gw: rec.lan.lan.gateway(),
+                    bridge_mac: rec.lan.bridge_mac,
+                    router_ns: rec.node.ns().clone(),
+                    port: rec.lan.next_port,
+                    siblings: rec.lan.members.clone(),
+                });
+            }
+            planned
+        };
+        let ns = Netns::new(&format!("{}-{name}", lab.id()))?;
+        lab.prepare_ns(&ns, false)?;
+        let node = Arc::new(NodeInner::new(&lab, &name, NodeKind::Device, ns.clone()));
+        ns.run(|| netlink::set_up(1, true))
+            .await?
+            .ctx(|| format!("bringing up lo of {name}"))?;
+
+        let mut members = vec![];
+        for (k, p) in planned.iter().enumerate() {
+            let index = FIRST_DEVICE_INDEX + k as u32;
+            let mac = addr::mac(node.ordinal, k as u8 + 1);
+            let port_index = FIRST_PORT_INDEX + p.port;
+            let dev_end = VethEnd {
+                name: p.iface.clone(),
+                index,
+                mac,
+                netns_fd: ns.raw_fd()?,
+            };
+            let rtr_end = VethEnd {
+                name: format!("p{}", p.port),
+                index: port_index,
+                mac: addr::mac(node.ordinal, 0x80 + k as u8),
+                netns_fd: p.router_ns.raw_fd()?,
+            };
+            let ctx = format!("connecting {name}.{} to router {}", p.iface, p.router);
+            p.router_ns
+                .run(move || async move {
+                    netlink::create_veth(&dev_end, &rtr_end).await?;
+                    netlink::set_master_up(port_index, LAN_INDEX).await
+                })
+                .await?
+                .ctx(|| ctx.clone())?;
+            let (v4, v6, gw, default) = (p.v4, p.v6, p.gw, p.iface == default_via);
+            ns.run(move || async move {
+                netlink::set_up(index, true).await?;
+                netlink::add_addr(index, v4.into(), addr::V4_PREFIX).await?;
+                netlink::add_addr(index, v6.into(), addr::V6_PREFIX).await?;
+                if default {
+                    netlink::add_route_v4(Ipv4Addr::UNSPECIFIED, 0, gw.0).await?;
+                    netlink::add_route_v6(Ipv6Addr::UNSPECIFIED, 0, gw.1).await?;
+                }
+                Ok(())
+            })
+            .await?
+            .ctx(|| ctx.clone())?;
+            node.add_iface(Iface {
+                name: p.iface.clone(),
+                index,
+                mac,
+                ip: Some(v4),
+                ip6: Some(v6),
+                prefix: addr::V4_PREFIX,
+                peer: p.router.clone(),
+            });
+            members.push(Member {
+                node: node.clone(),
+                v4,
+                v6,
+                mac,
+                index,
+            });
+        }
+        // The default route's interface is the primary one.
+        *node.primary.lock().unwrap_or_else(|p| p.into_inner()) = Some(default_via);
+        {
+            let mut t = lab.topo();
+            t.nodes.insert(name.clone(), node.clone());
+            for (p, m) in planned.iter().zip(&members) {
+                t.router_mut(&p.router)?.lan.members.push(m.clone());
+            }
+        }
+        if lab.opts().prewarm_neighbors {
+            for (p, m) in planned.iter().zip(&members) {
+                prewarm(
+                    m,
+                    p.router_ns.clone(),
+                    LAN_INDEX,
+                    p.gw,
+                    p.bridge_mac,
+                    &p.siblings,
+                )
+                .await?;
+            }
+        }
+        Ok(Device {
+            node: Node::from_inner(node),
+        })
+    }
+}
+
+/// Installs neighbour entries between a new LAN member and its gateway and
+/// siblings, in both directions, concurrently.
+pub(crate) async fn prewarm(
+    me: &Member,
+    gw_ns: Netns,
+    gw_bridge: u32,
+    gw: (Ipv4Addr, Ipv6Addr),
+    gw_mac: [u8; 6],
+    siblings: &[Member],
+) -> Result<()> {
+    let what = || format!("pre-warming neighbour entries of {}", me.node.name);
+    let mut mine: Vec<(IpAddr, [u8; 6])> = vec![(gw.0.into(), gw_mac), (gw.1.into(), gw_mac)];
+    for s in siblings {
+        mine.push((s.v4.into(), s.mac));
+        mine.push((s.v6.into(), s.mac));
+    }
+    let my_index = me.index;
+    let mut jobs = vec![me.node.ns().spawn(move || async move {
+        for (ip, mac) in mine {
+            netlink::add_neigh(my_index, ip, mac).await?;
+        }
+        Ok(())
+    })?];
+    let entries = move |index: u32, ns: &Netns, me: &Member| {
+        let (v4, v6, mac) = (me.v4, me.v6, me.mac);
+        ns.spawn(move || async move {
+            netlink::add_neigh(index, v4.into(), mac).await?;
+            netlink::add_neigh(index, v6.into(), mac).await
+        })
+    };
+    jobs.push(entries(gw_bridge, &gw_ns, me)?);
+    for s in siblings {
+        jobs.push(entries(s.index, s.node.ns(), me)?);
+    }
+    for r in try_join_all(jobs).await? {
+        r.ctx(what)?;
+    }
+    Ok(())
+}
+
+/// A device of a lab. Cheap to clone; dereferences to [`Node`].
+#[derive(Debug, Clone)]
+pub struct Device {
+    node: Node,
+}
+
+impl std::ops::Deref for Device {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl Device {
+    pub(crate) fn from_node(node: Node) -> Option<Device> {
+        (node.kind() == NodeKind::Device).then_some(Device { node })
+    }
+
+    /// Runs an async closure on the device's runtime, inside its namespace.
+    pub fn spawn<F, Fut, T>(&self, f: F) -> Result<Task<T>>
+    where
+        F: FnOnce(Device) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        self.node.spawn_with(self.clone(), f)
+    }
+}

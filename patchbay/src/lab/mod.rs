@@ -1,0 +1,262 @@
+//! The lab: a set of network namespaces wired into a topology.
+//!
+//! ```no_run
+//! # async fn demo() -> patchbay::Result<()> {
+//! use patchbay::Lab;
+//! let lab = Lab::new().await?;
+//! let isp = lab.add_router("isp").build().await?;
+//! let home = lab.add_router("home").upstream(&isp).build().await?;
+//! let laptop = lab.add_device("laptop").iface("eth0", &home).build().await?;
+//! let server = lab.add_device("server").iface("eth0", &isp).build().await?;
+//! let addr = server.ip().expect("server has an address");
+//! let ok = laptop
+//!     .spawn(move |_| async move { tokio::net::TcpStream::connect((addr, 80)).await.is_err() })?
+//!     .await?;
+//! # let _ = ok; Ok(()) }
+//! ```
+//!
+//! Requires root (or `CAP_SYS_ADMIN` + `CAP_NET_ADMIN`), Linux 4.19+ with
+//! network namespaces, veth and bridge support.
+
+mod device;
+mod node;
+mod router;
+mod topo;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub use device::{Device, DeviceBuilder};
+pub use node::{Iface, Node, NodeKind};
+pub use router::{Router, RouterBuilder};
+
+use crate::addr;
+use crate::cgroup::{LabCgroup, ProcessCgroup};
+use crate::error::{Error, NetlinkContext, Result};
+use crate::netlink;
+use crate::netns::Netns;
+use crate::sysctl;
+use topo::Topology;
+
+/// Options of a lab. Build with [`LabOpts::default`] and the setters.
+#[derive(Debug, Clone)]
+pub struct LabOpts {
+    label: Option<String>,
+    prewarm_neighbors: bool,
+}
+
+impl Default for LabOpts {
+    fn default() -> Self {
+        LabOpts {
+            label: None,
+            prewarm_neighbors: true,
+        }
+    }
+}
+
+impl LabOpts {
+    /// A label shown in thread names, the environment of spawned commands
+    /// (`PATCHBAY_LAB`) and error messages.
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    /// Whether to install neighbour (ARP/NDP) entries for directly connected
+    /// lab peers at build time (default: on). The entries are ordinary
+    /// `REACHABLE` ones, not permanent: they age, and a peer that vanishes
+    /// still fails resolution. Turn this off to test resolution itself.
+    pub fn prewarm_neighbors(mut self, on: bool) -> Self {
+        self.prewarm_neighbors = on;
+        self
+    }
+}
+
+/// A network lab. Dropping it ends every worker and every process spawned
+/// in it, and its namespaces disappear.
+#[derive(Debug)]
+pub struct Lab {
+    inner: Arc<LabInner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct LabInner {
+    id: String,
+    opts: LabOpts,
+    root: Netns,
+    topo: Mutex<Topology>,
+    cgroup: Option<LabCgroup>,
+    next_node: AtomicU32,
+}
+
+static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Interface index of the exchange bridge in the lab root.
+const IX_BRIDGE_INDEX: u32 = 2;
+
+impl Lab {
+    /// Creates a lab with default options.
+    pub async fn new() -> Result<Lab> {
+        Lab::with_opts(LabOpts::default()).await
+    }
+
+    /// Creates a lab: a lab-private root namespace holding the exchange
+    /// bridge that top-level routers join.
+    pub async fn with_opts(opts: LabOpts) -> Result<Lab> {
+        check_privileges()?;
+        let n = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let id = format!(
+            "{}-{}-{n}",
+            opts.label.as_deref().unwrap_or("lab"),
+            std::process::id()
+        );
+        let cgroup = match ProcessCgroup::get() {
+            Ok(pc) => Some(pc.new_lab()?),
+            Err(crate::cgroup::CgroupError::NoCgroup2) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let root = Netns::new(&format!("{id}-root"))?;
+        let inner = Arc::new(LabInner {
+            id,
+            opts,
+            root: root.clone(),
+            topo: Mutex::new(Topology::new()),
+            cgroup,
+            next_node: AtomicU32::new(1),
+        });
+        inner.prepare_ns(&root, true)?;
+        let bridge_mac = addr::mac(0, 0);
+        root.run(move || async move {
+            netlink::set_up(1, true).await?;
+            netlink::create_bridge("ix", IX_BRIDGE_INDEX, bridge_mac).await?;
+            netlink::add_addr(IX_BRIDGE_INDEX, addr::IX_ROOT_V4.into(), addr::V4_PREFIX).await?;
+            netlink::add_addr(IX_BRIDGE_INDEX, addr::IX_ROOT_V6.into(), addr::V6_PREFIX).await
+        })
+        .await?
+        .ctx(|| "creating the lab's exchange bridge".into())?;
+        Ok(Lab { inner })
+    }
+
+    /// The lab's unique id (`<label>-<pid>-<n>`).
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Starts building a router.
+    pub fn add_router(&self, name: &str) -> RouterBuilder {
+        RouterBuilder::new(self.inner.clone(), name)
+    }
+
+    /// Starts building a device.
+    pub fn add_device(&self, name: &str) -> DeviceBuilder {
+        DeviceBuilder::new(self.inner.clone(), name)
+    }
+
+    /// A node by name.
+    pub fn node(&self, name: &str) -> Option<Node> {
+        self.inner.topo().node(name).map(Node::from_inner)
+    }
+
+    /// A device by name.
+    pub fn device(&self, name: &str) -> Option<Device> {
+        self.node(name).and_then(Device::from_node)
+    }
+
+    /// A router by name.
+    pub fn router(&self, name: &str) -> Option<Router> {
+        self.node(name).and_then(Router::from_node)
+    }
+
+    /// Names of all nodes, sorted.
+    pub fn node_names(&self) -> Vec<String> {
+        self.inner.topo().names()
+    }
+}
+
+impl LabInner {
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub(crate) fn opts(&self) -> &LabOpts {
+        &self.opts
+    }
+
+    pub(crate) fn root(&self) -> &Netns {
+        &self.root
+    }
+
+    pub(crate) fn cgroup(&self) -> Option<&LabCgroup> {
+        self.cgroup.as_ref()
+    }
+
+    pub(crate) fn topo(&self) -> std::sync::MutexGuard<'_, Topology> {
+        self.topo.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn next_ordinal(&self) -> u32 {
+        self.next_node.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Namespace-wide settings applied before any interface exists, so
+    /// every interface inherits them from `default`.
+    pub(crate) fn prepare_ns(&self, ns: &Netns, forwarding: bool) -> Result<()> {
+        let mut s = BTreeMap::new();
+        for scope in ["all", "default"] {
+            s.insert(format!("net/ipv6/conf/{scope}/accept_dad"), "0".into());
+            s.insert(format!("net/ipv6/conf/{scope}/dad_transmits"), "0".into());
+            s.insert(format!("net/ipv6/conf/{scope}/accept_ra"), "0".into());
+            s.insert(
+                format!("net/ipv6/conf/{scope}/router_solicitations"),
+                "0".into(),
+            );
+            s.insert(format!("net/ipv4/conf/{scope}/rp_filter"), "0".into());
+        }
+        if forwarding {
+            s.insert("net/ipv4/ip_forward".into(), "1".into());
+            s.insert("net/ipv6/conf/all/forwarding".into(), "1".into());
+        }
+        sysctl::write_all(ns, s)?;
+        Ok(())
+    }
+
+    /// Every namespace of the lab, the root first.
+    pub(crate) fn all_netns(&self) -> Vec<Netns> {
+        let mut v = vec![self.root.clone()];
+        v.extend(self.topo().all_nodes().into_iter().map(|n| n.ns().clone()));
+        v
+    }
+}
+
+impl Drop for LabInner {
+    fn drop(&mut self) {
+        // Kill spawned processes first (grandchildren included), then stop
+        // the workers; the namespaces vanish with their last reference.
+        if let Some(cg) = self.cgroup.take() {
+            drop(cg);
+        }
+        for ns in self.all_netns().into_iter().rev() {
+            ns.shutdown();
+        }
+    }
+}
+
+fn check_privileges() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        let caps = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let eff = caps
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0);
+        const CAP_NET_ADMIN: u64 = 1 << 12;
+        const CAP_SYS_ADMIN: u64 = 1 << 21;
+        if eff & (CAP_NET_ADMIN | CAP_SYS_ADMIN) != (CAP_NET_ADMIN | CAP_SYS_ADMIN) {
+            return Err(Error::Privilege(
+                "patchbay needs root, or CAP_SYS_ADMIN and CAP_NET_ADMIN, to create network namespaces; run as root (e.g. `sudo -E cargo test`)".into(),
+            ));
+        }
+    }
+    Ok(())
+}

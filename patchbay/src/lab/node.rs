@@ -1,0 +1,301 @@
+//! What routers and devices share: a namespace worker, interfaces, and ways
+//! to run code and processes inside.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::error::{Error, NetlinkContext, Result};
+use crate::netlink;
+use crate::netns::{Netns, Task};
+
+use super::LabInner;
+
+/// Whether a node is a router or a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    /// Forwards between its LAN and its uplink.
+    Router,
+    /// An end host.
+    Device,
+}
+
+/// An interface of a node, as configured by the lab.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Iface {
+    /// Interface name inside the node.
+    pub name: String,
+    /// Interface index inside the node's namespace.
+    pub index: u32,
+    /// MAC address.
+    pub mac: [u8; 6],
+    /// IPv4 address.
+    pub ip: Option<Ipv4Addr>,
+    /// IPv6 address.
+    pub ip6: Option<Ipv6Addr>,
+    /// Prefix length of `ip`.
+    pub prefix: u8,
+    /// The router (or `"exchange"`) at the other end.
+    pub peer: String,
+}
+
+#[derive(Debug)]
+pub(crate) struct NodeInner {
+    pub name: String,
+    pub kind: NodeKind,
+    pub ordinal: u32,
+    ns: Netns,
+    pub lab: Weak<LabInner>,
+    lab_id: String,
+    pub ifaces: Mutex<BTreeMap<String, Iface>>,
+    /// The interface whose address `ip()` returns.
+    pub primary: Mutex<Option<String>>,
+    cgroup_procs: Option<CString>,
+}
+
+impl NodeInner {
+    pub fn new(lab: &Arc<LabInner>, name: &str, kind: NodeKind, ns: Netns) -> Self {
+        NodeInner {
+            name: name.to_string(),
+            kind,
+            ordinal: lab.next_ordinal(),
+            ns,
+            lab: Arc::downgrade(lab),
+            lab_id: lab.id().to_string(),
+            ifaces: Mutex::new(BTreeMap::new()),
+            primary: Mutex::new(None),
+            cgroup_procs: lab
+                .cgroup()
+                .and_then(|c| CString::new(c.procs_file().as_os_str().as_bytes()).ok()),
+        }
+    }
+
+    pub fn ns(&self) -> &Netns {
+        &self.ns
+    }
+
+    pub fn add_iface(&self, iface: Iface) {
+        let mut primary = self.primary.lock().unwrap_or_else(|p| p.into_inner());
+        if primary.is_none() {
+            *primary = Some(iface.name.clone());
+        }
+        self.ifaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(iface.name.clone(), iface);
+    }
+}
+
+/// A router or device of a lab: the part of [`crate::Router`] and
+/// [`crate::Device`] that is the same for both. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<NodeInner>,
+}
+
+impl Node {
+    pub(crate) fn from_inner(inner: Arc<NodeInner>) -> Self {
+        Node { inner }
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Router or device.
+    pub fn kind(&self) -> NodeKind {
+        self.inner.kind
+    }
+
+    /// The node's namespace worker.
+    pub fn netns(&self) -> &Netns {
+        self.inner.ns()
+    }
+
+    /// The primary interface's IPv4 address (for a router: its uplink).
+    pub fn ip(&self) -> Option<Ipv4Addr> {
+        self.primary_iface().and_then(|i| i.ip)
+    }
+
+    /// The primary interface's IPv6 address.
+    pub fn ip6(&self) -> Option<Ipv6Addr> {
+        self.primary_iface().and_then(|i| i.ip6)
+    }
+
+    fn primary_iface(&self) -> Option<Iface> {
+        let p = self
+            .inner
+            .primary
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        self.iface(&p)
+    }
+
+    /// An interface by name.
+    pub fn iface(&self, name: &str) -> Option<Iface> {
+        self.inner
+            .ifaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// All interfaces, by name.
+    pub fn ifaces(&self) -> Vec<Iface> {
+        self.inner
+            .ifaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Runs `f` on the node's worker thread inside its namespace and waits
+    /// for the result. Sockets created in `f` belong to the node.
+    pub fn run_sync<F, T>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        Ok(self.inner.ns().run_sync(f)?)
+    }
+
+    pub(crate) fn spawn_with<H, F, Fut, T>(&self, handle: H, f: F) -> Result<Task<T>>
+    where
+        H: Send + 'static,
+        F: FnOnce(H) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        Ok(self.inner.ns().spawn(move || f(handle))?)
+    }
+
+    /// Runs an async closure on the node's runtime (a current-thread tokio
+    /// runtime inside the namespace); the future need not be `Send`.
+    pub fn spawn<F, Fut, T>(&self, f: F) -> Result<Task<T>>
+    where
+        F: FnOnce(Node) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        self.spawn_with(self.clone(), f)
+    }
+
+    /// The environment every command spawned in this node gets.
+    pub fn env(&self) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        env.insert("PATCHBAY_LAB".into(), self.inner.lab_id.clone());
+        env.insert("PATCHBAY_NODE".into(), self.inner.name.clone());
+        env.insert("PATCHBAY_TIME_SCALE".into(), "1".into());
+        if let Some(ip) = self.ip() {
+            env.insert("PATCHBAY_IP".into(), ip.to_string());
+        }
+        if let Some(ip6) = self.ip6() {
+            env.insert("PATCHBAY_IP6".into(), ip6.to_string());
+        }
+        env
+    }
+
+    fn prepare_std(&self, cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        cmd.envs(self.env());
+        let procs = self.inner.cgroup_procs.clone();
+        // SAFETY: the closure only makes async-signal-safe syscalls (prctl,
+        // open, write, close) on memory prepared before fork.
+        unsafe {
+            cmd.pre_exec(move || child_setup(procs.as_ref()));
+        }
+    }
+
+    /// Spawns a process inside the node's namespace (and the lab's cgroup),
+    /// with the lab's environment (`PATCHBAY_LAB`, `PATCHBAY_NODE`,
+    /// `PATCHBAY_IP`, `PATCHBAY_TIME_SCALE`). It is killed when the lab is
+    /// dropped or this process dies.
+    pub fn spawn_command(&self, mut cmd: tokio::process::Command) -> Result<tokio::process::Child> {
+        self.prepare_std(cmd.as_std_mut());
+        let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+        let node = self.inner.name.clone();
+        self.inner
+            .ns()
+            .run_sync(move || cmd.spawn())?
+            .map_err(|source| Error::Spawn {
+                program,
+                node,
+                source,
+            })
+    }
+
+    /// The blocking twin of [`Node::spawn_command`].
+    pub fn spawn_command_sync(
+        &self,
+        mut cmd: std::process::Command,
+    ) -> Result<std::process::Child> {
+        self.prepare_std(&mut cmd);
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let node = self.inner.name.clone();
+        self.inner
+            .ns()
+            .run_sync(move || cmd.spawn())?
+            .map_err(|source| Error::Spawn {
+                program,
+                node,
+                source,
+            })
+    }
+
+    /// Sets an interface administratively down (`ip link set IFACE down`).
+    pub async fn link_down(&self, iface: &str) -> Result<()> {
+        self.set_link(iface, false).await
+    }
+
+    /// Sets an interface administratively up (`ip link set IFACE up`).
+    pub async fn link_up(&self, iface: &str) -> Result<()> {
+        self.set_link(iface, true).await
+    }
+
+    async fn set_link(&self, iface: &str, up: bool) -> Result<()> {
+        let index = self
+            .iface(iface)
+            .ok_or_else(|| {
+                Error::Invalid(format!("node {} has no interface {iface:?}", self.name()))
+            })?
+            .index;
+        let what = format!(
+            "setting {iface} of {} {}",
+            self.name(),
+            if up { "up" } else { "down" }
+        );
+        self.inner
+            .ns()
+            .run(move || netlink::set_up(index, up))
+            .await?
+            .ctx(|| what)
+    }
+}
+
+fn child_setup(cgroup_procs: Option<&CString>) -> std::io::Result<()> {
+    // SAFETY: plain syscalls on valid pointers.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if let Some(path) = cgroup_procs {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                // Joining the lab cgroup lets the lab kill grandchildren too;
+                // if it fails the PDEATHSIG above still covers this child.
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,347 @@
+//! Routers: forward between a downstream LAN (a bridge named `lan`) and an
+//! uplink (`wan`) to the exchange or to another router's LAN.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use crate::addr::{self, LanKind};
+use crate::error::{Error, NetlinkContext, Result};
+use crate::netlink::{self, VethEnd};
+use crate::netns::{Netns, Task};
+
+use super::node::{Iface, Node, NodeInner, NodeKind};
+use super::topo::{LanState, Member, RouterRec, Upstream};
+use super::{IX_BRIDGE_INDEX, LabInner};
+
+/// Interface index of the `wan` uplink inside a router.
+pub(crate) const WAN_INDEX: u32 = 2;
+/// Interface index of the `lan` bridge inside a router.
+pub(crate) const LAN_INDEX: u32 = 3;
+/// First index used for LAN ports (device links) inside a router.
+pub(crate) const FIRST_PORT_INDEX: u32 = 16;
+
+/// Builds a [`Router`]; from [`crate::Lab::add_router`].
+#[derive(Debug)]
+#[must_use = "call .build().await"]
+pub struct RouterBuilder {
+    lab: Arc<LabInner>,
+    name: String,
+    upstream: Option<String>,
+    lan_kind: LanKind,
+}
+
+impl RouterBuilder {
+    pub(crate) fn new(lab: Arc<LabInner>, name: &str) -> Self {
+        RouterBuilder {
+            lab,
+            name: name.to_string(),
+            upstream: None,
+            lan_kind: LanKind::Public,
+        }
+    }
+
+    /// Connects the uplink to `router`'s LAN instead of the exchange.
+    pub fn upstream(mut self, router: &Router) -> Self {
+        self.upstream = Some(router.name().to_string());
+        self
+    }
+
+    /// Connects the uplink to the router named `name`.
+    pub fn upstream_name(mut self, name: &str) -> Self {
+        self.upstream = Some(name.to_string());
+        self
+    }
+
+    /// Which address pool the LAN draws from (default: public).
+    pub fn lan_kind(mut self, kind: LanKind) -> Self {
+        self.lan_kind = kind;
+        self
+    }
+
+    /// Creates the router's namespace and links.
+    pub async fn build(self) -> Result<Router> {
+        let RouterBuilder {
+            lab,
+            name,
+            upstream,
+            lan_kind,
+        } = self;
+        if name.is_empty() {
+            return Err(Error::Invalid("a router needs a non-empty name".into()));
+        }
+        // Validate and allocate under the lock, touch the kernel after.
+        let (up, uplink, lan, parent_port) = {
+            let mut t = lab.topo();
+            t.check_free(&name)?;
+            let up = match &upstream {
+                None => Upstream::Exchange,
+                Some(p) => {
+                    t.router_mut(p)?;
+                    Upstream::Router(p.clone())
+                }
+            };
+            let lan = t.addr.alloc_lan(lan_kind)?;
+            let (uplink, parent_port) = match &up {
+                Upstream::Exchange => {
+                    let a = t.addr.alloc_exchange()?;
+                    t.next_ix_port += 1;
+                    (a, t.next_ix_port)
+                }
+                Upstream::Router(p) => {
+                    let rec = t.router_mut(p)?;
+                    let a = rec.lan.lan.alloc()?;
+                    rec.lan.next_port += 1;
+                    (a, rec.lan.next_port)
+                }
+            };
+            (up, uplink, lan, parent_port)
+        };
+        let ns = Netns::new(&format!("{}-{name}", lab.id()))?;
+        lab.prepare_ns(&ns, true)?;
+        let node = Arc::new(NodeInner::new(&lab, &name, NodeKind::Router, ns.clone()));
+        let wan_mac = addr::mac(node.ordinal, 1);
+        let bridge_mac = addr::mac(node.ordinal, 0);
+        let (gw4, gw6) = lan.gateway();
+
+        // Parent side: the exchange root, or the upstream router.
+        let (parent_ns, parent_bridge, parent_bridge_mac, parent_gw) = match &up {
+            Upstream::Exchange => (
+                lab.root().clone(),
+                IX_BRIDGE_INDEX,
+                addr::mac(0, 0),
+                (addr::IX_ROOT_V4, addr::IX_ROOT_V6),
+            ),
+            Upstream::Router(p) => {
+                let t = lab.topo();
+                let rec = t
+                    .routers
+                    .get(p)
+                    .ok_or_else(|| Error::Invalid(format!("unknown router {p:?}")))?;
+                (
+                    rec.node.ns().clone(),
+                    LAN_INDEX,
+                    rec.lan.bridge_mac,
+                    rec.lan.lan.gateway(),
+                )
+            }
+        };
+        let port_index = FIRST_PORT_INDEX + parent_port;
+        let wan = VethEnd {
+            name: "wan".into(),
+            index: WAN_INDEX,
+            mac: wan_mac,
+            netns_fd: ns.raw_fd()?,
+        };
+        let port = VethEnd {
+            name: format!("p{parent_port}"),
+            index: port_index,
+            mac: addr::mac(node.ordinal, 2),
+            netns_fd: parent_ns.raw_fd()?,
+        };
+        let ctx = format!("building router {name}");
+        parent_ns
+            .run(move || async move {
+                netlink::create_veth(&wan, &port).await?;
+                netlink::set_master_up(port_index, parent_bridge).await
+            })
+            .await?
+            .ctx(|| ctx.clone())?;
+
+        // Inside the router: loopback, LAN bridge, uplink, default routes.
+        ns.run(move || async move {
+            netlink::set_up(1, true).await?;
+            netlink::create_bridge("lan", LAN_INDEX, bridge_mac).await?;
+            netlink::add_addr(LAN_INDEX, gw4.into(), addr::V4_PREFIX).await?;
+            netlink::add_addr(LAN_INDEX, gw6.into(), addr::V6_PREFIX).await?;
+            netlink::set_up(WAN_INDEX, true).await?;
+            netlink::add_addr(WAN_INDEX, uplink.0.into(), addr::V4_PREFIX).await?;
+            netlink::add_addr(WAN_INDEX, uplink.1.into(), addr::V6_PREFIX).await?;
+            netlink::add_route_v4(Ipv4Addr::UNSPECIFIED, 0, parent_gw.0).await?;
+            netlink::add_route_v6(Ipv6Addr::UNSPECIFIED, 0, parent_gw.1).await
+        })
+        .await?
+        .ctx(|| ctx.clone())?;
+
+        node.add_iface(Iface {
+            name: "wan".into(),
+            index: WAN_INDEX,
+            mac: wan_mac,
+            ip: Some(uplink.0),
+            ip6: Some(uplink.1),
+            prefix: addr::V4_PREFIX,
+            peer: upstream.clone().unwrap_or_else(|| "exchange".into()),
+        });
+        node.add_iface(Iface {
+            name: "lan".into(),
+            index: LAN_INDEX,
+            mac: bridge_mac,
+            ip: Some(gw4),
+            ip6: Some(gw6),
+            prefix: addr::V4_PREFIX,
+            peer: name.clone(),
+        });
+
+        let me = Member {
+            node: node.clone(),
+            v4: uplink.0,
+            v6: uplink.1,
+            mac: wan_mac,
+            index: WAN_INDEX,
+        };
+        let lan_v4 = lan.v4;
+        let lan_v6 = lan.v6;
+        {
+            let mut t = lab.topo();
+            t.nodes.insert(name.clone(), node.clone());
+            t.routers.insert(
+                name.clone(),
+                RouterRec {
+                    node: node.clone(),
+                    upstream: up.clone(),
+                    lan: LanState {
+                        lan,
+                        kind: lan_kind,
+                        bridge_mac,
+                        members: vec![],
+                        next_port: 0,
+                    },
+                },
+            );
+        }
+        let siblings = {
+            let mut t = lab.topo();
+            match &up {
+                Upstream::Exchange => {
+                    let s = t.exchange.clone();
+                    t.exchange.push(me.clone());
+                    s
+                }
+                Upstream::Router(p) => {
+                    let rec = t.router_mut(p)?;
+                    let s = rec.lan.members.clone();
+                    rec.lan.members.push(me.clone());
+                    s
+                }
+            }
+        };
+        if lab.opts().prewarm_neighbors {
+            super::device::prewarm(
+                &me,
+                parent_ns.clone(),
+                port_index,
+                parent_gw,
+                parent_bridge_mac,
+                &siblings,
+            )
+            .await?;
+        }
+        routes_to_lan(&lab, &name, lan_kind, lan_v4, lan_v6).await?;
+        Ok(Router {
+            node: Node::from_inner(node),
+        })
+    }
+}
+
+/// Installs routes to a new router's LAN in every ancestor, so replies find
+/// their way back: IPv4 up to the first NAT (beyond it the LAN is hidden),
+/// IPv6 (never NATed) all the way to the exchange root.
+async fn routes_to_lan(
+    lab: &Arc<LabInner>,
+    name: &str,
+    kind: LanKind,
+    v4: Ipv4Addr,
+    v6: Ipv6Addr,
+) -> Result<()> {
+    let hops: Vec<(Netns, Ipv4Addr, Ipv6Addr, bool)> = {
+        let t = lab.topo();
+        let chain = t.ancestry(name);
+        let mut hops = vec![];
+        let mut v4_open = true;
+        for pair in chain.windows(2) {
+            let (child, parent) = (&pair[0], &pair[1]);
+            let (c4, c6) = uplink_of(&t, child);
+            let prec = &t.routers[parent];
+            hops.push((prec.node.ns().clone(), c4, c6, v4_open));
+            if prec.lan.kind != LanKind::Public {
+                v4_open = false;
+            }
+        }
+        let top = chain.last().map(String::as_str).unwrap_or(name);
+        let (c4, c6) = uplink_of(&t, top);
+        hops.push((lab.root().clone(), c4, c6, v4_open));
+        hops
+    };
+    let _ = kind;
+    for (ns, via4, via6, do_v4) in hops {
+        let what = format!("routing to the LAN of {name} via {via4}");
+        ns.run(move || async move {
+            if do_v4 {
+                netlink::add_route_v4(v4, addr::V4_PREFIX, via4).await?;
+            }
+            netlink::add_route_v6(v6, addr::V6_PREFIX, via6).await
+        })
+        .await?
+        .ctx(|| what)?;
+    }
+    Ok(())
+}
+
+fn uplink_of(t: &super::topo::Topology, router: &str) -> (Ipv4Addr, Ipv6Addr) {
+    let i = t.routers[router]
+        .node
+        .ifaces
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let wan = &i["wan"];
+    (
+        wan.ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        wan.ip6.unwrap_or(Ipv6Addr::UNSPECIFIED),
+    )
+}
+
+/// A router of a lab. Cheap to clone; dereferences to [`Node`].
+#[derive(Debug, Clone)]
+pub struct Router {
+    node: Node,
+}
+
+impl std::ops::Deref for Router {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl Router {
+    pub(crate) fn from_node(node: Node) -> Option<Router> {
+        (node.kind() == NodeKind::Router).then_some(Router { node })
+    }
+
+    /// The router's address on its LAN (the devices' gateway).
+    pub fn lan_ip(&self) -> Option<Ipv4Addr> {
+        self.iface("lan").and_then(|i| i.ip)
+    }
+
+    /// The router's IPv6 address on its LAN.
+    pub fn lan_ip6(&self) -> Option<Ipv6Addr> {
+        self.iface("lan").and_then(|i| i.ip6)
+    }
+
+    /// Runs an async closure on the router's runtime, inside its namespace.
+    pub fn spawn<F, Fut, T>(&self, f: F) -> Result<Task<T>>
+    where
+        F: FnOnce(Router) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        self.node.spawn_with(self.clone(), f)
+    }
+
+    /// The router's address on `peer`'s side, if `peer` is an IP.
+    pub fn addr_for(&self, peer: IpAddr) -> Option<IpAddr> {
+        match peer {
+            IpAddr::V4(_) => self.ip().map(IpAddr::V4),
+            IpAddr::V6(_) => self.ip6().map(IpAddr::V6),
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! patchbay: network labs on the real Linux kernel stack.
+//!
+//! A [`Lab`] is a set of Linux network namespaces wired into routers and
+//! devices with veth pairs and bridges. Code under test runs inside them,
+//! on the real kernel stack, through [`Node::spawn`], [`Node::run_sync`] and
+//! [`Node::spawn_command`].
+#![deny(missing_docs)]
+
+pub mod addr;
+pub mod cgroup;
+pub mod cmd;
+mod error;
+mod lab;
+pub mod netlink;
+pub mod netns;
+pub mod sysctl;
+
+pub use error::{Error, Result};
+pub use lab::{Device, DeviceBuilder, Iface, Lab, LabOpts, Node, NodeKind, Router, RouterBuilder};
+
+pub mod compress;

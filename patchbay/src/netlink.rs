@@ -1,0 +1,252 @@
+//! A thin typed wrapper over `rtnetlink` for the operations labs need.
+//!
+//! Every function here must run on a namespace worker (see [`crate::netns`]):
+//! it uses that thread's own netlink connection, which the kernel binds to the
+//! thread's network namespace when the socket is created. Mirrors of the `ip`
+//! commands are named in each function's docs; patchbay never shells out to
+//! `ip`.
+
+use std::cell::RefCell;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::RawFd;
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::neighbour::NeighbourState;
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+
+/// Errors of netlink operations, with the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// The netlink socket could not be opened.
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    /// The kernel rejected a request.
+    #[error("netlink: {op} failed: {source}")]
+    Request {
+        /// What was attempted, in `ip` command terms.
+        op: String,
+        /// The kernel's answer.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// A link was not found by name.
+    #[error("netlink: no interface named {0}")]
+    NoSuchLink(String),
+}
+
+thread_local! {
+    static HANDLE: RefCell<Option<Handle>> = const { RefCell::new(None) };
+}
+
+/// The calling worker's netlink handle, opened on first use.
+///
+/// Must be called inside a namespace worker's runtime (it spawns the
+/// connection task with `spawn_local`).
+fn handle() -> Result<Handle, NetlinkError> {
+    HANDLE.with(|h| {
+        let mut h = h.borrow_mut();
+        if let Some(handle) = h.as_ref() {
+            return Ok(handle.clone());
+        }
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        tokio::task::spawn_local(conn);
+        *h = Some(handle.clone());
+        Ok(handle)
+    })
+}
+
+fn req(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let op = op.into();
+    move |source| NetlinkError::Request { op, source }
+}
+
+/// One end of a veth pair to create.
+#[derive(Debug, Clone)]
+pub struct VethEnd {
+    /// Interface name (at most 15 bytes).
+    pub name: String,
+    /// Interface index to request in its namespace (0 lets the kernel pick).
+    pub index: u32,
+    /// MAC address.
+    pub mac: [u8; 6],
+    /// The namespace it is created in.
+    pub netns_fd: RawFd,
+}
+
+/// `ip link add A netns NSA type veth peer B netns NSB`: creates a veth pair
+/// with each end directly in its namespace, with fixed MACs and indexes.
+pub async fn create_veth(a: &VethEnd, b: &VethEnd) -> Result<(), NetlinkError> {
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(b.name.clone())
+        .index(b.index)
+        .address(b.mac.to_vec())
+        .setns_by_fd(b.netns_fd)
+        .build();
+    let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(
+        rtnetlink::packet_route::link::InfoKind::Veth,
+    )
+    .name(a.name.clone())
+    .index(a.index)
+    .address(a.mac.to_vec())
+    .setns_by_fd(a.netns_fd)
+    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+    .build();
+    handle()?
+        .link()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(req(format!(
+            "ip link add {} type veth peer {}",
+            a.name, b.name
+        )))
+}
+
+/// `ip link add NAME index IDX address MAC type bridge` in the calling
+/// namespace, up. A fixed MAC keeps the bridge's address stable as ports
+/// come and go, so pre-warmed neighbour entries stay valid.
+pub async fn create_bridge(name: &str, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
+    let msg = LinkBridge::new(name)
+        .index(index)
+        .address(mac.to_vec())
+        .up()
+        .build();
+    handle()?
+        .link()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(req(format!("ip link add {name} type bridge")))
+}
+
+/// `ip link set dev IDX master BRIDGE up`.
+pub async fn set_master_up(index: u32, bridge: u32) -> Result<(), NetlinkError> {
+    let msg = LinkUnspec::new_with_index(index)
+        .controller(bridge)
+        .up()
+        .build();
+    handle()?
+        .link()
+        .set(msg)
+        .execute()
+        .await
+        .map_err(req(format!("ip link set dev #{index} master #{bridge} up")))
+}
+
+/// `ip link set dev IDX up` / `down`.
+pub async fn set_up(index: u32, up: bool) -> Result<(), NetlinkError> {
+    let b = LinkUnspec::new_with_index(index);
+    let msg = if up { b.up() } else { b.down() }.build();
+    handle()?
+        .link()
+        .set(msg)
+        .execute()
+        .await
+        .map_err(req(format!(
+            "ip link set dev #{index} {}",
+            if up { "up" } else { "down" }
+        )))
+}
+
+/// `ip link show NAME`: the interface's index.
+pub async fn link_index(name: &str) -> Result<u32, NetlinkError> {
+    let mut links = handle()?
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute();
+    match links.try_next().await {
+        Ok(Some(LinkMessage { header, .. })) => Ok(header.index),
+        Ok(None) => Err(NetlinkError::NoSuchLink(name.to_string())),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
+            Err(NetlinkError::NoSuchLink(name.to_string()))
+        }
+        Err(e) => Err(req(format!("ip link show {name}"))(e)),
+    }
+}
+
+/// `ip link show NAME`: the interface's MAC address.
+pub async fn link_mac(name: &str) -> Result<Option<[u8; 6]>, NetlinkError> {
+    let mut links = handle()?
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute();
+    let msg = links
+        .try_next()
+        .await
+        .map_err(req(format!("ip link show {name}")))?
+        .ok_or_else(|| NetlinkError::NoSuchLink(name.to_string()))?;
+    Ok(msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(m) if m.len() == 6 => {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(m);
+            Some(mac)
+        }
+        _ => None,
+    }))
+}
+
+/// `ip addr add ADDR/PREFIX dev IDX`.
+pub async fn add_addr(index: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
+    handle()?
+        .address()
+        .add(index, addr, prefix)
+        .execute()
+        .await
+        .map_err(req(format!("ip addr add {addr}/{prefix} dev #{index}")))
+}
+
+/// `ip route add DST/PREFIX via GW` (IPv4). A prefix of 0 is the default route.
+pub async fn add_route_v4(dst: Ipv4Addr, prefix: u8, gw: Ipv4Addr) -> Result<(), NetlinkError> {
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst, prefix)
+        .gateway(gw)
+        .build();
+    handle()?
+        .route()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(req(format!("ip route add {dst}/{prefix} via {gw}")))
+}
+
+/// `ip -6 route add DST/PREFIX via GW`.
+pub async fn add_route_v6(dst: Ipv6Addr, prefix: u8, gw: Ipv6Addr) -> Result<(), NetlinkError> {
+    let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(dst, prefix)
+        .gateway(gw)
+        .build();
+    handle()?
+        .route()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(req(format!("ip -6 route add {dst}/{prefix} via {gw}")))
+}
+
+/// `ip neigh replace ADDR lladdr MAC dev IDX nud reachable`: an ordinary
+/// (not permanent) entry that ages and is re-probed like a learned one.
+pub async fn add_neigh(index: u32, addr: IpAddr, mac: [u8; 6]) -> Result<(), NetlinkError> {
+    handle()?
+        .neighbours()
+        .add(index, addr)
+        .link_layer_address(&mac)
+        .state(NeighbourState::Reachable)
+        .replace()
+        .execute()
+        .await
+        .map_err(req(format!(
+            "ip neigh replace {addr} lladdr {} dev #{index} nud reachable",
+            fmt_mac(&mac)
+        )))
+}
+
+/// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
+pub fn fmt_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}

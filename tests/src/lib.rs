@@ -1,0 +1,138 @@
+//! Shared helpers for patchbay's integration tests.
+//!
+//! Kernel-dependent tests call [`skip`] when a feature is missing: it prints
+//! `PATCHBAY-SKIP: <test>: <reason>` so the kernel matrix and a reader of
+//! the output see it; a skip never passes silently.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Prints the skip line for the current test.
+pub fn skip(reason: &str) {
+    let name = std::thread::current().name().unwrap_or("?").to_string();
+    println!("PATCHBAY-SKIP: {name}: {reason}");
+    eprintln!("PATCHBAY-SKIP: {name}: {reason}");
+}
+
+/// Whether we run as root; tests that need it skip otherwise.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Skips (returning true) when not root.
+pub fn skip_unless_root() -> bool {
+    if !is_root() {
+        skip("needs root (CAP_SYS_ADMIN + CAP_NET_ADMIN) to create network namespaces");
+        return true;
+    }
+    false
+}
+
+/// Starts a UDP reflector on `node` and returns once it is bound: it echoes
+/// each datagram with the sender's address appended (`payload|ip:port`).
+pub async fn start_udp_reflector(node: &patchbay::Node, bind: SocketAddr) -> anyhow::Result<()> {
+    let sock = node
+        .spawn(move |_| async move { std::net::UdpSocket::bind(bind) })?
+        .await??;
+    node.spawn(move |_| async move {
+        sock.set_nonblocking(true)?;
+        udp_reflector(tokio::net::UdpSocket::from_std(sock)?).await
+    })?;
+    Ok(())
+}
+
+/// Starts a TCP echo server on `node` and returns once it listens.
+pub async fn start_tcp_echo(node: &patchbay::Node, bind: SocketAddr) -> anyhow::Result<()> {
+    let l = node
+        .spawn(move |_| async move { std::net::TcpListener::bind(bind) })?
+        .await??;
+    node.spawn(move |_| async move {
+        l.set_nonblocking(true)?;
+        tcp_echo(tokio::net::TcpListener::from_std(l)?).await
+    })?;
+    Ok(())
+}
+
+/// The UDP reflector loop, forever.
+pub async fn udp_reflector(sock: tokio::net::UdpSocket) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let (n, from) = sock.recv_from(&mut buf).await?;
+        let mut reply = buf[..n].to_vec();
+        reply.extend_from_slice(format!("|{from}").as_bytes());
+        sock.send_to(&reply, from).await?;
+    }
+}
+
+/// The TCP echo loop: accepts connections and echoes until EOF, forever.
+pub async fn tcp_echo(l: tokio::net::TcpListener) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let (mut s, _) = l.accept().await?;
+        tokio::task::spawn_local(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Sends one datagram to `to` and waits up to `timeout` for the reply.
+pub async fn udp_roundtrip(
+    to: SocketAddr,
+    payload: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Vec<u8>> {
+    let bind: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
+    let sock = tokio::net::UdpSocket::bind(bind).await?;
+    sock.send_to(payload, to).await?;
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(timeout, sock.recv(&mut buf))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no reply from {to}"))
+        })??;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Connects to `to`, writes `payload`, reads it back.
+pub async fn tcp_roundtrip(
+    to: SocketAddr,
+    payload: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(timeout, async {
+        let mut s = tokio::net::TcpStream::connect(to).await?;
+        s.write_all(payload).await?;
+        let mut buf = vec![0u8; payload.len()];
+        s.read_exact(&mut buf).await?;
+        Ok(buf)
+    })
+    .await
+    .map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("tcp to {to} timed out"),
+        )
+    })?
+}
