@@ -14,7 +14,7 @@
 //! (hybrid layouts mount it at `/sys/fs/cgroup/unified`).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, Weak};
 
 /// cgroup errors.
 #[derive(Debug, thiserror::Error)]
@@ -80,25 +80,32 @@ pub fn parse_owner(name: &str) -> Option<(u32, u64)> {
     Some((pid.parse().ok()?, st.parse().ok()?))
 }
 
-/// This process's own cgroup, created on first use.
+/// This process's own cgroup, shared by every lab (and the BPF engine) of
+/// the process while any of them exists. When the last holder drops it, the
+/// process moves back to its original cgroup and the directory is removed.
 #[derive(Debug)]
 pub struct ProcessCgroup {
     path: PathBuf,
+    base: PathBuf,
     next_lab: Mutex<u32>,
 }
 
-static PROCESS: OnceLock<Result<ProcessCgroup, String>> = OnceLock::new();
+static PROCESS: Mutex<Weak<ProcessCgroup>> = Mutex::new(Weak::new());
 
 impl ProcessCgroup {
-    /// Returns the process cgroup, creating it (and reaping dead ones) the
-    /// first time.
-    pub fn get() -> Result<&'static ProcessCgroup, CgroupError> {
-        let r = PROCESS.get_or_init(|| Self::create().map_err(|e| e.to_string()));
-        r.as_ref().map_err(|msg| CgroupError::Io {
-            op: "set up",
-            path: PathBuf::from("process cgroup"),
-            source: std::io::Error::other(msg.clone()),
-        })
+    /// Returns the process cgroup, creating it (and reaping dead ones) when
+    /// no lab of this process holds one.
+    pub fn acquire() -> Result<Arc<ProcessCgroup>, CgroupError> {
+        let mut slot = PROCESS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cg) = slot.upgrade() {
+            // Reap on every acquisition, not only the first: a process may
+            // hold its cgroup for a long time while others die.
+            reap_dead(&cg.base);
+            return Ok(cg);
+        }
+        let cg = Arc::new(Self::create()?);
+        *slot = Arc::downgrade(&cg);
+        Ok(cg)
     }
 
     fn create() -> Result<ProcessCgroup, CgroupError> {
@@ -117,9 +124,14 @@ impl ProcessCgroup {
             Err(e) => return Err(io("create", &path)(e)),
         }
         let procs = path.join("cgroup.procs");
-        std::fs::write(&procs, pid.to_string()).map_err(io("join", &procs))?;
+        if let Err(e) = std::fs::write(&procs, pid.to_string()) {
+            // Leave nothing behind on failure.
+            let _ = std::fs::remove_dir(&path);
+            return Err(io("join", &procs)(e));
+        }
         Ok(ProcessCgroup {
             path,
+            base,
             next_lab: Mutex::new(0),
         })
     }
@@ -130,7 +142,7 @@ impl ProcessCgroup {
     }
 
     /// Creates a fresh child cgroup for one lab's processes.
-    pub fn new_lab(&self) -> Result<LabCgroup, CgroupError> {
+    pub fn new_lab(self: &Arc<Self>) -> Result<LabCgroup, CgroupError> {
         let n = {
             let mut g = self.next_lab.lock().unwrap_or_else(|p| p.into_inner());
             *g += 1;
@@ -141,7 +153,62 @@ impl ProcessCgroup {
         Ok(LabCgroup {
             procs: path.join("cgroup.procs"),
             path,
+            _process: self.clone(),
         })
+    }
+}
+
+impl Drop for ProcessCgroup {
+    fn drop(&mut self) {
+        let slot = PROCESS.lock().unwrap_or_else(|p| p.into_inner());
+        // A new process cgroup may already have replaced this one (a lab was
+        // created while the last one was being dropped); then the process is
+        // already there and must stay.
+        if slot.upgrade().is_none() {
+            let procs = self.base.join("cgroup.procs");
+            if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
+                tracing::warn!(
+                    "cannot move back to {}: {e}; the next lab will reap {}",
+                    procs.display(),
+                    self.path.display()
+                );
+                return;
+            }
+        }
+        drop(slot);
+        release(&self.path, &self.base);
+    }
+}
+
+/// Removes a process cgroup: lab children are killed, while other processes
+/// in it (children the process forked itself, not lab processes) move back
+/// to `base` unharmed.
+fn release(dir: &Path, base: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                kill_and_remove(&e.path());
+            }
+        }
+    }
+    let base_procs = base.join("cgroup.procs");
+    for _ in 0..3 {
+        let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+            break;
+        };
+        if procs.trim().is_empty() {
+            break;
+        }
+        for pid in procs.lines() {
+            // A process may exit between the read and the move.
+            let _ = std::fs::write(&base_procs, pid.trim());
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(dir) {
+        tracing::warn!(
+            "cannot remove {}: {e}; the next lab will reap it",
+            dir.display()
+        );
     }
 }
 
@@ -150,6 +217,7 @@ impl ProcessCgroup {
 pub struct LabCgroup {
     path: PathBuf,
     procs: PathBuf,
+    _process: Arc<ProcessCgroup>,
 }
 
 impl LabCgroup {
@@ -220,7 +288,7 @@ pub fn reap_dead(base: &Path) -> Vec<PathBuf> {
         if start_time(pid) == Some(st) {
             continue; // owner alive
         }
-        kill_and_remove(&e.path());
+        release(&e.path(), base);
         reaped.push(e.path());
     }
     reaped

@@ -3,8 +3,11 @@
 use crate::addr::AddrError;
 use crate::cgroup::CgroupError;
 use crate::cmd::CmdError;
+use crate::link::LinkError;
+use crate::nat::CtFlushError;
 use crate::netlink::NetlinkError;
 use crate::netns::NetnsError;
+use crate::nft::NftError;
 use crate::sysctl::SysctlError;
 
 /// Any error of the patchbay library.
@@ -45,6 +48,15 @@ pub enum Error {
     /// An external command failed.
     #[error(transparent)]
     Cmd(#[from] CmdError),
+    /// An invalid link condition.
+    #[error("invalid link condition: {0}")]
+    Link(#[from] LinkError),
+    /// nft rejected a ruleset (or could not run).
+    #[error(transparent)]
+    Nft(#[from] NftError),
+    /// Flushing conntrack state failed.
+    #[error(transparent)]
+    CtFlush(#[from] CtFlushError),
     /// cgroup bookkeeping failed.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),

@@ -9,13 +9,23 @@
 pub mod addr;
 pub mod cgroup;
 pub mod cmd;
+pub mod doctor;
 mod error;
+pub mod firewall;
 mod lab;
+pub mod labfile;
+pub mod link;
+pub mod nat;
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod sysctl;
+pub mod tc;
 
 pub use error::{Error, Result};
+pub use firewall::{Firewall, FirewallAction, FirewallPolicy};
 pub use lab::{Device, DeviceBuilder, Iface, Lab, LabOpts, Node, NodeKind, Router, RouterBuilder};
+pub use lab::{Direction, FaultGuard};
+pub use link::{LinkCondition, LinkTiming, Preset};
+pub use nat::{ConntrackTimeouts, Nat, NatConfig};
 
-pub mod compress;

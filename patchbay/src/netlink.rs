@@ -250,3 +250,56 @@ pub fn fmt_mac(mac: &[u8; 6]) -> String {
         .collect::<Vec<_>>()
         .join(":")
 }
+
+/// Asks the kernel for the link state of `name` (`ETHTOOL_GLINK`, like
+/// `ethtool IFACE`), which runs the link watcher for that device right away.
+///
+/// A device whose carrier comes up gets its queueing discipline from the
+/// link watcher, which the kernel may delay by up to a second; until then
+/// the device drops what it sends. Labs call this after bringing links up
+/// so the first packets are not lost. Returns whether the carrier is up.
+pub fn sync_carrier(name: &str) -> std::io::Result<bool> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    const ETHTOOL_GLINK: u32 = 0x0000_000a;
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_GLINK,
+        data: 0,
+    };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut value,
+        _pad: [0; 16],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket(2) has no memory preconditions; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: SIOCETHTOOL reads the ifreq and writes the ethtool_value it
+    // points to; both live until the call returns.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(value.data != 0)
+}

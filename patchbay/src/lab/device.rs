@@ -12,11 +12,8 @@ use crate::netns::{Netns, Task};
 
 use super::LabInner;
 use super::node::{Iface, Node, NodeInner, NodeKind};
-use super::router::{FIRST_PORT_INDEX, LAN_INDEX};
+use super::router::LAN_INDEX;
 use super::topo::{Member, check_ifname};
-
-/// First interface index used for a device's own interfaces.
-const FIRST_DEVICE_INDEX: u32 = 2;
 
 /// Builds a [`Device`]; from [`crate::Lab::add_device`].
 #[derive(Debug)]
@@ -145,9 +142,10 @@ impl DeviceBuilder {
 
         let mut members = vec![];
         for (k, p) in planned.iter().enumerate() {
-            let index = FIRST_DEVICE_INDEX + k as u32;
+            // Lab-unique indexes; see the note in router.rs.
+            let index = lab.next_ifindex();
             let mac = addr::mac(node.ordinal, k as u8 + 1);
-            let port_index = FIRST_PORT_INDEX + p.port;
+            let port_index = lab.next_ifindex();
             let dev_end = VethEnd {
                 name: p.iface.clone(),
                 index,
@@ -169,8 +167,10 @@ impl DeviceBuilder {
                 .await?
                 .ctx(|| ctx.clone())?;
             let (v4, v6, gw, default) = (p.v4, p.v6, p.gw, p.iface == default_via);
+            let ifname = p.iface.clone();
             ns.run(move || async move {
                 netlink::set_up(index, true).await?;
+                sync_carriers(&[&ifname]);
                 netlink::add_addr(index, v4.into(), addr::V4_PREFIX).await?;
                 netlink::add_addr(index, v6.into(), addr::V6_PREFIX).await?;
                 if default {
@@ -181,6 +181,9 @@ impl DeviceBuilder {
             })
             .await?
             .ctx(|| ctx.clone())?;
+            let port_name = format!("p{}", p.port);
+            p.router_ns
+                .run_sync(move || sync_carriers(&[&port_name, "lan"]))?;
             node.add_iface(Iface {
                 name: p.iface.clone(),
                 index,
@@ -223,6 +226,17 @@ impl DeviceBuilder {
         Ok(Device {
             node: Node::from_inner(node),
         })
+    }
+}
+
+/// Runs the link watcher for freshly connected interfaces so they can send
+/// at once (see [`netlink::sync_carrier`]). Failures only cost the delay the
+/// kernel would have imposed anyway, so they are logged, not returned.
+pub(crate) fn sync_carriers(names: &[&str]) {
+    for n in names {
+        if let Err(e) = netlink::sync_carrier(n) {
+            tracing::debug!("ETHTOOL_GLINK on {n} failed: {e}");
+        }
     }
 }
 

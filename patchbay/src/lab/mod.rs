@@ -19,6 +19,8 @@
 //! network namespaces, veth and bridge support.
 
 mod device;
+mod faults;
+mod nat_ops;
 mod node;
 mod router;
 mod topo;
@@ -28,6 +30,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use device::{Device, DeviceBuilder};
+pub use faults::{Direction, FaultGuard};
 pub use node::{Iface, Node, NodeKind};
 pub use router::{Router, RouterBuilder};
 
@@ -88,12 +91,16 @@ pub(crate) struct LabInner {
     topo: Mutex<Topology>,
     cgroup: Option<LabCgroup>,
     next_node: AtomicU32,
+    next_ifindex: AtomicU32,
 }
 
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Interface index of the exchange bridge in the lab root.
 const IX_BRIDGE_INDEX: u32 = 2;
+/// First index handed out by [`LabInner::next_ifindex`]; bridges, created
+/// in their own namespace, use fixed indexes below it.
+const FIRST_VETH_INDEX: u32 = 16;
 
 impl Lab {
     /// Creates a lab with default options.
@@ -111,7 +118,7 @@ impl Lab {
             opts.label.as_deref().unwrap_or("lab"),
             std::process::id()
         );
-        let cgroup = match ProcessCgroup::get() {
+        let cgroup = match ProcessCgroup::acquire() {
             Ok(pc) => Some(pc.new_lab()?),
             Err(crate::cgroup::CgroupError::NoCgroup2) => None,
             Err(e) => return Err(e.into()),
@@ -124,6 +131,7 @@ impl Lab {
             topo: Mutex::new(Topology::new()),
             cgroup,
             next_node: AtomicU32::new(1),
+            next_ifindex: AtomicU32::new(FIRST_VETH_INDEX),
         });
         inner.prepare_ns(&root, true)?;
         let bridge_mac = addr::mac(0, 0);
@@ -193,6 +201,11 @@ impl LabInner {
 
     pub(crate) fn topo(&self) -> std::sync::MutexGuard<'_, Topology> {
         self.topo.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A fresh interface index, unique across the lab's namespaces.
+    pub(crate) fn next_ifindex(&self) -> u32 {
+        self.next_ifindex.fetch_add(1, Ordering::Relaxed)
     }
 
     pub(crate) fn next_ordinal(&self) -> u32 {

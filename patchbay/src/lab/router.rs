@@ -13,12 +13,8 @@ use super::node::{Iface, Node, NodeInner, NodeKind};
 use super::topo::{LanState, Member, RouterRec, Upstream};
 use super::{IX_BRIDGE_INDEX, LabInner};
 
-/// Interface index of the `wan` uplink inside a router.
-pub(crate) const WAN_INDEX: u32 = 2;
 /// Interface index of the `lan` bridge inside a router.
 pub(crate) const LAN_INDEX: u32 = 3;
-/// First index used for LAN ports (device links) inside a router.
-pub(crate) const FIRST_PORT_INDEX: u32 = 16;
 
 /// Builds a [`Router`]; from [`crate::Lab::add_router`].
 #[derive(Debug)]
@@ -27,7 +23,9 @@ pub struct RouterBuilder {
     lab: Arc<LabInner>,
     name: String,
     upstream: Option<String>,
-    lan_kind: LanKind,
+    lan_kind: Option<LanKind>,
+    nat: crate::nat::NatConfig,
+    firewall: Option<crate::firewall::Firewall>,
 }
 
 impl RouterBuilder {
@@ -36,7 +34,9 @@ impl RouterBuilder {
             lab,
             name: name.to_string(),
             upstream: None,
-            lan_kind: LanKind::Public,
+            lan_kind: None,
+            nat: crate::nat::NatConfig::default(),
+            firewall: None,
         }
     }
 
@@ -52,9 +52,41 @@ impl RouterBuilder {
         self
     }
 
-    /// Which address pool the LAN draws from (default: public).
+    /// Which address pool the LAN draws from (default: from the NAT mode:
+    /// public without NAT, 100.64/10 for CGNAT, 10/8 otherwise).
     pub fn lan_kind(mut self, kind: LanKind) -> Self {
-        self.lan_kind = kind;
+        self.lan_kind = Some(kind);
+        self
+    }
+
+    /// The router's NAT mode (default: [`crate::Nat::None`]). See
+    /// [`crate::nat`] for what each mode does and what it needs.
+    pub fn nat(mut self, nat: crate::Nat) -> Self {
+        self.nat.nat = nat;
+        self
+    }
+
+    /// Whether the NAT hairpins (default: off).
+    pub fn hairpin(mut self, on: bool) -> Self {
+        self.nat.hairpin = on;
+        self
+    }
+
+    /// Conntrack timeouts of the router's namespace (default: the kernel's).
+    pub fn conntrack(mut self, timeouts: crate::ConntrackTimeouts) -> Self {
+        self.nat.conntrack = Some(timeouts);
+        self
+    }
+
+    /// NAT mode, hairpinning and timeouts at once.
+    pub fn nat_config(mut self, config: crate::NatConfig) -> Self {
+        self.nat = config;
+        self
+    }
+
+    /// A firewall on the router (inbound = arriving on `wan`).
+    pub fn firewall(mut self, firewall: crate::Firewall) -> Self {
+        self.firewall = Some(firewall);
         self
     }
 
@@ -65,7 +97,10 @@ impl RouterBuilder {
             name,
             upstream,
             lan_kind,
+            nat,
+            firewall,
         } = self;
+        let lan_kind = lan_kind.unwrap_or(nat.nat.lan_kind());
         if name.is_empty() {
             return Err(Error::Invalid("a router needs a non-empty name".into()));
         }
@@ -125,10 +160,14 @@ impl RouterBuilder {
                 )
             }
         };
-        let port_index = FIRST_PORT_INDEX + parent_port;
+        // Indexes are unique across the lab: kernels before ~6.14 check a
+        // requested index in the namespace that sends the request, not only
+        // in the target one.
+        let port_index = lab.next_ifindex();
+        let wan_index = lab.next_ifindex();
         let wan = VethEnd {
             name: "wan".into(),
-            index: WAN_INDEX,
+            index: wan_index,
             mac: wan_mac,
             netns_fd: ns.raw_fd()?,
         };
@@ -153,18 +192,29 @@ impl RouterBuilder {
             netlink::create_bridge("lan", LAN_INDEX, bridge_mac).await?;
             netlink::add_addr(LAN_INDEX, gw4.into(), addr::V4_PREFIX).await?;
             netlink::add_addr(LAN_INDEX, gw6.into(), addr::V6_PREFIX).await?;
-            netlink::set_up(WAN_INDEX, true).await?;
-            netlink::add_addr(WAN_INDEX, uplink.0.into(), addr::V4_PREFIX).await?;
-            netlink::add_addr(WAN_INDEX, uplink.1.into(), addr::V6_PREFIX).await?;
+            netlink::set_up(wan_index, true).await?;
+            netlink::add_addr(wan_index, uplink.0.into(), addr::V4_PREFIX).await?;
+            netlink::add_addr(wan_index, uplink.1.into(), addr::V6_PREFIX).await?;
             netlink::add_route_v4(Ipv4Addr::UNSPECIFIED, 0, parent_gw.0).await?;
-            netlink::add_route_v6(Ipv6Addr::UNSPECIFIED, 0, parent_gw.1).await
+            netlink::add_route_v6(Ipv6Addr::UNSPECIFIED, 0, parent_gw.1).await?;
+            super::device::sync_carriers(&["wan"]);
+            Ok(())
         })
         .await?
         .ctx(|| ctx.clone())?;
 
+        let port_name = format!("p{parent_port}");
+        let parent_bridge_name = if parent_bridge == IX_BRIDGE_INDEX {
+            "ix"
+        } else {
+            "lan"
+        };
+        parent_ns
+            .run_sync(move || super::device::sync_carriers(&[&port_name, parent_bridge_name]))?;
+
         node.add_iface(Iface {
             name: "wan".into(),
-            index: WAN_INDEX,
+            index: wan_index,
             mac: wan_mac,
             ip: Some(uplink.0),
             ip6: Some(uplink.1),
@@ -186,7 +236,7 @@ impl RouterBuilder {
             v4: uplink.0,
             v6: uplink.1,
             mac: wan_mac,
-            index: WAN_INDEX,
+            index: wan_index,
         };
         let lan_v4 = lan.v4;
         let lan_v6 = lan.v6;
@@ -205,6 +255,7 @@ impl RouterBuilder {
                         members: vec![],
                         next_port: 0,
                     },
+                    nat,
                 },
             );
         }
@@ -236,9 +287,11 @@ impl RouterBuilder {
             .await?;
         }
         routes_to_lan(&lab, &name, lan_kind, lan_v4, lan_v6).await?;
-        Ok(Router {
+        let router = Router {
             node: Node::from_inner(node),
-        })
+        };
+        router.configure(firewall).await?;
+        Ok(router)
     }
 }
 

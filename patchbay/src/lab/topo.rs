@@ -45,6 +45,8 @@ pub(crate) struct RouterRec {
     pub node: Arc<NodeInner>,
     pub upstream: Upstream,
     pub lan: LanState,
+    /// NAT mode, hairpinning and conntrack timeouts (see `nat_ops.rs`).
+    pub nat: crate::nat::NatConfig,
 }
 
 #[derive(Debug, Default)]

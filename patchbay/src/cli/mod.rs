@@ -1,0 +1,67 @@
+//! Command-line front end: argument parsing and output rendering only; the
+//! work is done by the library.
+
+mod demo;
+mod doctor;
+mod run;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "patchbay",
+    version,
+    about = "Network labs on the real Linux kernel stack, with timer compression"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build a lab from a TOML file and run its steps.
+    Run(run::RunArgs),
+    /// Report what this host's kernel and tools support.
+    Doctor(doctor::DoctorArgs),
+    /// Run the built-in showcase lab.
+    Demo(demo::DemoArgs),
+}
+
+pub fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`patchbay doctor --json | head`), like
+    // other Unix tools, instead of panicking in println!.
+    // SAFETY: setting a signal disposition has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Run(a) => run::run(a).await,
+            Cmd::Doctor(a) => doctor::run(a).await,
+            Cmd::Demo(a) => demo::run(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! `patchbay doctor`: what this host's kernel and tools can do for labs.
+//!
+//! Every check is a real probe in a throwaway namespace (never a guess from
+//! the version number), and nothing outside that namespace is touched.
+
+use serde::Serialize;
+
+use crate::cmd;
+use crate::netlink::{self, VethEnd};
+use crate::netns::Netns;
+
+/// One probe result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// Short name, e.g. `tc.netem`.
+    pub name: String,
+    /// Whether the feature works.
+    pub ok: bool,
+    /// What was found, or why it failed and what to do.
+    pub detail: String,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct DoctorReport {
+    /// `uname -r`.
+    pub kernel_release: String,
+    /// Whether the process runs as root.
+    pub root: bool,
+    /// The cgroup2 mount point, if any.
+    pub cgroup2_mount: Option<String>,
+    /// Every check, in a fixed order.
+    pub checks: Vec<Check>,
+}
+
+impl DoctorReport {
+    /// A check by name.
+    pub fn check(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+
+    /// Whether labs can be built at all (namespaces, veth, bridge, privileges).
+    pub fn labs_supported(&self) -> bool {
+        ["privileges", "netns", "veth", "bridge"]
+            .iter()
+            .all(|n| self.check(n).is_some_and(|c| c.ok))
+    }
+}
+
+fn push(checks: &mut Vec<Check>, name: &str, ok: bool, detail: impl Into<String>) {
+    checks.push(Check {
+        name: name.into(),
+        ok,
+        detail: detail.into(),
+    });
+}
+
+/// `tc qdisc add dev lo root …` arguments per qdisc kind probed.
+const QDISCS: &[(&str, &[&str])] = &[
+    ("netem", &["root", "netem", "delay", "1ms"]),
+    (
+        "tbf",
+        &[
+            "root", "tbf", "rate", "1mbit", "burst", "32kbit", "latency", "50ms",
+        ],
+    ),
+    ("htb", &["root", "handle", "1:", "htb", "default", "1"]),
+    ("fq", &["root", "fq"]),
+    ("fq_codel", &["root", "fq_codel"]),
+    ("ingress", &["ingress"]),
+    ("clsact", &["clsact"]),
+];
+
+/// Runs every probe.
+pub async fn probe() -> DoctorReport {
+    let mut checks = vec![];
+    let uname = nix::sys::utsname::uname().ok();
+    let kernel_release = uname
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let root = nix::unistd::geteuid().is_root();
+    push(
+        &mut checks,
+        "privileges",
+        root,
+        if root {
+            "running as root".to_string()
+        } else {
+            "not root: labs need root or CAP_SYS_ADMIN + CAP_NET_ADMIN; run with sudo".to_string()
+        },
+    );
+    let cgroup2 = crate::cgroup::cgroup2_mount();
+    push(
+        &mut checks,
+        "cgroup2",
+        cgroup2.is_some(),
+        match &cgroup2 {
+            Some(p) => format!("mounted at {}", p.display()),
+            None => "no cgroup v2 mount: timer compression (BPF sock_ops) and killing grandchildren need it".into(),
+        },
+    );
+    push(
+        &mut checks,
+        "btf",
+        std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+        "/sys/kernel/btf/vmlinux",
+    );
+    let ns = match Netns::new("doctor") {
+        Ok(ns) => {
+            push(&mut checks, "netns", true, "unshare(CLONE_NEWNET) works");
+            ns
+        }
+        Err(e) => {
+            push(&mut checks, "netns", false, e.to_string());
+            return DoctorReport {
+                kernel_release,
+                root,
+                cgroup2_mount: cgroup2.map(|p| p.display().to_string()),
+                checks,
+            };
+        }
+    };
+    probe_links(&ns, &mut checks).await;
+    probe_nft(&ns, &mut checks).await;
+    for (kind, args) in QDISCS {
+        let mut argv = vec!["qdisc", "add", "dev", "lo"];
+        argv.extend_from_slice(args);
+        let r = cmd::run(&ns, "tc", &argv, None).await;
+        let (ok, detail) = match r {
+            Ok(_) => {
+                // Remove it so the next kind can attach at the root.
+                let del: &[&str] = if *kind == "ingress" || *kind == "clsact" {
+                    &["qdisc", "del", "dev", "lo", kind]
+                } else {
+                    &["qdisc", "del", "dev", "lo", "root"]
+                };
+                if let Err(e) = cmd::run(&ns, "tc", del, None).await {
+                    tracing::debug!("doctor: removing probe qdisc failed: {e}");
+                }
+                (true, "available".to_string())
+            }
+            Err(cmd::CmdError::Failed { stderr, .. })
+                if stderr.contains("unknown") || stderr.contains("not supported") =>
+            {
+                (
+                    false,
+                    format!(
+                        "not in this kernel (CONFIG_NET_SCH_{}): {stderr}",
+                        kind.to_uppercase()
+                    ),
+                )
+            }
+            Err(e) => (false, e.to_string()),
+        };
+        push(&mut checks, &format!("tc.{kind}"), ok, detail);
+    }
+    ns.shutdown();
+    DoctorReport {
+        kernel_release,
+        root,
+        cgroup2_mount: cgroup2.map(|p| p.display().to_string()),
+        checks,
+    }
+}
+
+async fn probe_links(ns: &Netns, checks: &mut Vec<Check>) {
+    let fd = match ns.raw_fd() {
+        Ok(fd) => fd,
+        Err(e) => {
+            push(checks, "veth", false, e.to_string());
+            return;
+        }
+    };
+    let r = ns
+        .run(move || async move {
+            let a = VethEnd {
+                name: "pa".into(),
+                index: 0,
+                mac: [2, 0, 0, 0, 0, 1],
+                netns_fd: fd,
+            };
+            let b = VethEnd {
+                name: "pb".into(),
+                index: 0,
+                mac: [2, 0, 0, 0, 0, 2],
+                netns_fd: fd,
+            };
+            let veth = netlink::create_veth(&a, &b)
+                .await
+                .map_err(|e| e.to_string());
+            let bridge = netlink::create_bridge("pbr", 0, [2, 0, 0, 0, 0, 3])
+                .await
+                .map_err(|e| e.to_string());
+            (veth, bridge)
+        })
+        .await;
+    match r {
+        Ok((veth, bridge)) => {
+            push(
+                checks,
+                "veth",
+                veth.is_ok(),
+                veth.err().unwrap_or_else(|| "available".into()),
+            );
+            push(
+                checks,
+                "bridge",
+                bridge.is_ok(),
+                bridge.err().unwrap_or_else(|| "available".into()),
+            );
+        }
+        Err(e) => push(checks, "veth", false, e.to_string()),
+    }
+}
+
+async fn probe_nft(ns: &Netns, checks: &mut Vec<Check>) {
+    let ruleset = "table inet patchbay_probe {\n  chain c { type filter hook prerouting priority 0; ct state established accept; }\n}\n\
+                   table ip patchbay_probe_nat {\n  chain p { type nat hook postrouting priority 100; masquerade; }\n}\n";
+    let r = cmd::run(ns, "nft", ["-f", "-"], Some(ruleset.to_string())).await;
+    let (ok, detail) = match r {
+        Ok(_) => {
+            let v = cmd::run(ns, "nft", ["--version"], None)
+                .await
+                .map(|o| o.stdout.trim().to_string());
+            (
+                true,
+                format!(
+                    "inet filter, ct and nat masquerade work ({})",
+                    v.unwrap_or_default()
+                ),
+            )
+        }
+        Err(e) => (false, e.to_string()),
+    };
+    push(checks, "nftables", ok, detail);
+}
+
+impl std::fmt::Display for DoctorReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "kernel {}", self.kernel_release)?;
+        let w = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+        for c in &self.checks {
+            writeln!(
+                f,
+                "  {}  {:w$}  {}",
+                if c.ok { "ok" } else { "--" },
+                c.name,
+                c.detail
+            )?;
+        }
+        write!(
+            f,
+            "labs: {}",
+            if self.labs_supported() {
+                "supported"
+            } else {
+                "NOT supported (see the failed checks above)"
+            }
+        )
+    }
+}

@@ -1,0 +1,68 @@
+//! TOML lab descriptions: routers, devices and a list of steps.
+//!
+//! The format is documented in `docs/toml.md`. Parsing and validation are
+//! pure; [`run`] builds the lab and executes the steps.
+
+mod run;
+mod schema;
+mod subst;
+
+pub use run::{RunReport, StepOutcome, run};
+pub use schema::{DeviceSpec, IfaceSpec, LabFile, LabSection, RouterSpec, Step, StepKind};
+pub use subst::{Vars, substitute};
+
+use std::path::{Path, PathBuf};
+
+/// Errors of reading or validating a lab file.
+#[derive(Debug, thiserror::Error)]
+pub enum LabFileError {
+    /// The file could not be read.
+    #[error("cannot read lab file {path}: {source}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax or schema error; the message carries line and column.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The path.
+        path: PathBuf,
+        /// The parser's message with line, column and a snippet.
+        message: String,
+    },
+    /// The description is inconsistent.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+impl LabFile {
+    /// Parses and validates a lab description. `path` is used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<LabFile, LabFileError> {
+        let file: LabFile = toml::from_str(text).map_err(|e| LabFileError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        file.validate().map_err(|message| LabFileError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(file)
+    }
+
+    /// Reads, parses and validates a lab file.
+    pub fn load(path: &Path) -> Result<LabFile, LabFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LabFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+}

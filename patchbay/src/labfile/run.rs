@@ -1,0 +1,297 @@
+//! Builds a lab from a [`LabFile`] and executes its steps.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+
+use super::schema::{Command, LabFile, Step, StepKind};
+use super::subst::{Vars, substitute};
+use crate::{Lab, LabOpts, Result};
+
+/// Default limit for foreground commands and waits.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How much of a command's output a report keeps.
+const KEEP_OUTPUT: usize = 4096;
+
+/// The outcome of one step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepOutcome {
+    /// 1-based step number.
+    pub step: usize,
+    /// `run`, `spawn`, `sleep`, `wait` or `kill`.
+    pub kind: &'static str,
+    /// The node it ran on, or the background name for `wait`/`kill`.
+    pub node: Option<String>,
+    /// The command line, after substitution.
+    pub command: Option<String>,
+    /// Exit code, where a process ended.
+    pub exit_code: Option<i32>,
+    /// Wall-clock seconds the step took.
+    pub wall_s: f64,
+    /// Whether the step met its expectations.
+    pub ok: bool,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The start of the command's stdout.
+    pub stdout: Option<String>,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// The lab's id.
+    pub lab: String,
+    /// Seconds to build the lab.
+    pub build_s: f64,
+    /// Every executed step; the run stops at the first failed one.
+    pub steps: Vec<StepOutcome>,
+    /// Whether every step passed.
+    pub ok: bool,
+}
+
+struct Bg {
+    child: tokio::process::Child,
+    node: String,
+    out: tokio::task::JoinHandle<String>,
+}
+
+/// Builds the lab described by `file`, runs its steps, and tears it down.
+/// `on_step` is called after each step (for progress output).
+pub async fn run(file: &LabFile, mut on_step: impl FnMut(&StepOutcome)) -> Result<RunReport> {
+    let t0 = Instant::now();
+    let mut opts = LabOpts::default().prewarm_neighbors(file.lab.prewarm_neighbors);
+    if let Some(l) = &file.lab.label {
+        opts = opts.label(l.clone());
+    }
+    let lab = Lab::with_opts(opts).await?;
+    for r in &file.routers {
+        let mut b = lab.add_router(&r.name);
+        if let Some(up) = &r.upstream {
+            b = b.upstream_name(up);
+        }
+        b.build().await?;
+    }
+    for d in &file.devices {
+        let mut b = lab.add_device(&d.name);
+        for i in &d.ifaces {
+            b = b.iface_on(&i.name, &i.router);
+        }
+        if let Some(dv) = &d.default_via {
+            b = b.default_via(dv);
+        }
+        b.build().await?;
+    }
+    let build_s = t0.elapsed().as_secs_f64();
+    let vars = Vars::from_lab(&lab);
+    let mut bgs: BTreeMap<String, Bg> = BTreeMap::new();
+    let mut steps = vec![];
+    for (i, step) in file.steps.iter().enumerate() {
+        let out = run_step(&lab, &vars, i + 1, step, &mut bgs).await;
+        on_step(&out);
+        let ok = out.ok;
+        steps.push(out);
+        if !ok {
+            break;
+        }
+    }
+    let ok = steps.iter().all(|s| s.ok) && steps.len() == file.steps.len();
+    Ok(RunReport {
+        lab: lab.id().to_string(),
+        build_s,
+        steps,
+        ok,
+    })
+}
+
+fn outcome(step: usize, kind: &'static str) -> StepOutcome {
+    StepOutcome {
+        step,
+        kind,
+        node: None,
+        command: None,
+        exit_code: None,
+        wall_s: 0.0,
+        ok: true,
+        error: None,
+        stdout: None,
+    }
+}
+
+fn command_of(
+    cmd: &Command,
+    vars: &Vars,
+) -> std::result::Result<(tokio::process::Command, String), String> {
+    match cmd {
+        Command::Shell(s) => {
+            let s = substitute(s, vars)?;
+            let mut c = tokio::process::Command::new("sh");
+            c.arg("-c").arg(&s);
+            Ok((c, s))
+        }
+        Command::Argv(v) => {
+            let v = v
+                .iter()
+                .map(|a| substitute(a, vars))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let (prog, args) = v.split_first().ok_or("empty `cmd` array")?;
+            let mut c = tokio::process::Command::new(prog);
+            c.args(args);
+            Ok((c, v.join(" ")))
+        }
+    }
+}
+
+async fn read_all(mut r: impl tokio::io::AsyncRead + Unpin) -> String {
+    let mut buf = Vec::new();
+    // Output that cannot be read is reported as what was read so far.
+    let _ = r.read_to_end(&mut buf).await;
+    let mut s = String::from_utf8_lossy(&buf).into_owned();
+    if s.len() > KEEP_OUTPUT {
+        let mut cut = KEEP_OUTPUT;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+fn check(out: &mut StepOutcome, step: &Step, code: Option<i32>, stdout: &str) {
+    out.exit_code = code;
+    let want = step.expect_exit.unwrap_or(0);
+    if code != Some(want) {
+        out.ok = false;
+        out.error = Some(match code {
+            Some(c) => format!("exit code {c}, expected {want}"),
+            None => format!("killed by a signal, expected exit code {want}"),
+        });
+    } else if let Some(needle) = &step.expect_output {
+        if !stdout.contains(needle.as_str()) {
+            out.ok = false;
+            out.error = Some(format!("stdout does not contain {needle:?}"));
+        }
+    }
+    out.stdout = Some(stdout.to_string());
+}
+
+async fn run_step(
+    lab: &Lab,
+    vars: &Vars,
+    n: usize,
+    step: &Step,
+    bgs: &mut BTreeMap<String, Bg>,
+) -> StepOutcome {
+    let t = Instant::now();
+    let kind = match step.kind() {
+        Ok(k) => k,
+        Err(e) => {
+            let mut o = outcome(n, "invalid");
+            o.ok = false;
+            o.error = Some(e);
+            return o;
+        }
+    };
+    let mut out = match &kind {
+        StepKind::Run { .. } => outcome(n, "run"),
+        StepKind::Spawn { .. } => outcome(n, "spawn"),
+        StepKind::Sleep(_) => outcome(n, "sleep"),
+        StepKind::Wait(_) => outcome(n, "wait"),
+        StepKind::Kill(_) => outcome(n, "kill"),
+    };
+    let limit = step.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let result: std::result::Result<(), String> = async {
+        match kind {
+            StepKind::Run { node } | StepKind::Spawn { node, .. } if lab.node(&node).is_none() => {
+                Err(format!("unknown node {node:?}"))
+            }
+            StepKind::Run { node } => {
+                out.node = Some(node.clone());
+                let (mut cmd, line) = command_of(step.cmd.as_ref().ok_or("no cmd")?, vars)?;
+                out.command = Some(line);
+                cmd.stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true);
+                let n = lab.node(&node).ok_or("node vanished")?;
+                let mut child = n.spawn_command(cmd).map_err(|e| e.to_string())?;
+                let so = tokio::spawn(read_all(child.stdout.take().ok_or("no stdout")?));
+                let se = tokio::spawn(read_all(child.stderr.take().ok_or("no stderr")?));
+                let status = match tokio::time::timeout(limit, child.wait()).await {
+                    Ok(s) => s.map_err(|e| e.to_string())?,
+                    Err(_) => {
+                        child.kill().await.map_err(|e| e.to_string())?;
+                        return Err(format!("timed out after {limit:?}"));
+                    }
+                };
+                let stdout = so.await.unwrap_or_default();
+                let stderr = se.await.unwrap_or_default();
+                check(&mut out, step, status.code(), &stdout);
+                if !out.ok && !stderr.is_empty() {
+                    let e = out.error.take().unwrap_or_default();
+                    out.error = Some(format!("{e}; stderr: {}", stderr.trim()));
+                }
+                Ok(())
+            }
+            StepKind::Spawn { node, name } => {
+                out.node = Some(node.clone());
+                let (mut cmd, line) = command_of(step.cmd.as_ref().ok_or("no cmd")?, vars)?;
+                out.command = Some(line);
+                cmd.stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true);
+                let n = lab.node(&node).ok_or("node vanished")?;
+                let mut child = n.spawn_command(cmd).map_err(|e| e.to_string())?;
+                let out_task = tokio::spawn(read_all(child.stdout.take().ok_or("no stdout")?));
+                bgs.insert(
+                    name,
+                    Bg {
+                        child,
+                        node,
+                        out: out_task,
+                    },
+                );
+                Ok(())
+            }
+            StepKind::Sleep(d) => {
+                tokio::time::sleep(d).await;
+                Ok(())
+            }
+            StepKind::Wait(name) => {
+                let mut bg = bgs
+                    .remove(&name)
+                    .ok_or_else(|| format!("no background step {name:?}"))?;
+                out.node = Some(bg.node.clone());
+                let status = match tokio::time::timeout(limit, bg.child.wait()).await {
+                    Ok(s) => s.map_err(|e| e.to_string())?,
+                    Err(_) => {
+                        return Err(format!(
+                            "background step {name:?} still running after {limit:?}"
+                        ));
+                    }
+                };
+                let stdout = bg.out.await.unwrap_or_default();
+                check(&mut out, step, status.code(), &stdout);
+                Ok(())
+            }
+            StepKind::Kill(name) => {
+                let mut bg = bgs
+                    .remove(&name)
+                    .ok_or_else(|| format!("no background step {name:?}"))?;
+                out.node = Some(bg.node.clone());
+                bg.child.kill().await.map_err(|e| e.to_string())?;
+                Ok(())
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        out.ok = false;
+        out.error = Some(e);
+    }
+    out.wall_s = t.elapsed().as_secs_f64();
+    out
+}

@@ -1,0 +1,430 @@
+//! The TOML schema of lab files, with validation.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A whole lab file.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LabFile {
+    /// Lab-wide options.
+    #[serde(default)]
+    pub lab: LabSection,
+    /// Routers, in build order.
+    #[serde(default, rename = "router")]
+    pub routers: Vec<RouterSpec>,
+    /// Devices, built after the routers.
+    #[serde(default, rename = "device")]
+    pub devices: Vec<DeviceSpec>,
+    /// Steps, executed in order.
+    #[serde(default, rename = "step")]
+    pub steps: Vec<Step>,
+}
+
+/// The `[lab]` table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LabSection {
+    /// Label of the lab.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Pre-warm neighbour entries (default true).
+    #[serde(default = "yes")]
+    pub prewarm_neighbors: bool,
+}
+
+impl Default for LabSection {
+    fn default() -> Self {
+        LabSection {
+            label: None,
+            prewarm_neighbors: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A `[[router]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RouterSpec {
+    /// Unique node name.
+    pub name: String,
+    /// Router whose LAN the uplink joins; absent: the exchange.
+    #[serde(default)]
+    pub upstream: Option<String>,
+}
+
+/// A `[[device]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DeviceSpec {
+    /// Unique node name.
+    pub name: String,
+    /// Interfaces (at least one).
+    #[serde(default, rename = "iface")]
+    pub ifaces: Vec<IfaceSpec>,
+    /// Interface carrying the default route (default: the first).
+    #[serde(default)]
+    pub default_via: Option<String>,
+}
+
+/// One device interface.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct IfaceSpec {
+    /// Interface name inside the device (at most 15 bytes).
+    pub name: String,
+    /// The router whose LAN it joins.
+    pub router: String,
+}
+
+/// A `[[step]]` entry: exactly one action key plus modifiers.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Step {
+    /// Run a command on this node.
+    #[serde(default)]
+    pub run: Option<String>,
+    /// The command: a string (run with `sh -c`) or an argv array.
+    #[serde(default)]
+    pub cmd: Option<Command>,
+    /// Run in the background under this name (for `wait` / `kill`).
+    #[serde(default)]
+    pub background: Option<String>,
+    /// Sleep this long (e.g. "500ms", "2s").
+    #[serde(default, with = "opt_duration")]
+    pub sleep: Option<Duration>,
+    /// Wait for the named background step to exit.
+    #[serde(default)]
+    pub wait: Option<String>,
+    /// Kill the named background step.
+    #[serde(default)]
+    pub kill: Option<String>,
+    /// Expected exit code (foreground `run` and `wait`); default 0.
+    #[serde(default)]
+    pub expect_exit: Option<i32>,
+    /// Text the command's stdout must contain.
+    #[serde(default)]
+    pub expect_output: Option<String>,
+    /// Limit for a foreground command or a wait (default 60 s).
+    #[serde(default, with = "opt_duration")]
+    pub timeout: Option<Duration>,
+}
+
+/// A command as a shell string or an argv list.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Command {
+    /// Run with `sh -c`.
+    Shell(String),
+    /// Run directly.
+    Argv(Vec<String>),
+}
+
+/// What a step does, once validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepKind {
+    /// Run a command in the foreground.
+    Run {
+        /// Node.
+        node: String,
+    },
+    /// Start a command in the background.
+    Spawn {
+        /// Node.
+        node: String,
+        /// Name for later `wait`/`kill`.
+        name: String,
+    },
+    /// Sleep.
+    Sleep(Duration),
+    /// Wait for a background command.
+    Wait(String),
+    /// Kill a background command.
+    Kill(String),
+}
+
+impl Step {
+    /// The step's action; validated by [`LabFile::validate`].
+    pub fn kind(&self) -> Result<StepKind, String> {
+        let actions = [
+            self.run.is_some(),
+            self.sleep.is_some(),
+            self.wait.is_some(),
+            self.kill.is_some(),
+        ];
+        if actions.iter().filter(|a| **a).count() != 1 {
+            return Err("each [[step]] needs exactly one of `run`, `sleep`, `wait`, `kill`".into());
+        }
+        if let Some(node) = &self.run {
+            if self.cmd.is_none() {
+                return Err(format!("step `run = {node:?}` has no `cmd`"));
+            }
+            return Ok(match &self.background {
+                Some(name) => StepKind::Spawn {
+                    node: node.clone(),
+                    name: name.clone(),
+                },
+                None => StepKind::Run { node: node.clone() },
+            });
+        }
+        if self.cmd.is_some() || self.background.is_some() {
+            return Err("`cmd` and `background` belong to a `run` step".into());
+        }
+        if let Some(d) = self.sleep {
+            return Ok(StepKind::Sleep(d));
+        }
+        if let Some(w) = &self.wait {
+            return Ok(StepKind::Wait(w.clone()));
+        }
+        Ok(StepKind::Kill(self.kill.clone().unwrap_or_default()))
+    }
+}
+
+impl LabFile {
+    /// Checks names and references; the message says what to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut names = BTreeSet::new();
+        let mut routers = BTreeSet::new();
+        for r in &self.routers {
+            if !names.insert(r.name.as_str()) {
+                return Err(format!(
+                    "duplicate node name {:?}: every router and device needs a unique name",
+                    r.name
+                ));
+            }
+            if let Some(up) = &r.upstream {
+                if !routers.contains(up.as_str()) {
+                    return Err(format!(
+                        "router {:?}: upstream {up:?} is not a router declared above it; declare [[router]] {up:?} first",
+                        r.name
+                    ));
+                }
+            }
+            routers.insert(r.name.as_str());
+        }
+        for d in &self.devices {
+            if !names.insert(d.name.as_str()) {
+                return Err(format!(
+                    "duplicate node name {:?}: every router and device needs a unique name",
+                    d.name
+                ));
+            }
+            if d.ifaces.is_empty() {
+                return Err(format!(
+                    "device {:?} has no interface; add `iface = [{{ name = \"eth0\", router = \"...\" }}]`",
+                    d.name
+                ));
+            }
+            for i in &d.ifaces {
+                if !routers.contains(i.router.as_str()) {
+                    return Err(format!(
+                        "device {:?}: interface {:?} is on unknown router {:?}; known routers: {:?}",
+                        d.name, i.name, i.router, routers
+                    ));
+                }
+            }
+        }
+        let mut bg = BTreeSet::new();
+        for (n, s) in self.steps.iter().enumerate() {
+            let n = n + 1;
+            match s.kind().map_err(|e| format!("step {n}: {e}"))? {
+                StepKind::Run { node } | StepKind::Spawn { node, .. }
+                    if !names.contains(node.as_str()) =>
+                {
+                    return Err(format!("step {n}: unknown node {node:?}"));
+                }
+                StepKind::Spawn { name, .. } => {
+                    if !bg.insert(name.clone()) {
+                        return Err(format!("step {n}: background name {name:?} is used twice"));
+                    }
+                }
+                StepKind::Wait(name) | StepKind::Kill(name) if !bg.contains(&name) => {
+                    return Err(format!(
+                        "step {n}: no background step named {name:?} before it"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses durations like `1500us`, `150ms`, `2s`, `1.5s`, `5m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. \"150ms\", \"2s\""))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!(
+            "invalid duration {s:?}: must be a non-negative number with a unit"
+        ));
+    }
+    let secs = match unit.trim() {
+        "ns" => v / 1e9,
+        "us" | "µs" => v / 1e6,
+        "ms" => v / 1e3,
+        "s" | "" => v,
+        "m" | "min" => v * 60.0,
+        "h" => v * 3600.0,
+        u => {
+            return Err(format!(
+                "invalid duration {s:?}: unknown unit {u:?} (use ns, us, ms, s, m, h)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Secs(f64),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<Raw>::deserialize(d)? {
+            None => Ok(None),
+            Some(Raw::Text(s)) => super::parse_duration(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            Some(Raw::Secs(v)) if v.is_finite() && v >= 0.0 => Ok(Some(Duration::from_secs_f64(v))),
+            Some(Raw::Secs(v)) => Err(serde::de::Error::custom(format!(
+                "invalid duration {v}: must be >= 0"
+            ))),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labfile::LabFile;
+    use std::path::Path;
+
+    const GOOD: &str = r#"
+[lab]
+label = "t"
+
+[[router]]
+name = "isp"
+
+[[router]]
+name = "home"
+upstream = "isp"
+
+[[device]]
+name = "server"
+iface = [{ name = "eth0", router = "isp" }]
+
+[[device]]
+name = "client"
+iface = [{ name = "eth0", router = "home" }]
+
+[[step]]
+run = "server"
+cmd = "sleep 1"
+background = "srv"
+
+[[step]]
+run = "client"
+cmd = ["echo", "${server.ip}"]
+expect-output = "198."
+
+[[step]]
+sleep = "150ms"
+
+[[step]]
+wait = "srv"
+"#;
+
+    #[test]
+    fn parses_a_good_file() {
+        let f = LabFile::parse(GOOD, Path::new("good.toml")).unwrap();
+        assert_eq!(f.routers.len(), 2);
+        assert_eq!(
+            f.steps[2].kind().unwrap(),
+            StepKind::Sleep(Duration::from_millis(150))
+        );
+        assert_eq!(
+            f.steps[0].kind().unwrap(),
+            StepKind::Spawn {
+                node: "server".into(),
+                name: "srv".into()
+            }
+        );
+    }
+
+    fn err(text: &str) -> String {
+        LabFile::parse(text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn syntax_errors_have_line_and_column() {
+        let e = err("[[router]]\nname = \"a\"\nupstream = \n");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("column"), "{e}");
+    }
+
+    #[test]
+    fn schema_errors_name_the_field() {
+        let e = err("[[router]]\nname = \"a\"\nnmae = \"b\"\n");
+        assert!(e.contains("nmae"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn reference_errors_are_clear() {
+        assert!(
+            err("[[router]]\nname=\"a\"\n[[router]]\nname=\"a\"\n").contains("duplicate node name")
+        );
+        assert!(
+            err("[[router]]\nname=\"a\"\n[[device]]\nname=\"d\"\n").contains("has no interface")
+        );
+        assert!(
+            err("[[router]]\nname=\"a\"\n[[device]]\nname=\"d\"\niface=[{name=\"e\",router=\"zz\"}]\n")
+                .contains("unknown router \"zz\"")
+        );
+        assert!(err("[[step]]\nwait=\"nope\"\n").contains("no background step named"));
+        assert!(err("[[step]]\nsleep=\"1s\"\nwait=\"x\"\n").contains("exactly one"));
+        assert!(err("[[step]]\nsleep=\"-1s\"\n").contains("non-negative"));
+        assert!(err("[[step]]\nsleep=\"1 fortnight\"\n").contains("unknown unit"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("1500us").unwrap(),
+            Duration::from_micros(1500)
+        );
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("abc").is_err());
+    }
+}

@@ -1,0 +1,93 @@
+//! The pure NAT ruleset renderer.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use super::{Nat, NatSpec};
+use crate::nft;
+
+/// The nft table (family `ip`) holding a router's NAT.
+pub const NAT_TABLE: &str = "patchbay-nat";
+
+/// nft timeouts in whole milliseconds (at least 1 ms).
+fn ms(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(1))
+}
+
+/// Renders the ruleset for `nft -f -` that (re)creates the router's NAT
+/// table, or removes it for [`Nat::None`]. Deterministic; every timeout
+/// comes from `spec.timeouts`.
+pub fn render_nat(spec: &NatSpec) -> String {
+    if spec.mode == Nat::None {
+        return nft::remove_table("ip", NAT_TABLE);
+    }
+    let t = ms(spec.timeouts.eim_map());
+    let (wan, lan, wan_ip) = (&spec.wan, &spec.lan, spec.wan_ip);
+    let adf = spec.mode == Nat::AddressRestricted;
+    let mut b = String::new();
+    // `writeln!` into a String cannot fail.
+    let mut w = |line: String| {
+        let _ = writeln!(b, "{line}");
+    };
+    w(format!("table ip {NAT_TABLE} {{"));
+    w("\tmap eim {".into());
+    w("\t\ttype inet_service : ipv4_addr . inet_service".into());
+    w("\t\tflags dynamic,timeout".into());
+    w(format!("\t\ttimeout {t}"));
+    w("\t}".into());
+    if adf {
+        w("\tset adf_seen {".into());
+        w("\t\ttype inet_service . ipv4_addr".into());
+        w("\t\tflags dynamic,timeout".into());
+        w(format!("\t\ttimeout {t}"));
+        w("\t}".into());
+    }
+    w("\tchain prerouting {".into());
+    w("\t\ttype nat hook prerouting priority dstnat; policy accept;".into());
+    match spec.mode {
+        Nat::FullCone => w(format!(
+            "\t\tiifname \"{wan}\" dnat ip to udp dport map @eim"
+        )),
+        Nat::AddressRestricted => w(format!(
+            "\t\tiifname \"{wan}\" udp dport . ip saddr @adf_seen dnat ip to udp dport map @eim"
+        )),
+        _ => {}
+    }
+    if spec.hairpin {
+        w(format!(
+            "\t\tiifname \"{lan}\" ip daddr {wan_ip} dnat ip to udp dport map @eim"
+        ));
+    }
+    w("\t}".into());
+    w("\tchain postrouting {".into());
+    w("\t\ttype nat hook postrouting priority srcnat; policy accept;".into());
+    let flags = if spec.mode == Nat::Symmetric {
+        " fully-random"
+    } else {
+        ""
+    };
+    w(format!("\t\toifname \"{wan}\" masquerade{flags}"));
+    if spec.hairpin {
+        w(format!(
+            "\t\tip saddr {}/{} oifname \"{lan}\" ct status dnat snat ip to {wan_ip}",
+            spec.lan_net, spec.lan_prefix
+        ));
+    }
+    w("\t}".into());
+    w("\tchain mappings {".into());
+    w("\t\ttype filter hook postrouting priority srcnat + 10; policy accept;".into());
+    w(format!(
+        "\t\toifname \"{wan}\" ct direction original update @eim {{ udp sport timeout {t} : ct original ip saddr . ct original proto-src }}"
+    ));
+    if adf {
+        w(format!(
+            "\t\toifname \"{wan}\" ct direction original update @adf_seen {{ udp sport . ip daddr timeout {t} }}"
+        ));
+    }
+    w("\t}".into());
+    w("}".into());
+    nft::replace_table("ip", NAT_TABLE, &b)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,277 @@
+//! Lab lifetime: teardown on drop, on SIGKILL, and isolation between labs.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use patchbay::{Lab, LabOpts};
+use patchbay_tests::*;
+
+/// The network-namespace inodes used by any thread or fd of `pid`.
+fn netns_of(pid: u32) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for sub in ["task", "fd"] {
+        let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/{sub}")) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = if sub == "task" {
+                e.path().join("ns/net")
+            } else {
+                e.path()
+            };
+            if let Ok(t) = std::fs::read_link(&p) {
+                let t = t.to_string_lossy().into_owned();
+                if t.starts_with("net:[") {
+                    out.insert(t);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every network namespace referenced by any process on the host.
+fn all_netns() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+            out.extend(netns_of(pid));
+        }
+    }
+    out
+}
+
+/// The namespace of this process's main thread (the host's, for the test).
+fn own_netns() -> BTreeSet<String> {
+    BTreeSet::from([std::fs::read_link("/proc/self/ns/net")
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()])
+}
+
+fn host_links() -> BTreeSet<String> {
+    std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie still has a /proc entry; look at its state.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+#[tokio::test]
+async fn drop_leaves_no_namespaces_processes_cgroups_or_interfaces() -> anyhow::Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    let links_before = host_links();
+    let lab = Lab::with_opts(LabOpts::default().label("dropme")).await?;
+    let r = lab.add_router("r").build().await?;
+    let d = lab.add_device("d").iface("eth0", &r).build().await?;
+    // A child and a grandchild that outlives its parent shell.
+    let mut c = tokio::process::Command::new("sh");
+    c.args(["-c", "sleep 1000 & echo $!; exec sleep 1000"])
+        .stdout(std::process::Stdio::piped());
+    let mut child = d.spawn_command(c)?;
+    let mut line = String::new();
+    {
+        use tokio::io::AsyncBufReadExt;
+        let out = child.stdout.take().unwrap();
+        tokio::io::BufReader::new(out).read_line(&mut line).await?;
+    }
+    let grandchild: i32 = line.trim().parse()?;
+    let child_pid = child.id().unwrap() as i32;
+    let mine = netns_of(std::process::id());
+    assert!(
+        mine.len() >= 4,
+        "lab namespaces are held by this process: {mine:?}"
+    );
+    let cg = std::fs::read_to_string(format!("/proc/{child_pid}/cgroup"))?;
+    assert!(
+        cg.contains("/lab-"),
+        "spawned processes join the lab cgroup: {cg}"
+    );
+    let cg_dir = patchbay::cgroup::cgroup2_mount().unwrap().join(
+        patchbay::cgroup::v2_path_from(&cg)
+            .unwrap()
+            .trim_start_matches('/'),
+    );
+    assert!(alive(child_pid) && alive(grandchild));
+    drop(lab);
+    drop(d);
+    drop(r);
+    assert!(
+        wait_until(Duration::from_secs(5), || !alive(child_pid)
+            && !alive(grandchild)),
+        "processes survived the lab"
+    );
+    let left: BTreeSet<_> = netns_of(std::process::id())
+        .difference(&own_netns())
+        .cloned()
+        .collect();
+    assert!(
+        left.is_empty() || left.iter().all(|n| !mine.contains(n)),
+        "namespaces still held: {left:?}"
+    );
+    assert!(!cg_dir.exists(), "lab cgroup {} survived", cg_dir.display());
+    assert_eq!(
+        host_links(),
+        links_before,
+        "interfaces appeared in the host namespace"
+    );
+    Ok(())
+}
+
+/// Entry point for child processes started by the tests below.
+#[tokio::test]
+#[ignore = "helper: run by other tests in a child process"]
+async fn child_lab_main() -> anyhow::Result<()> {
+    let Ok(mode) = std::env::var("PATCHBAY_TEST_CHILD") else {
+        return Ok(());
+    };
+    let lab = Lab::new().await?;
+    let r = lab.add_router("r").build().await?;
+    let a = lab.add_device("a").iface("eth0", &r).build().await?;
+    let b = lab.add_device("b").iface("eth0", &r).build().await?;
+    let bip = b.ip().unwrap();
+    start_tcp_echo(&b, (bip, 5000).into()).await?;
+    match mode.as_str() {
+        "traffic" => {
+            for _ in 0..50 {
+                let got = a
+                    .spawn(move |_| {
+                        tcp_roundtrip((bip, 5000).into(), b"x", Duration::from_secs(5))
+                    })?
+                    .await??;
+                assert_eq!(got, b"x");
+            }
+            println!("CHILD-OK");
+        }
+        _ => {
+            let mut c = tokio::process::Command::new("sleep");
+            c.arg("1000");
+            let s = a.spawn_command(c)?;
+            println!("CHILD-READY {}", s.id().unwrap());
+            tokio::time::sleep(Duration::from_secs(1000)).await;
+        }
+    }
+    Ok(())
+}
+
+fn child(mode: &str) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--exact",
+        "child_lab_main",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("PATCHBAY_TEST_CHILD", mode);
+    c
+}
+
+#[test]
+fn two_labs_in_two_processes_at_once() -> anyhow::Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    let a = child("traffic")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let b = child("traffic")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    for c in [a, b] {
+        let out = c.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("CHILD-OK"),
+            "child failed: {text}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn sigkill_leaves_nothing_that_outlives_the_process() -> anyhow::Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    use std::io::BufRead;
+    let links_before = host_links();
+    let mut c = child("hold").stdout(std::process::Stdio::piped()).spawn()?;
+    let pid = c.id();
+    let mut line = String::new();
+    let mut reader = std::io::BufReader::new(c.stdout.take().unwrap());
+    while !line.contains("CHILD-READY") {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            anyhow::bail!("child exited before building its lab");
+        }
+    }
+    let sleeper: i32 = line.trim().rsplit(' ').next().unwrap().parse()?;
+    let held = netns_of(pid);
+    assert!(held.len() >= 4, "child holds its lab namespaces: {held:?}");
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let owner_dir = patchbay::cgroup::cgroup2_mount().unwrap().join(
+        patchbay::cgroup::v2_path_from(&cg)
+            .unwrap()
+            .trim_start_matches('/'),
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    c.wait()?;
+    assert!(
+        wait_until(Duration::from_secs(5), || !alive(sleeper)),
+        "lab process survived SIGKILL of its owner"
+    );
+    let host_ns = own_netns();
+    let still: Vec<_> = all_netns()
+        .into_iter()
+        .filter(|n| held.contains(n) && !host_ns.contains(n))
+        .collect();
+    assert!(
+        still.is_empty(),
+        "namespaces outlived the killed process: {still:?}"
+    );
+    assert_eq!(
+        host_links(),
+        links_before,
+        "interfaces appeared in the host namespace"
+    );
+    // The cgroup directory is the one thing a dead process cannot remove:
+    // the next lab reaps it.
+    let _lab = tokio::runtime::Runtime::new()?.block_on(Lab::new())?;
+    assert!(
+        !owner_dir.exists(),
+        "dead lab's cgroup {} was not reaped",
+        owner_dir.display()
+    );
+    Ok(())
+}

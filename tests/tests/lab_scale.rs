@@ -1,0 +1,110 @@
+//! Larger labs and several labs at once in one process.
+
+use std::time::Duration;
+
+use patchbay::Lab;
+use patchbay_tests::*;
+
+const T: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn twenty_devices_reach_one_server() -> anyhow::Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    let lab = Lab::new().await?;
+    let r = lab.add_router("r").build().await?;
+    let server = lab.add_device("server").iface("eth0", &r).build().await?;
+    let sip = server.ip().unwrap();
+    start_udp_reflector(&server, (sip, 9000).into()).await?;
+    let mut devs = vec![];
+    for i in 0..20 {
+        devs.push(
+            lab.add_device(&format!("d{i}"))
+                .iface("eth0", &r)
+                .build()
+                .await?,
+        );
+    }
+    let mut tasks = vec![];
+    for d in &devs {
+        tasks.push(d.spawn(move |_| udp_roundtrip((sip, 9000).into(), b"ping", T))?);
+    }
+    for (d, t) in devs.iter().zip(tasks) {
+        let reply = t.await??;
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        assert_eq!(
+            text,
+            format!(
+                "ping|{}:{}",
+                d.ip().unwrap(),
+                text.rsplit(':').next().unwrap()
+            )
+        );
+    }
+    let ips: std::collections::BTreeSet<_> = devs.iter().map(|d| d.ip().unwrap()).collect();
+    assert_eq!(ips.len(), 20, "addresses are unique");
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_labs_in_one_process_are_isolated() -> anyhow::Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    let (l1, l2) = (Lab::new().await?, Lab::new().await?);
+    assert_ne!(l1.id(), l2.id());
+    let mut servers = vec![];
+    for lab in [&l1, &l2] {
+        let r = lab.add_router("r").build().await?;
+        let s = lab.add_device("s").iface("eth0", &r).build().await?;
+        let c = lab.add_device("c").iface("eth0", &r).build().await?;
+        servers.push((s, c));
+    }
+    // Same topology, same addresses, separate worlds.
+    assert_eq!(servers[0].0.ip(), servers[1].0.ip());
+    let ip = servers[0].0.ip().unwrap();
+    start_tcp_echo(&servers[0].0, (ip, 7000).into()).await?;
+    let ok = servers[0]
+        .1
+        .spawn(move |_| tcp_roundtrip((ip, 7000).into(), b"1", T))?
+        .await?;
+    assert!(ok.is_ok(), "lab 1 reaches its own server");
+    let other = servers[1]
+        .1
+        .spawn(move |_| tcp_roundtrip((ip, 7000).into(), b"2", T))?
+        .await?;
+    let e = other.expect_err("lab 2 has no listener, so its connect must be refused");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn lab_traffic_cannot_reach_the_host() -> anyhow::Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    let lab = Lab::new().await?;
+    let r = lab.add_router("r").build().await?;
+    let d = lab.add_device("d").iface("eth0", &r).build().await?;
+    // A listener in the host namespace on an address the lab might try.
+    let host = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = host.local_addr()?.port();
+    let res = d
+        .spawn(move |_| async move {
+            let lo =
+                tcp_roundtrip(([127, 0, 0, 1], port).into(), b"x", Duration::from_secs(1)).await;
+            // TEST-NET-1 (RFC 5737) stands for "anything outside the lab":
+            // the exchange root has no route there, so it answers unreachable.
+            let out = tokio::net::TcpStream::connect(("192.0.2.1", 9)).await;
+            (lo.is_err(), out.err().map(|e| e.raw_os_error()))
+        })?
+        .await?;
+    assert!(res.0, "the device's loopback is its own, not the host's");
+    assert_eq!(
+        res.1,
+        Some(Some(libc::ENETUNREACH)),
+        "no route out of the lab"
+    );
+    Ok(())
+}
