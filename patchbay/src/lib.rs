@@ -29,3 +29,4 @@ pub use lab::{Direction, FaultGuard};
 pub use link::{LinkCondition, LinkTiming, Preset};
 pub use nat::{ConntrackTimeouts, Nat, NatConfig};
 
+pub mod compress;

@@ -1,0 +1,43 @@
+//! Timer compression planning: which kernel timers a lab at time scale `k` runs `k` times
+//! faster, through which mechanism, and how faithfully.
+//!
+//! Everything here except [`probe`] is pure and needs no root: a plan is computed from
+//! plain data ([`KernelCaps`], [`SysctlDefaults`], [`TimerInputs`]) with a jiffy-aware
+//! model of the kernel's timer wheel ([`JiffyModel`]), so applied values reproduce the
+//! real-time behaviour (including the kernel's own rounding and lateness) rather than
+//! naive `default / k`. See `docs/compression.md`.
+//!
+//! Building a plan for a lab:
+//! ```no_run
+//! use patchbay::compress::{BpfFeatures, CompressionReport, Plan, TimeScale, TimerInputs, probe};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (caps, defaults) = probe::probe_kernel(BpfFeatures::default())?; // once per process
+//! let plan = Plan::compute(TimeScale::new(20.0)?, &caps, &defaults, &TimerInputs::default())?;
+//! for (key, value) in plan.sysctls_for_netns() { /* write in each lab namespace */ }
+//! for (key, value) in plan.sysctls_for_iface("eth0") { /* after the interface exists */ }
+//! let bpf = plan.bpf(); // per-netns settings of the sock_ops program
+//! let faithful = Plan::largest_faithful_k(&caps, &defaults, &TimerInputs::default())?;
+//! println!("{}", CompressionReport::new(&plan, &caps, Some(&faithful)));
+//! # let _ = bpf; Ok(()) }
+//! ```
+
+pub mod caps;
+pub mod external;
+pub mod model;
+pub mod plan;
+pub mod probe;
+pub mod report;
+pub mod scale;
+pub mod schedule;
+pub mod tcp;
+pub mod timers;
+
+pub use caps::{BpfFeatures, HzSource, KernelCaps, NeighFamily, NetnsSysctlCaps, SysctlDefaults};
+pub use external::{ScaledConntrack, ScaledLink, scale_conntrack, scale_link};
+pub use model::{ArmContext, JiffyModel, ModelError};
+pub use plan::{BpfTargets, FaithfulK, LADDER, LadderPoint, Plan, PlanError, TcpFidelity};
+pub use probe::ProbeError;
+pub use report::{CompressionReport, FaithfulSummary};
+pub use scale::{MAX_TIME_SCALE, ScaleError, TimeScale};
+pub use schedule::{Fidelity, Prediction};
+pub use timers::{ExternalTimer, Mechanism, Status, TimerEntry, TimerInputs, Unit};
