@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod addr;
+pub mod bpf;
 pub mod cgroup;
 pub mod cmd;
 pub mod doctor;

@@ -1,5 +1,6 @@
 //! Project automation: `cargo xtask <command>`.
 
+mod ebpf;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -15,10 +16,19 @@ struct Cli {
 enum Cmd {
     /// Run the whole test suite (installs missing Debian packages when root).
     Test(test::TestArgs),
+    /// Build the eBPF programs (nightly + bpf-linker) into patchbay/src/bpf/patchbay.bpf.o.
+    BuildEbpf,
+    /// Install the eBPF toolchain: nightly rust-src and bpf-linker built against nightly's LLVM.
+    SetupEbpf,
+    /// Rebuild the eBPF object into a temp dir and byte-compare it with the committed one.
+    CheckEbpf,
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Test(args) => test::run(args),
+        Cmd::BuildEbpf => ebpf::build_ebpf(),
+        Cmd::SetupEbpf => ebpf::setup_ebpf(),
+        Cmd::CheckEbpf => ebpf::check_ebpf(),
     }
 }

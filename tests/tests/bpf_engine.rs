@@ -1,0 +1,706 @@
+//! The eBPF timer-compression engine on the real kernel: loading, per-namespace scoping,
+//! initial-RTO compression with telemetry, and scaling of application-set timers.
+//!
+//! Namespaces are created on helper threads (`unshare(CLONE_NEWNET)`), never on the test's
+//! main thread. Timing tests are named `timing_*` (serial nextest group) and assert ratios.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    process::Command,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use patchbay::bpf::{
+    AppSockopt, BpfSockopt, Engine, EventKind, FLAG_SCALE_SOCKOPTS, FLAG_TELEMETRY, NetnsConfig,
+    TcpEvent, netns_cookie_of_current_thread,
+};
+use patchbay_tests::{skip, skip_unless_root};
+
+/// The engine, or None after printing the skip line when this host cannot run it at all.
+/// Any other failure (verifier, attach, ...) fails the test.
+fn engine_or_skip() -> Result<Option<Arc<Engine>>> {
+    if skip_unless_root() {
+        return Ok(None);
+    }
+    if patchbay::cgroup::cgroup2_mount().is_none() {
+        skip("no cgroup2 mount: the eBPF engine attaches to a cgroup v2");
+        return Ok(None);
+    }
+    Ok(Some(Engine::get().context("creating the eBPF engine")?))
+}
+
+/// Runs `f` on a new thread inside a fresh network namespace with `lo` up.
+fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    std::thread::spawn(move || {
+        // SAFETY: unshare affects only this helper thread.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            bail!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+        }
+        ip(&["link", "set", "lo", "up"])?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+}
+
+/// Runs `ip ARGS` in the calling thread's network namespace (children inherit it).
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
+    ensure!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Writes a sysctl of the calling thread's network namespace.
+fn sysctl(key: &str, value: &str) -> Result<()> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    std::fs::write(&path, value).with_context(|| format!("writing {value} to {path}"))
+}
+
+/// Makes 10.99.0.2 a black hole: a veth pair inside this namespace, a permanent neighbour entry
+/// for 10.99.0.2 on one end, and no address on the other, so SYNs leave and are never answered.
+fn blackhole() -> Result<SocketAddr> {
+    ip(&["link", "add", "bh0", "type", "veth", "peer", "name", "bh1"])?;
+    ip(&["addr", "add", "10.99.0.1/24", "dev", "bh0"])?;
+    ip(&["link", "set", "bh0", "up"])?;
+    ip(&["link", "set", "bh1", "up"])?;
+    let neigh = ["neigh", "add", "10.99.0.2", "lladdr", "02:00:00:00:99:02"];
+    ip(&[&neigh[..], &["dev", "bh0", "nud", "permanent"]].concat())?;
+    Ok(SocketAddr::from((Ipv4Addr::new(10, 99, 0, 2), 9)))
+}
+
+/// The kernel's HZ, measured from /proc/timer_list (jiffies against nanoseconds).
+fn kernel_hz() -> Result<f64> {
+    fn sample() -> Result<(f64, f64)> {
+        let text =
+            std::fs::read_to_string("/proc/timer_list").context("reading /proc/timer_list")?;
+        let field = |prefix: &str, suffix: &str| -> Result<f64> {
+            let line = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(prefix))
+                .with_context(|| format!("no `{prefix}` in /proc/timer_list"))?;
+            Ok(line.trim().trim_end_matches(suffix).trim().parse()?)
+        };
+        Ok((field("now at", "nsecs")?, field("jiffies:", "")?))
+    }
+    let (n0, j0) = sample()?;
+    std::thread::sleep(Duration::from_millis(400));
+    let (n1, j1) = sample()?;
+    let hz = (j1 - j0) / ((n1 - n0) / 1e9);
+    // Round to the nearest common value (100, 250, 300, 1000).
+    let nearest = [100.0, 250.0, 300.0, 1000.0]
+        .into_iter()
+        .min_by(|a: &f64, b: &f64| (a - hz).abs().total_cmp(&(b - hz).abs()))
+        .unwrap_or(hz);
+    Ok(nearest)
+}
+
+fn read_sysctl(key: &str) -> Result<Option<u64>> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    match std::fs::read_to_string(&path) {
+        Ok(v) => Ok(Some(
+            v.trim()
+                .parse()
+                .with_context(|| format!("parsing {path}"))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {path}")),
+    }
+}
+
+struct SynRun {
+    elapsed: Duration,
+    events: Vec<TcpEvent>,
+    cookie: u64,
+}
+
+/// In a fresh namespace: blackhole, `tcp_syn_retries=2`, no linear SYN timeouts; optionally
+/// register with `cfg`; connect and time the failure.
+fn syn_to_blackhole(engine: Arc<Engine>, cfg: Option<NetnsConfig>) -> Result<SynRun> {
+    in_new_netns(move || {
+        let target = blackhole()?;
+        sysctl("net.ipv4.tcp_syn_retries", "2")?;
+        if read_sysctl("net.ipv4.tcp_syn_linear_timeouts")?.is_some() {
+            sysctl("net.ipv4.tcp_syn_linear_timeouts", "0")?;
+        }
+        let cookie = netns_cookie_of_current_thread()?;
+        let events = engine.subscribe(cookie);
+        let _reg = cfg.map(|c| engine.register(cookie, c)).transpose()?;
+        let start = Instant::now();
+        let result = TcpStream::connect(target);
+        let elapsed = start.elapsed();
+        match result {
+            Ok(_) => bail!("connect to the black hole {target} succeeded"),
+            Err(e) => ensure!(
+                e.kind() == std::io::ErrorKind::TimedOut,
+                "connect to {target} failed with {e}, expected a timeout"
+            ),
+        }
+        let events = events.collect_until_quiet(Duration::from_millis(300));
+        Ok(SynRun {
+            elapsed,
+            events,
+            cookie,
+        })
+    })
+}
+
+fn count(events: &[TcpEvent], f: impl Fn(&EventKind) -> bool) -> usize {
+    events.iter().filter(|e| f(&e.kind)).count()
+}
+
+/// (a) + (b): a registered namespace with TIMEOUT_INIT = 25 jiffies gives up on a black-holed
+/// SYN about 1 s / 25 jiffies times sooner, with RTO/retransmit telemetry of the right count;
+/// an unregistered namespace running at the same time keeps default timing and emits nothing.
+#[test]
+fn timing_syn_blackhole_timeout_init_vs_unregistered() -> Result<()> {
+    let Some(engine) = engine_or_skip()? else {
+        return Ok(());
+    };
+    let hz = kernel_hz()?;
+    let jiffies = 25u32;
+    let cfg = NetnsConfig {
+        flags: FLAG_TELEMETRY,
+        timeout_init_jiffies: jiffies,
+        ..NetnsConfig::default()
+    };
+    let e2 = Arc::clone(&engine);
+    let baseline = std::thread::spawn(move || syn_to_blackhole(e2, None));
+    let fast = syn_to_blackhole(Arc::clone(&engine), Some(cfg))?;
+    let base = baseline
+        .join()
+        .map_err(|_| anyhow::anyhow!("baseline panicked"))??;
+
+    // Default initial RTO is 1 s; the compressed one is `jiffies / HZ`.
+    let expected_ratio = 1.0 / (f64::from(jiffies) / hz);
+    let ratio = base.elapsed.as_secs_f64() / fast.elapsed.as_secs_f64();
+    println!(
+        "HZ={hz} baseline {:?} compressed {:?} ratio {ratio:.2} (expected ~{expected_ratio:.1})",
+        base.elapsed, fast.elapsed
+    );
+    for e in &fast.events {
+        println!("  {:?}", e.kind);
+    }
+    ensure!(
+        ratio >= 0.6 * expected_ratio && ratio <= 1.5 * expected_ratio,
+        "speed-up {ratio:.2} not within [0.6, 1.5] x the expected {expected_ratio:.1}"
+    );
+    // Unregistered: the kernel's default schedule, 1 s initial RTO doubling per retry
+    // (1 + 2 + 4 s with two retries and no linear timeouts).
+    let default_s: f64 = (0..=2).map(|i| f64::from(1u32 << i)).sum();
+    let base_ratio = base.elapsed.as_secs_f64() / default_s;
+    ensure!(
+        (0.9..1.3).contains(&base_ratio),
+        "unregistered namespace took {:?}, {base_ratio:.2} x the default {default_s} s",
+        base.elapsed
+    );
+    ensure!(
+        base.events.is_empty(),
+        "unregistered namespace emitted {:?}",
+        base.events
+    );
+    ensure!(base.cookie != fast.cookie, "two namespaces share a cookie");
+
+    let retrans = count(&fast.events, |k| matches!(k, EventKind::Retrans { .. }));
+    let rtos = count(&fast.events, |k| matches!(k, EventKind::Rto { .. }));
+    let expired = count(&fast.events, |k| {
+        matches!(k, EventKind::Rto { expired: true, .. })
+    });
+    // The kernel asks for the initial RTO at connect and again when it computes the SYN give-up
+    // deadline on each timeout; every answer must be ours.
+    let inits = count(&fast.events, |k| matches!(k, EventKind::TimeoutInit { .. }));
+    let ours = count(&fast.events, |k| *k == EventKind::TimeoutInit { jiffies });
+    ensure!(
+        inits >= 1 && ours == inits,
+        "TimeoutInit events: {inits}, with {jiffies}: {ours}"
+    );
+    ensure!(
+        retrans == 2,
+        "expected 2 SYN retransmits (tcp_syn_retries=2), got {retrans}"
+    );
+    ensure!(
+        rtos == retrans + 1,
+        "expected {} RTO events, got {rtos}",
+        retrans + 1
+    );
+    ensure!(
+        expired == 1,
+        "expected the last RTO event to expire the socket, got {expired}"
+    );
+    let first_rto = fast.events.iter().find_map(|e| match e.kind {
+        EventKind::Rto { rto_jiffies, .. } => Some(rto_jiffies),
+        _ => None,
+    });
+    ensure!(
+        first_rto == Some(jiffies),
+        "first RTO was {first_rto:?} jiffies, not {jiffies}"
+    );
+    let target: SocketAddr = "10.99.0.2:9".parse()?;
+    ensure!(
+        fast.events
+            .iter()
+            .all(|e| e.netns_cookie == fast.cookie && e.remote == Some(target)),
+        "events carry the wrong cookie or address"
+    );
+    let stamps: Vec<Duration> = fast.events.iter().map(|e| e.monotonic).collect();
+    ensure!(
+        stamps.windows(2).all(|w| w[0] <= w[1]),
+        "event timestamps go backwards"
+    );
+    Ok(())
+}
+
+fn getsockopt_int(fd: &impl AsRawFd, level: i32, name: i32) -> Result<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v/len are valid storage of the advertised size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_mut(&mut v).cast(),
+            &mut len,
+        )
+    };
+    ensure!(
+        r == 0,
+        "getsockopt({name}): {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(v)
+}
+
+fn setsockopt_int(fd: &impl AsRawFd, level: i32, name: i32, v: i32) -> Result<()> {
+    let len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v is a valid c_int.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(&v).cast(),
+            len,
+        )
+    };
+    ensure!(
+        r == 0,
+        "setsockopt({name}, {v}): {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// A TCP socket (not yet connected) in the calling thread's namespace.
+fn tcp_socket() -> Result<std::os::fd::OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: fresh descriptor, owned by nobody else.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
+/// Sets the app timers before connecting, connects over loopback and returns
+/// (user timeout, keepidle, keepintvl, syncnt) read back on the client, and the user timeout of
+/// the accepted socket.
+fn app_timers_over_loopback() -> Result<([i32; 4], i32)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let fd = tcp_socket()?;
+    setsockopt_int(&fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 30_000)?;
+    setsockopt_int(&fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 30)?;
+    setsockopt_int(&fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 75)?;
+    setsockopt_int(&fd, libc::IPPROTO_TCP, libc::TCP_SYNCNT, 3)?;
+    // SAFETY: sockaddr_in is plain data; all-zero is valid.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+    sin.sin_port = addr.port().to_be();
+    sin.sin_addr.s_addr = u32::from(Ipv4Addr::LOCALHOST).to_be();
+    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: sin is a valid sockaddr_in of length len.
+    let r = unsafe { libc::connect(fd.as_raw_fd(), std::ptr::from_ref(&sin).cast(), len) };
+    ensure!(
+        r == 0,
+        "connect {addr}: {}",
+        std::io::Error::last_os_error()
+    );
+    let (server, _) = listener.accept()?;
+    let tcp = libc::IPPROTO_TCP;
+    let client = [
+        getsockopt_int(&fd, tcp, libc::TCP_USER_TIMEOUT)?,
+        getsockopt_int(&fd, tcp, libc::TCP_KEEPIDLE)?,
+        getsockopt_int(&fd, tcp, libc::TCP_KEEPINTVL)?,
+        getsockopt_int(&fd, tcp, libc::TCP_SYNCNT)?,
+    ];
+    Ok((
+        client,
+        getsockopt_int(&server, tcp, libc::TCP_USER_TIMEOUT)?,
+    ))
+}
+
+/// (c): at scale 20 an app-set TCP_USER_TIMEOUT of 30000 ms reads back as 1500, keepalive
+/// timers are scaled (whole seconds), TCP_SYNCNT is untouched, the app's value survives
+/// establishment, and an accepted socket gets the namespace's default user timeout. The same
+/// code in an unregistered namespace reads back the unscaled values.
+#[test]
+fn app_set_timers_are_scaled_only_in_registered_netns() -> Result<()> {
+    let Some(engine) = engine_or_skip()? else {
+        return Ok(());
+    };
+    let cfg = NetnsConfig {
+        flags: FLAG_SCALE_SOCKOPTS,
+        scale_milli: 20_000,
+        user_timeout_ms: 777,
+        ..NetnsConfig::default()
+    };
+    let e = Arc::clone(&engine);
+    let (client, server, stats, rewrites) = in_new_netns(move || {
+        let cookie = netns_cookie_of_current_thread()?;
+        let events = e.subscribe(cookie);
+        let reg = e.register(cookie, cfg)?;
+        let (client, server) = app_timers_over_loopback()?;
+        let stats = e.stats(reg.netns_cookie())?;
+        let rewrites = events.collect_until_quiet(Duration::from_millis(200));
+        Ok((client, server, stats, rewrites))
+    })?;
+    println!("client {client:?} server {server} stats {stats:?}");
+    ensure!(
+        client == [1500, 2, 4, 3],
+        "scaled client timers read back as {client:?}"
+    );
+    ensure!(
+        server == 777,
+        "accepted socket's user timeout is {server}, not the configured 777"
+    );
+    ensure!(
+        stats.rewrites[&AppSockopt::UserTimeout] == 1,
+        "rewrites: {:?}",
+        stats.rewrites
+    );
+    ensure!(
+        stats.rewrites[&AppSockopt::KeepIdle] == 1,
+        "rewrites: {:?}",
+        stats.rewrites
+    );
+    ensure!(
+        stats.app_user_timeout_kept >= 1,
+        "app user timeout not recorded: {stats:?}"
+    );
+    let ut = stats.options[&BpfSockopt::UserTimeout];
+    ensure!(
+        ut.ok >= 1 && ut.failed == 0,
+        "user timeout on the accepted socket: {ut:?}"
+    );
+    let expect = EventKind::SockoptRewrite {
+        optname: libc::TCP_USER_TIMEOUT,
+        original: 30_000,
+        applied: 1_500,
+    };
+    ensure!(
+        rewrites.iter().any(|e| e.kind == expect),
+        "no rewrite event: {rewrites:?}"
+    );
+
+    let (client, server) = in_new_netns(app_timers_over_loopback)?;
+    ensure!(
+        client == [30_000, 30, 75, 3],
+        "unregistered namespace changed timers: {client:?}"
+    );
+    ensure!(
+        server == 0,
+        "unregistered accepted socket has user timeout {server}"
+    );
+    Ok(())
+}
+
+/// Registration lifecycle: double registration is refused, dropping unregisters, and the
+/// per-option results of bpf_setsockopt are counted (the kernel's range for RTO min is
+/// 8000..=200000 us at HZ=250, so 1 us is refused and reported, not silently ignored).
+#[test]
+fn registration_stats_and_unregister() -> Result<()> {
+    let Some(engine) = engine_or_skip()? else {
+        return Ok(());
+    };
+    println!(
+        "engine cgroup {} load {:?} verified {:?}",
+        engine.cgroup_path().display(),
+        engine.load_time(),
+        engine.verified_instructions()
+    );
+    let e = Arc::clone(&engine);
+    in_new_netns(move || {
+        let cookie = netns_cookie_of_current_thread()?;
+        let cfg = NetnsConfig {
+            rto_min_us: 1,
+            delack_max_us: 20_000,
+            ..NetnsConfig::default()
+        };
+        let reg = e.register(cookie, cfg)?;
+        ensure!(
+            e.register(cookie, cfg).is_err(),
+            "double registration accepted"
+        );
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let _c = TcpStream::connect(listener.local_addr()?)?;
+        let _s = listener.accept()?;
+        let stats = e.stats(cookie)?;
+        println!("{stats:?}");
+        let rto = stats.options[&BpfSockopt::RtoMin];
+        ensure!(
+            rto.failed >= 1 && rto.ok == 0,
+            "RTO min 1 us should be refused: {rto:?}"
+        );
+        ensure!(
+            rto.last_errno == Some(-libc::EINVAL),
+            "errno {:?}",
+            rto.last_errno
+        );
+        let delack = stats.options[&BpfSockopt::DelackMax];
+        ensure!(
+            delack.ok >= 1 && delack.failed == 0,
+            "delack max refused: {delack:?}"
+        );
+        drop(reg);
+        ensure!(
+            e.stats(cookie).is_err(),
+            "stats still present after unregistering"
+        );
+        let again = e.register(cookie, cfg)?;
+        drop(again);
+        Ok(())
+    })
+}
+
+/// The probe reports what this kernel supports (printed for the record) and agrees with the
+/// engine working here.
+#[test]
+fn probe_reports_capabilities() -> Result<()> {
+    let Some(_engine) = engine_or_skip()? else {
+        return Ok(());
+    };
+    let caps = patchbay::bpf::probe();
+    println!("{caps:#?}");
+    ensure!(
+        caps.sock_ops && caps.object_loads && caps.engine,
+        "probe disagrees: {caps:?}"
+    );
+    ensure!(caps.timeout_init, "TIMEOUT_INIT not observed: {caps:?}");
+    ensure!(
+        caps.sockopts.get(&BpfSockopt::RtoMin) == Some(&true),
+        "{caps:?}"
+    );
+    // Everything the programs use exists since 6.15; older kernels must report less.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    let mut ver = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (ver.next().unwrap_or(0), ver.next().unwrap_or(0));
+    if (major, minor) >= (6, 15) {
+        let all = patchbay::compress::BpfFeatures::all();
+        let got = caps.features();
+        ensure!(got == all, "on {release} expected {all:?}, got {got:?}");
+    }
+    Ok(())
+}
+
+/// Options the setsockopt program does not rewrite pass through unchanged on lab sockets,
+/// including string options and other levels.
+#[test]
+fn other_sockopts_pass_through_in_registered_netns() -> Result<()> {
+    let Some(engine) = engine_or_skip()? else {
+        return Ok(());
+    };
+    let cfg = NetnsConfig {
+        flags: FLAG_SCALE_SOCKOPTS | FLAG_TELEMETRY,
+        scale_milli: 20_000,
+        ..NetnsConfig::default()
+    };
+    in_new_netns(move || {
+        let cookie = netns_cookie_of_current_thread()?;
+        let _reg = engine.register(cookie, cfg)?;
+        let fd = tcp_socket()?;
+        let name = b"reno\0";
+        // SAFETY: name is a valid buffer of the given length.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_CONGESTION,
+                name.as_ptr().cast(),
+                name.len() as libc::socklen_t,
+            )
+        };
+        ensure!(
+            r == 0,
+            "TCP_CONGESTION: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut buf = [0u8; 16];
+        let mut len = buf.len() as libc::socklen_t;
+        // SAFETY: buf/len describe a valid buffer.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_CONGESTION,
+                buf.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        ensure!(
+            r == 0,
+            "getsockopt TCP_CONGESTION: {}",
+            std::io::Error::last_os_error()
+        );
+        ensure!(
+            buf.starts_with(b"reno"),
+            "congestion control read back as {buf:?}"
+        );
+        setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, 65_536)?;
+        let snd = getsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF)?;
+        ensure!(
+            snd == 131_072,
+            "SO_SNDBUF 65536 read back as {snd} (kernel doubles it)"
+        );
+        setsockopt_int(&fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+        ensure!(
+            getsockopt_int(&fd, libc::IPPROTO_TCP, libc::TCP_NODELAY)? == 1,
+            "TCP_NODELAY"
+        );
+        // 0 (disable) is not scaled.
+        setsockopt_int(&fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 0)?;
+        let ut = getsockopt_int(&fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT)?;
+        ensure!(ut == 0, "TCP_USER_TIMEOUT 0 read back as {ut}");
+        Ok(())
+    })
+}
+
+/// Thread id of the caller (`ip link set DEV netns TID` moves a device into its namespace).
+fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// An established connection from a fresh namespace to a peer namespace over a veth pair, then
+/// a black hole (the client's neighbour entry for the peer points to a MAC nobody has), then a
+/// write: returns how long until the kernel gives up (ETIMEDOUT). `tcp_retries2=3` in the
+/// client namespace: the kernel's model deadline is 200 ms * (1 + 2 + 4 + 8) = 3 s.
+fn established_then_blackhole(engine: Arc<Engine>, cfg: Option<NetnsConfig>) -> Result<Duration> {
+    use std::io::{Read, Write};
+    use std::sync::mpsc;
+    let (tid_tx, tid_rx) = mpsc::channel::<i32>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let peer = std::thread::spawn(move || -> Result<()> {
+        in_new_netns(move || {
+            tid_tx.send(gettid())?;
+            go_rx.recv()?;
+            ip(&["addr", "add", "10.98.0.2/24", "dev", "bh1"])?;
+            ip(&["link", "set", "bh1", "up"])?;
+            let listener = TcpListener::bind("10.98.0.2:7000")?;
+            listener.set_nonblocking(true)?;
+            ready_tx.send(())?;
+            // Accept the connection and keep it open until the client is done (or gone).
+            let mut conns = Vec::new();
+            loop {
+                match listener.accept() {
+                    Ok(c) => conns.push(c),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.into()),
+                }
+                match done_rx.recv_timeout(Duration::from_millis(20)) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            Ok(())
+        })
+    });
+    let result = in_new_netns(move || {
+        let tid = tid_rx.recv()?;
+        ip(&["link", "add", "bh0", "type", "veth", "peer", "name", "bh1"])?;
+        ip(&["link", "set", "bh1", "netns", &tid.to_string()])?;
+        ip(&["addr", "add", "10.98.0.1/24", "dev", "bh0"])?;
+        ip(&["link", "set", "bh0", "up"])?;
+        go_tx.send(())?;
+        ready_rx.recv()?;
+        sysctl("net.ipv4.tcp_retries2", "3")?;
+        let cookie = netns_cookie_of_current_thread()?;
+        let _reg = cfg.map(|c| engine.register(cookie, c)).transpose()?;
+        let mut s = TcpStream::connect("10.98.0.2:7000")?;
+        s.write_all(b"hello")?;
+        std::thread::sleep(Duration::from_millis(200));
+        let bogus = [
+            "neigh",
+            "replace",
+            "10.98.0.2",
+            "lladdr",
+            "02:00:00:00:98:99",
+        ];
+        ip(&[&bogus[..], &["dev", "bh0", "nud", "permanent"]].concat())?;
+        let start = Instant::now();
+        s.write_all(b"into the void")?;
+        let mut buf = [0u8; 16];
+        let err = match s.read(&mut buf) {
+            Ok(n) => bail!("read {n} bytes from a black-holed peer"),
+            Err(e) => e,
+        };
+        let elapsed = start.elapsed();
+        ensure!(
+            err.kind() == std::io::ErrorKind::TimedOut,
+            "connection failed with {err}, expected a timeout"
+        );
+        Ok(elapsed)
+    });
+    done_tx.send(()).ok();
+    peer.join()
+        .map_err(|_| anyhow::anyhow!("peer panicked"))??;
+    result
+}
+
+/// The established give-up deadline is compressed by the sock_ops program's TCP_USER_TIMEOUT
+/// (plus a lower RTO minimum), while an unregistered namespace keeps the kernel's deadline.
+#[test]
+fn timing_established_blackhole_user_timeout() -> Result<()> {
+    let Some(engine) = engine_or_skip()? else {
+        return Ok(());
+    };
+    // k = 20: 3 s / 20 = 150 ms; RTO min 10 ms so retransmissions happen inside it.
+    let cfg = NetnsConfig {
+        rto_min_us: 10_000,
+        user_timeout_ms: 150,
+        ..NetnsConfig::default()
+    };
+    let e2 = Arc::clone(&engine);
+    let baseline = std::thread::spawn(move || established_then_blackhole(e2, None));
+    let fast = established_then_blackhole(Arc::clone(&engine), Some(cfg))?;
+    let base = baseline
+        .join()
+        .map_err(|_| anyhow::anyhow!("baseline panicked"))??;
+    let ratio = base.as_secs_f64() / fast.as_secs_f64();
+    println!("established blackhole: default {base:?}, compressed {fast:?}, ratio {ratio:.1}");
+    ensure!(
+        ratio >= 12.0,
+        "compressed deadline only {ratio:.1}x sooner (expected ~20x)"
+    );
+    // The kernel's model deadline for tcp_retries2=3 is 3 s, counted from the first
+    // retransmission and checked only when the RTO fires, so it lands between 3 and ~7 s.
+    let base_s = base.as_secs_f64();
+    ensure!(
+        (2.7..8.0).contains(&base_s),
+        "unregistered deadline {base:?} is not the kernel default (3 s model, checked at RTO)"
+    );
+    Ok(())
+}
