@@ -260,10 +260,14 @@ pub fn timer_setsockopt(ctx: SockoptContext) -> i32 {
     // SAFETY: ctx.sockopt is the program context.
     let so = unsafe { &mut *ctx.sockopt };
     let passthrough = |so: &mut aya_ebpf::bindings::bpf_sockopt| {
-        // optlen 0 tells the kernel to use the application's own buffer, unchanged (this also
-        // keeps options larger than a page working before Linux 6.5, which failed them with
-        // EFAULT when the program left optlen above PAGE_SIZE).
-        so.optlen = 0;
+        // Leave the context alone: the kernel then uses the buffer as it stands, which keeps a
+        // rewrite made by another program in the chain (nested patchbay processes attach to
+        // nested cgroups, and all their programs run). Only options larger than a page need
+        // optlen 0 ("use the application's buffer"): before Linux 6.5 the kernel failed them
+        // with EFAULT when a program left optlen above PAGE_SIZE.
+        if so.optlen > 4096 {
+            so.optlen = 0;
+        }
         1
     };
     if so.level != SOL_TCP {

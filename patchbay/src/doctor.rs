@@ -31,6 +31,13 @@ pub struct DoctorReport {
     pub cgroup2_mount: Option<String>,
     /// Every check, in a fixed order.
     pub checks: Vec<Check>,
+    /// What the eBPF loader could do on this kernel (absent without root).
+    pub bpf: Option<crate::bpf::BpfCaps>,
+    /// The compression plan this kernel allows at the sample time scale,
+    /// with the mechanism per timer and the largest faithful k.
+    pub compression: Option<crate::compress::CompressionReport>,
+    /// Why the compression section is missing, if it is.
+    pub compression_error: Option<String>,
 }
 
 impl DoctorReport {
@@ -71,7 +78,45 @@ const QDISCS: &[(&str, &[&str])] = &[
     ("clsact", &["clsact"]),
 ];
 
-/// Runs every probe.
+/// The compression capabilities and plan at time scale `k`.
+pub fn compression(
+    k: f64,
+) -> (
+    crate::bpf::BpfCaps,
+    Result<crate::compress::CompressionReport, String>,
+) {
+    use crate::compress::{CompressionReport, Plan, TimeScale, TimerInputs, probe};
+    let b = crate::bpf::probe();
+    let report = (|| {
+        let scale = TimeScale::new(k).map_err(|e| e.to_string())?;
+        let (caps, defaults) = probe::probe_kernel(b.features()).map_err(|e| e.to_string())?;
+        let inputs = TimerInputs::default();
+        let plan = Plan::compute(scale, &caps, &defaults, &inputs).map_err(|e| e.to_string())?;
+        let fk = Plan::largest_faithful_k(&caps, &defaults, &inputs).map_err(|e| e.to_string())?;
+        Ok(CompressionReport::new(&plan, &caps, Some(&fk)))
+    })();
+    (b, report)
+}
+
+/// Runs every probe, including the compression plan at time scale `k`.
+pub async fn probe_with_scale(k: f64) -> DoctorReport {
+    let mut r = probe().await;
+    if r.root {
+        let (b, report) = tokio::task::spawn_blocking(move || compression(k))
+            .await
+            .unwrap_or_else(|e| (crate::bpf::BpfCaps::default(), Err(e.to_string())));
+        r.bpf = Some(b);
+        match report {
+            Ok(rep) => r.compression = Some(rep),
+            Err(e) => r.compression_error = Some(e),
+        }
+    } else {
+        r.compression_error = Some("needs root to probe eBPF and namespace sysctls".into());
+    }
+    r
+}
+
+/// Runs every lab probe (no compression section).
 pub async fn probe() -> DoctorReport {
     let mut checks = vec![];
     let uname = nix::sys::utsname::uname().ok();
@@ -117,6 +162,9 @@ pub async fn probe() -> DoctorReport {
                 root,
                 cgroup2_mount: cgroup2.map(|p| p.display().to_string()),
                 checks,
+                bpf: None,
+                compression: None,
+                compression_error: None,
             };
         }
     };
@@ -160,6 +208,9 @@ pub async fn probe() -> DoctorReport {
         root,
         cgroup2_mount: cgroup2.map(|p| p.display().to_string()),
         checks,
+        bpf: None,
+        compression: None,
+        compression_error: None,
     }
 }
 
@@ -256,6 +307,12 @@ impl std::fmt::Display for DoctorReport {
             } else {
                 "NOT supported (see the failed checks above)"
             }
-        )
+        )?;
+        if let Some(c) = &self.compression {
+            write!(f, "\n\ntimer compression\n{c}")?;
+        } else if let Some(e) = &self.compression_error {
+            write!(f, "\n\ntimer compression: not available: {e}")?;
+        }
+        Ok(())
     }
 }

@@ -31,3 +31,4 @@ pub use link::{LinkCondition, LinkTiming, Preset};
 pub use nat::{ConntrackTimeouts, Nat, NatConfig};
 
 pub mod compress;
+pub mod vt;

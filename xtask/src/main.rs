@@ -2,6 +2,7 @@
 
 mod ebpf;
 mod test;
+mod uml;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,8 @@ enum Cmd {
     SetupEbpf,
     /// Rebuild the eBPF object into a temp dir and byte-compare it with the committed one.
     CheckEbpf,
+    /// Build the User-Mode-Linux kernel for the virtual-time backend (cached in target/uml).
+    BuildUml(uml::BuildUmlArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +33,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::BuildEbpf => ebpf::build_ebpf(),
         Cmd::SetupEbpf => ebpf::setup_ebpf(),
         Cmd::CheckEbpf => ebpf::check_ebpf(),
+        Cmd::BuildUml(args) => uml::build_uml(args),
     }
 }

@@ -49,8 +49,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The process-wide timer-compression engine.
 ///
-/// Created lazily by [`Engine::get`]; it lives until the process exits, which detaches the
-/// programs (their links are held by file descriptors). Requires Linux 5.15+, cgroup v2 and
+/// Created by [`Engine::get`] and shared by every lab of the process that holds it; when the
+/// last holder drops it, the programs detach (their links are held by file descriptors), the
+/// telemetry reader stops and the process leaves its cgroup. Requires Linux 5.15+, cgroup v2 and
 /// `CAP_BPF`+`CAP_NET_ADMIN` (or `CAP_SYS_ADMIN`).
 pub struct Engine {
     /// Holds the programs and their links.
@@ -59,8 +60,15 @@ pub struct Engine {
     subs: Subscribers,
     cgroup: PathBuf,
     _process_cgroup: Arc<crate::cgroup::ProcessCgroup>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
     load_time: Duration,
     verified_insns: VerifiedInsns,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -73,7 +81,7 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-static ENGINE: Mutex<Option<Arc<Engine>>> = Mutex::new(None);
+static ENGINE: Mutex<std::sync::Weak<Engine>> = Mutex::new(std::sync::Weak::new());
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, BpfError> {
     ebpf.take_map(name).ok_or(BpfError::Missing(name))
@@ -186,11 +194,11 @@ impl Engine {
     /// A failed attempt is not cached: the next call tries again.
     pub fn get() -> Result<Arc<Engine>, BpfError> {
         let mut slot = lock(&ENGINE);
-        if let Some(engine) = slot.as_ref() {
-            return Ok(Arc::clone(engine));
+        if let Some(engine) = slot.upgrade() {
+            return Ok(engine);
         }
         let engine = Arc::new(Self::create()?);
-        *slot = Some(Arc::clone(&engine));
+        *slot = Arc::downgrade(&engine);
         Ok(engine)
     }
 
@@ -211,9 +219,11 @@ impl Engine {
         attach(&mut ebpf, &cgroup)?;
         let subs = Subscribers::default();
         let reader_subs = Arc::clone(&subs);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader_stop = Arc::clone(&stop);
         std::thread::Builder::new()
             .name("patchbay-bpf-events".into())
-            .spawn(move || events::reader_loop(ring, reader_subs))
+            .spawn(move || events::reader_loop(ring, reader_subs, reader_stop))
             .map_err(|e| BpfError::io("spawning the telemetry reader thread", e))?;
         tracing::debug!(cgroup = %cgroup.display(), ?load_time, "eBPF engine attached");
         Ok(Engine {
@@ -227,6 +237,7 @@ impl Engine {
             subs,
             cgroup,
             _process_cgroup: process_cgroup,
+            stop,
             load_time,
             verified_insns,
         })
@@ -292,6 +303,12 @@ impl Engine {
         let (tx, rx) = mpsc::channel();
         lock(&self.subs).entry(netns_cookie).or_default().push(tx);
         EventStream { rx }
+    }
+
+    /// Delivers the events of `netns_cookie` into an existing channel, so one
+    /// receiver can collect several namespaces (a lab's telemetry).
+    pub fn subscribe_into(&self, netns_cookie: u64, tx: mpsc::Sender<super::TcpEvent>) {
+        lock(&self.subs).entry(netns_cookie).or_default().push(tx);
     }
 
     /// The counters of a registered namespace, summed over CPUs.

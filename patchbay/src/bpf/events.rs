@@ -206,9 +206,13 @@ pub(crate) fn dispatch(subs: &Subscribers, ev: TcpEvent) {
 }
 
 /// Reads the ring buffer forever (the engine lives as long as the process), dispatching events.
-pub(crate) fn reader_loop(mut ring: RingBuf<MapData>, subs: Subscribers) {
+pub(crate) fn reader_loop(
+    mut ring: RingBuf<MapData>,
+    subs: Subscribers,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
     let fd = ring.as_raw_fd();
-    loop {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         while let Some(item) = ring.next() {
             match TcpEvent::from_bytes(&item) {
                 Some(ev) => dispatch(&subs, ev),
@@ -221,7 +225,7 @@ pub(crate) fn reader_loop(mut ring: RingBuf<MapData>, subs: Subscribers) {
             revents: 0,
         };
         // SAFETY: pfd is a valid pollfd array of length 1; fd stays open (ring is owned here).
-        let ret = unsafe { libc::poll(&mut pfd, 1, 1000) };
+        let ret = unsafe { libc::poll(&mut pfd, 1, 100) };
         if ret < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() != std::io::ErrorKind::Interrupted {

@@ -5,6 +5,7 @@ mod demo;
 mod doctor;
 mod run;
 mod table;
+mod vt;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,8 @@ enum Cmd {
     Doctor(doctor::DoctorArgs),
     /// Run the built-in showcase lab.
     Demo(demo::DemoArgs),
+    /// Run a command in virtual time inside a User-Mode-Linux kernel.
+    Vt(vt::VtArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -55,6 +58,7 @@ pub fn main() -> ExitCode {
             Cmd::Run(a) => run::run(a).await,
             Cmd::Doctor(a) => doctor::run(a).await,
             Cmd::Demo(a) => demo::run(a).await,
+            Cmd::Vt(a) => vt::run(a),
         }
     });
     match result {

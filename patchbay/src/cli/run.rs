@@ -13,12 +13,18 @@ pub struct RunArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Override the file's `[lab] time-scale` (k; 1 = real time).
+    #[arg(long)]
+    time_scale: Option<f64>,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let file = LabFile::load(&args.file)?;
     let json = args.json;
-    let report = patchbay::labfile::run(&file, |s| {
+    let o = patchbay::labfile::RunOverrides {
+        time_scale: args.time_scale,
+    };
+    let report = patchbay::labfile::run(&file, o, |s| {
         if !json {
             eprintln!(
                 "  step {:>2} {:<5} {}",
@@ -46,7 +52,15 @@ fn render(r: &RunReport) -> String {
     let rows: Vec<Vec<String>> = r.steps.iter().map(row).collect();
     let mut s = format!("lab {} built in {:.3} s\n", r.lab, r.build_s);
     s.push_str(&super::table::render(
-        &["step", "kind", "node", "exit", "wall s", "result"],
+        &[
+            "step",
+            "kind",
+            "node",
+            "exit",
+            "wall s",
+            "virtual s",
+            "result",
+        ],
         &rows,
     ));
     for st in r.steps.iter().filter(|s| !s.ok) {
@@ -71,6 +85,7 @@ fn row(s: &StepOutcome) -> Vec<String> {
         s.node.clone().unwrap_or_default(),
         s.exit_code.map(|c| c.to_string()).unwrap_or_default(),
         format!("{:.3}", s.wall_s),
+        format!("{:.3}", s.virtual_s),
         if s.ok { "ok".into() } else { "FAILED".into() },
     ]
 }

@@ -134,7 +134,7 @@ impl DeviceBuilder {
             planned
         };
         let ns = Netns::new(&format!("{}-{name}", lab.id()))?;
-        lab.prepare_ns(&ns, false)?;
+        lab.prepare_ns(&ns, false, &name)?;
         let node = Arc::new(NodeInner::new(&lab, &name, NodeKind::Device, ns.clone()));
         ns.run(|| netlink::set_up(1, true))
             .await?
@@ -181,6 +181,7 @@ impl DeviceBuilder {
             })
             .await?
             .ctx(|| ctx.clone())?;
+            lab.prepare_iface(&ns, &p.iface)?;
             let port_name = format!("p{}", p.port);
             p.router_ns
                 .run_sync(move || sync_carriers(&[&port_name, "lan"]))?;

@@ -18,10 +18,13 @@
 //! Requires root (or `CAP_SYS_ADMIN` + `CAP_NET_ADMIN`), Linux 4.19+ with
 //! network namespaces, veth and bridge support.
 
+mod clock;
+mod compression;
 mod device;
 mod faults;
 mod nat_ops;
 mod node;
+mod opts;
 mod router;
 mod topo;
 
@@ -29,9 +32,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use clock::LabClock;
+pub use compression::LabEvent;
 pub use device::{Device, DeviceBuilder};
 pub use faults::{Direction, FaultGuard};
 pub use node::{Iface, Node, NodeKind};
+pub use opts::LabOpts;
 pub use router::{Router, RouterBuilder};
 
 use crate::addr;
@@ -41,40 +47,6 @@ use crate::netlink;
 use crate::netns::Netns;
 use crate::sysctl;
 use topo::Topology;
-
-/// Options of a lab. Build with [`LabOpts::default`] and the setters.
-#[derive(Debug, Clone)]
-pub struct LabOpts {
-    label: Option<String>,
-    prewarm_neighbors: bool,
-}
-
-impl Default for LabOpts {
-    fn default() -> Self {
-        LabOpts {
-            label: None,
-            prewarm_neighbors: true,
-        }
-    }
-}
-
-impl LabOpts {
-    /// A label shown in thread names, the environment of spawned commands
-    /// (`PATCHBAY_LAB`) and error messages.
-    pub fn label(mut self, label: impl Into<String>) -> Self {
-        self.label = Some(label.into());
-        self
-    }
-
-    /// Whether to install neighbour (ARP/NDP) entries for directly connected
-    /// lab peers at build time (default: on). The entries are ordinary
-    /// `REACHABLE` ones, not permanent: they age, and a peer that vanishes
-    /// still fails resolution. Turn this off to test resolution itself.
-    pub fn prewarm_neighbors(mut self, on: bool) -> Self {
-        self.prewarm_neighbors = on;
-        self
-    }
-}
 
 /// A network lab. Dropping it ends every worker and every process spawned
 /// in it, and its namespaces disappear.
@@ -90,6 +62,7 @@ pub(crate) struct LabInner {
     root: Netns,
     topo: Mutex<Topology>,
     cgroup: Option<LabCgroup>,
+    comp: compression::Compression,
     next_node: AtomicU32,
     next_ifindex: AtomicU32,
 }
@@ -112,6 +85,7 @@ impl Lab {
     /// bridge that top-level routers join.
     pub async fn with_opts(opts: LabOpts) -> Result<Lab> {
         check_privileges()?;
+        let comp = compression::Compression::new(&opts)?;
         let n = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
         let id = format!(
             "{}-{}-{n}",
@@ -130,19 +104,23 @@ impl Lab {
             root: root.clone(),
             topo: Mutex::new(Topology::new()),
             cgroup,
+            comp,
             next_node: AtomicU32::new(1),
             next_ifindex: AtomicU32::new(FIRST_VETH_INDEX),
         });
-        inner.prepare_ns(&root, true)?;
+        inner.prepare_ns(&root, true, "exchange")?;
         let bridge_mac = addr::mac(0, 0);
         root.run(move || async move {
             netlink::set_up(1, true).await?;
             netlink::create_bridge("ix", IX_BRIDGE_INDEX, bridge_mac).await?;
             netlink::add_addr(IX_BRIDGE_INDEX, addr::IX_ROOT_V4.into(), addr::V4_PREFIX).await?;
-            netlink::add_addr(IX_BRIDGE_INDEX, addr::IX_ROOT_V6.into(), addr::V6_PREFIX).await
+            netlink::add_addr(IX_BRIDGE_INDEX, addr::IX_ROOT_V6.into(), addr::V6_PREFIX).await?;
+            device::sync_carriers(&["ix"]);
+            Ok(())
         })
         .await?
         .ctx(|| "creating the lab's exchange bridge".into())?;
+        inner.prepare_iface(&root, "ix")?;
         Ok(Lab { inner })
     }
 
@@ -174,6 +152,29 @@ impl Lab {
     /// A router by name.
     pub fn router(&self, name: &str) -> Option<Router> {
         self.node(name).and_then(Router::from_node)
+    }
+
+    /// The lab's time scale k (1 = real time).
+    pub fn time_scale(&self) -> f64 {
+        self.inner.comp.scale()
+    }
+
+    /// The lab clock: virtual time since the lab started.
+    pub fn clock(&self) -> LabClock {
+        self.inner.comp.clock()
+    }
+
+    /// Every eBPF TCP telemetry event of the lab's namespaces so far, in
+    /// order (empty unless telemetry is on; see [`LabOpts::telemetry`]).
+    pub fn tcp_events(&self) -> Vec<LabEvent> {
+        self.inner.comp.events()
+    }
+
+    /// Per timer: default, target, applied value, mechanism and status
+    /// (exact, rounded, clamped, unsupported) at this lab's k, and the
+    /// largest faithful k on this kernel.
+    pub fn compression_report(&self) -> Result<crate::compress::CompressionReport> {
+        self.inner.comp.report()
     }
 
     /// Names of all nodes, sorted.
@@ -214,7 +215,7 @@ impl LabInner {
 
     /// Namespace-wide settings applied before any interface exists, so
     /// every interface inherits them from `default`.
-    pub(crate) fn prepare_ns(&self, ns: &Netns, forwarding: bool) -> Result<()> {
+    pub(crate) fn prepare_ns(&self, ns: &Netns, forwarding: bool, node: &str) -> Result<()> {
         let mut s = BTreeMap::new();
         for scope in ["all", "default"] {
             s.insert(format!("net/ipv6/conf/{scope}/accept_dad"), "0".into());
@@ -230,8 +231,23 @@ impl LabInner {
             s.insert("net/ipv4/ip_forward".into(), "1".into());
             s.insert("net/ipv6/conf/all/forwarding".into(), "1".into());
         }
+        s.extend(self.comp.netns_sysctls());
         sysctl::write_all(ns, s)?;
+        self.comp.register(ns, node)
+    }
+
+    /// Per-interface settings (the plan's neighbour timers), for every
+    /// interface a lab creates, whenever it is created.
+    pub(crate) fn prepare_iface(&self, ns: &Netns, iface: &str) -> Result<()> {
+        let s = self.comp.iface_sysctls(iface);
+        if !s.is_empty() {
+            sysctl::write_all(ns, s)?;
+        }
         Ok(())
+    }
+
+    pub(crate) fn compression(&self) -> &compression::Compression {
+        &self.comp
     }
 
     /// Every namespace of the lab, the root first.

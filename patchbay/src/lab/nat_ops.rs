@@ -25,7 +25,7 @@ impl Router {
             self.set_firewall(fw).await?;
         }
         if let Some(t) = &cfg.conntrack {
-            sysctl::write_all(self.netns(), t.to_sysctls())?;
+            sysctl::write_all(self.netns(), self.scaled_conntrack(t).to_sysctls())?;
         }
         Ok(())
     }
@@ -51,7 +51,7 @@ impl Router {
             wan: "wan".into(),
             lan: "lan".into(),
             wan_ip,
-            timeouts: cfg.conntrack.clone().unwrap_or_default(),
+            timeouts: self.scaled_conntrack(&cfg.conntrack.clone().unwrap_or_default()),
         })
     }
 
@@ -87,7 +87,7 @@ impl Router {
     pub async fn set_nat_config(&self, cfg: NatConfig) -> Result<()> {
         self.apply_nat(&cfg).await?;
         if let Some(t) = &cfg.conntrack {
-            sysctl::write_all(self.netns(), t.to_sysctls())?;
+            sysctl::write_all(self.netns(), self.scaled_conntrack(t).to_sysctls())?;
         }
         self.store_nat(&cfg)
     }
@@ -151,6 +151,15 @@ impl Node {
         }
     }
 
+    /// Conntrack timeouts as this node's lab applies them: divided by the
+    /// lab's time scale (whole seconds, at least 1).
+    pub(crate) fn scaled_conntrack(&self, t: &ConntrackTimeouts) -> ConntrackTimeouts {
+        match self.inner.lab.upgrade() {
+            Some(lab) => lab.compression().conntrack(self.name(), t),
+            None => t.clone(),
+        }
+    }
+
     /// Sets the conntrack timeouts of the node's namespace (per-namespace
     /// sysctls, whole seconds). On a NAT router the mapping-map timeout is
     /// re-rendered from them too. On kernels with conntrack as a module the
@@ -158,7 +167,7 @@ impl Node {
     /// firewall rule loads it); otherwise this fails with
     /// [`crate::sysctl::SysctlError::Missing`].
     pub async fn set_conntrack_timeouts(&self, timeouts: ConntrackTimeouts) -> Result<()> {
-        sysctl::write_all(self.netns(), timeouts.to_sysctls())?;
+        sysctl::write_all(self.netns(), self.scaled_conntrack(&timeouts).to_sysctls())?;
         if let Some(r) = Router::from_node(self.clone()) {
             let cfg = NatConfig {
                 conntrack: Some(timeouts),
@@ -209,6 +218,12 @@ impl Node {
             )));
         }
         let (peer_ns, peer_dev) = super::faults::peer_end(self, iface).await?;
+        let condition = match self.inner.lab.upgrade() {
+            Some(lab) => lab
+                .compression()
+                .link(&format!("{}.{iface}", self.name()), &condition),
+            None => condition,
+        };
         tc::apply(self.netns(), iface, &condition).await?;
         tc::apply(&peer_ns, &peer_dev, &condition).await?;
         Ok(())

@@ -194,7 +194,14 @@ impl Node {
         let mut env = BTreeMap::new();
         env.insert("PATCHBAY_LAB".into(), self.inner.lab_id.clone());
         env.insert("PATCHBAY_NODE".into(), self.inner.name.clone());
-        env.insert("PATCHBAY_TIME_SCALE".into(), "1".into());
+        if let Some(lab) = self.inner.lab.upgrade() {
+            let c = lab.compression();
+            env.insert("PATCHBAY_TIME_SCALE".into(), c.scale().to_string());
+            env.insert(
+                "PATCHBAY_CLOCK_START_NS".into(),
+                c.start_mono().as_nanos().to_string(),
+            );
+        }
         if let Some(ip) = self.ip() {
             env.insert("PATCHBAY_IP".into(), ip.to_string());
         }
@@ -249,6 +256,18 @@ impl Node {
                 node,
                 source,
             })
+    }
+
+    /// Writes a sysctl inside the node's namespace (key relative to
+    /// `/proc/sys`, e.g. `net/ipv4/tcp_keepalive_probes`). Timer values
+    /// written this way are taken as they are, not scaled by the lab's k.
+    pub fn set_sysctl(&self, key: &str, value: &str) -> Result<()> {
+        Ok(crate::sysctl::write(self.netns(), key, value)?)
+    }
+
+    /// Reads a sysctl inside the node's namespace.
+    pub fn sysctl(&self, key: &str) -> Result<String> {
+        Ok(crate::sysctl::read(self.netns(), key)?)
     }
 
     /// Sets an interface administratively down (`ip link set IFACE down`).

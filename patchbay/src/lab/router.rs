@@ -132,7 +132,7 @@ impl RouterBuilder {
             (up, uplink, lan, parent_port)
         };
         let ns = Netns::new(&format!("{}-{name}", lab.id()))?;
-        lab.prepare_ns(&ns, true)?;
+        lab.prepare_ns(&ns, true, &name)?;
         let node = Arc::new(NodeInner::new(&lab, &name, NodeKind::Router, ns.clone()));
         let wan_mac = addr::mac(node.ordinal, 1);
         let bridge_mac = addr::mac(node.ordinal, 0);
@@ -203,6 +203,8 @@ impl RouterBuilder {
         .await?
         .ctx(|| ctx.clone())?;
 
+        lab.prepare_iface(&ns, "wan")?;
+        lab.prepare_iface(&ns, "lan")?;
         let port_name = format!("p{parent_port}");
         let parent_bridge_name = if parent_bridge == IX_BRIDGE_INDEX {
             "ix"

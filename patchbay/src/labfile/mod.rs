@@ -7,7 +7,7 @@ mod run;
 mod schema;
 mod subst;
 
-pub use run::{RunReport, StepOutcome, run};
+pub use run::{RunOverrides, RunReport, StepOutcome, run};
 pub use schema::{DeviceSpec, IfaceSpec, LabFile, LabSection, RouterSpec, Step, StepKind};
 pub use subst::{Vars, substitute};
 

@@ -31,6 +31,8 @@ pub struct StepOutcome {
     pub exit_code: Option<i32>,
     /// Wall-clock seconds the step took.
     pub wall_s: f64,
+    /// Virtual seconds (wall × the lab's time scale).
+    pub virtual_s: f64,
     /// Whether the step met its expectations.
     pub ok: bool,
     /// Why it failed.
@@ -44,6 +46,8 @@ pub struct StepOutcome {
 pub struct RunReport {
     /// The lab's id.
     pub lab: String,
+    /// The lab's time scale k.
+    pub time_scale: f64,
     /// Seconds to build the lab.
     pub build_s: f64,
     /// Every executed step; the run stops at the first failed one.
@@ -58,19 +62,52 @@ struct Bg {
     out: tokio::task::JoinHandle<String>,
 }
 
-/// Builds the lab described by `file`, runs its steps, and tears it down.
-/// `on_step` is called after each step (for progress output).
-pub async fn run(file: &LabFile, mut on_step: impl FnMut(&StepOutcome)) -> Result<RunReport> {
-    let t0 = Instant::now();
-    let mut opts = LabOpts::default().prewarm_neighbors(file.lab.prewarm_neighbors);
-    if let Some(l) = &file.lab.label {
-        opts = opts.label(l.clone());
+/// Overrides of a lab file's settings from the command line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOverrides {
+    /// Replaces `[lab] time-scale`.
+    pub time_scale: Option<f64>,
+}
+
+fn lab_opts(file: &LabFile, o: RunOverrides) -> LabOpts {
+    let l = &file.lab;
+    let mut opts = LabOpts::default()
+        .prewarm_neighbors(l.prewarm_neighbors)
+        .time_scale(o.time_scale.or(l.time_scale).unwrap_or(1.0))
+        .sysctl_only(l.sysctl_only);
+    if let Some(label) = &l.label {
+        opts = opts.label(label.clone());
     }
-    let lab = Lab::with_opts(opts).await?;
+    if let Some(t) = l.telemetry {
+        opts = opts.telemetry(t);
+    }
+    if let Some(n) = l.tcp_syn_retries {
+        opts = opts.tcp_syn_retries(n);
+    }
+    if let Some(n) = l.tcp_retries2 {
+        opts = opts.tcp_retries2(n);
+    }
+    opts
+}
+
+async fn build(file: &LabFile, o: RunOverrides) -> Result<Lab> {
+    let lab = Lab::with_opts(lab_opts(file, o)).await?;
     for r in &file.routers {
         let mut b = lab.add_router(&r.name);
         if let Some(up) = &r.upstream {
             b = b.upstream_name(up);
+        }
+        if let Some(nat) = r.nat {
+            b = b.nat(nat);
+        }
+        if let Some(h) = r.hairpin {
+            b = b.hairpin(h);
+        }
+        if let Some(t) = &r.conntrack {
+            b = b.conntrack(t.clone());
+        }
+        if let Some(fw) = &r.firewall {
+            b = b.firewall(fw.clone());
         }
         b.build().await?;
     }
@@ -82,14 +119,35 @@ pub async fn run(file: &LabFile, mut on_step: impl FnMut(&StepOutcome)) -> Resul
         if let Some(dv) = &d.default_via {
             b = b.default_via(dv);
         }
-        b.build().await?;
+        let dev = b.build().await?;
+        if let Some(fw) = &d.firewall {
+            dev.set_firewall(fw.clone()).await?;
+        }
+        for i in &d.ifaces {
+            if let Some(c) = &i.link {
+                dev.set_link_condition(&i.name, c.clone()).await?;
+            }
+        }
     }
+    Ok(lab)
+}
+
+/// Builds the lab described by `file`, runs its steps, and tears it down.
+/// `on_step` is called after each step (for progress output).
+pub async fn run(
+    file: &LabFile,
+    o: RunOverrides,
+    mut on_step: impl FnMut(&StepOutcome),
+) -> Result<RunReport> {
+    let t0 = Instant::now();
+    let lab = build(file, o).await?;
     let build_s = t0.elapsed().as_secs_f64();
     let vars = Vars::from_lab(&lab);
-    let mut bgs: BTreeMap<String, Bg> = BTreeMap::new();
+    let mut st = State::default();
     let mut steps = vec![];
     for (i, step) in file.steps.iter().enumerate() {
-        let out = run_step(&lab, &vars, i + 1, step, &mut bgs).await;
+        let mut out = run_step(&lab, &vars, i + 1, step, &mut st).await;
+        out.virtual_s = out.wall_s * lab.time_scale();
         on_step(&out);
         let ok = out.ok;
         steps.push(out);
@@ -100,10 +158,19 @@ pub async fn run(file: &LabFile, mut on_step: impl FnMut(&StepOutcome)) -> Resul
     let ok = steps.iter().all(|s| s.ok) && steps.len() == file.steps.len();
     Ok(RunReport {
         lab: lab.id().to_string(),
+        time_scale: lab.time_scale(),
         build_s,
         steps,
         ok,
     })
+}
+
+/// What steps leave for later steps: background processes and faults.
+#[derive(Default)]
+struct State {
+    bgs: BTreeMap<String, Bg>,
+    faults: BTreeMap<String, crate::FaultGuard>,
+    unnamed: Vec<crate::FaultGuard>,
 }
 
 fn outcome(step: usize, kind: &'static str) -> StepOutcome {
@@ -114,6 +181,7 @@ fn outcome(step: usize, kind: &'static str) -> StepOutcome {
         command: None,
         exit_code: None,
         wall_s: 0.0,
+        virtual_s: 0.0,
         ok: true,
         error: None,
         stdout: None,
@@ -177,13 +245,7 @@ fn check(out: &mut StepOutcome, step: &Step, code: Option<i32>, stdout: &str) {
     out.stdout = Some(stdout.to_string());
 }
 
-async fn run_step(
-    lab: &Lab,
-    vars: &Vars,
-    n: usize,
-    step: &Step,
-    bgs: &mut BTreeMap<String, Bg>,
-) -> StepOutcome {
+async fn run_step(lab: &Lab, vars: &Vars, n: usize, step: &Step, st: &mut State) -> StepOutcome {
     let t = Instant::now();
     let kind = match step.kind() {
         Ok(k) => k,
@@ -200,6 +262,13 @@ async fn run_step(
         StepKind::Sleep(_) => outcome(n, "sleep"),
         StepKind::Wait(_) => outcome(n, "wait"),
         StepKind::Kill(_) => outcome(n, "kill"),
+        StepKind::Blackhole { .. } => outcome(n, "blackhole"),
+        StepKind::Heal(_) => outcome(n, "heal"),
+        StepKind::Partition { .. } => outcome(n, "partition"),
+        StepKind::Link { .. } => outcome(n, "link"),
+        StepKind::FlushNat(_) => outcome(n, "flush-nat"),
+        StepKind::SetLink { up: true, .. } => outcome(n, "link-up"),
+        StepKind::SetLink { up: false, .. } => outcome(n, "link-down"),
     };
     let limit = step.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let result: std::result::Result<(), String> = async {
@@ -246,7 +315,7 @@ async fn run_step(
                 let n = lab.node(&node).ok_or("node vanished")?;
                 let mut child = n.spawn_command(cmd).map_err(|e| e.to_string())?;
                 let out_task = tokio::spawn(read_all(child.stdout.take().ok_or("no stdout")?));
-                bgs.insert(
+                st.bgs.insert(
                     name,
                     Bg {
                         child,
@@ -257,11 +326,13 @@ async fn run_step(
                 Ok(())
             }
             StepKind::Sleep(d) => {
-                tokio::time::sleep(d).await;
+                // Sleeps are in lab (virtual) time: at k = 10, "6s" is 0.6 s.
+                lab.clock().sleep(d).await;
                 Ok(())
             }
             StepKind::Wait(name) => {
-                let mut bg = bgs
+                let mut bg = st
+                    .bgs
                     .remove(&name)
                     .ok_or_else(|| format!("no background step {name:?}"))?;
                 out.node = Some(bg.node.clone());
@@ -278,12 +349,88 @@ async fn run_step(
                 Ok(())
             }
             StepKind::Kill(name) => {
-                let mut bg = bgs
+                let mut bg = st
+                    .bgs
                     .remove(&name)
                     .ok_or_else(|| format!("no background step {name:?}"))?;
                 out.node = Some(bg.node.clone());
                 bg.child.kill().await.map_err(|e| e.to_string())?;
                 Ok(())
+            }
+            StepKind::Blackhole {
+                node,
+                iface,
+                direction,
+                name,
+            } => {
+                out.node = Some(node.clone());
+                let n = lab
+                    .node(&node)
+                    .ok_or_else(|| format!("unknown node {node:?}"))?;
+                let g = n
+                    .blackhole(&iface, direction)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match name {
+                    Some(f) => {
+                        st.faults.insert(f, g);
+                    }
+                    None => st.unnamed.push(g),
+                }
+                Ok(())
+            }
+            StepKind::Heal(f) => {
+                let g = st
+                    .faults
+                    .remove(&f)
+                    .ok_or_else(|| format!("no fault named {f:?}"))?;
+                out.node = Some(f);
+                g.heal().await.map_err(|e| e.to_string())
+            }
+            StepKind::Partition { a, b, name } => {
+                let na = lab.node(&a).ok_or_else(|| format!("unknown node {a:?}"))?;
+                let nb = lab.node(&b).ok_or_else(|| format!("unknown node {b:?}"))?;
+                out.node = Some(format!("{a}|{b}"));
+                let g = lab.partition(&na, &nb).await.map_err(|e| e.to_string())?;
+                match name {
+                    Some(f) => {
+                        st.faults.insert(f, g);
+                    }
+                    None => st.unnamed.push(g),
+                }
+                Ok(())
+            }
+            StepKind::Link {
+                node,
+                iface,
+                condition,
+            } => {
+                out.node = Some(node.clone());
+                let n = lab
+                    .node(&node)
+                    .ok_or_else(|| format!("unknown node {node:?}"))?;
+                n.set_link_condition(&iface, condition)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            StepKind::FlushNat(r) => {
+                out.node = Some(r.clone());
+                let router = lab
+                    .router(&r)
+                    .ok_or_else(|| format!("{r:?} is not a router"))?;
+                router.flush_nat().await.map_err(|e| e.to_string())
+            }
+            StepKind::SetLink { node, iface, up } => {
+                out.node = Some(node.clone());
+                let n = lab
+                    .node(&node)
+                    .ok_or_else(|| format!("unknown node {node:?}"))?;
+                if up {
+                    n.link_up(&iface).await
+                } else {
+                    n.link_down(&iface).await
+                }
+                .map_err(|e| e.to_string())
             }
         }
     }

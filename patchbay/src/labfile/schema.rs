@@ -33,6 +33,21 @@ pub struct LabSection {
     /// Pre-warm neighbour entries (default true).
     #[serde(default = "yes")]
     pub prewarm_neighbors: bool,
+    /// Time scale k (default 1 = real time).
+    #[serde(default)]
+    pub time_scale: Option<f64>,
+    /// Collect eBPF TCP telemetry (default: on when k > 1).
+    #[serde(default)]
+    pub telemetry: Option<bool>,
+    /// Compress by sysctls only, without eBPF.
+    #[serde(default)]
+    pub sysctl_only: bool,
+    /// `tcp_syn_retries` in every namespace.
+    #[serde(default)]
+    pub tcp_syn_retries: Option<u8>,
+    /// `tcp_retries2` in every namespace.
+    #[serde(default)]
+    pub tcp_retries2: Option<u8>,
 }
 
 impl Default for LabSection {
@@ -40,6 +55,11 @@ impl Default for LabSection {
         LabSection {
             label: None,
             prewarm_neighbors: true,
+            time_scale: None,
+            telemetry: None,
+            sysctl_only: false,
+            tcp_syn_retries: None,
+            tcp_retries2: None,
         }
     }
 }
@@ -57,6 +77,18 @@ pub struct RouterSpec {
     /// Router whose LAN the uplink joins; absent: the exchange.
     #[serde(default)]
     pub upstream: Option<String>,
+    /// NAT mode (default `none`).
+    #[serde(default)]
+    pub nat: Option<crate::Nat>,
+    /// Hairpinning on the NAT.
+    #[serde(default)]
+    pub hairpin: Option<bool>,
+    /// Conntrack timeouts of this router (scaled by the lab's k).
+    #[serde(default)]
+    pub conntrack: Option<crate::ConntrackTimeouts>,
+    /// Firewall of the router (inbound = arriving on `wan`).
+    #[serde(default)]
+    pub firewall: Option<crate::Firewall>,
 }
 
 /// A `[[device]]` entry.
@@ -71,6 +103,9 @@ pub struct DeviceSpec {
     /// Interface carrying the default route (default: the first).
     #[serde(default)]
     pub default_via: Option<String>,
+    /// Firewall of the device (inbound = arriving on any interface).
+    #[serde(default)]
+    pub firewall: Option<crate::Firewall>,
 }
 
 /// One device interface.
@@ -81,6 +116,9 @@ pub struct IfaceSpec {
     pub name: String,
     /// The router whose LAN it joins.
     pub router: String,
+    /// Link condition: a preset name or a table (delay, jitter, loss, rate…).
+    #[serde(default)]
+    pub link: Option<crate::LinkCondition>,
 }
 
 /// A `[[step]]` entry: exactly one action key plus modifiers.
@@ -114,6 +152,36 @@ pub struct Step {
     /// Limit for a foreground command or a wait (default 60 s).
     #[serde(default, with = "opt_duration")]
     pub timeout: Option<Duration>,
+    /// Blackhole `node.iface` (silent drops; see `direction`, `name`).
+    #[serde(default)]
+    pub blackhole: Option<String>,
+    /// Direction of a blackhole: `in`, `out` or `both` (default).
+    #[serde(default)]
+    pub direction: Option<crate::Direction>,
+    /// Name of a fault, for a later `heal`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Heal the named fault.
+    #[serde(default)]
+    pub heal: Option<String>,
+    /// Partition two nodes from each other.
+    #[serde(default)]
+    pub partition: Option<[String; 2]>,
+    /// Change the link condition of `node.iface` to `condition`.
+    #[serde(default)]
+    pub link: Option<String>,
+    /// The new condition of a `link` step.
+    #[serde(default)]
+    pub condition: Option<crate::LinkCondition>,
+    /// Flush the NAT state of a router.
+    #[serde(default)]
+    pub flush_nat: Option<String>,
+    /// Set `node.iface` administratively down.
+    #[serde(default)]
+    pub link_down: Option<String>,
+    /// Set `node.iface` administratively up.
+    #[serde(default)]
+    pub link_up: Option<String>,
 }
 
 /// A command as a shell string or an argv list.
@@ -147,6 +215,55 @@ pub enum StepKind {
     Wait(String),
     /// Kill a background command.
     Kill(String),
+    /// Blackhole an interface.
+    Blackhole {
+        /// Node.
+        node: String,
+        /// Interface.
+        iface: String,
+        /// Direction.
+        direction: crate::Direction,
+        /// Fault name for `heal`.
+        name: Option<String>,
+    },
+    /// Heal a named fault.
+    Heal(String),
+    /// Partition two nodes.
+    Partition {
+        /// One side.
+        a: String,
+        /// The other side.
+        b: String,
+        /// Fault name for `heal`.
+        name: Option<String>,
+    },
+    /// Change a link condition.
+    Link {
+        /// Node.
+        node: String,
+        /// Interface.
+        iface: String,
+        /// The condition.
+        condition: crate::LinkCondition,
+    },
+    /// Flush a router's NAT state.
+    FlushNat(String),
+    /// Set an interface down (`false`) or up (`true`).
+    SetLink {
+        /// Node.
+        node: String,
+        /// Interface.
+        iface: String,
+        /// Up or down.
+        up: bool,
+    },
+}
+
+fn node_iface(what: &str, v: &str) -> Result<(String, String), String> {
+    v.split_once('.')
+        .filter(|(n, i)| !n.is_empty() && !i.is_empty())
+        .map(|(n, i)| (n.to_string(), i.to_string()))
+        .ok_or_else(|| format!("`{what} = {v:?}` needs NODE.IFACE, e.g. \"server.eth0\""))
 }
 
 impl Step {
@@ -157,9 +274,28 @@ impl Step {
             self.sleep.is_some(),
             self.wait.is_some(),
             self.kill.is_some(),
+            self.blackhole.is_some(),
+            self.heal.is_some(),
+            self.partition.is_some(),
+            self.link.is_some(),
+            self.flush_nat.is_some(),
+            self.link_down.is_some(),
+            self.link_up.is_some(),
         ];
         if actions.iter().filter(|a| **a).count() != 1 {
-            return Err("each [[step]] needs exactly one of `run`, `sleep`, `wait`, `kill`".into());
+            return Err("each [[step]] needs exactly one of `run`, `sleep`, `wait`, `kill`, `blackhole`, `heal`, `partition`, `link`, `flush-nat`, `link-down`, `link-up`".into());
+        }
+        if (self.cmd.is_some() || self.background.is_some()) && self.run.is_none() {
+            return Err("`cmd` and `background` belong to a `run` step".into());
+        }
+        if self.direction.is_some() && self.blackhole.is_none() {
+            return Err("`direction` belongs to a `blackhole` step".into());
+        }
+        if self.condition.is_some() != self.link.is_some() {
+            return Err("a `link` step needs a `condition` (and `condition` needs `link`)".into());
+        }
+        if self.name.is_some() && self.blackhole.is_none() && self.partition.is_none() {
+            return Err("`name` belongs to a `blackhole` or `partition` step".into());
         }
         if let Some(node) = &self.run {
             if self.cmd.is_none() {
@@ -173,16 +309,53 @@ impl Step {
                 None => StepKind::Run { node: node.clone() },
             });
         }
-        if self.cmd.is_some() || self.background.is_some() {
-            return Err("`cmd` and `background` belong to a `run` step".into());
-        }
         if let Some(d) = self.sleep {
             return Ok(StepKind::Sleep(d));
         }
         if let Some(w) = &self.wait {
             return Ok(StepKind::Wait(w.clone()));
         }
-        Ok(StepKind::Kill(self.kill.clone().unwrap_or_default()))
+        if let Some(k) = &self.kill {
+            return Ok(StepKind::Kill(k.clone()));
+        }
+        if let Some(b) = &self.blackhole {
+            let (node, iface) = node_iface("blackhole", b)?;
+            let direction = self.direction.unwrap_or(crate::Direction::Both);
+            return Ok(StepKind::Blackhole {
+                node,
+                iface,
+                direction,
+                name: self.name.clone(),
+            });
+        }
+        if let Some(h) = &self.heal {
+            return Ok(StepKind::Heal(h.clone()));
+        }
+        if let Some([a, b]) = &self.partition {
+            return Ok(StepKind::Partition {
+                a: a.clone(),
+                b: b.clone(),
+                name: self.name.clone(),
+            });
+        }
+        if let (Some(l), Some(c)) = (&self.link, &self.condition) {
+            let (node, iface) = node_iface("link", l)?;
+            return Ok(StepKind::Link {
+                node,
+                iface,
+                condition: c.clone(),
+            });
+        }
+        if let Some(r) = &self.flush_nat {
+            return Ok(StepKind::FlushNat(r.clone()));
+        }
+        let (v, up) = match (&self.link_down, &self.link_up) {
+            (Some(v), _) => (v, false),
+            (_, Some(v)) => (v, true),
+            _ => return Err("empty step".into()),
+        };
+        let (node, iface) = node_iface(if up { "link-up" } else { "link-down" }, v)?;
+        Ok(StepKind::SetLink { node, iface, up })
     }
 }
 
@@ -231,6 +404,7 @@ impl LabFile {
             }
         }
         let mut bg = BTreeSet::new();
+        let mut faults = BTreeSet::new();
         for (n, s) in self.steps.iter().enumerate() {
             let n = n + 1;
             match s.kind().map_err(|e| format!("step {n}: {e}"))? {
@@ -247,6 +421,36 @@ impl LabFile {
                 StepKind::Wait(name) | StepKind::Kill(name) if !bg.contains(&name) => {
                     return Err(format!(
                         "step {n}: no background step named {name:?} before it"
+                    ));
+                }
+                StepKind::Blackhole { node, .. }
+                | StepKind::Link { node, .. }
+                | StepKind::SetLink { node, .. }
+                    if !names.contains(node.as_str()) =>
+                {
+                    return Err(format!("step {n}: unknown node {node:?}"));
+                }
+                StepKind::Partition { a, b, .. }
+                    if !names.contains(a.as_str()) || !names.contains(b.as_str()) =>
+                {
+                    return Err(format!(
+                        "step {n}: partition of unknown node(s) {a:?}, {b:?}"
+                    ));
+                }
+                StepKind::FlushNat(r) if !routers.contains(r.as_str()) => {
+                    return Err(format!(
+                        "step {n}: flush-nat of {r:?}, which is not a router"
+                    ));
+                }
+                StepKind::Blackhole { name: Some(f), .. }
+                | StepKind::Partition { name: Some(f), .. } => {
+                    if !faults.insert(f.clone()) {
+                        return Err(format!("step {n}: fault name {f:?} is used twice"));
+                    }
+                }
+                StepKind::Heal(f) if !faults.contains(&f) => {
+                    return Err(format!(
+                        "step {n}: no named blackhole or partition {f:?} before it"
                     ));
                 }
                 _ => {}

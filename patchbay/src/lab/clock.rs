@@ -1,0 +1,101 @@
+//! The lab clock: virtual time for code under test.
+
+use std::time::{Duration, Instant};
+
+/// Virtual time of a lab: wall time since the lab started, times the lab's
+/// time scale k. Kernel timers in a lab at k run k times faster; code that
+/// takes its timeouts from this clock stays in step with them.
+///
+/// Processes spawned in a lab can build the same clock from their
+/// environment with [`LabClock::from_env`].
+#[derive(Debug, Clone, Copy)]
+pub struct LabClock {
+    start: Instant,
+    scale: f64,
+}
+
+/// `CLOCK_MONOTONIC` now, as a duration since boot.
+pub(crate) fn monotonic_now() -> Duration {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .unwrap_or_else(|_| nix::sys::time::TimeSpec::new(0, 0));
+    Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)
+}
+
+impl LabClock {
+    pub(crate) fn new(start: Instant, scale: f64) -> Self {
+        LabClock { start, scale }
+    }
+
+    /// The clock of the lab this process was spawned in, from
+    /// `PATCHBAY_TIME_SCALE` and `PATCHBAY_CLOCK_START_NS`; `None` outside a
+    /// lab.
+    pub fn from_env() -> Option<LabClock> {
+        let scale: f64 = std::env::var("PATCHBAY_TIME_SCALE").ok()?.parse().ok()?;
+        let start_ns: u64 = std::env::var("PATCHBAY_CLOCK_START_NS")
+            .ok()?
+            .parse()
+            .ok()?;
+        let since = monotonic_now().checked_sub(Duration::from_nanos(start_ns))?;
+        let start = Instant::now().checked_sub(since)?;
+        Some(LabClock { start, scale })
+    }
+
+    /// The time scale k.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// The wall-clock instant the lab started.
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
+    /// Virtual time elapsed since the lab started.
+    pub fn now(&self) -> Duration {
+        self.to_virtual(self.start.elapsed())
+    }
+
+    /// Virtual time of a wall-clock instant.
+    pub fn virtual_at(&self, t: Instant) -> Duration {
+        self.to_virtual(t.saturating_duration_since(self.start))
+    }
+
+    /// The wall-clock duration of a virtual one.
+    pub fn to_wall(&self, virtual_time: Duration) -> Duration {
+        virtual_time.div_f64(self.scale)
+    }
+
+    /// The virtual duration of a wall-clock one.
+    pub fn to_virtual(&self, wall: Duration) -> Duration {
+        wall.mul_f64(self.scale)
+    }
+
+    /// Sleeps for a virtual duration.
+    pub async fn sleep(&self, virtual_time: Duration) {
+        tokio::time::sleep(self.to_wall(virtual_time)).await;
+    }
+
+    /// Blocking twin of [`LabClock::sleep`].
+    pub fn sleep_sync(&self, virtual_time: Duration) {
+        std::thread::sleep(self.to_wall(virtual_time));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_both_ways() {
+        let c = LabClock::new(Instant::now(), 20.0);
+        assert_eq!(
+            c.to_wall(Duration::from_secs(30)),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            c.to_virtual(Duration::from_millis(1500)),
+            Duration::from_secs(30)
+        );
+        assert!(c.now() < Duration::from_secs(1));
+    }
+}

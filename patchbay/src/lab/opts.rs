@@ -1,0 +1,86 @@
+//! Lab options.
+
+/// Options of a lab. Build with [`LabOpts::default`] and the setters.
+#[derive(Debug, Clone)]
+pub struct LabOpts {
+    pub(crate) label: Option<String>,
+    pub(crate) prewarm_neighbors: bool,
+    pub(crate) time_scale: f64,
+    pub(crate) telemetry: Option<bool>,
+    pub(crate) sysctl_only: bool,
+    pub(crate) syn_retries: Option<u8>,
+    pub(crate) retries2: Option<u8>,
+}
+
+impl Default for LabOpts {
+    fn default() -> Self {
+        LabOpts {
+            label: None,
+            prewarm_neighbors: true,
+            time_scale: 1.0,
+            telemetry: None,
+            sysctl_only: false,
+            syn_retries: None,
+            retries2: None,
+        }
+    }
+}
+
+impl LabOpts {
+    /// A label shown in thread names, the environment of spawned commands
+    /// (`PATCHBAY_LAB`) and error messages.
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    /// Whether to install neighbour (ARP/NDP) entries for directly connected
+    /// lab peers at build time (default: on). The entries are ordinary
+    /// `REACHABLE` ones, not permanent: they age, and a peer that vanishes
+    /// still fails resolution. Turn this off to test resolution itself.
+    pub fn prewarm_neighbors(mut self, on: bool) -> Self {
+        self.prewarm_neighbors = on;
+        self
+    }
+
+    /// The time scale k (default 1 = real time). Every kernel timer that
+    /// shapes timeout-heavy scenarios is divided by k inside the lab's
+    /// namespaces only (see `docs/compression.md`). Validated when the lab is
+    /// created: finite, at least 1, at most
+    /// [`crate::compress::MAX_TIME_SCALE`]. k > 1 needs root, cgroup v2 and
+    /// eBPF `sock_ops` (Linux 5.15+) unless [`LabOpts::sysctl_only`].
+    pub fn time_scale(mut self, k: f64) -> Self {
+        self.time_scale = k;
+        self
+    }
+
+    /// Collect eBPF TCP telemetry (RTO, retransmit and state events; see
+    /// [`crate::Lab::tcp_events`]). Default: on when k > 1, off at k = 1.
+    pub fn telemetry(mut self, on: bool) -> Self {
+        self.telemetry = Some(on);
+        self
+    }
+
+    /// Compress with per-namespace sysctls only, without eBPF (for hosts
+    /// without BPF or cgroup v2). The compression report then marks the
+    /// BPF-only timers (initial RTO, RTO bounds, give-up deadline) as not
+    /// compressed.
+    pub fn sysctl_only(mut self, on: bool) -> Self {
+        self.sysctl_only = on;
+        self
+    }
+
+    /// Sets `tcp_syn_retries` in every lab namespace (a count, never
+    /// scaled); the compression plan uses it to place deadlines.
+    pub fn tcp_syn_retries(mut self, n: u8) -> Self {
+        self.syn_retries = Some(n);
+        self
+    }
+
+    /// Sets `tcp_retries2` in every lab namespace (a count, never scaled);
+    /// it fixes the established give-up deadline the plan compresses.
+    pub fn tcp_retries2(mut self, n: u8) -> Self {
+        self.retries2 = Some(n);
+        self
+    }
+}

@@ -1,0 +1,125 @@
+//! Errors of the virtual-time runner.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything that can go wrong while running a command inside the UML guest.
+#[derive(Debug, thiserror::Error)]
+pub enum VtError {
+    /// No UML kernel binary was found.
+    #[error(
+        "no User-Mode-Linux kernel found (looked in: {searched}); build it with \
+         `cargo xtask build-uml` or point PATCHBAY_UML at a UML `linux` binary"
+    )]
+    UmlNotFound {
+        /// The places that were searched, comma-separated.
+        searched: String,
+    },
+    /// `PATCHBAY_UML` names something that is not a file.
+    #[error(
+        "PATCHBAY_UML={path} is not a file; unset it or build the kernel with `cargo xtask build-uml`"
+    )]
+    BadUmlEnv {
+        /// The value of `PATCHBAY_UML`.
+        path: PathBuf,
+    },
+    /// The caller passed something the runner cannot express in the guest.
+    #[error("invalid virtual-time run: {0}")]
+    InvalidArgument(String),
+    /// A host-side file operation failed.
+    #[error("{what}: {path}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The UML process could not be started.
+    #[error("starting the UML kernel {binary} failed (needs root for the private mount namespace)")]
+    Spawn {
+        /// The UML binary.
+        binary: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The guest ran longer than the wall-clock guard allows (for example a busy loop, which
+    /// never lets virtual time advance under `time-travel=inf-cpu`). The UML process group was killed.
+    #[error(
+        "the UML guest was still running after the wall-clock guard of {guard:?} and was killed \
+         (a busy loop never advances virtual time; raise the guard if the work is real)\n\
+         --- console tail ---\n{console_tail}"
+    )]
+    GuardTimeout {
+        /// The guard that expired.
+        guard: Duration,
+        /// The host pid (and process group id) the UML kernel had; the group is gone when this
+        /// error is returned.
+        pid: i32,
+        /// The last lines of the guest console.
+        console_tail: String,
+    },
+    /// The guest kernel panicked.
+    #[error("the UML guest kernel panicked\n--- console tail ---\n{console_tail}")]
+    GuestPanic {
+        /// The last lines of the guest console.
+        console_tail: String,
+    },
+    /// A step of the guest init (mounting, bringing `lo` up, ...) failed.
+    #[error("the guest init failed at: {step}\n--- console tail ---\n{console_tail}")]
+    GuestSetup {
+        /// The step that failed, as reported by the guest init.
+        step: String,
+        /// The last lines of the guest console.
+        console_tail: String,
+    },
+    /// The command does not exist in the guest (the host root, read-only, with tmpfs over
+    /// `/tmp`, `/run` and `/var/tmp`).
+    #[error(
+        "command not found in the UML guest: {command} (the guest sees the host root, but /tmp, /run and /var/tmp are empty tmpfs)"
+    )]
+    CommandNotFound {
+        /// The command (`argv[0]`).
+        command: String,
+    },
+    /// The working directory does not exist in the guest.
+    #[error(
+        "cannot change to {cwd} in the UML guest (paths under /tmp, /run and /var/tmp are not visible there)"
+    )]
+    Cwd {
+        /// The requested working directory.
+        cwd: PathBuf,
+    },
+    /// The guest powered off without writing an exit code.
+    #[error(
+        "the UML guest exited without reporting the command's exit code (results dir {results})\n--- console tail ---\n{console_tail}"
+    )]
+    NoResult {
+        /// The results directory.
+        results: PathBuf,
+        /// The last lines of the guest console.
+        console_tail: String,
+    },
+    /// Processes of the UML process group survived SIGKILL.
+    #[error("UML processes {pids:?} of process group {pgid} are still alive after SIGKILL")]
+    Leftover {
+        /// The process group.
+        pgid: i32,
+        /// The surviving pids.
+        pids: Vec<i32>,
+    },
+    /// Waiting for or signalling the UML process failed.
+    #[error("{what} (UML pid {pid})")]
+    Process {
+        /// What was being done.
+        what: &'static str,
+        /// The UML pid.
+        pid: i32,
+        /// The errno.
+        #[source]
+        source: nix::Error,
+    },
+}

@@ -1,0 +1,47 @@
+# Guest init of the patchbay virtual-time runner (body; `script.rs` prepends `#!/bin/sh` and
+# the per-run variables VT_FSTAB, VT_RESULTS, VT_CWD, VT_PATH, VT_ARGV0 and the function vt_run).
+# Runs as PID 1 of the UML guest, from the host's read-only root (hostfs), with /bin/sh.
+# Reports go to the console (lines starting with PATCHBAY-VT) and to files in $VT_RESULTS.
+
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+
+vt_off() {
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+    sync
+    echo o > /proc/sysrq-trigger
+    # sysrq 'o' powers off asynchronously; PID 1 must not exit meanwhile.
+    while :; do sleep 1; done
+}
+
+vt_die() {
+    echo "PATCHBAY-VT-SETUP-ERROR: $*"
+    if [ -d /proc/self ]; then vt_off; fi
+    exit 1
+}
+
+mount -n -t proc -o nosuid,nodev,noexec proc /proc || vt_die "mount proc on /proc"
+mount -n -a -T "$VT_FSTAB" || vt_die "mount -a -T $VT_FSTAB (see the mount error above)"
+mkdir -p "$VT_RESULTS" || vt_die "mkdir $VT_RESULTS"
+mount -n -t hostfs -o "$VT_RESULTS" hostfs "$VT_RESULTS" || vt_die "mount hostfs $VT_RESULTS (writable results dir)"
+ip link set lo up || vt_die "ip link set lo up"
+
+PATH=$VT_PATH
+if ! cd "$VT_CWD"; then
+    echo "cwd" > "$VT_RESULTS/error"
+    vt_off
+fi
+if ! command -v "$VT_ARGV0" > /dev/null 2>&1; then
+    echo "not-found" > "$VT_RESULTS/error"
+    vt_off
+fi
+
+read -r vt_up0 vt_idle < /proc/uptime
+echo "PATCHBAY-VT: command-start"
+vt_run < /dev/null > "$VT_RESULTS/stdout" 2> "$VT_RESULTS/stderr"
+vt_rc=$?
+read -r vt_up1 vt_idle < /proc/uptime
+echo "PATCHBAY-VT: command-end $vt_rc"
+echo "$vt_up0 $vt_up1" > "$VT_RESULTS/uptime"
+echo "$vt_rc" > "$VT_RESULTS/exit_code"
+vt_off

@@ -1,0 +1,558 @@
+//! Virtual time: run a command inside a User-Mode-Linux (UML) kernel in time-travel mode.
+//!
+//! The guest kernel is booted with `time-travel=inf-cpu`: its clock jumps forward whenever
+//! every guest task is idle, so `sleep 30`, TCP retransmit timers, netem delays, conntrack
+//! expiry, `tokio::time` and `Instant` all run in *virtual* time while the real (6.1) kernel
+//! network stack processes the packets. CPU work takes no virtual time at all.
+//!
+//! Requirements:
+//! - a UML kernel built by `cargo xtask build-uml` (or `PATCHBAY_UML=/path/to/linux`), with
+//!   `CONFIG_UML_TIME_TRAVEL_SUPPORT`, `CONFIG_HOSTFS`, `CONFIG_MAGIC_SYSRQ` and no SMP;
+//! - an x86_64 Linux host (5.12+ for `mount_setattr`) and root (`CAP_SYS_ADMIN`): the UML
+//!   process runs in a private mount namespace where the whole host tree is read-only except
+//!   the run's own directories, and (via util-linux `unshare --pid --fork --kill-child`) as
+//!   PID 1 of its own PID namespace, so no guest process can outlive it;
+//! - `/bin/sh`, `mount` (util-linux, for `mount -a -T`), `ip`, `sync`, `sleep` and `env` on the
+//!   host (the guest runs the host's binaries through hostfs).
+//!
+//! Guest layout: the host root mounted read-only via hostfs; fresh proc, sysfs, devtmpfs,
+//! cgroup2 (`/sys/fs/cgroup`), bpffs; empty tmpfs over `/tmp`, `/run`, `/var/tmp` and
+//! `/dev/shm`; `lo` up; the results directory mounted writable at the same path as on the host.
+//! The command gets `PATCHBAY_VT=1` and `PATCHBAY_VT_RESULTS=<results dir>` in its environment.
+//!
+//! Results directory layout (written by the guest): `stdout`, `stderr`, `exit_code`,
+//! `uptime` (guest `/proc/uptime` seconds at command start and end), and `error` only when the
+//! command or working directory is missing.
+
+mod error;
+mod process;
+mod script;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use error::VtError;
+
+/// Environment variable naming the UML `linux` binary; overrides the search.
+pub const UML_ENV: &str = "PATCHBAY_UML";
+
+/// Files the guest writes into the results directory; stale ones are removed before a run.
+const RESULT_FILES: &[&str] = &["stdout", "stderr", "exit_code", "uptime", "error"];
+
+/// How the guest clock runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VtClock {
+    /// `time-travel=inf-cpu`: virtual time, jumping forward whenever the guest is idle; CPU work
+    /// takes no virtual time (each clock read advances it by 256 ns).
+    #[default]
+    InfCpu,
+    /// No time travel: the guest clock follows the host clock. For comparing against a virtual
+    /// run on the same (6.1) guest kernel.
+    Real,
+}
+
+/// Options of one virtual-time run.
+#[derive(Debug, Clone)]
+pub struct VtOpts {
+    /// Wall-clock limit for the whole run, boot included. A guest still running then is killed
+    /// and [`VtError::GuardTimeout`] returned (busy loops never advance virtual time).
+    pub guard: Duration,
+    /// Where the guest writes `stdout`, `stderr`, `exit_code`, ...; kept after the run. `None`:
+    /// a fresh directory under the host's temp dir, removed afterwards.
+    pub results_dir: Option<PathBuf>,
+    /// Extra environment for the command (applied on top of `PATH`, `HOME=/root`,
+    /// `PATCHBAY_VT=1` and `PATCHBAY_VT_RESULTS`; the host environment is not inherited).
+    pub env: Vec<(String, String)>,
+    /// Working directory in the guest; `None`: the caller's current directory. Paths under
+    /// `/tmp`, `/run` and `/var/tmp` do not exist in the guest.
+    pub cwd: Option<PathBuf>,
+    /// Guest memory, as the UML `mem=` parameter (e.g. `512M`).
+    pub mem: String,
+    /// The UML kernel; `None`: [`find_uml_binary`].
+    pub uml_binary: Option<PathBuf>,
+    /// Virtual (default) or real guest time.
+    pub clock: VtClock,
+}
+
+impl Default for VtOpts {
+    fn default() -> Self {
+        Self {
+            guard: Duration::from_secs(300),
+            results_dir: None,
+            env: Vec::new(),
+            cwd: None,
+            mem: "512M".to_string(),
+            uml_binary: None,
+            clock: VtClock::InfCpu,
+        }
+    }
+}
+
+/// The result of a command that ran to completion in the guest.
+#[derive(Debug, Clone)]
+pub struct VtOutcome {
+    /// The command's exit code (128 + N when killed by signal N).
+    pub exit_code: i32,
+    /// The command's standard output.
+    pub stdout: Vec<u8>,
+    /// The command's standard error.
+    pub stderr: Vec<u8>,
+    /// Host wall-clock time of the whole run (boot, command, power-off).
+    pub wall: Duration,
+    /// Guest uptime (virtual time since boot) when the command started.
+    pub boot_to_command: Option<Duration>,
+    /// Host wall-clock time from spawning UML to the guest starting the command.
+    pub boot_to_command_wall: Option<Duration>,
+    /// Virtual time the command took (guest `/proc/uptime`, 10 ms resolution).
+    pub virtual_elapsed: Option<Duration>,
+}
+
+/// Runs `argv` inside a UML guest in `time-travel=inf-cpu` mode and returns its exit code and
+/// output. The UML kernel always exits 0; the exit code comes from the results directory.
+///
+/// Needs root (see the module docs). Nothing remains afterwards: the UML process group is
+/// killed and reaped, and the run directory (and the results directory unless
+/// [`VtOpts::results_dir`] was given) is removed.
+///
+/// ```no_run
+/// use patchbay::vt::{self, VtOpts};
+/// # fn main() -> Result<(), vt::VtError> {
+/// let out = vt::run(&["sleep".into(), "30".into()], &VtOpts::default())?;
+/// assert_eq!(out.exit_code, 0);
+/// println!("{:?} of virtual time in {:?}", out.virtual_elapsed, out.wall);
+/// # Ok(())
+/// # }
+/// ```
+pub fn run(argv: &[OsString], opts: &VtOpts) -> Result<VtOutcome, VtError> {
+    validate_mem(&opts.mem)?;
+    let binary = match &opts.uml_binary {
+        Some(b) => b.clone(),
+        None => find_uml_binary()?,
+    };
+    let rundir = RunDir::create()?;
+    let results = match &opts.results_dir {
+        Some(dir) => prepare_results(dir)?,
+        None => {
+            let dir = rundir.path.join("results");
+            std::fs::create_dir(&dir).map_err(io("creating the results dir", &dir))?;
+            dir
+        }
+    };
+    let cwd = match &opts.cwd {
+        Some(c) => c.clone(),
+        None => {
+            std::env::current_dir().map_err(io("reading the current directory", Path::new(".")))?
+        }
+    };
+    let env_binary = ["/usr/bin/env", "/bin/env"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            VtError::InvalidArgument("no `env` binary at /usr/bin/env or /bin/env".into())
+        })?;
+    let env = script::command_env(&results, &opts.env)?;
+    let init = rundir.path.join("init.sh");
+    let fstab = rundir.path.join("fstab");
+    std::fs::write(&fstab, script::FSTAB).map_err(io("writing the guest fstab", &fstab))?;
+    let text = script::render(argv, &env, &cwd, &results, env_binary, &fstab)?;
+    write_executable(&init, &text)?;
+    let mem_dir = rundir.path.join("mem");
+    let uml_dir = rundir.path.join("uml");
+    for d in [&mem_dir, &uml_dir] {
+        std::fs::create_dir(d).map_err(io("creating a run directory", d))?;
+    }
+
+    let args = kernel_args(&opts.mem, opts.clock, &uml_dir, &init);
+    let mut writable = vec![rundir.path.clone()];
+    if !results.starts_with(&rundir.path) {
+        writable.push(results.clone());
+    }
+    let sandbox = process::Sandbox { writable, mem_dir };
+    let started = Instant::now();
+    let finished = process::run_uml(&binary, &args, &sandbox, opts.guard)?;
+    let wall = started.elapsed();
+    let console_tail = tail_lines(&finished.console, 40);
+    let read = |name: &str| read_optional(&results.join(name));
+
+    if let Some(kind) = read("error")? {
+        return Err(match String::from_utf8_lossy(&kind).trim() {
+            "cwd" => VtError::Cwd { cwd },
+            _ => VtError::CommandNotFound {
+                command: argv[0].to_string_lossy().into_owned(),
+            },
+        });
+    }
+    let exit_code =
+        read("exit_code")?.and_then(|b| String::from_utf8_lossy(&b).trim().parse::<i32>().ok());
+    let Some(exit_code) = exit_code else {
+        return Err(failure_without_result(
+            &finished,
+            opts.guard,
+            console_tail,
+            &results,
+        ));
+    };
+    let uptime = read("uptime")?.and_then(|b| parse_uptime(&String::from_utf8_lossy(&b)));
+    let stdout = read("stdout")?.unwrap_or_default();
+    let stderr = read("stderr")?.unwrap_or_default();
+    Ok(VtOutcome {
+        exit_code,
+        stdout,
+        stderr,
+        wall,
+        boot_to_command: uptime.map(|(start, _)| start),
+        boot_to_command_wall: finished.command_start,
+        virtual_elapsed: uptime.map(|(start, end)| end.saturating_sub(start)),
+    })
+}
+
+/// The UML kernel command line.
+fn kernel_args(mem: &str, clock: VtClock, uml_dir: &Path, init: &Path) -> Vec<OsString> {
+    let clock = match clock {
+        VtClock::InfCpu => Some("time-travel=inf-cpu"),
+        VtClock::Real => None,
+    };
+    let fixed = [
+        // Host root over hostfs, read-only (the host side is read-only too, see process.rs).
+        "root=/dev/root",
+        "rootfstype=hostfs",
+        "rootflags=/",
+        "ro",
+        "quiet",
+        // Console 0 writes to UML's stdout (the runner's pipe); no other consoles, no xterms.
+        "con=null",
+        "con0=null,fd:1",
+        "ssl=null",
+    ];
+    std::iter::once(OsString::from(format!("mem={mem}")))
+        .chain(clock.into_iter().chain(fixed).map(OsString::from))
+        .chain([os_concat("uml_dir=", uml_dir), os_concat("init=", init)])
+        .collect()
+}
+
+/// Classifies a run that produced no exit code, most specific cause first.
+fn failure_without_result(
+    finished: &process::Finished,
+    guard: Duration,
+    console_tail: String,
+    results: &Path,
+) -> VtError {
+    let console = String::from_utf8_lossy(&finished.console);
+    if let Some(excerpt) = panic_excerpt(&console) {
+        return VtError::GuestPanic {
+            console_tail: excerpt,
+        };
+    }
+    if let Some(line) = console
+        .lines()
+        .rev()
+        .find(|l| l.contains("PATCHBAY-VT-SETUP-ERROR:"))
+    {
+        let step = line
+            .split_once("PATCHBAY-VT-SETUP-ERROR:")
+            .map_or(line, |(_, s)| s)
+            .trim();
+        return VtError::GuestSetup {
+            step: step.to_string(),
+            console_tail,
+        };
+    }
+    if finished.timed_out {
+        return VtError::GuardTimeout {
+            guard,
+            pid: finished.pid,
+            console_tail,
+        };
+    }
+    VtError::NoResult {
+        results: results.to_path_buf(),
+        console_tail,
+    }
+}
+
+/// Finds the UML kernel: `PATCHBAY_UML`, else the newest `target/uml/*/linux` of the workspace
+/// (found from `CARGO_TARGET_DIR`, the current executable's location, and the build location).
+pub fn find_uml_binary() -> Result<PathBuf, VtError> {
+    if let Some(p) = std::env::var_os(UML_ENV) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(VtError::BadUmlEnv { path: p })
+        };
+    }
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        dirs.push(PathBuf::from(t).join("uml"));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        for a in exe.ancestors().skip(1) {
+            if a.file_name().is_some_and(|n| n == "target") {
+                dirs.push(a.join("uml"));
+            }
+            dirs.push(a.join("target").join("uml"));
+        }
+    }
+    dirs.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("target")
+            .join("uml"),
+    );
+    for dir in &dirs {
+        if let Some(found) = newest_linux_in(dir) {
+            return Ok(found);
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    dirs.retain(|d| seen.insert(d.clone()));
+    let searched = dirs
+        .iter()
+        .map(|d| format!("{}/*/linux", d.display()))
+        .collect::<Vec<_>>();
+    Err(VtError::UmlNotFound {
+        searched: searched.join(", "),
+    })
+}
+
+/// The most recently built `DIR/<version>-<hash>/linux`, if any (ties broken by path, for
+/// determinism); xtask's `build-*` work directories do not count.
+fn newest_linux_in(dir: &Path) -> Option<PathBuf> {
+    // A missing or unreadable directory simply holds no kernel.
+    let entries = std::fs::read_dir(dir).ok()?;
+    entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with("build-"))
+        .map(|e| e.path().join("linux"))
+        .filter_map(|p| {
+            Some((
+                std::fs::metadata(&p)
+                    .ok()
+                    .filter(|m| m.is_file())?
+                    .modified()
+                    .ok()?,
+                p,
+            ))
+        })
+        .max()
+        .map(|(_, p)| p)
+}
+
+fn validate_mem(mem: &str) -> Result<(), VtError> {
+    let digits = mem.trim_end_matches(['K', 'M', 'G']);
+    let ok = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && mem.len() - digits.len() <= 1;
+    if ok {
+        Ok(())
+    } else {
+        Err(VtError::InvalidArgument(format!(
+            "mem {mem:?} must look like 512M (digits and one of K, M, G)"
+        )))
+    }
+}
+
+/// Parses the guest's `uptime` file: "START END" in seconds with two decimals.
+fn parse_uptime(text: &str) -> Option<(Duration, Duration)> {
+    let mut it = text.split_whitespace().map(|s| {
+        s.parse::<f64>()
+            .ok()
+            .and_then(|v| Duration::try_from_secs_f64(v).ok())
+    });
+    Some((it.next()??, it.next()??))
+}
+
+/// The console lines leading up to a guest kernel panic and the panic line itself (the stack
+/// dump after it rarely helps; the cause is printed before).
+fn panic_excerpt(console: &str) -> Option<String> {
+    let lines: Vec<&str> = console.lines().collect();
+    let at = lines.iter().rposition(|l| l.contains("Kernel panic"))?;
+    Some(lines[at.saturating_sub(20)..=at].join("\n"))
+}
+
+fn tail_lines(bytes: &[u8], n: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn os_concat(prefix: &str, path: &Path) -> OsString {
+    let mut s = OsString::from(prefix);
+    s.push(path.as_os_str());
+    s
+}
+
+pub(crate) fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VtError {
+    let path = path.to_path_buf();
+    move |source| VtError::Io { what, path, source }
+}
+
+/// Reads a result file; `None` when the guest did not write it.
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, VtError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("reading a result file", path)(e)),
+    }
+}
+
+fn write_executable(path: &Path, text: &[u8]) -> Result<(), VtError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).map_err(io("writing the guest init", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(io("making the guest init executable", path))
+}
+
+/// Creates (if needed) and canonicalizes a caller-given results dir, removing stale results.
+fn prepare_results(dir: &Path) -> Result<PathBuf, VtError> {
+    std::fs::create_dir_all(dir).map_err(io("creating the results dir", dir))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(io("resolving the results dir", dir))?;
+    for name in RESULT_FILES {
+        let f = dir.join(name);
+        match std::fs::remove_file(&f) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("removing a stale result", &f)(e)),
+        }
+    }
+    Ok(dir)
+}
+
+/// A private per-run directory (guest init, UML's `uml_dir`, memory file mount point, default
+/// results), removed on drop.
+#[derive(Debug)]
+struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    fn create() -> Result<Self, VtError> {
+        use std::os::unix::fs::DirBuilderExt;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let tmp = std::env::temp_dir();
+        let tmp = tmp
+            .canonicalize()
+            .map_err(io("resolving the temp dir", &tmp))?;
+        remove_stale_run_dirs(&tmp)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!(
+            "patchbay-vt-{}-{}-{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = tmp.join(name);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(io("creating the run dir", &path))?;
+        Ok(Self { path })
+    }
+}
+
+/// Removes run dirs left by runners that were killed (their pid no longer exists).
+fn remove_stale_run_dirs(tmp: &Path) -> Result<(), VtError> {
+    let entries = std::fs::read_dir(tmp).map_err(io("listing the temp dir", tmp))?;
+    // Unreadable entries are not ours to judge.
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("patchbay-vt-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let path = entry.path();
+            tracing::info!("removing the stale virtual-time run dir {}", path.display());
+            std::fs::remove_dir_all(&path).map_err(io("removing a stale run dir", &path))?;
+        }
+    }
+    Ok(())
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        // Drop cannot return errors; report and continue.
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!(
+                "removing the virtual-time run dir {} failed: {e}",
+                self.path.display()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_validation() {
+        assert!(validate_mem("512M").is_ok());
+        assert!(validate_mem("1024").is_ok());
+        for bad in ["", "M", "512MM", "5x", "-1M"] {
+            assert!(validate_mem(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn kernel_command_line() {
+        let args = kernel_args(
+            "256M",
+            VtClock::InfCpu,
+            Path::new("/r/uml"),
+            Path::new("/r/init.sh"),
+        );
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(args[..2], ["mem=256M", "time-travel=inf-cpu"]);
+        assert!(args.contains(&"ro".to_string()));
+        assert_eq!(
+            args[args.len() - 2..],
+            ["uml_dir=/r/uml", "init=/r/init.sh"]
+        );
+        let real = kernel_args("256M", VtClock::Real, Path::new("/u"), Path::new("/i"));
+        assert!(
+            !real
+                .iter()
+                .any(|a| a.to_string_lossy().starts_with("time-travel"))
+        );
+    }
+
+    #[test]
+    fn uptime_parsing() {
+        let (a, b) = parse_uptime("0.41 30.42\n").expect("parses");
+        assert_eq!(a, Duration::from_millis(410));
+        assert_eq!(b, Duration::from_millis(30420));
+        assert!(parse_uptime("x").is_none());
+    }
+
+    #[test]
+    fn panic_excerpt_ends_at_the_panic_line() {
+        let console = "a\nb cause\nKernel panic - not syncing: x\nCall Trace:\n";
+        assert_eq!(
+            panic_excerpt(console).as_deref(),
+            Some("a\nb cause\nKernel panic - not syncing: x")
+        );
+        assert!(panic_excerpt("fine\n").is_none());
+    }
+
+    #[test]
+    fn missing_env_binary_is_named() {
+        let err = VtError::UmlNotFound {
+            searched: "a/*/linux".into(),
+        };
+        assert!(err.to_string().contains("cargo xtask build-uml"));
+    }
+}

@@ -1,0 +1,388 @@
+//! The host side of one UML run: spawn in a private, read-only mount namespace, a new PID
+//! namespace and its own process group; collect the console, enforce the wall-clock guard,
+//! kill and reap everything.
+
+use std::collections::VecDeque;
+use std::ffi::{CString, OsString};
+use std::io::{BufRead, BufReader};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+use nix::unistd::Pid;
+
+use super::{VtError, io};
+
+/// The console line the guest init prints right before running the command.
+const START_MARKER: &[u8] = b"PATCHBAY-VT: command-start";
+/// The console text of a guest kernel panic.
+const PANIC_MARKER: &[u8] = b"Kernel panic";
+/// How long the console may keep printing after a panic before UML is killed.
+const PANIC_GRACE: Duration = Duration::from_millis(200);
+/// How much console output is kept (the tail).
+const CONSOLE_KEEP: usize = 256 * 1024;
+/// How often the UML process is polled.
+const POLL: Duration = Duration::from_millis(2);
+/// How long processes of the group may take to disappear after SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// What the host saw of one UML run.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    /// The guard expired and the group was killed.
+    pub timed_out: bool,
+    /// The UML pid (= its process group id; it runs as PID 1 of its own PID namespace).
+    pub pid: i32,
+    /// Console output (tail).
+    pub console: Vec<u8>,
+    /// Wall time from spawn to the guest's start marker.
+    pub command_start: Option<Duration>,
+}
+
+#[derive(Debug, Default)]
+struct Console {
+    tail: VecDeque<u8>,
+    command_start: Option<Instant>,
+    /// When the guest printed "Kernel panic" (UML may hang afterwards instead of exiting).
+    panic: Option<Instant>,
+}
+
+/// Paths the UML process may write to; everything else is read-only in its mount namespace.
+#[derive(Debug)]
+pub(crate) struct Sandbox {
+    /// Directories that stay writable (bind-mounted on themselves).
+    pub writable: Vec<PathBuf>,
+    /// An empty directory that gets a fresh private tmpfs (UML's memory file, via TMPDIR).
+    pub mem_dir: PathBuf,
+}
+
+fn cstring(p: &Path) -> Result<CString, VtError> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| VtError::InvalidArgument(format!("path {} contains NUL", p.display())))
+}
+
+/// Runs in the forked child before exec: only async-signal-safe syscalls, no allocation.
+fn enter_sandbox(writable: &[CString], mem_dir: &CString) -> std::io::Result<()> {
+    fn check(rc: libc::c_long) -> std::io::Result<()> {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+    let root = c"/";
+    let tmpfs = c"tmpfs";
+    let set_ro = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let clr_ro = libc::mount_attr {
+        attr_set: 0,
+        attr_clr: libc::MOUNT_ATTR_RDONLY,
+        ..set_ro
+    };
+    let size = std::mem::size_of::<libc::mount_attr>();
+    // SAFETY: plain syscalls on NUL-terminated strings and a properly sized mount_attr that
+    // all outlive the calls; the child is single-threaded between fork and exec.
+    unsafe {
+        // If the runner's thread dies, `unshare` dies, which kills UML (--kill-child), which
+        // tears down its PID namespace with every guest process in it.
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL).into())?;
+        check(libc::unshare(libc::CLONE_NEWNS).into())?;
+        let none = std::ptr::null();
+        check(
+            libc::mount(
+                none,
+                root.as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                none.cast(),
+            )
+            .into(),
+        )?;
+        for w in writable {
+            check(
+                libc::mount(
+                    w.as_ptr(),
+                    w.as_ptr(),
+                    none,
+                    libc::MS_BIND | libc::MS_REC,
+                    none.cast(),
+                )
+                .into(),
+            )?;
+        }
+        check(libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            root.as_ptr(),
+            libc::AT_RECURSIVE,
+            &set_ro,
+            size,
+        ))?;
+        for w in writable {
+            check(libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                w.as_ptr(),
+                libc::AT_RECURSIVE,
+                &clr_ro,
+                size,
+            ))?;
+        }
+        check(
+            libc::mount(
+                tmpfs.as_ptr(),
+                mem_dir.as_ptr(),
+                tmpfs.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                none.cast(),
+            )
+            .into(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Spawns `binary args`, waits at most `guard`, then kills the process group and reaps it.
+pub(crate) fn run_uml(
+    binary: &Path,
+    args: &[OsString],
+    sandbox: &Sandbox,
+    guard: Duration,
+) -> Result<Finished, VtError> {
+    let writable = sandbox
+        .writable
+        .iter()
+        .map(|p| cstring(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mem_dir = cstring(&sandbox.mem_dir)?;
+    let (reader, writer) = std::io::pipe().map_err(io("creating the console pipe", binary))?;
+    let writer2 = writer
+        .try_clone()
+        .map_err(io("duplicating the console pipe", binary))?;
+    let unshare = ["/usr/bin/unshare", "/bin/unshare"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            VtError::InvalidArgument(
+                "util-linux `unshare` (/usr/bin/unshare) is needed to give UML its own PID namespace"
+                    .into(),
+            )
+        })?;
+    // UML becomes PID 1 of a new PID namespace: when it dies, the kernel kills every host
+    // process it created for guest tasks, even if the runner itself was killed.
+    let mut cmd = Command::new(unshare);
+    cmd.args(["--pid", "--fork", "--kill-child=SIGKILL", "--"])
+        .arg(binary)
+        .args(args)
+        .env("TMPDIR", &sandbox.mem_dir)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(writer2)
+        .process_group(0);
+    // SAFETY: the closure only makes raw syscalls on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || enter_sandbox(&writable, &mem_dir));
+    }
+    let started = Instant::now();
+    let mut child = cmd.spawn().map_err(|source| VtError::Spawn {
+        binary: binary.to_path_buf(),
+        source,
+    })?;
+    // The Command still holds the pipe's write ends; drop it so EOF can arrive.
+    drop(cmd);
+    let pid =
+        i32::try_from(child.id()).map_err(|_| VtError::InvalidArgument("pid overflow".into()))?;
+    let console = Arc::new(Mutex::new(Console::default()));
+    let reader_thread = {
+        let console = Arc::clone(&console);
+        std::thread::spawn(move || read_console(reader, &console))
+    };
+
+    let deadline = started + guard;
+    // UML itself is the child of `unshare` and calls setsid(): its process group (holding all
+    // its helper and guest processes) is its own pid.
+    let mut uml_pid = None;
+    let timed_out = loop {
+        if uml_pid.is_none() {
+            uml_pid = children_of(pid)?.first().copied();
+        }
+        match waitid(
+            Id::Pid(Pid::from_raw(pid)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        ) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(_) => break false,
+            Err(Errno::EINTR) => continue,
+            Err(source) => {
+                return Err(VtError::Process {
+                    what: "waiting for UML",
+                    pid,
+                    source,
+                });
+            }
+        }
+        if Instant::now() >= deadline {
+            break true;
+        }
+        let panicked = console.lock().unwrap_or_else(PoisonError::into_inner).panic;
+        if panicked.is_some_and(|t| t.elapsed() >= PANIC_GRACE) {
+            break false;
+        }
+        std::thread::sleep(POLL);
+    };
+    // `unshare` is alive or a zombie, so its group id cannot have been reused yet; UML's group
+    // dies with UML (the PID namespace init) at the latest, and UML dies with `unshare`.
+    if let Some(u) = uml_pid {
+        kill_group(u)?;
+    }
+    kill_group(pid)?;
+    child.wait().map_err(|source| VtError::Io {
+        what: "reaping UML",
+        path: binary.to_path_buf(),
+        source,
+    })?;
+    wait_group_gone(pid)?;
+    if let Some(u) = uml_pid {
+        wait_group_gone(u)?;
+    }
+    if reader_thread.join().is_err() {
+        tracing::warn!("the UML console reader thread panicked; console output may be incomplete");
+    }
+    let console = std::mem::take(&mut *console.lock().unwrap_or_else(PoisonError::into_inner));
+    Ok(Finished {
+        timed_out,
+        pid: uml_pid.unwrap_or(pid),
+        console: console.tail.into(),
+        command_start: console.command_start.map(|t| t.duration_since(started)),
+    })
+}
+
+fn read_console(reader: std::io::PipeReader, console: &Mutex<Console>) {
+    let mut reader = BufReader::new(reader);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!("reading the UML console failed: {e}");
+                return;
+            }
+        }
+        let mut c = console.lock().unwrap_or_else(PoisonError::into_inner);
+        if c.command_start.is_none() && line.windows(START_MARKER.len()).any(|w| w == START_MARKER)
+        {
+            c.command_start = Some(Instant::now());
+        }
+        if c.panic.is_none() && line.windows(PANIC_MARKER.len()).any(|w| w == PANIC_MARKER) {
+            c.panic = Some(Instant::now());
+        }
+        c.tail.extend(line.iter().copied().filter(|&b| b != b'\r'));
+        let excess = c.tail.len().saturating_sub(CONSOLE_KEEP);
+        c.tail.drain(..excess);
+    }
+}
+
+fn kill_group(pgid: i32) -> Result<(), VtError> {
+    match killpg(Pid::from_raw(pgid), Signal::SIGKILL) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(source) => Err(VtError::Process {
+            what: "killing the UML process group",
+            pid: pgid,
+            source,
+        }),
+    }
+}
+
+/// Waits until no live (non-zombie) process is left in the group, re-sending SIGKILL.
+fn wait_group_gone(pgid: i32) -> Result<(), VtError> {
+    let start = Instant::now();
+    loop {
+        let pids = group_members(pgid)?;
+        if pids.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > KILL_GRACE {
+            return Err(VtError::Leftover { pgid, pids });
+        }
+        kill_group(pgid)?;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Live (not zombie) processes whose process group is `pgid`, read from `/proc`.
+fn group_members(pgid: i32) -> Result<Vec<i32>, VtError> {
+    scan_proc(|_, pgrp| pgrp == pgid)
+}
+
+/// Live children of `parent`, from `/proc` (no CONFIG_PROC_CHILDREN needed).
+fn children_of(parent: i32) -> Result<Vec<i32>, VtError> {
+    scan_proc(|ppid, _| ppid == parent)
+}
+
+/// Live (not zombie) processes whose (ppid, pgrp) match `keep`, sorted.
+fn scan_proc(keep: impl Fn(i32, i32) -> bool) -> Result<Vec<i32>, VtError> {
+    let dir = std::fs::read_dir("/proc").map_err(|source| VtError::Io {
+        what: "listing processes",
+        path: "/proc".into(),
+        source,
+    })?;
+    let mut pids = Vec::new();
+    // Entries that fail to read are processes that vanished meanwhile: not members any more.
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // A process may vanish between listing and reading; that is the normal case here.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some((state, ppid, pgrp)) = parse_stat(&stat)
+            && keep(ppid, pgrp)
+            && state != 'Z'
+        {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    Ok(pids)
+}
+
+/// Parses state, ppid and pgrp out of /proc/PID/stat (comm may contain spaces and ')').
+fn parse_stat(stat: &str) -> Option<(char, i32, i32)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((state, ppid, pgrp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parsing_handles_odd_comm() {
+        let stat = "1234 (a) b (c) S 1 777 777 0 -1 4194560";
+        assert_eq!(parse_stat(stat), Some(('S', 1, 777)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+}

@@ -1,0 +1,404 @@
+//! Virtual-time backend: commands inside a UML kernel in `time-travel=inf-cpu` mode.
+//!
+//! Needs root and a UML kernel from `cargo xtask build-uml`; skips with a printed reason otherwise.
+//! Runs are serialized: each guest uses one host CPU, and the wall-time ratios assume no
+//! competing guest.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use patchbay::vt::{self, VtClock, VtError, VtOpts};
+use patchbay_tests::{skip, skip_unless_root};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Options for a test run, or `None` (after printing the skip line) when UML is unavailable.
+fn setup() -> Option<(VtOpts, MutexGuard<'static, ()>)> {
+    if skip_unless_root() {
+        return None;
+    }
+    match vt::find_uml_binary() {
+        Ok(binary) => {
+            let guard = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+            let opts = VtOpts {
+                guard: Duration::from_secs(60),
+                uml_binary: Some(binary),
+                cwd: Some(PathBuf::from("/")),
+                ..VtOpts::default()
+            };
+            Some((opts, guard))
+        }
+        Err(e @ VtError::UmlNotFound { .. }) => {
+            skip(&format!("no UML kernel; run `cargo xtask build-uml` ({e})"));
+            None
+        }
+        Err(e) => panic!("finding the UML kernel failed: {e}"),
+    }
+}
+
+fn argv(args: &[&str]) -> Vec<OsString> {
+    args.iter().map(OsString::from).collect()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A host binary the guest can run (the guest sees the host root), or `None`.
+fn host_binary(name: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+#[test]
+fn sleep_runs_in_virtual_time() -> anyhow::Result<()> {
+    let Some((opts, _serial)) = setup() else {
+        return Ok(());
+    };
+    let out = vt::run(&argv(&["sleep", "30"]), &opts)?;
+    assert_eq!(out.exit_code, 0, "stderr: {}", text(&out.stderr));
+    let virt = out.virtual_elapsed.expect("the guest reports virtual time");
+    println!(
+        "sleep 30: virtual {virt:?}, wall {:?}, boot-to-command wall {:?} (virtual {:?})",
+        out.wall, out.boot_to_command_wall, out.boot_to_command
+    );
+    assert!(virt >= Duration::from_secs(30), "virtual {virt:?} < 30 s");
+    assert!(
+        virt < Duration::from_secs(31),
+        "virtual {virt:?} overshoots 30 s by more than 1 s"
+    );
+    // At least 5x faster than real time, boot and power-off included.
+    assert!(
+        out.wall * 5 < virt,
+        "wall {:?} is not 5x below virtual {virt:?}",
+        out.wall
+    );
+    Ok(())
+}
+
+#[test]
+fn real_clock_follows_the_host() -> anyhow::Result<()> {
+    let Some((opts, _serial)) = setup() else {
+        return Ok(());
+    };
+    let opts = VtOpts {
+        clock: VtClock::Real,
+        ..opts
+    };
+    let out = vt::run(&argv(&["sleep", "1"]), &opts)?;
+    assert_eq!(out.exit_code, 0);
+    let virt = out.virtual_elapsed.expect("guest time");
+    println!(
+        "real clock: sleep 1 took guest {virt:?}, wall {:?}",
+        out.wall
+    );
+    assert!(virt >= Duration::from_secs(1));
+    assert!(
+        out.wall >= Duration::from_secs(1),
+        "wall {:?} < guest sleep",
+        out.wall
+    );
+    Ok(())
+}
+
+#[test]
+fn exit_code_and_output_propagate() -> anyhow::Result<()> {
+    let Some((opts, _serial)) = setup() else {
+        return Ok(());
+    };
+    let mut opts = opts;
+    opts.env.push(("GREETING".into(), "it's 'quoted'".into()));
+    let out = vt::run(
+        &argv(&["sh", "-c", "echo \"$GREETING\"; echo err >&2; exit 7"]),
+        &opts,
+    )?;
+    assert_eq!(out.exit_code, 7);
+    assert_eq!(text(&out.stdout), "it's 'quoted'\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    Ok(())
+}
+
+#[test]
+fn host_root_is_read_only_and_results_dir_writable() -> anyhow::Result<()> {
+    let Some((opts, _serial)) = setup() else {
+        return Ok(());
+    };
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("vt-ro-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let victim = dir.join("written-by-guest");
+    let results = dir.join("results");
+    let script = format!(
+        "touch '{v}' && echo plain-write-succeeded; \
+         mount -o remount,rw / && touch '{v}' && echo remount-write-succeeded; \
+         mkdir -p /tmp/m && mount -t hostfs -o '{d}' hostfs /tmp/m && touch /tmp/m/written-by-guest && echo hostfs-write-succeeded; \
+         echo ok > \"$PATCHBAY_VT_RESULTS/probe\"",
+        v = victim.display(),
+        d = dir.display()
+    );
+    let opts = VtOpts {
+        results_dir: Some(results.clone()),
+        ..opts
+    };
+    let out = vt::run(&argv(&["sh", "-c", &script]), &opts)?;
+    let stdout = text(&out.stdout);
+    let exists = victim.exists();
+    let probe = std::fs::read_to_string(results.join("probe"));
+    std::fs::remove_dir_all(&dir)?;
+    assert!(
+        !stdout.contains("succeeded"),
+        "a host write succeeded: {stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(!exists, "the guest created {}", victim.display());
+    assert_eq!(probe?, "ok\n", "the results dir must be writable");
+    Ok(())
+}
+
+#[test]
+fn busy_loop_is_killed_by_the_guard() -> anyhow::Result<()> {
+    let Some((opts, _serial)) = setup() else {
+        return Ok(());
+    };
+    let opts = VtOpts {
+        guard: Duration::from_secs(4),
+        ..opts
+    };
+    let started = std::time::Instant::now();
+    let err =
+        vt::run(&argv(&["sh", "-c", "while :; do :; done"]), &opts).expect_err("must time out");
+    let took = started.elapsed();
+    let VtError::GuardTimeout { pid, .. } = err else {
+        panic!("expected GuardTimeout, got {err}")
+    };
+    assert!(took < Duration::from_secs(4) * 3, "killing took {took:?}");
+    let left = processes_in_group(pid)?;
+    assert!(
+        left.is_empty(),
+        "UML processes left in group {pid}: {left:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn missing_command_is_a_typed_error() -> anyhow::Result<()> {
+    let Some((opts, _serial)) = setup() else {
+        return Ok(());
+    };
+    let err = vt::run(&argv(&["patchbay-no-such-command"]), &opts).expect_err("must fail");
+    match err {
+        VtError::CommandNotFound { command } => assert_eq!(command, "patchbay-no-such-command"),
+        other => panic!("expected CommandNotFound, got {other}"),
+    }
+    let bad_cwd = VtOpts {
+        cwd: Some(PathBuf::from("/nonexistent-patchbay-dir")),
+        ..opts.clone()
+    };
+    match vt::run(&argv(&["true"]), &bad_cwd).expect_err("must fail") {
+        VtError::Cwd { cwd } => assert_eq!(cwd, PathBuf::from("/nonexistent-patchbay-dir")),
+        other => panic!("expected Cwd, got {other}"),
+    }
+    // A command that itself exits 127 is not confused with a missing one.
+    let out = vt::run(&argv(&["sh", "-c", "exit 127"]), &opts)?;
+    assert_eq!(out.exit_code, 127);
+    Ok(())
+}
+
+#[test]
+fn netns_veth_netem_nft_in_guest() -> anyhow::Result<()> {
+    let Some((opts, _serial)) = setup() else {
+        return Ok(());
+    };
+    for tool in ["ip", "tc", "nft", "python3"] {
+        if host_binary(tool).is_none() {
+            skip(&format!(
+                "`{tool}` is not installed on the host (the guest runs host binaries); e.g. apt-get install -y nftables"
+            ));
+            return Ok(());
+        }
+    }
+    // A UDP round trip across a veth with netem 100 ms on one direction, counted by nft.
+    let script = r#"
+set -e
+ip netns add a
+ip link add v0 type veth peer name v1
+ip link set v1 netns a
+ip addr add 10.9.0.1/24 dev v0
+ip link set v0 up
+ip -n a addr add 10.9.0.2/24 dev v1
+ip -n a link set v1 up
+tc qdisc add dev v0 root netem delay 100ms
+ip netns exec a nft add table inet t
+ip netns exec a nft add chain inet t input '{ type filter hook input priority 0; }'
+ip netns exec a nft add rule inet t input udp dport 7777 ct state new counter
+ip netns exec a python3 -c '
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("10.9.0.2", 7777))
+for _ in range(2):
+    d, a = s.recvfrom(100)
+    s.sendto(d, a)
+' &
+sleep 1
+python3 -c '
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect(("10.9.0.2", 7777))
+for i in range(2):
+    t = time.monotonic()
+    s.send(b"x")
+    s.recv(100)
+    print("rtt", i, time.monotonic() - t)
+'
+wait
+ip netns exec a nft list chain inet t input
+"#;
+    let out = vt::run(&argv(&["sh", "-c", script]), &opts)?;
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.exit_code,
+        0,
+        "stdout: {stdout}\nstderr: {}",
+        text(&out.stderr)
+    );
+    println!("{stdout}");
+    let rtt: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("rtt 1 "))
+        .expect("second rtt line")
+        .trim()
+        .parse()?;
+    // netem delays one direction by 100 ms; in virtual time the RTT is that delay plus a
+    // few microseconds of (clock-read advanced) processing.
+    assert!(
+        (1.0..1.02).contains(&(rtt / 0.100)),
+        "rtt {rtt} s vs netem 0.100 s"
+    );
+    assert!(
+        stdout.contains("counter packets 1 "),
+        "nft counter (ct state new) must see exactly one packet:\n{stdout}"
+    );
+    Ok(())
+}
+
+#[test]
+fn guest_panic_is_a_typed_error() -> anyhow::Result<()> {
+    let Some((opts, _serial)) = setup() else {
+        return Ok(());
+    };
+    let opts = VtOpts {
+        guard: Duration::from_secs(20),
+        ..opts
+    };
+    let err = vt::run(&argv(&["sh", "-c", "echo c > /proc/sysrq-trigger"]), &opts)
+        .expect_err("must panic");
+    match err {
+        VtError::GuestPanic { console_tail } => {
+            assert!(console_tail.contains("Kernel panic"), "{console_tail}")
+        }
+        other => panic!("expected GuestPanic, got {other}"),
+    }
+    Ok(())
+}
+
+#[test]
+fn cargo_test_binary_runs_in_virtual_time() -> anyhow::Result<()> {
+    let Some((opts, _serial)) = setup() else {
+        return Ok(());
+    };
+    // This very test binary, running only the guest-side probe below: what
+    // `CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="patchbay vt --"` does for a whole binary.
+    let exe = std::env::current_exe()?;
+    let args = [
+        "--ignored",
+        "--exact",
+        "guest_probe_timers",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ];
+    let mut argv = vec![exe.into_os_string()];
+    argv.extend(args.iter().map(OsString::from));
+    let out = vt::run(&argv, &opts)?;
+    let stdout = text(&out.stdout);
+    println!(
+        "{stdout}\nwall {:?}, virtual {:?}",
+        out.wall, out.virtual_elapsed
+    );
+    assert_eq!(
+        out.exit_code,
+        0,
+        "stdout: {stdout}\nstderr: {}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("test result: ok. 1 passed"), "{stdout}");
+    let virt = out.virtual_elapsed.expect("virtual time");
+    assert!(virt >= Duration::from_secs(25), "virtual {virt:?}");
+    assert!(
+        out.wall * 5 < virt,
+        "wall {:?} vs virtual {virt:?}",
+        out.wall
+    );
+    Ok(())
+}
+
+/// Runs inside the guest (started by `cargo_test_binary_runs_in_virtual_time`): tokio timers on
+/// a multi-threaded runtime and `std::thread::sleep`, measured with `Instant`.
+#[test]
+#[ignore = "guest side of cargo_test_binary_runs_in_virtual_time"]
+fn guest_probe_timers() {
+    if std::env::var("PATCHBAY_VT").as_deref() != Ok("1") {
+        skip("runs only inside the UML guest (PATCHBAY_VT=1)");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let t = std::time::Instant::now();
+    rt.block_on(async {
+        let a = tokio::spawn(tokio::time::sleep(Duration::from_secs(20)));
+        let b = tokio::spawn(tokio::time::sleep(Duration::from_secs(10)));
+        a.await.expect("task a");
+        b.await.expect("task b");
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let e = t.elapsed();
+    println!("guest: 20 s tokio sleep || 10 s tokio sleep, then 5 s thread::sleep took {e:?}");
+    assert!(e >= Duration::from_secs(25), "{e:?}");
+    assert!(
+        e < Duration::from_millis(25_050),
+        "virtual time overshot: {e:?}"
+    );
+}
+
+/// Live processes whose process group is `pgid` (independent of the runner's own check).
+fn processes_in_group(pgid: i32) -> anyhow::Result<Vec<i32>> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        }; // exited meanwhile
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 2 && f[2] == pgid.to_string() && f[0] != "Z" {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
