@@ -1,5 +1,6 @@
 //! Project automation: `cargo xtask <command>`.
 
+mod bench;
 mod ebpf;
 mod test;
 mod uml;
@@ -17,6 +18,8 @@ struct Cli {
 enum Cmd {
     /// Run the whole test suite (installs missing Debian packages when root).
     Test(test::TestArgs),
+    /// Run the benchmarks: lab build time, and with --scenarios the scenario suite.
+    Bench(bench::BenchArgs),
     /// Build the eBPF programs (nightly + bpf-linker) into patchbay/src/bpf/patchbay.bpf.o.
     BuildEbpf,
     /// Install the eBPF toolchain: nightly rust-src and bpf-linker built against nightly's LLVM.
@@ -30,6 +33,7 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Test(args) => test::run(args),
+        Cmd::Bench(args) => bench::run(args),
         Cmd::BuildEbpf => ebpf::build_ebpf(),
         Cmd::SetupEbpf => ebpf::setup_ebpf(),
         Cmd::CheckEbpf => ebpf::check_ebpf(),

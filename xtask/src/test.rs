@@ -11,6 +11,10 @@ pub struct TestArgs {
     /// Skip `cargo fmt --check` and clippy.
     #[arg(long)]
     pub no_lint: bool,
+    /// Skip building the User-Mode-Linux kernel (the virtual-time tests
+    /// then print PATCHBAY-SKIP).
+    #[arg(long)]
+    pub no_uml: bool,
     /// Extra arguments passed to `cargo nextest run` (e.g. a filter).
     #[arg(last = true)]
     pub nextest_args: Vec<String>,
@@ -18,6 +22,22 @@ pub struct TestArgs {
 
 /// Debian packages the tests need, with the binary that shows each is there.
 const PACKAGES: &[(&str, &str)] = &[("nftables", "nft"), ("iproute2", "tc")];
+
+/// Debian packages the UML kernel build needs.
+const UML_PACKAGES: &[(&str, &str)] = &[("flex", "flex"), ("bison", "bison"), ("bc", "bc"), ("make", "make")];
+
+/// Where the UML kernel is cached across clones (a build takes 7-15 min on
+/// two cores): `$PATCHBAY_CACHE_DIR/uml`, default `~/.cache/patchbay/uml`.
+pub fn cache_dir(what: &str) -> PathBuf {
+    let base = std::env::var_os("PATCHBAY_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(|| PathBuf::from("/var/cache"))
+            .join("patchbay")
+    });
+    base.join(what)
+}
 
 pub fn run(args: TestArgs) -> Result<()> {
     let root = workspace_root()?;
@@ -39,11 +59,23 @@ pub fn run(args: TestArgs) -> Result<()> {
             ]),
         )?;
     }
+    step_fn("check-ebpf (committed object vs a fresh build)", crate::ebpf::check_ebpf)?;
+    let mut uml_env = None;
+    if !args.no_uml {
+        install_missing(UML_PACKAGES)?;
+        let out = cache_dir("uml");
+        crate::uml::build_uml(crate::uml::BuildUmlArgs { jobs: None, out_dir: Some(out.clone()), force: false })
+            .context("building the UML kernel for the virtual-time tests (skip with --no-uml)")?;
+        uml_env = newest_uml(&out);
+    }
     let nextest = has_nextest();
     if nextest {
         let mut c = cargo(&root);
         c.args(["nextest", "run", "--workspace", "--no-fail-fast"])
             .args(&args.nextest_args);
+        if let Some(uml) = &uml_env {
+            c.env("PATCHBAY_UML", uml);
+        }
         step("cargo nextest run", &mut c)?;
     } else {
         println!(
@@ -88,6 +120,25 @@ fn has_nextest() -> bool {
         .unwrap_or(false)
 }
 
+/// The `linux` binary of the newest cache entry under `dir`.
+fn newest_uml(dir: &Path) -> Option<PathBuf> {
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("linux"))
+        .filter(|p| p.is_file())
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .collect();
+    found.sort();
+    found.pop().map(|(_, p)| p)
+}
+
+/// Runs an in-process step, echoing its name.
+fn step_fn(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    println!("xtask: ==> {name}");
+    f().with_context(|| format!("{name} failed"))
+}
+
 /// Runs a command, echoing it, and fails with its name if it fails.
 pub fn step(name: &str, cmd: &mut Command) -> Result<()> {
     println!("xtask: ==> {name}");
@@ -125,7 +176,12 @@ fn on_path(bin: &str) -> bool {
 /// Installs missing Debian packages when root and apt exist; otherwise fails
 /// naming what to install.
 pub fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    install_missing(PACKAGES)
+}
+
+/// Installs those of `pkgs` whose binary is missing.
+pub fn install_missing(pkgs: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = pkgs
         .iter()
         .filter(|(_, bin)| !on_path(bin))
         .map(|(p, _)| *p)
