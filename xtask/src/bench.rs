@@ -22,10 +22,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.json {
         c.args(["--", "--json"]);
     }
-    step("lab build benchmark (1 router + 10 devices, first TCP connect)", &mut c)?;
+    step(
+        "lab build benchmark (1 router + 10 devices, first TCP connect)",
+        &mut c,
+    )?;
     if args.scenarios {
         let mut c = cargo(&root);
-        c.args(["run", "--release", "-p", "patchbay", "--", "bench", "--out", "target/bench"]);
+        c.args([
+            "run",
+            "--release",
+            "-p",
+            "patchbay",
+            "--",
+            "bench",
+            "--out",
+            "target/bench",
+        ]);
         if args.json {
             c.arg("--json");
         }

@@ -24,18 +24,25 @@ pub struct TestArgs {
 const PACKAGES: &[(&str, &str)] = &[("nftables", "nft"), ("iproute2", "tc")];
 
 /// Debian packages the UML kernel build needs.
-const UML_PACKAGES: &[(&str, &str)] = &[("flex", "flex"), ("bison", "bison"), ("bc", "bc"), ("make", "make")];
+const UML_PACKAGES: &[(&str, &str)] = &[
+    ("flex", "flex"),
+    ("bison", "bison"),
+    ("bc", "bc"),
+    ("make", "make"),
+];
 
 /// Where the UML kernel is cached across clones (a build takes 7-15 min on
 /// two cores): `$PATCHBAY_CACHE_DIR/uml`, default `~/.cache/patchbay/uml`.
 pub fn cache_dir(what: &str) -> PathBuf {
-    let base = std::env::var_os("PATCHBAY_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .unwrap_or_else(|| PathBuf::from("/var/cache"))
-            .join("patchbay")
-    });
+    let base = std::env::var_os("PATCHBAY_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(|| PathBuf::from("/var/cache"))
+                .join("patchbay")
+        });
     base.join(what)
 }
 
@@ -59,13 +66,20 @@ pub fn run(args: TestArgs) -> Result<()> {
             ]),
         )?;
     }
-    step_fn("check-ebpf (committed object vs a fresh build)", crate::ebpf::check_ebpf)?;
+    step_fn(
+        "check-ebpf (committed object vs a fresh build)",
+        crate::ebpf::check_ebpf,
+    )?;
     let mut uml_env = None;
     if !args.no_uml {
         install_missing(UML_PACKAGES)?;
         let out = cache_dir("uml");
-        crate::uml::build_uml(crate::uml::BuildUmlArgs { jobs: None, out_dir: Some(out.clone()), force: false })
-            .context("building the UML kernel for the virtual-time tests (skip with --no-uml)")?;
+        crate::uml::build_uml(crate::uml::BuildUmlArgs {
+            jobs: None,
+            out_dir: Some(out.clone()),
+            force: false,
+        })
+        .context("building the UML kernel for the virtual-time tests (skip with --no-uml)")?;
         uml_env = newest_uml(&out);
     }
     let nextest = has_nextest();

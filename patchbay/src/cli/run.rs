@@ -14,15 +14,28 @@ pub struct RunArgs {
     #[arg(long)]
     json: bool,
     /// Override the file's `[lab] time-scale` (k; 1 = real time).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "virtual_time")]
     time_scale: Option<f64>,
+    /// Run the lab in virtual time, inside a User-Mode-Linux kernel (the
+    /// same as `[lab] time = "virtual"`).
+    #[arg(long = "virtual")]
+    virtual_time: bool,
+    /// Wall-clock limit for a virtual-time run, in seconds.
+    #[arg(long, default_value_t = 600)]
+    guard: u64,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let file = LabFile::load(&args.file)?;
+    let wants_virtual =
+        args.virtual_time || file.lab.time == Some(patchbay::labfile::TimeMode::Virtual);
+    if wants_virtual && std::env::var_os("PATCHBAY_VT").is_none() {
+        return reexec_in_vt(&args);
+    }
     let json = args.json;
     let o = patchbay::labfile::RunOverrides {
         time_scale: args.time_scale,
+        virtual_time: wants_virtual,
     };
     let report = patchbay::labfile::run(&file, o, |s| {
         if !json {
@@ -88,4 +101,28 @@ fn row(s: &StepOutcome) -> Vec<String> {
         format!("{:.3}", s.virtual_s),
         if s.ok { "ok".into() } else { "FAILED".into() },
     ]
+}
+
+/// Runs this same command inside the UML kernel (which sets PATCHBAY_VT, so
+/// the inner run does not re-execute again).
+fn reexec_in_vt(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let exe = std::env::current_exe()?;
+    let mut argv: Vec<std::ffi::OsString> =
+        vec![exe.into(), "run".into(), args.file.clone().into()];
+    if args.json {
+        argv.push("--json".into());
+    }
+    argv.push("--virtual".into());
+    let opts = patchbay::vt::VtOpts {
+        guard: std::time::Duration::from_secs(args.guard),
+        env: std::env::vars().collect(),
+        ..Default::default()
+    };
+    let out = patchbay::vt::run(&argv, &opts)?;
+    std::io::stdout().write_all(&out.stdout)?;
+    std::io::stderr().write_all(&out.stderr)?;
+    Ok(ExitCode::from(
+        u8::try_from(out.exit_code.clamp(0, 255)).unwrap_or(1),
+    ))
 }

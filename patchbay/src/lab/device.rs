@@ -12,7 +12,6 @@ use crate::netns::{Netns, Task};
 
 use super::LabInner;
 use super::node::{Iface, Node, NodeInner, NodeKind};
-use super::router::LAN_INDEX;
 use super::topo::{Member, check_ifname};
 
 /// Builds a [`Device`]; from [`crate::Lab::add_device`].
@@ -32,6 +31,7 @@ struct Planned {
     v6: Ipv6Addr,
     gw: (Ipv4Addr, Ipv6Addr),
     bridge_mac: [u8; 6],
+    bridge_index: u32,
     router_ns: Netns,
     port: u32,
     siblings: Vec<Member>,
@@ -126,6 +126,7 @@ impl DeviceBuilder {
                     v6,
                     gw: rec.lan.lan.gateway(),
                     bridge_mac: rec.lan.bridge_mac,
+                    bridge_index: rec.lan.bridge_index,
                     router_ns: rec.node.ns().clone(),
                     port: rec.lan.next_port,
                     siblings: rec.lan.members.clone(),
@@ -159,10 +160,11 @@ impl DeviceBuilder {
                 netns_fd: p.router_ns.raw_fd()?,
             };
             let ctx = format!("connecting {name}.{} to router {}", p.iface, p.router);
+            let bridge_index = p.bridge_index;
             p.router_ns
                 .run(move || async move {
                     netlink::create_veth(&dev_end, &rtr_end).await?;
-                    netlink::set_master_up(port_index, LAN_INDEX).await
+                    netlink::set_master_up(port_index, bridge_index).await
                 })
                 .await?
                 .ctx(|| ctx.clone())?;
@@ -216,7 +218,7 @@ impl DeviceBuilder {
                 prewarm(
                     m,
                     p.router_ns.clone(),
-                    LAN_INDEX,
+                    p.bridge_index,
                     p.gw,
                     p.bridge_mac,
                     &p.siblings,

@@ -24,7 +24,6 @@ use crate::nft;
 
 use super::Lab;
 use super::node::Node;
-use super::router::LAN_INDEX;
 
 /// Which traffic of an interface a blackhole drops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -143,7 +142,7 @@ pub(crate) async fn peer_end(node: &Node, iface: &str) -> Result<(Netns, String)
                 .collect::<Vec<_>>()
         ))
     })?;
-    if node.kind() == super::NodeKind::Router && i.index == LAN_INDEX {
+    if node.kind() == super::NodeKind::Router && i.name == "lan" {
         return Err(Error::Invalid(format!(
             "{}.lan is the router's LAN bridge, not a link: apply link conditions and faults to the devices' interfaces (or the router's wan) instead",
             node.name()
@@ -291,7 +290,7 @@ impl Lab {
         for (x, y) in [(a, b), (b, a)] {
             let theirs = y.all_addrs();
             for i in x.ifaces() {
-                if x.kind() == super::NodeKind::Router && i.index == LAN_INDEX {
+                if x.kind() == super::NodeKind::Router && i.name == "lan" {
                     continue;
                 }
                 let (peer_ns, peer_dev) = peer_end(x, &i.name).await?;

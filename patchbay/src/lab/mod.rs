@@ -70,10 +70,11 @@ pub(crate) struct LabInner {
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Interface index of the exchange bridge in the lab root.
-const IX_BRIDGE_INDEX: u32 = 2;
-/// First index handed out by [`LabInner::next_ifindex`]; bridges, created
-/// in their own namespace, use fixed indexes below it.
-const FIRST_VETH_INDEX: u32 = 16;
+const IX_BRIDGE_INDEX: u32 = 16;
+/// First index handed out by [`LabInner::next_ifindex`]. Indexes below 16
+/// are left to the kernel: some kernels create fallback tunnel devices
+/// (`sit0`, `ip6tnl0`, …) in every new namespace.
+const FIRST_VETH_INDEX: u32 = 17;
 
 impl Lab {
     /// Creates a lab with default options.
@@ -85,6 +86,16 @@ impl Lab {
     /// bridge that top-level routers join.
     pub async fn with_opts(opts: LabOpts) -> Result<Lab> {
         check_privileges()?;
+        if opts.virtual_time && std::env::var_os("PATCHBAY_VT").is_none() {
+            return Err(Error::Invalid(
+                "this lab asks for virtual time, but the process is not running inside patchbay's User-Mode-Linux kernel: run it as `patchbay vt -- <command>` (for tests, set CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=\"patchbay vt --\"; build the kernel once with `cargo xtask build-uml`)".into(),
+            ));
+        }
+        if opts.virtual_time && opts.time_scale != 1.0 {
+            return Err(Error::Invalid(
+                "virtual time and a time scale exclude each other: under virtual time every timer is already exact; drop time_scale".into(),
+            ));
+        }
         let comp = compression::Compression::new(&opts)?;
         let n = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
         let id = format!(

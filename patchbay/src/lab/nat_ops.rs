@@ -10,7 +10,7 @@ use crate::nat::{self, ConntrackTimeouts, NAT_TABLE, Nat, NatConfig, NatSpec};
 use crate::{nft, sysctl, tc};
 
 use super::node::{Node, NodeKind};
-use super::router::{LAN_INDEX, Router};
+use super::router::Router;
 
 impl Router {
     /// Applies the build-time configuration: timeouts, NAT, firewall.
@@ -209,9 +209,7 @@ impl Node {
     /// with [`Error::KernelFeature`] on kernels without it.
     pub async fn set_link_condition(&self, iface: &str, condition: LinkCondition) -> Result<()> {
         condition.validate()?;
-        if self.kind() == NodeKind::Router
-            && self.iface(iface).is_some_and(|i| i.index == LAN_INDEX)
-        {
+        if self.kind() == NodeKind::Router && self.iface(iface).is_some_and(|i| i.name == "lan") {
             return Err(Error::Invalid(format!(
                 "{}.lan is the router's LAN bridge: set link conditions on the devices' interfaces instead",
                 self.name()

@@ -10,6 +10,7 @@ pub struct LabOpts {
     pub(crate) sysctl_only: bool,
     pub(crate) syn_retries: Option<u8>,
     pub(crate) retries2: Option<u8>,
+    pub(crate) virtual_time: bool,
 }
 
 impl Default for LabOpts {
@@ -22,6 +23,7 @@ impl Default for LabOpts {
             sysctl_only: false,
             syn_retries: None,
             retries2: None,
+            virtual_time: false,
         }
     }
 }
@@ -74,6 +76,16 @@ impl LabOpts {
     /// scaled); the compression plan uses it to place deadlines.
     pub fn tcp_syn_retries(mut self, n: u8) -> Self {
         self.syn_retries = Some(n);
+        self
+    }
+
+    /// Requires virtual time: the lab must run inside a User-Mode-Linux
+    /// kernel in time-travel mode (`patchbay vt -- <test binary>`, or the
+    /// cargo runner in `docs/virtual-time.md`), where every timer of kernel
+    /// and application runs on a virtual clock. Outside such a kernel,
+    /// creating the lab fails with a message that says how to get there.
+    pub fn virtual_time(mut self, on: bool) -> Self {
+        self.virtual_time = on;
         self
     }
 

@@ -13,9 +13,6 @@ use super::node::{Iface, Node, NodeInner, NodeKind};
 use super::topo::{LanState, Member, RouterRec, Upstream};
 use super::{IX_BRIDGE_INDEX, LabInner};
 
-/// Interface index of the `lan` bridge inside a router.
-pub(crate) const LAN_INDEX: u32 = 3;
-
 /// Builds a [`Router`]; from [`crate::Lab::add_router`].
 #[derive(Debug)]
 #[must_use = "call .build().await"]
@@ -154,7 +151,7 @@ impl RouterBuilder {
                     .ok_or_else(|| Error::Invalid(format!("unknown router {p:?}")))?;
                 (
                     rec.node.ns().clone(),
-                    LAN_INDEX,
+                    rec.lan.bridge_index,
                     rec.lan.bridge_mac,
                     rec.lan.lan.gateway(),
                 )
@@ -165,6 +162,7 @@ impl RouterBuilder {
         // in the target one.
         let port_index = lab.next_ifindex();
         let wan_index = lab.next_ifindex();
+        let lan_index = lab.next_ifindex();
         let wan = VethEnd {
             name: "wan".into(),
             index: wan_index,
@@ -189,9 +187,9 @@ impl RouterBuilder {
         // Inside the router: loopback, LAN bridge, uplink, default routes.
         ns.run(move || async move {
             netlink::set_up(1, true).await?;
-            netlink::create_bridge("lan", LAN_INDEX, bridge_mac).await?;
-            netlink::add_addr(LAN_INDEX, gw4.into(), addr::V4_PREFIX).await?;
-            netlink::add_addr(LAN_INDEX, gw6.into(), addr::V6_PREFIX).await?;
+            netlink::create_bridge("lan", lan_index, bridge_mac).await?;
+            netlink::add_addr(lan_index, gw4.into(), addr::V4_PREFIX).await?;
+            netlink::add_addr(lan_index, gw6.into(), addr::V6_PREFIX).await?;
             netlink::set_up(wan_index, true).await?;
             netlink::add_addr(wan_index, uplink.0.into(), addr::V4_PREFIX).await?;
             netlink::add_addr(wan_index, uplink.1.into(), addr::V6_PREFIX).await?;
@@ -225,7 +223,7 @@ impl RouterBuilder {
         });
         node.add_iface(Iface {
             name: "lan".into(),
-            index: LAN_INDEX,
+            index: lan_index,
             mac: bridge_mac,
             ip: Some(gw4),
             ip6: Some(gw6),
@@ -254,6 +252,7 @@ impl RouterBuilder {
                         lan,
                         kind: lan_kind,
                         bridge_mac,
+                        bridge_index: lan_index,
                         members: vec![],
                         next_port: 0,
                     },

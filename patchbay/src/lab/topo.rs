@@ -27,6 +27,7 @@ pub(crate) struct LanState {
     pub lan: Lan,
     pub kind: LanKind,
     pub bridge_mac: [u8; 6],
+    pub bridge_index: u32,
     pub members: Vec<Member>,
     pub next_port: u32,
 }

@@ -8,7 +8,9 @@ mod schema;
 mod subst;
 
 pub use run::{RunOverrides, RunReport, StepOutcome, run};
-pub use schema::{DeviceSpec, IfaceSpec, LabFile, LabSection, RouterSpec, Step, StepKind};
+pub use schema::{
+    DeviceSpec, IfaceSpec, LabFile, LabSection, RouterSpec, Step, StepKind, TimeMode,
+};
 pub use subst::{Vars, substitute};
 
 use std::path::{Path, PathBuf};

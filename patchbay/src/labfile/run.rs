@@ -67,6 +67,8 @@ struct Bg {
 pub struct RunOverrides {
     /// Replaces `[lab] time-scale`.
     pub time_scale: Option<f64>,
+    /// Forces virtual time.
+    pub virtual_time: bool,
 }
 
 fn lab_opts(file: &LabFile, o: RunOverrides) -> LabOpts {
@@ -74,7 +76,8 @@ fn lab_opts(file: &LabFile, o: RunOverrides) -> LabOpts {
     let mut opts = LabOpts::default()
         .prewarm_neighbors(l.prewarm_neighbors)
         .time_scale(o.time_scale.or(l.time_scale).unwrap_or(1.0))
-        .sysctl_only(l.sysctl_only);
+        .sysctl_only(l.sysctl_only)
+        .virtual_time(l.time == Some(super::schema::TimeMode::Virtual) || o.virtual_time);
     if let Some(label) = &l.label {
         opts = opts.label(label.clone());
     }

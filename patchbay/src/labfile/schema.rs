@@ -36,6 +36,10 @@ pub struct LabSection {
     /// Time scale k (default 1 = real time).
     #[serde(default)]
     pub time_scale: Option<f64>,
+    /// `real` (default, possibly compressed by `time-scale`) or `virtual`
+    /// (the CLI runs the lab inside a User-Mode-Linux kernel).
+    #[serde(default)]
+    pub time: Option<TimeMode>,
     /// Collect eBPF TCP telemetry (default: on when k > 1).
     #[serde(default)]
     pub telemetry: Option<bool>,
@@ -56,6 +60,7 @@ impl Default for LabSection {
             label: None,
             prewarm_neighbors: true,
             time_scale: None,
+            time: None,
             telemetry: None,
             sysctl_only: false,
             tcp_syn_retries: None,
@@ -66,6 +71,16 @@ impl Default for LabSection {
 
 fn yes() -> bool {
     true
+}
+
+/// How a lab's time runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimeMode {
+    /// Wall-clock time, divided by `time-scale` when it is above 1.
+    Real,
+    /// Virtual time inside a User-Mode-Linux kernel (exact, any speed).
+    Virtual,
 }
 
 /// A `[[router]]` entry.

@@ -1,0 +1,92 @@
+//! A whole lab in virtual time: the same API inside the User-Mode-Linux
+//! kernel, with a TCP SYN timeout that takes seconds of virtual time and a
+//! fraction of that in wall time.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use patchbay::{Direction, Lab, LabOpts};
+use patchbay_tests::*;
+
+/// Runs inside the guest (started by the test below).
+#[tokio::test]
+#[ignore = "helper: run inside UML by a_lab_runs_in_virtual_time"]
+async fn guest_syn_blackhole() -> Result<()> {
+    if std::env::var_os("PATCHBAY_VT").is_none() {
+        return Ok(());
+    }
+    let lab = Lab::with_opts(LabOpts::default().virtual_time(true).tcp_syn_retries(3)).await?;
+    let r = lab.add_router("r").build().await?;
+    let server = lab.add_device("server").iface("eth0", &r).build().await?;
+    let client = lab.add_device("client").iface("eth0", &r).build().await?;
+    let _hole = server.blackhole("eth0", Direction::In).await?;
+    let sip = server.ip().context("ip")?;
+    let t = Instant::now();
+    let r = client
+        .spawn(move |_| async move { tokio::net::TcpStream::connect((sip, 80)).await.map(|_| ()) })?
+        .await?;
+    let elapsed = t.elapsed();
+    assert_eq!(
+        r.expect_err("blackholed").kind(),
+        std::io::ErrorKind::TimedOut
+    );
+    println!("GUEST-SYN-TIMEOUT-MS {}", elapsed.as_millis());
+    Ok(())
+}
+
+#[test]
+fn a_lab_runs_in_virtual_time() -> Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    if let Err(e) = patchbay::vt::find_uml_binary() {
+        skip(&format!(
+            "no UML kernel ({e}); build it with `cargo xtask build-uml`"
+        ));
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let argv = [
+        exe.as_os_str(),
+        "--exact".as_ref(),
+        "guest_syn_blackhole".as_ref(),
+        "--ignored".as_ref(),
+        "--nocapture".as_ref(),
+    ]
+    .map(std::ffi::OsString::from);
+    let opts = patchbay::vt::VtOpts {
+        guard: Duration::from_secs(240),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let out = patchbay::vt::run(&argv, &opts)?;
+    let wall = t.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.exit_code,
+        0,
+        "guest test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ms: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("GUEST-SYN-TIMEOUT-MS "))
+        .context("guest printed its timing")?
+        .trim()
+        .parse()?;
+    println!(
+        "virtual SYN timeout {ms} ms, whole guest run {:.2} s wall",
+        wall.as_secs_f64()
+    );
+    // Linux 6.1 (the UML kernel): SYN retransmits at 1, 2 and 4 s, then gives
+    // up 8 s later: 15 s of virtual time (plus the initial-RTO jiffy slack).
+    assert!(
+        (14_500..17_000).contains(&ms),
+        "virtual SYN timeout {ms} ms"
+    );
+    assert!(
+        wall < Duration::from_millis(ms) / 2,
+        "virtual time must run faster than real time"
+    );
+    Ok(())
+}
