@@ -41,6 +41,23 @@ pub struct DoctorReport {
 }
 
 impl DoctorReport {
+    fn lab_only(
+        kernel_release: String,
+        root: bool,
+        cgroup2: Option<std::path::PathBuf>,
+        checks: Vec<Check>,
+    ) -> Self {
+        DoctorReport {
+            kernel_release,
+            root,
+            cgroup2_mount: cgroup2.map(|p| p.display().to_string()),
+            checks,
+            bpf: None,
+            compression: None,
+            compression_error: None,
+        }
+    }
+
     /// A check by name.
     pub fn check(&self, name: &str) -> Option<&Check> {
         self.checks.iter().find(|c| c.name == name)
@@ -157,15 +174,7 @@ pub async fn probe() -> DoctorReport {
         }
         Err(e) => {
             push(&mut checks, "netns", false, e.to_string());
-            return DoctorReport {
-                kernel_release,
-                root,
-                cgroup2_mount: cgroup2.map(|p| p.display().to_string()),
-                checks,
-                bpf: None,
-                compression: None,
-                compression_error: None,
-            };
+            return DoctorReport::lab_only(kernel_release, root, cgroup2, checks);
         }
     };
     probe_links(&ns, &mut checks).await;
@@ -203,15 +212,7 @@ pub async fn probe() -> DoctorReport {
         push(&mut checks, &format!("tc.{kind}"), ok, detail);
     }
     ns.shutdown();
-    DoctorReport {
-        kernel_release,
-        root,
-        cgroup2_mount: cgroup2.map(|p| p.display().to_string()),
-        checks,
-        bpf: None,
-        compression: None,
-        compression_error: None,
-    }
+    DoctorReport::lab_only(kernel_release, root, cgroup2, checks)
 }
 
 async fn probe_links(ns: &Netns, checks: &mut Vec<Check>) {

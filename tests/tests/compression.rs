@@ -310,6 +310,28 @@ async fn report_matches_what_the_kernel_has_and_the_host_is_untouched() -> Resul
         checked >= 5,
         "the report lists the sysctls it applied: {json:#}"
     );
+    // The give-up deadline the sock_ops program sets on established sockets.
+    let ut = report
+        .timers
+        .iter()
+        .find(|t| matches!(&t.mechanism, patchbay::compress::Mechanism::Bpf { field } if field == "user_timeout_ms"))
+        .context("the report lists the BPF user timeout")?
+        .applied;
+    let server = lab.add_device("s").iface("eth0", &r).build().await?;
+    let sip = server.ip().context("ip")?;
+    start_tcp_echo(&server, (sip, 7100).into()).await?;
+    let got = d
+        .spawn(move |_| async move {
+            let s = std::net::TcpStream::connect((sip, 7100))?;
+            std::io::Result::Ok(getsockopt_int(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_USER_TIMEOUT,
+            ))
+        })?
+        .await??;
+    println!("TCP_USER_TIMEOUT on an established socket: {got} ms, report: {ut} ms");
+    assert_eq!(u64::try_from(got)?, ut, "report and getsockopt disagree");
     drop(lab);
     assert_eq!(host_values(), before, "host sysctls changed");
     Ok(())
@@ -383,5 +405,42 @@ async fn two_labs_with_different_k_in_one_process() -> Result<()> {
     assert_eq!(da.sysctl("net/ipv4/tcp_fin_timeout")?, "6");
     assert_eq!(db.sysctl("net/ipv4/tcp_fin_timeout")?, "2");
     let _ = SocketAddr::from(([0, 0, 0, 0], 0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn sysctl_only_mode_reports_what_is_not_compressed() -> Result<()> {
+    if cannot_compress() {
+        return Ok(());
+    }
+    let lab = Lab::with_opts(LabOpts::default().time_scale(20.0).sysctl_only(true)).await?;
+    let r = lab.add_router("r").build().await?;
+    let d = lab.add_device("d").iface("eth0", &r).build().await?;
+    assert_eq!(
+        d.sysctl("net/ipv4/tcp_fin_timeout")?,
+        "3",
+        "sysctls are still scaled"
+    );
+    assert_eq!(
+        app_timers(&d).await?.0,
+        30_000,
+        "no eBPF: app-set timers are untouched"
+    );
+    let report = lab.compression_report()?;
+    let unsupported: Vec<&str> = report
+        .timers
+        .iter()
+        .filter(|t| matches!(t.status, patchbay::compress::Status::Unsupported { .. }))
+        .map(|t| t.name.as_str())
+        .collect();
+    println!("not compressed in sysctl-only mode: {unsupported:?}");
+    assert!(
+        unsupported.iter().any(|n| n.contains("initial_rto")),
+        "{unsupported:?}"
+    );
+    assert!(
+        unsupported.iter().any(|n| n.contains("user_timeout")),
+        "{unsupported:?}"
+    );
     Ok(())
 }

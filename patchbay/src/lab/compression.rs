@@ -83,6 +83,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The eBPF map entry for a namespace: the plan's BPF targets (the
+/// kernel-free mirror of [`NetnsConfig`]) plus flags.
+fn bpf_config(b: crate::compress::BpfTargets, flags: u32) -> NetnsConfig {
+    NetnsConfig {
+        flags,
+        timeout_init_jiffies: b.timeout_init_jiffies,
+        rto_min_us: b.rto_min_us,
+        delack_max_us: b.delack_max_us,
+        rto_max_ms: b.rto_max_ms,
+        user_timeout_ms: b.user_timeout_ms,
+        scale_milli: b.scale_milli,
+        _pad: 0,
+    }
+}
+
 impl Compression {
     /// Validates the options, probes the kernel (once per process) and
     /// computes the plan. Fails when k > 1 needs BPF that is missing, unless
@@ -102,7 +117,10 @@ impl Compression {
             sysctl_only: opts.sysctl_only,
             ..TimerInputs::default()
         };
-        let telemetry = opts.telemetry.unwrap_or(!scale.is_real_time());
+        // Telemetry needs eBPF: on by default when compressing with it.
+        let telemetry = opts
+            .telemetry
+            .unwrap_or(!scale.is_real_time() && !opts.sysctl_only);
         let (tx, rx) = mpsc::channel();
         let mut c = Compression {
             scale,
@@ -159,14 +177,7 @@ impl Compression {
                 cfg.flags |= FLAG_TELEMETRY;
             }
             if let (Some(plan), false) = (&c.plan, opts.sysctl_only) {
-                let b = plan.bpf();
-                cfg.flags |= FLAG_SCALE_SOCKOPTS;
-                cfg.timeout_init_jiffies = b.timeout_init_jiffies;
-                cfg.rto_min_us = b.rto_min_us;
-                cfg.delack_max_us = b.delack_max_us;
-                cfg.rto_max_ms = b.rto_max_ms;
-                cfg.user_timeout_ms = b.user_timeout_ms;
-                cfg.scale_milli = b.scale_milli;
+                cfg = bpf_config(plan.bpf(), cfg.flags | FLAG_SCALE_SOCKOPTS);
             }
             c.bpf_cfg = Some(cfg);
         }

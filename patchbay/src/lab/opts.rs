@@ -57,7 +57,8 @@ impl LabOpts {
     }
 
     /// Collect eBPF TCP telemetry (RTO, retransmit and state events; see
-    /// [`crate::Lab::tcp_events`]). Default: on when k > 1, off at k = 1.
+    /// [`crate::Lab::tcp_events`]). Default: on when k > 1 (except in
+    /// sysctl-only mode), off at k = 1. Needs eBPF.
     pub fn telemetry(mut self, on: bool) -> Self {
         self.telemetry = Some(on);
         self
