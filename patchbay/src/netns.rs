@@ -311,10 +311,10 @@ impl Drop for Inner {
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(t) = thread {
-            if t.thread().id() != std::thread::current().id() {
-                join_quietly(t);
-            }
+        if let Some(t) = thread
+            && t.thread().id() != std::thread::current().id()
+        {
+            join_quietly(t);
         }
     }
 }

@@ -61,12 +61,12 @@ impl LabClock {
     }
 
     /// The wall-clock duration of a virtual one.
-    pub fn to_wall(&self, virtual_time: Duration) -> Duration {
+    pub fn to_wall(self, virtual_time: Duration) -> Duration {
         virtual_time.div_f64(self.scale)
     }
 
     /// The virtual duration of a wall-clock one.
-    pub fn to_virtual(&self, wall: Duration) -> Duration {
+    pub fn to_virtual(self, wall: Duration) -> Duration {
         wall.mul_f64(self.scale)
     }
 

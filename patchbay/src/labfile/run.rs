@@ -239,11 +239,11 @@ fn check(out: &mut StepOutcome, step: &Step, code: Option<i32>, stdout: &str) {
             Some(c) => format!("exit code {c}, expected {want}"),
             None => format!("killed by a signal, expected exit code {want}"),
         });
-    } else if let Some(needle) = &step.expect_output {
-        if !stdout.contains(needle.as_str()) {
-            out.ok = false;
-            out.error = Some(format!("stdout does not contain {needle:?}"));
-        }
+    } else if let Some(needle) = &step.expect_output
+        && !stdout.contains(needle.as_str())
+    {
+        out.ok = false;
+        out.error = Some(format!("stdout does not contain {needle:?}"));
     }
     out.stdout = Some(stdout.to_string());
 }

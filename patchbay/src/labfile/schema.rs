@@ -386,13 +386,13 @@ impl LabFile {
                     r.name
                 ));
             }
-            if let Some(up) = &r.upstream {
-                if !routers.contains(up.as_str()) {
-                    return Err(format!(
-                        "router {:?}: upstream {up:?} is not a router declared above it; declare [[router]] {up:?} first",
-                        r.name
-                    ));
-                }
+            if let Some(up) = &r.upstream
+                && !routers.contains(up.as_str())
+            {
+                return Err(format!(
+                    "router {:?}: upstream {up:?} is not a router declared above it; declare [[router]] {up:?} first",
+                    r.name
+                ));
             }
             routers.insert(r.name.as_str());
         }
@@ -428,10 +428,8 @@ impl LabFile {
                 {
                     return Err(format!("step {n}: unknown node {node:?}"));
                 }
-                StepKind::Spawn { name, .. } => {
-                    if !bg.insert(name.clone()) {
-                        return Err(format!("step {n}: background name {name:?} is used twice"));
-                    }
+                StepKind::Spawn { name, .. } if !bg.insert(name.clone()) => {
+                    return Err(format!("step {n}: background name {name:?} is used twice"));
                 }
                 StepKind::Wait(name) | StepKind::Kill(name) if !bg.contains(&name) => {
                     return Err(format!(
@@ -458,10 +456,10 @@ impl LabFile {
                     ));
                 }
                 StepKind::Blackhole { name: Some(f), .. }
-                | StepKind::Partition { name: Some(f), .. } => {
-                    if !faults.insert(f.clone()) {
-                        return Err(format!("step {n}: fault name {f:?} is used twice"));
-                    }
+                | StepKind::Partition { name: Some(f), .. }
+                    if !faults.insert(f.clone()) =>
+                {
+                    return Err(format!("step {n}: fault name {f:?} is used twice"));
                 }
                 StepKind::Heal(f) if !faults.contains(&f) => {
                     return Err(format!(
