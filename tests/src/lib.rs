@@ -136,3 +136,39 @@ pub async fn tcp_roundtrip(
         )
     })?
 }
+
+/// Why this kernel cannot run patchbay's eBPF timer engine, if it cannot:
+/// no root, no cgroup v2, or no `bpf_get_netns_cookie` in `sock_ops`
+/// (Linux 5.15+), which compression needs to scope itself to lab
+/// namespaces. Probed for real (`patchbay::bpf::probe`), never guessed from
+/// the version.
+pub fn compression_unavailable() -> Option<String> {
+    if !is_root() {
+        return Some("needs root (CAP_BPF/CAP_SYS_ADMIN) to load eBPF programs".into());
+    }
+    if patchbay::cgroup::cgroup2_mount().is_none() {
+        return Some("no cgroup v2 mount: compression attaches eBPF sock_ops to a cgroup".into());
+    }
+    let p = patchbay::bpf::probe();
+    if !p.netns_cookie_in_sock_ops {
+        return Some(
+            "this kernel has no bpf_get_netns_cookie in sock_ops (Linux 5.15+), so timer compression cannot be scoped to lab namespaces and is refused"
+                .into(),
+        );
+    }
+    if !p.engine {
+        return Some(format!("the eBPF engine cannot load here: {:?}", p.errors));
+    }
+    None
+}
+
+/// Skips (returning true) when compression is unavailable, printing why.
+pub fn skip_unless_compression() -> bool {
+    match compression_unavailable() {
+        Some(why) => {
+            skip(&why);
+            true
+        }
+        None => false,
+    }
+}

@@ -29,6 +29,12 @@ fn engine_or_skip() -> Result<Option<Arc<Engine>>> {
         skip("no cgroup2 mount: the eBPF engine attaches to a cgroup v2");
         return Ok(None);
     }
+    if !patchbay::bpf::probe().netns_cookie_in_sock_ops {
+        skip(
+            "no bpf_get_netns_cookie in sock_ops (Linux 5.15+): the engine cannot scope itself to namespaces",
+        );
+        return Ok(None);
+    }
     Ok(Some(Engine::get().context("creating the eBPF engine")?))
 }
 

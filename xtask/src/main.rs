@@ -2,6 +2,7 @@
 
 mod bench;
 mod ebpf;
+mod matrix;
 mod test;
 mod uml;
 
@@ -20,6 +21,9 @@ enum Cmd {
     Test(test::TestArgs),
     /// Run the benchmarks: lab build time, and with --scenarios the scenario suite.
     Bench(bench::BenchArgs),
+    /// Run the kernel-sensitive tests on Debian 5.10/6.1/6.12 (QEMU) and the host kernel;
+    /// writes docs/kernel-matrix.md.
+    KernelMatrix(matrix::KernelMatrixArgs),
     /// Build the eBPF programs (nightly + bpf-linker) into patchbay/src/bpf/patchbay.bpf.o.
     BuildEbpf,
     /// Install the eBPF toolchain: nightly rust-src and bpf-linker built against nightly's LLVM.
@@ -34,6 +38,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Test(args) => test::run(args),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::KernelMatrix(args) => matrix::run(args),
         Cmd::BuildEbpf => ebpf::build_ebpf(),
         Cmd::SetupEbpf => ebpf::setup_ebpf(),
         Cmd::CheckEbpf => ebpf::check_ebpf(),

@@ -15,6 +15,9 @@ pub struct TestArgs {
     /// then print PATCHBAY-SKIP).
     #[arg(long)]
     pub no_uml: bool,
+    /// Skip the QEMU kernel matrix.
+    #[arg(long)]
+    pub no_matrix: bool,
     /// Extra arguments passed to `cargo nextest run` (e.g. a filter).
     #[arg(last = true)]
     pub nextest_args: Vec<String>,
@@ -109,6 +112,14 @@ pub fn run(args: TestArgs) -> Result<()> {
         "doctests",
         cargo(&root).args(["test", "--doc", "--workspace"]),
     )?;
+    if args.no_matrix {
+        println!("xtask: kernel matrix skipped (--no-matrix)");
+    } else {
+        step_fn(
+            "kernel matrix (Debian 5.10, 6.1, 6.12 under QEMU)",
+            run_matrix,
+        )?;
+    }
     Ok(())
 }
 
@@ -132,6 +143,36 @@ fn has_nextest() -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+/// The kernel-sensitive tests on the Debian kernels (the host kernel is
+/// what `cargo nextest run` just covered), cached across clones in
+/// `$PATCHBAY_CACHE_DIR/kernels` unless PATCHBAY_KERNEL_CACHE says otherwise.
+fn run_matrix() -> Result<()> {
+    if let Some(why) = crate::matrix::unavailable_reason() {
+        println!("xtask: kernel matrix SKIPPED: {why}");
+        return Ok(());
+    }
+    if std::env::var_os(crate::matrix::CACHE_ENV).is_none() {
+        // SAFETY: xtask is single-threaded here; the matrix reads it below.
+        unsafe { std::env::set_var(crate::matrix::CACHE_ENV, cache_dir("kernels")) };
+    }
+    let opts = crate::matrix::MatrixOpts {
+        kernels: ["5.10", "6.1", "6.12"].map(String::from).to_vec(),
+        bins: crate::matrix::CI_BINS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ..Default::default()
+    };
+    let summary = crate::matrix::run_matrix(&opts)?;
+    let failures = summary.failures();
+    anyhow::ensure!(
+        failures.is_empty(),
+        "kernel matrix failed:\n  {}",
+        failures.join("\n  ")
+    );
+    Ok(())
 }
 
 /// The `linux` binary of the newest cache entry under `dir`.

@@ -1,0 +1,108 @@
+//! Building what runs in the guests: the `patchbay-tests` integration test binaries and the
+//! `patchbay` binary (for `doctor --json`), once, on the host.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use super::script::TestBin;
+use super::{NOT_KERNEL_SENSITIVE, run_checked};
+
+/// Keeps the binaries named in `wanted`, or all kernel-sensitive ones when it is empty.
+pub(super) fn select_bins(all: Vec<TestBin>, wanted: &[String]) -> Result<Vec<TestBin>> {
+    if wanted.is_empty() {
+        return Ok(all
+            .into_iter()
+            .filter(|b| NOT_KERNEL_SENSITIVE.iter().all(|(n, _)| *n != b.name))
+            .collect());
+    }
+    for w in wanted {
+        if !all.iter().any(|b| &b.name == w) {
+            let names: Vec<&str> = all.iter().map(|b| b.name.as_str()).collect();
+            bail!(
+                "--bins: no integration test target {w:?} in patchbay-tests; have: {}",
+                names.join(", ")
+            );
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|b| wanted.contains(&b.name))
+        .collect())
+}
+
+/// Builds the integration test binaries once and returns their executables.
+pub(super) fn build_test_bins(root: &Path) -> Result<Vec<TestBin>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut c = Command::new(&cargo);
+    c.args([
+        "test",
+        "-p",
+        "patchbay-tests",
+        "--no-run",
+        "--message-format=json",
+    ])
+    .current_dir(root);
+    let mut bins = Vec::new();
+    for v in cargo_messages(&run_checked(&mut c)?)? {
+        if v["reason"] != "compiler-artifact" || !v["profile"]["test"].as_bool().unwrap_or(false) {
+            continue;
+        }
+        let is_test = v["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|x| x == "test"));
+        if let (true, Some(exe), Some(name)) = (
+            is_test,
+            v["executable"].as_str(),
+            v["target"]["name"].as_str(),
+        ) {
+            bins.push(TestBin {
+                name: name.to_owned(),
+                path: exe.to_owned(),
+            });
+        }
+    }
+    bins.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(bins)
+}
+
+/// Parses cargo's `--message-format=json` stdout (one JSON object per line).
+fn cargo_messages(stdout: &str) -> Result<Vec<serde_json::Value>> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).with_context(|| format!("cargo printed a non-JSON line: {l}"))
+        })
+        .collect()
+}
+
+/// Builds the `patchbay` binary and returns it if it has a `doctor` subcommand.
+pub(super) fn find_doctor(root: &Path) -> Result<Option<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut c = Command::new(&cargo);
+    c.args([
+        "build",
+        "-p",
+        "patchbay",
+        "--bin",
+        "patchbay",
+        "--message-format=json",
+    ])
+    .current_dir(root);
+    let exe = cargo_messages(&run_checked(&mut c)?)?
+        .into_iter()
+        .find_map(|v| {
+            (v["reason"] == "compiler-artifact" && v["target"]["name"] == "patchbay")
+                .then(|| v["executable"].as_str().map(str::to_owned))
+                .flatten()
+        });
+    let Some(exe) = exe else { return Ok(None) };
+    // clap lists subcommands in `--help` as indented `doctor  <about>` lines.
+    let help = run_checked(Command::new(&exe).arg("--help"))?;
+    let has_doctor = help
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some("doctor"));
+    Ok(has_doctor.then_some(exe))
+}
