@@ -158,6 +158,19 @@ pub fn timer_sockops(ctx: SockOpsContext) -> u32 {
         OP_TCP_CONNECT_CB | OP_ACTIVE_ESTABLISHED_CB | OP_PASSIVE_ESTABLISHED_CB => {
             on_connect_or_established(&ctx, cookie, &cfg, op);
         }
+        OP_RTO_CB if cfg.user_timeout_ms != 0 && ctx.arg(0) == 0 => {
+            // The first RTO of this episode: the give-up deadline starts to
+            // matter now (the kernel counts it from retrans_stamp anyway).
+            // Setting it here rather than at establishment keeps keepalive
+            // alone: with a user timeout set, the kernel's keepalive timer
+            // ignores TCP_KEEPCNT.
+            set_user_timeout(&ctx, cookie, &cfg);
+            if telemetry {
+                let mut ev = sockops_event(&ctx, cookie, KIND_RTO);
+                ev.args = [ctx.arg(0), ctx.arg(1), ctx.arg(2)];
+                emit(&ev);
+            }
+        }
         OP_RTO_CB | OP_RETRANS_CB | OP_STATE_CB if telemetry => {
             let kind = match op {
                 OP_RTO_CB => KIND_RTO,
@@ -179,7 +192,13 @@ fn set_tcp(ctx: &SockOpsContext, cookie: u64, idx: usize, optname: i32, value: u
     if value == 0 {
         return;
     }
-    let mut val = value as i32;
+    set_tcp_raw(ctx, cookie, idx, optname, value as i32);
+}
+
+/// `bpf_setsockopt` without the zero check (0 is a meaningful value for some options).
+#[inline(always)]
+fn set_tcp_raw(ctx: &SockOpsContext, cookie: u64, idx: usize, optname: i32, value: i32) {
+    let mut val = value;
     // SAFETY: ctx.ops is a sock_ops context of a full socket (checked by the caller); val is a
     // 4-byte stack buffer.
     let ret = unsafe {
@@ -203,6 +222,34 @@ fn set_tcp(ctx: &SockOpsContext, cookie: u64, idx: usize, optname: i32, value: u
     }
 }
 
+/// Sets the planned give-up deadline on an established socket whose
+/// application did not set its own `TCP_USER_TIMEOUT`.
+fn set_user_timeout(ctx: &SockOpsContext, cookie: u64, cfg: &NetnsConfig) {
+    // SAFETY: reading the context.
+    let (full, state) = unsafe { ((*ctx.ops).is_fullsock, (*ctx.ops).state) };
+    // SYN_SENT (2) and SYN_RECV (3) have their own retry limits.
+    if full == 0 || state == 2 || state == 3 {
+        return;
+    }
+    // SAFETY: reading the context's socket pointer.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    let app = app_ut_ptr(sk, false);
+    // SAFETY: app is null or points to this socket's storage.
+    if !app.is_null() && unsafe { *app } != 0 {
+        if let Some(s) = stats(cookie) {
+            s.app_user_timeout_kept += 1;
+        }
+        return;
+    }
+    set_tcp(
+        ctx,
+        cookie,
+        OPT_USER_TIMEOUT,
+        TCP_USER_TIMEOUT,
+        cfg.user_timeout_ms,
+    );
+}
+
 fn on_connect_or_established(ctx: &SockOpsContext, cookie: u64, cfg: &NetnsConfig, op: u32) {
     // SAFETY: reading the context.
     if unsafe { (*ctx.ops).is_fullsock } == 0 {
@@ -218,23 +265,24 @@ fn on_connect_or_established(ctx: &SockOpsContext, cookie: u64, cfg: &NetnsConfi
     );
     set_tcp(ctx, cookie, OPT_RTO_MAX, TCP_RTO_MAX_MS, cfg.rto_max_ms);
     let telemetry = cfg.flags & FLAG_TELEMETRY != 0;
-    if op != OP_TCP_CONNECT_CB && cfg.user_timeout_ms != 0 {
+    let wants_deadline = op != OP_TCP_CONNECT_CB && cfg.user_timeout_ms != 0;
+    if wants_deadline {
         // SAFETY: reading the context's socket pointer.
         let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
         let app = app_ut_ptr(sk, false);
         // SAFETY: app is null or points to this socket's storage.
-        if !app.is_null() && unsafe { *app } != 0 {
-            if let Some(s) = stats(cookie) {
-                s.app_user_timeout_kept += 1;
-            }
-        } else {
-            set_tcp(
-                ctx,
-                cookie,
-                OPT_USER_TIMEOUT,
-                TCP_USER_TIMEOUT,
-                cfg.user_timeout_ms,
-            );
+        if app.is_null() || unsafe { *app } == 0 {
+            // Writing the default (0) changes nothing but shows in the stats
+            // whether this kernel accepts the option, before the first RTO.
+            set_tcp_raw(ctx, cookie, OPT_USER_TIMEOUT, TCP_USER_TIMEOUT, 0);
+        }
+    }
+    if wants_deadline && !telemetry {
+        // The deadline is set at the first RTO (see the RTO_CB arm).
+        if ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_RTO_CB_FLAG) as i32).is_err()
+            && let Some(s) = stats(cookie)
+        {
+            s.set_fail[OPT_USER_TIMEOUT] += 1;
         }
     }
     if telemetry {

@@ -313,9 +313,22 @@ async fn report_matches_what_the_kernel_has_and_the_host_is_untouched() -> Resul
     let server = lab.add_device("s").iface("eth0", &r).build().await?;
     let sip = server.ip().context("ip")?;
     start_tcp_echo(&server, (sip, 7100).into()).await?;
+    let s = d
+        .spawn(move |_| async move { std::net::TcpStream::connect((sip, 7100)) })?
+        .await??;
+    let idle = getsockopt_int(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT);
+    assert_eq!(
+        idle, 0,
+        "no deadline before the first retransmission timeout"
+    );
+    // Silence the server, write, and let the first RTO fire (tens of ms at k=20).
+    let _hole = server.blackhole("eth0", Direction::In).await?;
     let got = d
         .spawn(move |_| async move {
-            let s = std::net::TcpStream::connect((sip, 7100))?;
+            use std::io::Write;
+            let mut s = s;
+            s.write_all(b"hello?")?;
+            std::thread::sleep(Duration::from_millis(400));
             std::io::Result::Ok(getsockopt_int(
                 s.as_raw_fd(),
                 libc::IPPROTO_TCP,

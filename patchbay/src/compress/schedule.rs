@@ -268,8 +268,13 @@ fn simulate_established(model: &JiffyModel, s: &EstablishedScenario, j0: u64, ph
     };
     let mut trace = Vec::new();
     let mut rto = s.rto.max(1);
+    // TCP_USER_TIMEOUT counts from retrans_stamp: the skb's last transmit
+    // time when it is first retransmitted by the RTO timer. A tail loss
+    // probe retransmits the same skb first, so then the stamp is the probe.
+    let mut stamp = start;
     let mut fire = if s.loss_probe {
         let probe = model.fire_jiffy(j0, rto, ArmContext::Process);
+        stamp = probe as f64;
         trace.push((EventKind::LossProbe, probe as f64 - start));
         // tcp_send_loss_probe() re-arms the RTO timer from now.
         model.fire_jiffy(probe, rto, ArmContext::Softirq)
@@ -281,7 +286,8 @@ fn simulate_established(model: &JiffyModel, s: &EstablishedScenario, j0: u64, ph
     while trace.len() < 4096 {
         let t = fire as f64 - start;
         // Kernel timestamps are whole milliseconds.
-        let elapsed_ms = (t * jiffy_ms).floor();
+        let since = if user_timeout { fire as f64 - stamp } else { t };
+        let elapsed_ms = (since * jiffy_ms).floor();
         if retransmits > 0 && elapsed_ms >= deadline_ms {
             trace.push((EventKind::Timeout, t));
             break;
