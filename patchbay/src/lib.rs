@@ -20,12 +20,16 @@ pub mod nat;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod scenario;
 pub mod sysctl;
 pub mod tc;
 
 pub use error::{Error, Result};
 pub use firewall::{Firewall, FirewallAction, FirewallPolicy};
-pub use lab::{Device, DeviceBuilder, Iface, Lab, LabOpts, Node, NodeKind, Router, RouterBuilder};
+pub use lab::{
+    Device, DeviceBuilder, Iface, Lab, LabClock, LabEvent, LabOpts, Node, NodeKind, Router,
+    RouterBuilder,
+};
 pub use lab::{Direction, FaultGuard};
 pub use link::{LinkCondition, LinkTiming, Preset};
 pub use nat::{ConntrackTimeouts, Nat, NatConfig};

@@ -1,4 +1,6 @@
-//! `patchbay demo`: the built-in showcase.
+//! `patchbay demo`: the built-in showcase. First a small lab and its
+//! numbers, then the headline: timeout-heavy scenarios at real time and at
+//! k = 20, with speedup and fidelity.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -11,6 +13,12 @@ pub struct DemoArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Time scale of the compressed runs.
+    #[arg(long, default_value_t = 20.0)]
+    scale: f64,
+    /// Only the small lab, without the real-time vs compressed comparison.
+    #[arg(long)]
+    quick: bool,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -66,6 +74,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .await??;
     rtts.sort();
     let median = rtts[rtts.len() / 2];
+    let headline = if args.quick {
+        vec![]
+    } else {
+        compare(args.scale, args.json).await?
+    };
     let report = serde_json::json!({
         "lab": lab.id(),
         "nodes": lab.node_names(),
@@ -74,6 +87,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "rtt_median_us": median.as_secs_f64() * 1e6,
         "laptop_ip": laptop.ip().map(|i| i.to_string()),
         "server_ip": sip.to_string(),
+        "headline": headline.iter().map(|r| serde_json::json!({
+            "scenario": r.scenario,
+            "scale": r.scale,
+            "baseline_wall_s": r.baseline.wall_s,
+            "compressed_wall_s": r.compressed.wall_s,
+            "speedup": r.speedup,
+            "sequence_match": r.sequence_match,
+            "timing_error": { "median": r.timing_error.median, "max": r.timing_error.max },
+            "pass": r.pass,
+        })).collect::<Vec<_>>(),
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -95,8 +118,69 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             median.as_secs_f64() * 1e6
         );
     }
-    drop(lab);
-    Ok(ExitCode::SUCCESS)
+    if !args.json && !headline.is_empty() {
+        println!(
+            "\ncompressed vs real time (k = {}), same kernel, same sockets:",
+            args.scale
+        );
+        for r in &headline {
+            println!(
+                "  {:<15} real {:>6.2} s  compressed {:>5.2} s  speedup {:>5.1}x  events {} {}  timing error median {:.1}% max {:.1}%  {}",
+                r.scenario,
+                r.baseline.wall_s,
+                r.compressed.wall_s,
+                r.speedup,
+                r.baseline.events,
+                if r.sequence_match {
+                    "(same sequence)"
+                } else {
+                    "(DIFFERENT sequence)"
+                },
+                r.timing_error.median * 100.0,
+                r.timing_error.max * 100.0,
+                if r.pass { "faithful" } else { "NOT faithful" }
+            );
+        }
+        println!(
+            "  (patchbay verify SCENARIO --scale K for any scenario; patchbay bench for all of them)"
+        );
+    }
+    let all_pass = headline.iter().all(|r| r.pass);
+    Ok(if all_pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Runs the headline scenarios at k = 1 and at `k`, with a spinner on a
+/// terminal.
+async fn compare(k: f64, quiet: bool) -> anyhow::Result<Vec<patchbay::scenario::VerifyResult>> {
+    use std::io::IsTerminal;
+    let bar = if !quiet && std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.enable_steady_tick(Duration::from_millis(120));
+        Some(b)
+    } else {
+        None
+    };
+    let r = patchbay::scenario::headline(k, |s, run_k| {
+        let msg = format!(
+            "running {} at k = {run_k}{}",
+            s.name(),
+            if run_k == 1.0 { " (real time)" } else { "" }
+        );
+        match &bar {
+            Some(b) => b.set_message(msg),
+            None if !quiet => eprintln!("  {msg}"),
+            None => {}
+        }
+    })
+    .await?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(r)
 }
 
 fn ms(d: Duration) -> f64 {

@@ -1,10 +1,13 @@
 //! Command-line front end: argument parsing and output rendering only; the
 //! work is done by the library.
 
+mod bench;
 mod demo;
 mod doctor;
 mod run;
+mod scenario;
 mod table;
+mod verify;
 mod vt;
 
 use std::process::ExitCode;
@@ -30,6 +33,12 @@ enum Cmd {
     Doctor(doctor::DoctorArgs),
     /// Run the built-in showcase lab.
     Demo(demo::DemoArgs),
+    /// List the fidelity scenarios, or run one and print its trace.
+    Scenario(scenario::ScenarioArgs),
+    /// Run a scenario at real time and compressed, and compare the traces.
+    Verify(verify::VerifyArgs),
+    /// Benchmark every scenario: speedup, fidelity, largest faithful k.
+    Bench(bench::BenchArgs),
     /// Run a command in virtual time inside a User-Mode-Linux kernel.
     Vt(vt::VtArgs),
 }
@@ -58,6 +67,9 @@ pub fn main() -> ExitCode {
             Cmd::Run(a) => run::run(a).await,
             Cmd::Doctor(a) => doctor::run(a).await,
             Cmd::Demo(a) => demo::run(a).await,
+            Cmd::Scenario(a) => scenario::run(a).await,
+            Cmd::Verify(a) => verify::run(a).await,
+            Cmd::Bench(a) => bench::run(a).await,
             Cmd::Vt(a) => vt::run(a),
         }
     });

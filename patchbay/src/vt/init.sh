@@ -22,6 +22,7 @@ vt_die() {
 
 mount -n -t proc -o nosuid,nodev,noexec proc /proc || vt_die "mount proc on /proc"
 mount -n -a -T "$VT_FSTAB" || vt_die "mount -a -T $VT_FSTAB (see the mount error above)"
+vt_expose
 mkdir -p "$VT_RESULTS" || vt_die "mkdir $VT_RESULTS"
 mount -n -t hostfs -o "$VT_RESULTS" hostfs "$VT_RESULTS" || vt_die "mount hostfs $VT_RESULTS (writable results dir)"
 ip link set lo up || vt_die "ip link set lo up"

@@ -156,7 +156,8 @@ pub fn run(argv: &[OsString], opts: &VtOpts) -> Result<VtOutcome, VtError> {
     let init = rundir.path.join("init.sh");
     let fstab = rundir.path.join("fstab");
     std::fs::write(&fstab, script::FSTAB).map_err(io("writing the guest fstab", &fstab))?;
-    let text = script::render(argv, &env, &cwd, &results, env_binary, &fstab)?;
+    let expose = exposed_dirs(argv, &cwd);
+    let text = script::render(argv, &env, &cwd, &results, env_binary, &fstab, &expose)?;
     write_executable(&init, &text)?;
     let mem_dir = rundir.path.join("mem");
     let uml_dir = rundir.path.join("uml");
@@ -489,6 +490,32 @@ impl Drop for RunDir {
             );
         }
     }
+}
+
+/// Host directories the command needs that the guest's tmpfs mounts would
+/// hide: for the command and the working directory, the top directory under
+/// `/tmp`, `/run` or `/var/tmp` (e.g. a checkout at `/tmp/ci/...`).
+fn exposed_dirs(argv: &[OsString], cwd: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    let cands = argv
+        .first()
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([cwd.to_path_buf()]);
+    for p in cands {
+        for top in ["/tmp", "/run", "/var/tmp"] {
+            if let Ok(rest) = p.strip_prefix(top)
+                && let Some(first) = rest.components().next()
+            {
+                let dir = Path::new(top).join(first);
+                let has_comma = dir.as_os_str().as_encoded_bytes().contains(&b',');
+                if dir.is_dir() && !has_comma && !out.contains(&dir) {
+                    out.push(dir);
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

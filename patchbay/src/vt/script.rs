@@ -68,6 +68,7 @@ pub(crate) fn render(
     results: &Path,
     env_binary: &Path,
     fstab: &Path,
+    expose: &[std::path::PathBuf],
 ) -> Result<Vec<u8>, VtError> {
     let Some(argv0) = argv.first() else {
         return Err(VtError::InvalidArgument("the command line is empty".into()));
@@ -101,6 +102,22 @@ pub(crate) fn render(
     s.extend(shell_quote(path.as_bytes()));
     s.extend_from_slice(b"\nVT_ARGV0=");
     s.extend(shell_quote(argv0.as_bytes()));
+    // Host directories under the guest's tmpfs mounts (a checkout in /tmp,
+    // say) that the command needs: mounted read-only over hostfs.
+    s.extend_from_slice(b"\nvt_expose() {\n");
+    for p in expose {
+        let q = shell_quote(p.as_os_str().as_bytes());
+        s.extend_from_slice(b"    mkdir -p ");
+        s.extend(q.iter().copied());
+        s.extend_from_slice(b" && mount -n -t hostfs -o ");
+        s.extend(q.iter().copied());
+        s.extend_from_slice(b" hostfs ");
+        s.extend(q.iter().copied());
+        s.extend_from_slice(b" || vt_die \"expose ");
+        s.extend_from_slice(p.as_os_str().as_bytes());
+        s.extend_from_slice(b"\"\n");
+    }
+    s.extend_from_slice(b"    true\n}\n");
     s.extend_from_slice(b"\nvt_run() {\n    ");
     s.extend(shell_quote(env_binary.as_os_str().as_bytes()));
     s.extend_from_slice(b" -i");
@@ -153,6 +170,7 @@ mod tests {
             &r,
             Path::new("/usr/bin/env"),
             Path::new("/f"),
+            &[],
         )
         .expect("render");
         let s = String::from_utf8(s).expect("utf8");
@@ -167,7 +185,8 @@ mod tests {
                 Path::new("/"),
                 &r,
                 Path::new("/usr/bin/env"),
-                Path::new("/f")
+                Path::new("/f"),
+                &[],
             )
             .is_err()
         );
@@ -179,7 +198,8 @@ mod tests {
                 Path::new("/"),
                 &bad,
                 Path::new("/usr/bin/env"),
-                Path::new("/f")
+                Path::new("/f"),
+                &[],
             )
             .is_err()
         );
@@ -197,6 +217,7 @@ mod tests {
             &r,
             Path::new("/usr/bin/env"),
             Path::new("/f"),
+            &[],
         )
         .expect("render");
         let dir =

@@ -9,9 +9,17 @@ use anyhow::{Context, Result, bail};
 use super::script::TestBin;
 use super::{NOT_KERNEL_SENSITIVE, run_checked};
 
-/// Keeps the binaries named in `wanted`, or all kernel-sensitive ones when it is empty.
+/// Keeps the binaries named in `wanted`; when it is empty, the default
+/// kernel-sensitive set ([`super::CI_BINS`]); `all` means every binary except
+/// those that do not depend on the kernel.
 pub(super) fn select_bins(all: Vec<TestBin>, wanted: &[String]) -> Result<Vec<TestBin>> {
     if wanted.is_empty() {
+        return Ok(all
+            .into_iter()
+            .filter(|b| super::CI_BINS.contains(&b.name.as_str()))
+            .collect());
+    }
+    if wanted.len() == 1 && wanted[0] == "all" {
         return Ok(all
             .into_iter()
             .filter(|b| NOT_KERNEL_SENSITIVE.iter().all(|(n, _)| *n != b.name))

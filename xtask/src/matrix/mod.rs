@@ -58,7 +58,8 @@ pub struct KernelMatrixArgs {
     #[arg(long, default_value_t = 2)]
     pub jobs: usize,
     /// Test binaries (integration test targets of patchbay-tests) to run, comma separated;
-    /// default: all except those in `NOT_KERNEL_SENSITIVE`.
+    /// default: the kernel-sensitive set `CI_BINS`; `all`: every target except those in
+    /// `NOT_KERNEL_SENSITIVE` (the scenario suite then needs `--bin-timeout` of several minutes).
     #[arg(long, value_delimiter = ',')]
     pub bins: Vec<String>,
 }
@@ -76,7 +77,7 @@ pub const NOT_KERNEL_SENSITIVE: &[(&str, &str)] = &[
     ),
 ];
 
-/// The kernel-sensitive binaries `cargo xtask test` runs in the matrix: the
+/// The default binaries of the matrix (and what `cargo xtask test` runs): the
 /// mechanisms whose availability differs between kernels (eBPF, sysctls,
 /// netem, nftables), lean enough for CI under QEMU/TCG. The scenario suite
 /// (minutes of real-time baselines) runs on the host only.

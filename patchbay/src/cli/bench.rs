@@ -1,0 +1,150 @@
+//! `patchbay bench`: every scenario at the baseline and at k, the largest
+//! faithful k over the ladder, SVG timelines and a progress bar.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use patchbay::scenario::bench::{BenchEntry, LADDER, RUNS, Step, bench_scenario};
+use patchbay::scenario::{Scenario, Size, check, svg};
+
+use super::table;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Time scale k of the headline comparison (the ladder is run as well).
+    #[arg(long, default_value_t = 20.0)]
+    scale: f64,
+    /// Realistic sizes (minutes per scenario at k = 1) instead of the defaults.
+    #[arg(long)]
+    realistic: bool,
+    /// Print `{"results": [...]}` as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Directory for the SVG timelines (one per scenario).
+    #[arg(long, default_value = "target/patchbay-bench")]
+    out: PathBuf,
+    /// Only these scenarios (repeatable; default: all).
+    #[arg(long = "scenario")]
+    scenarios: Vec<String>,
+    /// Highest ladder rung to try.
+    #[arg(long, default_value_t = 100.0)]
+    max_k: f64,
+}
+
+fn bar(total: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    let style =
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} runs (max) {msg}")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    pb.set_style(style);
+    pb
+}
+
+fn fmt_k(k: Option<f64>) -> String {
+    k.map(|k| format!("{k}")).unwrap_or_else(|| "<5".into())
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let size = if args.realistic {
+        Size::Realistic
+    } else {
+        Size::Default
+    };
+    let scenarios: Vec<Scenario> = if args.scenarios.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        args.scenarios
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()?
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating the output directory {}", args.out.display()))?;
+    let rungs = LADDER.iter().filter(|&&k| k <= args.max_k).count();
+    let per = 2 + rungs * RUNS;
+    let pb = bar((per * scenarios.len()) as u64);
+    let mut entries: Vec<BenchEntry> = vec![];
+    for s in &scenarios {
+        let mut progress = |st: Step| {
+            pb.set_message(format!("{} k={} run {}", st.scenario, st.k, st.run));
+            pb.inc(1);
+        };
+        let e = bench_scenario(*s, args.scale, size, args.max_k, &mut progress).await?;
+        // Runs skipped after a failing rung still count as done.
+        let done = 2 + e.ladder.iter().map(|r| r.runs.len()).sum::<usize>();
+        pb.inc((per - done.min(per)) as u64);
+        let [b, c] = &e.verify.traces;
+        let path = args.out.join(format!("{s}.svg"));
+        std::fs::write(&path, svg::timeline(b, c, &e.verify.fidelity))
+            .with_context(|| format!("writing {}", path.display()))?;
+        if let (Some(t), Some(k)) = (&e.faithful_trace, e.largest_faithful_k) {
+            let path = args.out.join(format!("{s}-k{k}.svg"));
+            std::fs::write(&path, svg::timeline(b, t, &check(b, t)))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        entries.push(e);
+    }
+    pb.finish_and_clear();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({ "results": entries }))?
+        );
+    } else {
+        let rows: Vec<Vec<String>> = entries
+            .iter()
+            .map(|e| {
+                let v = &e.verify;
+                vec![
+                    v.scenario.clone(),
+                    format!("{:.2}", v.baseline.wall_s),
+                    format!("{:.3}", v.compressed.wall_s),
+                    format!("{:.1}x", v.speedup),
+                    format!(
+                        "{:.1}% / {:.1}%",
+                        v.timing_error.median * 100.0,
+                        v.timing_error.max * 100.0
+                    ),
+                    if v.pass { "pass".into() } else { "FAIL".into() },
+                    fmt_k(e.largest_faithful_k),
+                    e.speedup_at_largest_faithful_k
+                        .map(|s| format!("{s:.1}x"))
+                        .unwrap_or_default(),
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            table::render(
+                &[
+                    "scenario",
+                    "k=1 wall s",
+                    &format!("k={} wall s", args.scale),
+                    "speedup",
+                    "median / max err",
+                    "fidelity",
+                    "largest faithful k",
+                    "speedup there",
+                ],
+                &rows
+            )
+        );
+        for e in &entries {
+            if let Some(m) = &e.verify.fidelity.first_mismatch {
+                println!("{}: {m}", e.verify.scenario);
+            }
+            for t in &e.verify.clamped_timers {
+                println!("{}: clamped/unsupported: {t}", e.verify.scenario);
+            }
+        }
+        println!("SVG timelines in {}", args.out.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

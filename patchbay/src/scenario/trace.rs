@@ -1,0 +1,213 @@
+//! The event trace of one scenario run: kernel telemetry plus the scenario's
+//! own observations, on the scenario's virtual time axis.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::bpf::EventKind;
+use crate::lab::{LabClock, LabEvent};
+
+/// One event of a trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraceEvent {
+    /// Virtual time since the scenario's start mark (wall time × k).
+    #[serde(with = "secs")]
+    pub virtual_at: Duration,
+    /// The node that saw it.
+    pub node: String,
+    /// What happened; compared between runs (e.g. `rto`, `state:SYN_SENT->CLOSE`,
+    /// `connect:ETIMEDOUT`).
+    pub kind: String,
+    /// Free-form detail, not compared (e.g. the RTO in jiffies, which differs with k).
+    pub detail: String,
+}
+
+/// The trace of one scenario run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Trace {
+    /// Scenario name.
+    pub scenario: String,
+    /// Time scale k of the run.
+    pub scale: f64,
+    /// Wall time from the start mark to the last observation.
+    #[serde(with = "secs")]
+    pub wall: Duration,
+    /// Events, ordered by virtual time.
+    pub events: Vec<TraceEvent>,
+}
+
+mod secs {
+    use std::time::Duration;
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+/// Kernel TCP state names (`include/net/tcp_states.h`).
+pub fn tcp_state_name(n: u32) -> &'static str {
+    match n {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        _ => "?",
+    }
+}
+
+/// Maps a telemetry event to a trace `(kind, detail)`, or `None` for events
+/// that are not stable between runs: `timeout_init` (the kernel asks again
+/// each time it recomputes the SYN deadline, a count that depends on timing),
+/// `connect`/`established` callbacks (they mark the start, which is the
+/// scenario's own anchor) and setsockopt rewrites (configuration, not
+/// behaviour).
+pub fn classify(kind: &EventKind) -> Option<(String, String)> {
+    match *kind {
+        EventKind::Rto {
+            retransmits,
+            rto_jiffies,
+            expired,
+        } => Some((
+            if expired { "rto:expired" } else { "rto" }.to_string(),
+            format!("retransmits={retransmits} rto={rto_jiffies} jiffies"),
+        )),
+        EventKind::Retrans { err, .. } => Some((
+            if err == 0 { "retrans" } else { "retrans:err" }.to_string(),
+            format!("err={err}"),
+        )),
+        EventKind::State { old, new } => Some((
+            format!("state:{}->{}", tcp_state_name(old), tcp_state_name(new)),
+            String::new(),
+        )),
+        _ => None,
+    }
+}
+
+/// Collects a run's trace on the scenario's time axis: the origin is the
+/// start mark (when the recorder is created), not the lab's start, so building
+/// the lab (wall time, which would be × k in virtual time) does not count.
+#[derive(Debug)]
+pub struct Recorder {
+    scenario: String,
+    clock: LabClock,
+    t0: Instant,
+    obs: std::sync::Mutex<Vec<TraceEvent>>,
+    last: std::sync::Mutex<Instant>,
+}
+
+impl Recorder {
+    /// A recorder for `scenario` on a lab with `clock`; the start mark is now.
+    pub fn new(scenario: &str, clock: LabClock) -> Self {
+        let now = Instant::now();
+        Recorder {
+            scenario: scenario.to_string(),
+            clock,
+            t0: now,
+            obs: std::sync::Mutex::new(vec![]),
+            last: std::sync::Mutex::new(now),
+        }
+    }
+
+    /// The start mark.
+    pub fn start(&self) -> Instant {
+        self.t0
+    }
+
+    /// Virtual time since the start mark of a wall-clock instant.
+    pub fn virtual_of(&self, t: Instant) -> Duration {
+        self.clock.to_virtual(t.saturating_duration_since(self.t0))
+    }
+
+    /// Records an observation made at wall-clock instant `at`.
+    pub fn observe_at(&self, at: Instant, node: &str, kind: &str, detail: impl Into<String>) {
+        let ev = TraceEvent {
+            virtual_at: self.virtual_of(at),
+            node: node.to_string(),
+            kind: kind.to_string(),
+            detail: detail.into(),
+        };
+        lock(&self.obs).push(ev);
+        let mut last = lock(&self.last);
+        if at > *last {
+            *last = at;
+        }
+    }
+
+    /// Records an observation made now.
+    pub fn observe(&self, node: &str, kind: &str, detail: impl Into<String>) {
+        self.observe_at(Instant::now(), node, kind, detail);
+    }
+
+    /// Builds the trace from the observations and the lab's telemetry.
+    /// `keep` selects the telemetry events that belong to the scenario
+    /// (e.g. by port); events before the start mark are dropped.
+    pub fn finish(&self, telemetry: &[LabEvent], keep: impl Fn(&LabEvent) -> bool) -> Trace {
+        let off = self.t0.saturating_duration_since(self.clock.start());
+        let mut events = lock(&self.obs).clone();
+        for e in telemetry.iter().filter(|e| keep(e)) {
+            let Some(since) = e.at.checked_sub(off) else {
+                continue;
+            };
+            if let Some((kind, detail)) = classify(&e.tcp.kind) {
+                events.push(TraceEvent {
+                    virtual_at: self.clock.to_virtual(since),
+                    node: e.node.clone(),
+                    kind,
+                    detail,
+                });
+            }
+        }
+        // Stable sort: events with equal times keep their recording order.
+        events.sort_by_key(|e| e.virtual_at);
+        let last = *lock(&self.last);
+        Trace {
+            scenario: self.scenario.clone(),
+            scale: self.clock.scale(),
+            wall: last.saturating_duration_since(self.t0),
+            events,
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether a telemetry event concerns a socket with local or remote `port`.
+pub fn on_port(e: &LabEvent, port: u16) -> bool {
+    [e.tcp.local, e.tcp.remote]
+        .iter()
+        .flatten()
+        .any(|a| a.port() == port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unstable_kinds_are_dropped() {
+        assert!(classify(&EventKind::TimeoutInit { jiffies: 25 }).is_none());
+        assert!(classify(&EventKind::Connect).is_none());
+        let (k, _) = classify(&EventKind::State { old: 2, new: 7 }).unwrap_or_default();
+        assert_eq!(k, "state:SYN_SENT->CLOSE");
+        let (k, d) = classify(&EventKind::Rto {
+            retransmits: 1,
+            rto_jiffies: 50,
+            expired: false,
+        })
+        .unwrap_or_default();
+        assert_eq!(
+            (k.as_str(), d.as_str()),
+            ("rto", "retransmits=1 rto=50 jiffies")
+        );
+    }
+}
