@@ -140,8 +140,11 @@ fn host_root_is_read_only_and_results_dir_writable() -> anyhow::Result<()> {
         v = victim.display(),
         d = dir.display()
     );
+    // Working in `dir` makes it visible in the guest even when the checkout
+    // lives under /tmp (which the guest otherwise covers with a tmpfs).
     let opts = VtOpts {
         results_dir: Some(results.clone()),
+        cwd: Some(dir.clone()),
         ..opts
     };
     let out = vt::run(&argv(&["sh", "-c", &script]), &opts)?;
