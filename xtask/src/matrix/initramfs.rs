@@ -122,7 +122,6 @@ mount -t devtmpfs devtmpfs /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs tmpfs /newroot/dev/shm
-mount -t tmpfs tmpfs /newroot/tmp
 mount -t tmpfs tmpfs /newroot/run
 mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup || log "no cgroup2"
 mount -t bpf bpf /newroot/sys/fs/bpf || log "no bpffs"

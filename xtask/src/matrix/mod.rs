@@ -404,7 +404,10 @@ fn validate_labels(kernels: &[String]) -> Result<Vec<String>> {
 }
 
 /// Directories the guest mounts fresh filesystems over, hiding the host's files there.
-const HIDDEN_IN_GUEST: &[&str] = &["/tmp", "/run", "/dev", "/proc", "/sys"];
+/// `/tmp` is not among them: the guest sees the host's `/tmp` through the read-only root
+/// share with the tmpfs overlay on top (writes stay in the guest), so a checkout in `/tmp`
+/// works.
+const HIDDEN_IN_GUEST: &[&str] = &["/run", "/dev", "/proc", "/sys"];
 
 /// Paths end up in QEMU options and must be visible in the guest through the host-root
 /// share: refuse whitespace and directories the guest covers with its own mounts.
@@ -504,8 +507,12 @@ mod tests {
     #[test]
     fn paths_hidden_in_the_guest_are_refused() {
         assert!(check_path(Path::new("/work/main/target/kernels")).is_ok());
-        let err = check_path(Path::new("/tmp/kc")).unwrap_err().to_string();
-        assert!(err.contains("under /tmp"), "{err}");
+        let err = check_path(Path::new("/run/kc")).unwrap_err().to_string();
+        assert!(err.contains("under /run"), "{err}");
+        assert!(
+            check_path(Path::new("/tmp/ci/target")).is_ok(),
+            "a checkout in /tmp works"
+        );
         assert!(check_path(Path::new("/work/my dir")).is_err());
         assert!(check_path(Path::new("/tmpfoo/x")).is_ok());
     }

@@ -80,7 +80,7 @@ cargo xtask kernel-matrix --bins links,nat     # only these integration test tar
   passed with `-o`); the host's apt setup is never changed. They are unpacked with
   `dpkg-deb -x` and `depmod -b`.
 - Cache: `$PATCHBAY_KERNEL_CACHE` (default `target/kernels`); CI should point it at a
-  directory it caches between runs (about 0.55 GB for three kernels, modules pruned of hardware drivers; not under /tmp, /run or /dev, which the guest mounts over). Results of the last five
+  directory it caches between runs (about 0.55 GB for three kernels, modules pruned of hardware drivers; not under /run or /dev, which the guest mounts over). Results of the last five
   runs stay in `target/kernels/results/<run>/<kernel>/` (serial log, stage-2 script and log,
   per-binary stdout/stderr/exit code, probe output).
 - `PATCHBAY_QEMU_ACCEL=kvm|tcg` skips the KVM probe. Other `PATCHBAY_*` variables are passed
