@@ -170,6 +170,12 @@ pub fn place_user_timeout(
         let fail = p.last().map_or(u, |e| e.expected_ms);
         u = clamp(u - (fail - target));
     }
+    // The natural firing that should expire jitters by a jiffy; placed right
+    // at it, the deadline races it and sometimes allows one retransmission
+    // too many. Two jiffies earlier, the kernel's clamp of the RTO timer to
+    // the user timeout (tcp_clamp_rto_to_user_timeout) fires the last timer
+    // just before the natural one and it expires there.
+    let u = if safe { (u - 2.0 * jiffy).max(lo) } else { u };
     Placement {
         user_timeout_ms: (u.round() as u64).max(1),
         window_ms: (lo, hi),
