@@ -119,14 +119,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if !args.json && !headline.is_empty() {
-        println!(
-            "\ncompressed vs real time (k = {}), same kernel, same sockets:",
-            args.scale
-        );
+        println!("\ncompressed vs real time, same kernel, same sockets:");
         for r in &headline {
             println!(
-                "  {:<15} real {:>6.2} s  compressed {:>5.2} s  speedup {:>5.1}x  events {} {}  timing error median {:.1}% max {:.1}%  {}",
+                "  {:<15} k={:<3} real {:>6.2} s  compressed {:>5.2} s  speedup {:>5.1}x  events {} {}  timing error median {:.1}% max {:.1}%  {}",
                 r.scenario,
+                r.scale,
                 r.baseline.wall_s,
                 r.compressed.wall_s,
                 r.speedup,
@@ -142,18 +140,32 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             );
         }
         println!(
+            "  nat-udp-expiry runs at k <= 10: conntrack counts whole seconds, so its 10 s timeout"
+        );
+        println!(
+            "  cannot shrink below 1 s; with the realistic 300 s timeout it stays faithful up to k = 100."
+        );
+        println!(
             "  (patchbay verify SCENARIO --scale K for any scenario; patchbay bench for all of them)"
         );
     }
-    let all_pass = headline.iter().all(|r| r.pass);
-    Ok(if all_pass {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    // The demo is a showcase: its verdicts are printed, not turned into an
+    // exit code (patchbay verify does that).
+    Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the headline scenarios at k = 1 and at `k`, with a spinner on a
+/// The headline scenarios with the k each is shown at: syn-blackhole at
+/// `k`; nat-udp-expiry at most at 10, the largest k its whole-second
+/// conntrack timeout (10 s at the demo's size) stays faithful at.
+fn headline_plan(k: f64) -> Vec<(patchbay::scenario::Scenario, f64)> {
+    use patchbay::scenario::Scenario;
+    vec![
+        (Scenario::SynBlackhole, k),
+        (Scenario::NatUdpExpiry, k.min(10.0)),
+    ]
+}
+
+/// Runs the headline scenarios at k = 1 and compressed, with a spinner on a
 /// terminal.
 async fn compare(k: f64, quiet: bool) -> anyhow::Result<Vec<patchbay::scenario::VerifyResult>> {
     use std::io::IsTerminal;
@@ -164,23 +176,20 @@ async fn compare(k: f64, quiet: bool) -> anyhow::Result<Vec<patchbay::scenario::
     } else {
         None
     };
-    let r = patchbay::scenario::headline(k, |s, run_k| {
-        let msg = format!(
-            "running {} at k = {run_k}{}",
-            s.name(),
-            if run_k == 1.0 { " (real time)" } else { "" }
-        );
+    let mut out = vec![];
+    for (s, sk) in headline_plan(k) {
+        let msg = format!("running {} at real time, then at k = {sk}", s.name());
         match &bar {
             Some(b) => b.set_message(msg),
             None if !quiet => eprintln!("  {msg}"),
             None => {}
         }
-    })
-    .await?;
+        out.push(patchbay::scenario::verify(s, sk, 1.0, patchbay::scenario::Size::Default).await?);
+    }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    Ok(r)
+    Ok(out)
 }
 
 fn ms(d: Duration) -> f64 {
