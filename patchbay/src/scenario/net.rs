@@ -144,13 +144,7 @@ pub(crate) async fn nat_udp_expiry(k: f64, size: Size) -> Result<Trace, Scenario
         .lab(SC, "running the client")?
         .await
         .lab(SC, "running the client")?;
-    match out {
-        Err(_) => rec.observe("c", "timeout", "no outcome within the scenario budget"),
-        Ok(Err(e)) => return Err(io_err(SC, "talking through the NAT", e)),
-        Ok(Ok(())) => {}
-    }
-    settle().await;
-    Ok(rec.finish(&[], |_| false))
+    finish_udp(&rec, out, SC, "talking through the NAT").await
 }
 
 /// `neighbor-failure`: UDP to a same-link peer that has vanished (its
@@ -207,13 +201,7 @@ pub(crate) async fn neighbor_failure(k: f64, size: Size) -> Result<Trace, Scenar
         .lab(SC, "running the client")?
         .await
         .lab(SC, "running the client")?;
-    match out {
-        Err(_) => rec.observe("c", "timeout", "no outcome within the scenario budget"),
-        Ok(Err(e)) => return Err(io_err(SC, "sending to the vanished peer", e)),
-        Ok(Ok(())) => {}
-    }
-    settle().await;
-    Ok(rec.finish(&[], |_| false))
+    finish_udp(&rec, out, SC, "sending to the vanished peer").await
 }
 
 /// `app-timer`: an application connect loop with its own per-attempt
@@ -290,4 +278,22 @@ pub(crate) async fn app_timer(k: f64, _size: Size) -> Result<Trace, ScenarioErro
         t.events.truncate(i + 1);
     }
     Ok(t)
+}
+
+/// The common end of the UDP scenarios: a client that ran out of its budget
+/// is an observation, an I/O error fails the scenario, and the trace (own
+/// observations only) is finished once late events have settled.
+async fn finish_udp(
+    rec: &Recorder,
+    out: Result<std::io::Result<()>, tokio::time::error::Elapsed>,
+    sc: &'static str,
+    what: &str,
+) -> Result<Trace, ScenarioError> {
+    match out {
+        Err(_) => rec.observe("c", "timeout", "no outcome within the scenario budget"),
+        Ok(Err(e)) => return Err(io_err(sc, what, e)),
+        Ok(Ok(())) => {}
+    }
+    settle().await;
+    Ok(rec.finish(&[], |_| false))
 }
