@@ -103,13 +103,7 @@ async fn timing_syn_blackhole_k20() -> anyhow::Result<()> {
     faithful(Scenario::SynBlackhole, 20.0).await
 }
 
-/// Known open defect (issue 5): in about one run in three the compressed
-/// connection makes one retransmission more than the baseline before it
-/// gives up, because the give-up deadline, counted from the tail loss
-/// probe, races the last RTO firing. Run it with `--ignored`; it stays out
-/// of CI until the placement is fixed.
 #[tokio::test]
-#[ignore = "known flaky (issue 5): the give-up deadline races the last RTO in ~1/3 of runs"]
 async fn timing_data_blackhole_k10() -> anyhow::Result<()> {
     faithful(Scenario::DataBlackhole, 10.0).await
 }

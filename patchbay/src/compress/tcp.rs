@@ -136,14 +136,10 @@ pub fn place_user_timeout(
         .filter(|e| e.kind == EventKind::Retransmit)
         .collect();
     let jiffy = model.jiffy_ms();
-    // The kernel counts the user timeout from the tail loss probe when there
-    // is one (see simulate_established): the window and the target are
-    // shifted from write-relative to probe-relative times.
-    let probe_ms = natural
-        .events
-        .iter()
-        .find(|e| e.kind == EventKind::LossProbe)
-        .map_or(0.0, |e| e.expected_ms);
+    // The kernel counts the user timeout from the first RTO retransmission
+    // (retrans_stamp, see simulate_established): the window and the target
+    // are shifted from write-relative to stamp-relative times.
+    let stamp_ms = firings.first().map_or(0.0, |e| e.expected_ms);
     let lo = match n {
         0 => jiffy,
         _ => firings
@@ -153,12 +149,12 @@ pub fn place_user_timeout(
     let hi = firings
         .get(n)
         .map_or(f64::INFINITY, |e| e.earliest_ms - jiffy)
-        - probe_ms;
-    let lo = (lo - probe_ms).max(jiffy);
+        - stamp_ms;
+    let lo = (lo - stamp_ms).max(jiffy);
     let safe = lo <= hi;
     let clamp = |u: f64| if safe { u.clamp(lo, hi) } else { lo };
     let target = baseline.last().map_or(0.0, |e| e.expected_ms) / k;
-    let mut u = clamp(target - probe_ms);
+    let mut u = clamp(target - stamp_ms);
     for _ in 0..4 {
         let p = predict_established(
             model,

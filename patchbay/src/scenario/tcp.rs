@@ -214,6 +214,11 @@ pub(crate) async fn data_blackhole(k: f64, size: Size) -> Result<Trace, Scenario
     let lab = scenario_lab(SC, k, |o| o.tcp_retries2(retries2)).await?;
     let (c, s, ip) = pair(&lab, SC).await?;
     start_server(&s, ip, Server::Echo, SC).await?;
+    // The start mark is the write itself: the kernel arms the loss probe
+    // there, and at k = 10 a millisecond of thread hand-off before it would
+    // be 10 ms of virtual error on the first retransmissions.
+    let wrote = Arc::new(std::sync::OnceLock::new());
+    let wrote_in = wrote.clone();
     let (go, mut ready, task) = established(
         &c,
         ip,
@@ -221,6 +226,7 @@ pub(crate) async fn data_blackhole(k: f64, size: Size) -> Result<Trace, Scenario
         budget(k, expect_s),
         |_| Ok(()),
         |mut st| async move {
+            let _ = wrote_in.set(Instant::now());
             let r = async {
                 st.write_all(b"x").await?;
                 let mut b = [0u8; 1];
@@ -246,9 +252,12 @@ pub(crate) async fn data_blackhole(k: f64, size: Size) -> Result<Trace, Scenario
         .partition(&c, &s)
         .await
         .lab(SC, "partitioning c from s")?;
-    let rec = Recorder::new(SC, lab.clock());
+    let mut rec = Recorder::new(SC, lab.clock());
     let _ = go.send(()); // the receiver lives in the task awaited next
     let out = task.await.lab(SC, "writing")?;
+    if let Some(&t0) = wrote.get() {
+        rec.restart_at(t0);
+    }
     record_outcome(&rec, SC, "write", out)?;
     Ok(finish(&lab, &rec).await)
 }

@@ -121,6 +121,16 @@ impl Recorder {
         self.t0
     }
 
+    /// Moves the start mark to `t0`, the instant a node triggered the
+    /// scenario's fault itself (e.g. right before its write): the hand-off
+    /// from the scenario to the node's worker thread then stays out of the
+    /// trace, where k would multiply it. Call it before any observation.
+    pub fn restart_at(&mut self, t0: Instant) {
+        self.t0 = t0;
+        let last = self.last.get_mut().unwrap_or_else(|p| p.into_inner());
+        *last = (*last).max(t0);
+    }
+
     /// Virtual time since the start mark of a wall-clock instant.
     pub fn virtual_of(&self, t: Instant) -> Duration {
         self.clock.to_virtual(t.saturating_duration_since(self.t0))
