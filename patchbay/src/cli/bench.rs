@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use patchbay::scenario::bench::{BenchEntry, LADDER, RUNS, Step, bench_scenario};
+use patchbay::scenario::modes::TimeMode;
 use patchbay::scenario::{Scenario, Size, check, svg};
 
 use super::table;
@@ -32,17 +33,25 @@ pub struct BenchArgs {
     /// Highest ladder rung to try.
     #[arg(long, default_value_t = 100.0)]
     max_k: f64,
+    /// Compare time modes side by side instead of walking the ladder:
+    /// comma-separated `real`, `compressed` (at --scale), `virtual` (in the
+    /// User-Mode-Linux guest; needs `cargo xtask build-uml`).
+    #[arg(long, value_delimiter = ',')]
+    modes: Vec<TimeMode>,
 }
 
-fn bar(total: u64) -> ProgressBar {
+/// A progress bar on stderr when it is a terminal (hidden otherwise);
+/// `unit` names what is counted.
+pub fn bar(total: u64, unit: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(total);
-    let style =
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} runs (max) {msg}")
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(&format!(
+        "{{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{msg}}"
+    ))
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
     pb.set_style(style);
     pb
 }
@@ -67,9 +76,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating the output directory {}", args.out.display()))?;
+    if !args.modes.is_empty() {
+        let mut modes = args.modes.clone();
+        modes.sort();
+        modes.dedup();
+        return super::bench_modes::run(&scenarios, &modes, args.scale, size, &args.out, args.json)
+            .await;
+    }
     let rungs = LADDER.iter().filter(|&&k| k <= args.max_k).count();
     let per = 2 + rungs * RUNS;
-    let pb = bar((per * scenarios.len()) as u64);
+    let pb = bar((per * scenarios.len()) as u64, "runs (max)");
     let mut entries: Vec<BenchEntry> = vec![];
     for s in &scenarios {
         let mut progress = |st: Step| {

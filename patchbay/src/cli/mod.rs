@@ -2,6 +2,7 @@
 //! work is done by the library.
 
 mod bench;
+mod bench_modes;
 mod demo;
 mod doctor;
 mod run;

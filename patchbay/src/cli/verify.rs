@@ -2,15 +2,29 @@
 
 use std::process::ExitCode;
 
-use patchbay::scenario::{Scenario, Size, VerifyResult, verify};
+use anyhow::Context;
+use patchbay::scenario::{Mode, Scenario, Size, VerifyResult, verify, virt};
+
+/// `--mode` of `patchbay verify`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// On the host kernel at time scale k, against a k = 1 host run.
+    Compressed,
+    /// In the User-Mode-Linux guest in virtual time, against a real-clock run
+    /// on the same guest kernel (needs `cargo xtask build-uml`).
+    Virtual,
+}
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {
     /// Scenario name (see `patchbay scenario list`).
     scenario: String,
-    /// Time scale k of the compressed run.
-    #[arg(long)]
-    scale: f64,
+    /// How the run under test saves time.
+    #[arg(long, value_enum, default_value = "compressed")]
+    mode: ModeArg,
+    /// Time scale k of the compressed run (compressed mode; required there).
+    #[arg(long, required_if_eq("mode", "compressed"))]
+    scale: Option<f64>,
     /// Time scale of the baseline run.
     #[arg(long, default_value_t = 1.0)]
     baseline_scale: f64,
@@ -24,18 +38,38 @@ pub struct VerifyArgs {
 
 /// Prints a verify result as text: summary, per-event comparison, mismatch.
 pub fn print_text(r: &VerifyResult) {
-    println!(
-        "{} at k={} vs k={} ({:?} size): {}",
-        r.scenario,
-        r.scale,
-        r.baseline.scale,
-        r.size,
-        if r.pass { "FAITHFUL" } else { "NOT FAITHFUL" }
-    );
-    println!(
-        "  wall: baseline {:.2} s, compressed {:.3} s, speedup {:.1}x",
-        r.baseline.wall_s, r.compressed.wall_s, r.speedup
-    );
+    let verdict = if r.pass { "FAITHFUL" } else { "NOT FAITHFUL" };
+    match r.mode {
+        Mode::Compressed => {
+            println!(
+                "{} at k={} vs k={} ({:?} size): {verdict}",
+                r.scenario, r.scale, r.baseline.scale, r.size,
+            );
+            println!(
+                "  wall: baseline {:.2} s, compressed {:.3} s, speedup {:.1}x",
+                r.baseline.wall_s, r.compressed.wall_s, r.speedup
+            );
+        }
+        Mode::Virtual => {
+            println!(
+                "{} in virtual time vs real clock, both in the UML guest ({:?} size): {verdict}",
+                r.scenario, r.size,
+            );
+            println!(
+                "  host wall incl. boot: real clock {:.2} s, virtual {:.3} s (boot {:.3} s), speedup {:.1}x",
+                r.baseline.wall_s,
+                r.compressed.wall_s,
+                r.compressed.boot_wall_s.unwrap_or(f64::NAN),
+                r.speedup
+            );
+            println!(
+                "  guest clock: real clock run {:.3} s, virtual run {:.3} s; largest event difference {:.3} ms",
+                r.baseline.virtual_s.unwrap_or(f64::NAN),
+                r.compressed.virtual_s.unwrap_or(f64::NAN),
+                r.timing_error.max_abs_ms
+            );
+        }
+    }
     println!(
         "  events: {} vs {}, sequence {}, timing error median {:.2}% max {:.2}% (limits 5% / 15%)",
         r.baseline.events,
@@ -74,7 +108,14 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         Size::Default
     };
-    let r = verify(s, args.scale, args.baseline_scale, size).await?;
+    let r = match (args.mode, args.scale) {
+        (ModeArg::Virtual, _) => {
+            let cli = std::env::current_exe().context("locating the patchbay binary")?;
+            virt::verify_virtual(&cli, s, size).await?
+        }
+        (ModeArg::Compressed, Some(k)) => verify(s, k, args.baseline_scale, size).await?,
+        (ModeArg::Compressed, None) => anyhow::bail!("--scale K is required in compressed mode"),
+    };
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

@@ -73,7 +73,11 @@ pub struct Step {
     pub run: usize,
 }
 
-async fn timed(s: Scenario, k: f64, size: Size) -> Result<(Trace, Duration), ScenarioError> {
+pub(crate) async fn timed(
+    s: Scenario,
+    k: f64,
+    size: Size,
+) -> Result<(Trace, Duration), ScenarioError> {
     let t = Instant::now();
     let tr = s.run(k, size).await?;
     Ok((tr, t.elapsed()))

@@ -24,10 +24,12 @@
 pub mod bench;
 mod diag;
 pub mod fidelity;
+pub mod modes;
 mod net;
 pub mod svg;
 mod tcp;
 pub mod trace;
+pub mod virt;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -200,6 +202,17 @@ pub enum ScenarioError {
     /// The time scale is invalid.
     #[error("invalid time scale {0}: use a finite k >= 1 (e.g. --scale 20)")]
     Scale(f64),
+    /// Running the scenario inside the User-Mode-Linux guest failed.
+    #[error("scenario {scenario}: {what}: {source}")]
+    Guest {
+        /// Scenario name.
+        scenario: &'static str,
+        /// What the scenario was doing.
+        what: String,
+        /// The guest runner's error.
+        #[source]
+        source: Box<crate::vt::VtError>,
+    },
 }
 
 /// Adds scenario context to lab results.
@@ -304,6 +317,18 @@ pub(crate) async fn settle() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
+/// How the run under test saves time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// On the host kernel, timers divided by k (the baseline runs at k = 1
+    /// on the host).
+    Compressed,
+    /// Inside the User-Mode-Linux guest in time-travel mode (the baseline
+    /// runs in the same guest with its clock in real time); see [`virt`].
+    Virtual,
+}
+
 /// One scenario's fidelity verdict: the baseline and compressed runs and
 /// their comparison. Serialises to the JSON object `patchbay verify --json`
 /// prints.
@@ -311,6 +336,9 @@ pub(crate) async fn settle() {
 pub struct VerifyResult {
     /// Scenario name.
     pub scenario: String,
+    /// Compressed (host kernel, k) or virtual (UML guest in time-travel
+    /// mode); in virtual mode `compressed` is the virtual run.
+    pub mode: Mode,
     /// k of the compressed run.
     pub scale: f64,
     /// Size of both runs.
@@ -325,6 +353,10 @@ pub struct VerifyResult {
     pub sequence_match: bool,
     /// Median and max relative timing error.
     pub timing_error: TimingError,
+    /// Virtual mode: the largest difference of an event's time between two
+    /// virtual runs, in ms (virtual time is deterministic; this measures it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeat_max_abs_ms: Option<f64>,
     /// The verdict: identical sequence, median <= 5%, max <= 15%.
     pub pass: bool,
     /// The full comparison.
@@ -349,6 +381,13 @@ pub struct RunSummary {
     /// measured).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total_wall_s: Option<f64>,
+    /// Guest runs only: the run's duration on the guest clock, seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtual_s: Option<f64>,
+    /// Guest runs only: host wall time from starting UML to the guest
+    /// starting the scenario, seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_wall_s: Option<f64>,
 }
 
 /// Median and max relative timing error (fractions, 0.05 = 5%).
@@ -358,15 +397,20 @@ pub struct TimingError {
     pub median: f64,
     /// Max.
     pub max: f64,
+    /// Largest absolute difference of an event's time between the two runs
+    /// (anchors included), in milliseconds of virtual time.
+    pub max_abs_ms: f64,
 }
 
 impl RunSummary {
-    fn of(t: &Trace) -> Self {
+    pub(crate) fn of(t: &Trace) -> Self {
         RunSummary {
             scale: t.scale,
             wall_s: t.wall.as_secs_f64(),
             events: t.events.len(),
             total_wall_s: None,
+            virtual_s: None,
+            boot_wall_s: None,
         }
     }
 }
@@ -377,6 +421,7 @@ pub fn compare(scenario: Scenario, size: Size, baseline: Trace, compressed: Trac
     let speedup = baseline.wall.as_secs_f64() / compressed.wall.as_secs_f64().max(1e-6);
     VerifyResult {
         scenario: scenario.name().to_string(),
+        mode: Mode::Compressed,
         scale: compressed.scale,
         size,
         baseline: RunSummary::of(&baseline),
@@ -386,8 +431,14 @@ pub fn compare(scenario: Scenario, size: Size, baseline: Trace, compressed: Trac
         timing_error: TimingError {
             median: fidelity.median,
             max: fidelity.max,
+            max_abs_ms: fidelity
+                .events
+                .iter()
+                .map(|e| (e.compressed_s - e.baseline_s).abs() * 1000.0)
+                .fold(0.0, f64::max),
         },
         pass: fidelity.pass,
+        repeat_max_abs_ms: None,
         clamped_timers: vec![],
         traces: [baseline, compressed],
         fidelity,

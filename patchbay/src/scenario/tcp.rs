@@ -340,17 +340,26 @@ pub(crate) async fn fin_timeout(k: f64, _size: Size) -> Result<Trace, ScenarioEr
     // ACKed the FIN); only then does the peer go silent, or the ACK itself
     // could be dropped and the FIN retransmitted.
     let (fw2_tx, mut fw2_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    // sock_diag is polled every 50 ms of virtual time (0.08% of the 60 s
+    // timeout): often enough for the error budget, rarely enough that a
+    // guest in virtual time (54 us per syscall) is not kept busy.
+    let poll = Duration::from_secs_f64(0.05 / k).max(Duration::from_millis(1));
+    // The start mark is the close itself (see `data_blackhole`): its state
+    // changes are then never before the mark, whatever the hand-off took.
+    let closed = Arc::new(std::sync::OnceLock::new());
+    let closed_in = closed.clone();
     let (go, mut ready, task) = established(
         &c,
         ip,
         SC,
         budget(k, expect_s),
         |_| Ok(()),
-        |st| async move {
+        move |st| async move {
             let port = match st.local_addr() {
                 Ok(a) => a.port(),
                 Err(e) => return (Instant::now(), Err(e)),
             };
+            let _ = closed_in.set(Instant::now());
             drop(st); // close(): FIN, the peer ACKs, FIN-WAIT-2, orphaned
             let mut seen = false;
             loop {
@@ -372,7 +381,7 @@ pub(crate) async fn fin_timeout(k: f64, _size: Size) -> Result<Trace, ScenarioEr
                     Ok(None) => {}
                     Err(e) => return (Instant::now(), Err(e)),
                 }
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(poll).await;
             }
         },
     )
@@ -384,7 +393,7 @@ pub(crate) async fn fin_timeout(k: f64, _size: Size) -> Result<Trace, ScenarioEr
             format!("could not establish the connection: {:?}", out.map(|o| o.1)),
         ));
     }
-    let rec = Arc::new(Recorder::new(SC, lab.clock()));
+    let mut rec = Recorder::new(SC, lab.clock());
     let _ = go.send(()); // the receiver lives in the task awaited next
     let reached = tokio::time::timeout(Duration::from_secs(5), fw2_rx.recv()).await;
     if !matches!(reached, Ok(Some(()))) {
@@ -395,6 +404,9 @@ pub(crate) async fn fin_timeout(k: f64, _size: Size) -> Result<Trace, ScenarioEr
         .await
         .lab(SC, "blackholing s")?;
     let out = task.await.lab(SC, "waiting for the FIN-WAIT-2 timeout")?;
+    if let Some(&t0) = closed.get() {
+        rec.restart_at(t0);
+    }
     match out {
         None => rec.observe("c", "timeout", "FIN-WAIT-2 not reclaimed within the budget"),
         Some((at, Err(e))) if e.raw_os_error() == Some(libc::ETIMEDOUT) => rec.observe_at(

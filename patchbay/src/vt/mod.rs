@@ -273,8 +273,10 @@ fn failure_without_result(
     }
 }
 
-/// Finds the UML kernel: `PATCHBAY_UML`, else the newest `target/uml/*/linux` of the workspace
-/// (found from `CARGO_TARGET_DIR`, the current executable's location, and the build location).
+/// Finds the UML kernel: `PATCHBAY_UML`, else the most recently built `target/uml/*/linux` of
+/// the workspace (found from `CARGO_TARGET_DIR`, the current executable's location, and the
+/// build location) or of the cache `cargo xtask test` keeps (`$PATCHBAY_CACHE_DIR/uml`, default
+/// `~/.cache/patchbay/uml`).
 pub fn find_uml_binary() -> Result<PathBuf, VtError> {
     if let Some(p) = std::env::var_os(UML_ENV) {
         let p = PathBuf::from(p);
@@ -302,10 +304,17 @@ pub fn find_uml_binary() -> Result<PathBuf, VtError> {
             .join("target")
             .join("uml"),
     );
-    for dir in &dirs {
-        if let Some(found) = newest_linux_in(dir) {
-            return Ok(found);
-        }
+    // Where `cargo xtask test` caches the kernel across clones.
+    let cache = std::env::var_os("PATCHBAY_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/patchbay")));
+    if let Some(c) = cache {
+        dirs.push(c.join("uml"));
+    }
+    // The most recent build anywhere: an older one left in target/uml (an
+    // earlier config) must not shadow a newer cached one.
+    if let Some((_, found)) = dirs.iter().filter_map(|d| newest_linux_in(d)).max() {
+        return Ok(found);
     }
     let mut seen = std::collections::BTreeSet::new();
     dirs.retain(|d| seen.insert(d.clone()));
@@ -318,9 +327,9 @@ pub fn find_uml_binary() -> Result<PathBuf, VtError> {
     })
 }
 
-/// The most recently built `DIR/<version>-<hash>/linux`, if any (ties broken by path, for
-/// determinism); xtask's `build-*` work directories do not count.
-fn newest_linux_in(dir: &Path) -> Option<PathBuf> {
+/// The most recently built `DIR/<version>-<hash>/linux` with its build time, if any (ties
+/// broken by path, for determinism); xtask's `build-*` work directories do not count.
+fn newest_linux_in(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
     // A missing or unreadable directory simply holds no kernel.
     let entries = std::fs::read_dir(dir).ok()?;
     entries
@@ -338,7 +347,6 @@ fn newest_linux_in(dir: &Path) -> Option<PathBuf> {
             ))
         })
         .max()
-        .map(|(_, p)| p)
 }
 
 fn validate_mem(mem: &str) -> Result<(), VtError> {
