@@ -172,3 +172,48 @@ pub fn skip_unless_compression() -> bool {
         None => false,
     }
 }
+
+/// Whether `TCP_BPF_RTO_MIN` accepts an RTO minimum of `rto_min_us` on a kernel with this
+/// `hz`: the kernel rounds up to jiffies (`usecs_to_jiffies`) and refuses fewer than two
+/// (`TCP_TIMEOUT_MIN`). Pure.
+pub fn rto_min_accepted(hz: u32, rto_min_us: u32) -> bool {
+    (u64::from(rto_min_us) * u64::from(hz)).div_ceil(1_000_000) >= 2
+}
+
+/// Why this kernel cannot lower the RTO minimum to `rto_min_us`, if it cannot: its jiffy is
+/// too coarse (two jiffies are longer). HZ is measured (`patchbay::compress::probe::probe_hz`),
+/// not guessed. This happens in User-Mode Linux, whose HZ is fixed at 100 (20 ms floor); the
+/// Debian kernels (HZ=250) accept 8 ms.
+pub fn rto_min_unavailable(rto_min_us: u32) -> anyhow::Result<Option<String>> {
+    let (hz, _) = patchbay::compress::probe::probe_hz()?;
+    if rto_min_accepted(hz, rto_min_us) {
+        return Ok(None);
+    }
+    let uml = if std::env::var_os("PATCHBAY_VT").is_some() {
+        " (fixed in User-Mode Linux)"
+    } else {
+        ""
+    };
+    Ok(Some(format!(
+        "HZ={hz}{uml}: TCP_BPF_RTO_MIN refuses less than 2 jiffies ({} ms), so an RTO minimum of {} ms cannot be set",
+        2000 / hz.max(1),
+        f64::from(rto_min_us) / 1000.0
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rto_min_accepted;
+
+    #[test]
+    fn rto_min_needs_two_jiffies() {
+        assert!(!rto_min_accepted(100, 10_000), "1 jiffy at HZ=100");
+        assert!(rto_min_accepted(100, 20_000));
+        assert!(rto_min_accepted(250, 10_000), "rounds up to 3 jiffies");
+        assert!(rto_min_accepted(250, 8_000));
+        assert!(rto_min_accepted(250, 4_001), "rounds up to 2 jiffies");
+        assert!(!rto_min_accepted(250, 4_000));
+        assert!(rto_min_accepted(1000, 2_000));
+        assert!(!rto_min_accepted(1000, 1_000));
+    }
+}
