@@ -83,7 +83,7 @@ pub fn run(args: TestArgs) -> Result<()> {
             force: false,
         })
         .context("building the UML kernel for the virtual-time tests (skip with --no-uml)")?;
-        uml_env = newest_uml(&out);
+        uml_env = crate::matrix::newest_linux_in(&out);
     }
     let nextest = has_nextest();
     if nextest {
@@ -115,10 +115,12 @@ pub fn run(args: TestArgs) -> Result<()> {
     if args.no_matrix {
         println!("xtask: kernel matrix skipped (--no-matrix)");
     } else {
-        step_fn(
-            "kernel matrix (Debian 5.10, 6.1, 6.12 under QEMU)",
-            run_matrix,
-        )?;
+        let name = if uml_env.is_some() {
+            "kernel matrix (Debian 5.10, 6.1, 6.12 under QEMU; UML in virtual time)"
+        } else {
+            "kernel matrix (Debian 5.10, 6.1, 6.12 under QEMU)"
+        };
+        step_fn(name, || run_matrix(uml_env))?;
     }
     Ok(())
 }
@@ -147,8 +149,9 @@ fn has_nextest() -> bool {
 
 /// The kernel-sensitive tests on the Debian kernels (the host kernel is
 /// what `cargo nextest run` just covered), cached across clones in
-/// `$PATCHBAY_CACHE_DIR/kernels` unless PATCHBAY_KERNEL_CACHE says otherwise.
-fn run_matrix() -> Result<()> {
+/// `$PATCHBAY_CACHE_DIR/kernels` unless PATCHBAY_KERNEL_CACHE says otherwise,
+/// and on the UML kernel in virtual time when one was built (`uml`).
+fn run_matrix(uml: Option<PathBuf>) -> Result<()> {
     if let Some(why) = crate::matrix::unavailable_reason() {
         println!("xtask: kernel matrix SKIPPED: {why}");
         return Ok(());
@@ -157,8 +160,13 @@ fn run_matrix() -> Result<()> {
         // SAFETY: xtask is single-threaded here; the matrix reads it below.
         unsafe { std::env::set_var(crate::matrix::CACHE_ENV, cache_dir("kernels")) };
     }
+    let mut kernels = ["5.10", "6.1", "6.12"].map(String::from).to_vec();
+    if uml.is_some() {
+        kernels.push(crate::matrix::UML.to_owned());
+    }
     let opts = crate::matrix::MatrixOpts {
-        kernels: ["5.10", "6.1", "6.12"].map(String::from).to_vec(),
+        kernels,
+        uml_kernel: uml,
         bins: crate::matrix::CI_BINS
             .iter()
             .map(|s| s.to_string())
@@ -173,19 +181,6 @@ fn run_matrix() -> Result<()> {
         failures.join("\n  ")
     );
     Ok(())
-}
-
-/// The `linux` binary of the newest cache entry under `dir`.
-fn newest_uml(dir: &Path) -> Option<PathBuf> {
-    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path().join("linux"))
-        .filter(|p| p.is_file())
-        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-        .collect();
-    found.sort();
-    found.pop().map(|(_, p)| p)
 }
 
 /// Runs an in-process step, echoing its name.

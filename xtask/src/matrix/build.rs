@@ -86,8 +86,28 @@ fn cargo_messages(stdout: &str) -> Result<Vec<serde_json::Value>> {
         .collect()
 }
 
-/// Builds the `patchbay` binary and returns it if it has a `doctor` subcommand.
-pub(super) fn find_doctor(root: &Path) -> Result<Option<String>> {
+/// The host-built `patchbay` binary and the subcommands its `--help` lists.
+#[derive(Debug, Clone, Default)]
+pub(super) struct PatchbayCli {
+    /// Absolute path of the executable.
+    pub(super) exe: String,
+    /// Subcommand names (`doctor`, `vt`, ...).
+    pub(super) subcommands: Vec<String>,
+}
+
+impl PatchbayCli {
+    /// The executable, if it has subcommand `name`.
+    pub(super) fn with(&self, name: &str) -> Option<String> {
+        self.subcommands
+            .iter()
+            .any(|s| s == name)
+            .then(|| self.exe.clone())
+    }
+}
+
+/// Builds the `patchbay` binary and reads its subcommands (`doctor` is the feature probe,
+/// `vt` runs the `uml` kernel's guests).
+pub(super) fn build_patchbay(root: &Path) -> Result<Option<PatchbayCli>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut c = Command::new(&cargo);
     c.args([
@@ -107,10 +127,40 @@ pub(super) fn find_doctor(root: &Path) -> Result<Option<String>> {
                 .flatten()
         });
     let Some(exe) = exe else { return Ok(None) };
-    // clap lists subcommands in `--help` as indented `doctor  <about>` lines.
     let help = run_checked(Command::new(&exe).arg("--help"))?;
-    let has_doctor = help
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some("doctor"));
-    Ok(has_doctor.then_some(exe))
+    Ok(Some(PatchbayCli {
+        exe,
+        subcommands: subcommands(&help),
+    }))
+}
+
+/// Subcommand names from clap's `--help`: the indented `name  <about>` lines of the
+/// `Commands:` section.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with(' '))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subcommands_from_clap_help() {
+        let help = "patchbay: labs\n\nUsage: patchbay <COMMAND>\n\nCommands:\n  doctor  Check the kernel\n  \
+vt      Run a command in virtual time\n  help    Print this message\n\nOptions:\n  -h, --help  Print help\n";
+        let cli = PatchbayCli {
+            exe: "/t/patchbay".into(),
+            subcommands: subcommands(help),
+        };
+        assert_eq!(cli.subcommands, ["doctor", "vt", "help"]);
+        assert_eq!(cli.with("vt").as_deref(), Some("/t/patchbay"));
+        assert!(cli.with("-h,").is_none());
+        assert!(cli.with("bench").is_none());
+    }
 }

@@ -49,7 +49,7 @@ pub fn spec(label: &str) -> Result<KernelSpec> {
         .with_context(|| {
             let valid: Vec<&str> = KERNELS.iter().map(|k| k.label).collect();
             format!(
-                "unknown kernel {label:?}; valid: {}, host",
+                "unknown kernel {label:?}; valid: {}, host, uml",
                 valid.join(", ")
             )
         })

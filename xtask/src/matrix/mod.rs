@@ -1,6 +1,6 @@
 //! `cargo xtask kernel-matrix`: the host-built `patchbay-tests` binaries (and the feature
-//! probe) on Debian 5.10, 6.1 and 6.12 under QEMU, and natively on the host kernel; writes
-//! `docs/kernel-matrix.md`.
+//! probe) on Debian 5.10, 6.1 and 6.12 under QEMU, natively on the host kernel, and in the
+//! project's User-Mode-Linux kernel in virtual time (`uml`); writes `docs/kernel-matrix.md`.
 //!
 //! Cache: kernels live in `$PATCHBAY_KERNEL_CACHE` (default `target/kernels`), results of
 //! each run in `target/kernels/results/<run>/<kernel>/`.
@@ -16,6 +16,7 @@ mod render;
 mod results;
 mod runner;
 mod script;
+mod uml;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -24,10 +25,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
-use build::{build_test_bins, find_doctor, select_bins};
+use build::{build_patchbay, build_test_bins, select_bins};
 pub use results::KernelReport;
-use runner::{Job, prepare_guest, run_jobs};
+use runner::{Job, Target, prepare_guest, run_jobs};
 use script::Stage2;
+pub use uml::{UML, newest_linux_in};
 
 /// Environment variable overriding the kernel cache directory.
 pub const CACHE_ENV: &str = "PATCHBAY_KERNEL_CACHE";
@@ -39,7 +41,8 @@ const KEEP_RUNS: usize = 5;
 /// Command-line arguments of `cargo xtask kernel-matrix`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct KernelMatrixArgs {
-    /// Kernels to run, comma separated: 5.10, 6.1, 6.12, host.
+    /// Kernels to run, comma separated: 5.10, 6.1, 6.12, host, uml (the UML kernel in
+    /// virtual time; skipped when none is built).
     #[arg(long, value_delimiter = ',', default_value = "5.10,6.1,6.12,host")]
     pub kernels: Vec<String>,
     /// libtest filter passed to every test binary.
@@ -93,7 +96,7 @@ pub const CI_BINS: &[&str] = &[
 /// Options of [`run_matrix`].
 #[derive(Debug, Clone)]
 pub struct MatrixOpts {
-    /// Kernel labels (`5.10`, `6.1`, `6.12`, `host`).
+    /// Kernel labels (`5.10`, `6.1`, `6.12`, `host`, `uml`).
     pub kernels: Vec<String>,
     /// libtest filter.
     pub filter: Option<String>,
@@ -111,6 +114,8 @@ pub struct MatrixOpts {
     pub bins: Vec<String>,
     /// Workspace root (holds `Cargo.toml`, `target/`, `docs/`).
     pub workspace: PathBuf,
+    /// The UML kernel for `uml`; `None`: `$PATCHBAY_UML`, else the newest built one.
+    pub uml_kernel: Option<PathBuf>,
 }
 
 impl From<KernelMatrixArgs> for MatrixOpts {
@@ -125,6 +130,7 @@ impl From<KernelMatrixArgs> for MatrixOpts {
             mem_mib: 1024,
             bins: a.bins,
             workspace: workspace_root(),
+            uml_kernel: None,
         }
     }
 }
@@ -143,6 +149,7 @@ impl Default for MatrixOpts {
             mem_mib: 1024,
             bins: Vec::new(),
             workspace: workspace_root(),
+            uml_kernel: None,
         }
     }
 }
@@ -234,7 +241,7 @@ pub fn run_matrix(opts: &MatrixOpts) -> Result<MatrixSummary> {
         .as_secs();
     let results_root = target.join("kernels/results");
     let run_dir = results_root.join(run_id.to_string());
-    let vm_labels: Vec<&String> = labels.iter().filter(|l| *l != HOST).collect();
+    let vm_labels: Vec<&String> = labels.iter().filter(|l| *l != HOST && *l != UML).collect();
     for p in [&cache, &run_dir, &root] {
         check_path(p)?;
     }
@@ -269,12 +276,13 @@ pub fn run_matrix(opts: &MatrixOpts) -> Result<MatrixSummary> {
     let t = Instant::now();
     let built = build_test_bins(&root)
         .and_then(|all| select_bins(all, &opts.bins))
-        .and_then(|bins| Ok((bins, find_doctor(&root)?)));
+        .and_then(|bins| Ok((bins, build_patchbay(&root)?)));
     // Join the probe before any early return, so its QEMU never outlives us.
     let accel = accel_probe
         .join()
         .map_err(|_| anyhow::anyhow!("the KVM probe thread panicked"))??;
-    let (bins, doctor) = built?;
+    let (bins, patchbay) = built?;
+    let doctor = patchbay.as_ref().and_then(|p| p.with("doctor"));
     println!(
         "kernel-matrix: {} test binaries, probe: {}, built in {:.1} s",
         bins.len(),
@@ -312,8 +320,37 @@ pub fn run_matrix(opts: &MatrixOpts) -> Result<MatrixSummary> {
             jobs.push(Job {
                 rep,
                 dir,
-                guest: None,
+                target: Target::Native,
             });
+            continue;
+        }
+        if label == UML {
+            rep.accel = "uml time-travel=inf-cpu".into();
+            let vt = patchbay.as_ref().and_then(|p| p.with("vt"));
+            match (uml_kernel(opts, &target), vt) {
+                (Err(why), _) => {
+                    println!("kernel-matrix: {UML} skipped: {why}");
+                    rep.skipped = Some(why);
+                    reports.push(rep);
+                }
+                (Ok(_), None) => {
+                    rep.error = Some("the patchbay binary has no `vt` subcommand".into());
+                    reports.push(rep);
+                }
+                (Ok(kernel), Some(patchbay)) => {
+                    rep.package = uml::package_name(&kernel);
+                    let steps = script::step_scripts(&stage2);
+                    jobs.push(Job {
+                        rep,
+                        dir,
+                        target: Target::Uml(uml::UmlGuest {
+                            kernel,
+                            patchbay,
+                            steps,
+                        }),
+                    });
+                }
+            }
             continue;
         }
         let prepared = match fetched.remove(label.as_str()) {
@@ -328,7 +365,7 @@ pub fn run_matrix(opts: &MatrixOpts) -> Result<MatrixSummary> {
                 jobs.push(Job {
                     rep,
                     dir,
-                    guest: Some((k, initrd)),
+                    target: Target::Qemu(k, initrd),
                 });
             }
             Err(e) => {
@@ -390,7 +427,7 @@ fn validate_labels(kernels: &[String]) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for k in kernels {
         let k = k.trim();
-        if k != HOST {
+        if k != HOST && k != UML {
             kernels::spec(k)?;
         }
         if seen.insert(k.to_owned()) {
@@ -398,7 +435,7 @@ fn validate_labels(kernels: &[String]) -> Result<Vec<String>> {
         }
     }
     if out.is_empty() {
-        bail!("--kernels is empty; use e.g. --kernels 5.10,6.1,6.12,host");
+        bail!("--kernels is empty; use e.g. --kernels 5.10,6.1,6.12,host,uml");
     }
     Ok(out)
 }
@@ -426,6 +463,17 @@ fn check_path(p: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The UML kernel: [`MatrixOpts::uml_kernel`], `$PATCHBAY_UML`, else the newest one built
+/// by `cargo xtask build-uml` (`<target>/uml`) or `cargo xtask test` (its cache). The error
+/// is why `uml` is skipped.
+fn uml_kernel(opts: &MatrixOpts, target: &Path) -> std::result::Result<PathBuf, String> {
+    uml::find_kernel(
+        opts.uml_kernel.as_deref(),
+        std::env::var_os(uml::UML_ENV).map(PathBuf::from),
+        &[target.join("uml"), crate::test::cache_dir("uml")],
+    )
 }
 
 /// The workspace root this xtask was built from.
@@ -479,10 +527,12 @@ fn print_summary(s: &MatrixSummary) {
     );
     for k in &s.kernels {
         let (p, f, sk, _) = k.totals();
-        let verdict = if k.failures().is_empty() {
-            "pass"
-        } else {
+        let verdict = if !k.failures().is_empty() {
             "FAIL"
+        } else if k.skipped.is_some() {
+            "skipped"
+        } else {
+            "pass"
         };
         println!(
             "{:<6} {:<28} {p:>6} {f:>6} {sk:>6} {:>7.1}s  {verdict}",

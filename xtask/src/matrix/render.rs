@@ -30,6 +30,9 @@ pub fn render(meta: &RenderMeta, kernels: &[KernelReport]) -> String {
 under QEMU with the host root shared read-only over 9p (tmpfs overlay on top), modules load on \
 demand from the extracted package, and the host-built `patchbay-tests` binaries run inside \
 with `--test-threads=1`. `host` runs the same binaries natively.\n\n";
+    if kernels.iter().any(|k| k.label == super::uml::UML) {
+        o += &uml_paragraph();
+    }
     o += &format!("Command: `{}`", meta.command);
     if let Some(f) = &meta.filter {
         o += &format!(" (libtest filter `{f}`)");
@@ -43,10 +46,12 @@ with `--test-threads=1`. `host` runs the same binaries natively.\n\n";
     o += "|---|---|---|---:|---:|---:|---:|---:|\n";
     for k in kernels {
         let (p, f, s, i) = k.totals();
-        let result = if k.failures().is_empty() {
-            "pass"
-        } else {
+        let result = if !k.failures().is_empty() {
             "**FAIL**"
+        } else if k.skipped.is_some() {
+            "skipped"
+        } else {
+            "pass"
         };
         o += &format!(
             "| {} | {} | {result} | {p} | {f} | {s} | {i} | {} |\n",
@@ -62,6 +67,22 @@ with `--test-threads=1`. `host` runs the same binaries natively.\n\n";
     o
 }
 
+/// What the `uml` column is and what it shows.
+fn uml_paragraph() -> String {
+    format!(
+        "`uml` runs the same binaries and probe inside the project's User-Mode-Linux 6.1 kernel \
+(`cargo xtask build-uml`) booted with `time-travel=inf-cpu`, through `patchbay vt`: one short \
+guest per binary, each with a {} s wall-clock guard (a busy loop never advances virtual time), \
+the host root read-only over hostfs and only the results directory writable. Every timer in the \
+guest, the kernel's and the tests', runs in virtual time: its binary run times are virtual, with \
+the host wall time beside them. The column shows that the labs, links, faults, NAT and the eBPF \
+timer engine work unchanged under virtual time, and what a second 6.1 build changes: UML fixes \
+`CONFIG_HZ` at 100 (10 ms jiffies; the Debian kernels have 250) and has no modules, no SMP and \
+no BTF. Tests that need a finer jiffy skip there with the reason; the `6.1` column runs them.\n\n",
+        super::uml::GUARD.as_secs()
+    )
+}
+
 const USAGE: &str = "
 ## Running it
 
@@ -69,6 +90,7 @@ const USAGE: &str = "
 cargo xtask kernel-matrix                      # 5.10, 6.1, 6.12 and host; rewrites this file
 cargo xtask kernel-matrix --kernels 6.1 --filter netem --timeout 120 --no-doc
 cargo xtask kernel-matrix --bins links,nat     # only these integration test targets
+cargo xtask kernel-matrix --kernels uml        # only the UML kernel, in virtual time
 ```
 
 - Missing host tools are installed with apt (`qemu-system-x86` from the host release's
@@ -83,6 +105,9 @@ cargo xtask kernel-matrix --bins links,nat     # only these integration test tar
   directory it caches between runs (about 0.55 GB for three kernels, modules pruned of hardware drivers; not under /run or /dev, which the guest mounts over). Results of the last five
   runs stay in `target/kernels/results/<run>/<kernel>/` (serial log, stage-2 script and log,
   per-binary stdout/stderr/exit code, probe output).
+- `uml` needs a UML kernel: `PATCHBAY_UML`, else the newest one `cargo xtask build-uml` put in
+  `target/uml` or `cargo xtask test` in `~/.cache/patchbay/uml`; without one the column is
+  skipped, naming `cargo xtask build-uml`.
 - `PATCHBAY_QEMU_ACCEL=kvm|tcg` skips the KVM probe. Other `PATCHBAY_*` variables are passed
   to the tests (e.g. `PATCHBAY_MATRIX_SELFTEST_FAIL=1` makes `matrix_guest` fail on purpose).
 ";
@@ -96,6 +121,20 @@ fn render_kernel(o: &mut String, k: &KernelReport) {
         k.accel,
         secs(k.wall)
     ));
+    if let Some(why) = &k.skipped {
+        o.push_str(&format!("- **skipped:** {}\n", cell(why)));
+        return;
+    }
+    let (virt, wall) = k.binaries.values().fold((0, 0), |(v, w), b| {
+        (v + b.millis.unwrap_or(0), w + b.wall_millis.unwrap_or(0))
+    });
+    if wall > 0 {
+        o.push_str(&format!(
+            "- test binaries: {:.1} s of virtual time in {:.1} s of host wall time\n",
+            virt as f64 / 1000.0,
+            wall as f64 / 1000.0
+        ));
+    }
     let failures = k.failures();
     if !failures.is_empty() {
         o.push_str("- **failures:**\n");
@@ -132,9 +171,14 @@ fn render_kernel(o: &mut String, k: &KernelReport) {
     let times: Vec<String> = k
         .binaries
         .iter()
-        .map(|(bin, b)| match b.millis {
-            Some(ms) => format!("{bin} {:.1} s", ms as f64 / 1000.0),
-            None => format!("{bin} (did not finish)"),
+        .map(|(bin, b)| match (b.millis, b.wall_millis) {
+            (Some(ms), Some(wall)) => format!(
+                "{bin} {:.1} s virtual in {:.1} s wall",
+                ms as f64 / 1000.0,
+                wall as f64 / 1000.0
+            ),
+            (Some(ms), None) => format!("{bin} {:.1} s", ms as f64 / 1000.0),
+            (None, _) => format!("{bin} (did not finish)"),
         })
         .collect();
     o.push_str(&format!("Binary run times: {}.\n\n", times.join(", ")));
@@ -213,5 +257,56 @@ successes:\n\n---- netem_delay stdout ----\nPATCHBAY-SKIP: no netem\n\ntest resu
         assert!(md.contains("| matrix_guest | `netem_delay` | skip | no netem |"));
         assert!(md.contains("  - matrix_guest: failed broken"));
         assert!(md.contains("- not run: vt\n"));
+    }
+
+    #[test]
+    fn uml_column_shows_virtual_and_wall_times_or_why_it_was_skipped() {
+        let out = "test a ... ok\n\ntest result: ok. 1 passed; 0 failed\n";
+        let ran = KernelReport {
+            label: "uml".into(),
+            release: Some("6.1.172".into()),
+            accel: "uml time-travel=inf-cpu".into(),
+            finished: true,
+            binaries: BTreeMap::from([(
+                "nat".into(),
+                BinResult {
+                    exit_code: Some(0),
+                    report: libtest::parse(out),
+                    millis: Some(61_000),
+                    wall_millis: Some(4_100),
+                    ..Default::default()
+                },
+            )]),
+            ..Default::default()
+        };
+        let skipped = KernelReport {
+            label: "uml".into(),
+            skipped: Some("no UML kernel; build one with `cargo xtask build-uml`".into()),
+            ..Default::default()
+        };
+        let meta = RenderMeta {
+            command: "cargo xtask kernel-matrix --kernels uml".into(),
+            filter: None,
+            notes: Vec::new(),
+        };
+        let md = render(&meta, std::slice::from_ref(&ran));
+        assert!(md.contains("time-travel=inf-cpu"), "the uml paragraph");
+        assert!(md.contains("nat 61.0 s virtual in 4.1 s wall"), "{md}");
+        assert!(
+            md.contains("- test binaries: 61.0 s of virtual time in 4.1 s of host wall time\n")
+        );
+        assert!(
+            md.contains("| uml | 6.1.172 | pass | 1 | 0 | 0 | 0 |"),
+            "{md}"
+        );
+        let md = render(&meta, &[skipped]);
+        assert!(md.contains("| uml | ? | skipped | 0 | 0 | 0 | 0 |"), "{md}");
+        assert!(
+            md.contains("- **skipped:** no UML kernel; build one with `cargo xtask build-uml`")
+        );
+        assert!(
+            !md.contains("### Tests"),
+            "a skipped kernel has no test sections"
+        );
     }
 }

@@ -16,8 +16,10 @@ pub struct BinResult {
     pub exit_code: Option<i32>,
     /// Parsed libtest output.
     pub report: BinaryReport,
-    /// Run time in the guest, in milliseconds.
+    /// Run time by the guest's clock, in milliseconds (virtual time for `uml`).
     pub millis: Option<u64>,
+    /// Host wall time of the binary's guest, boot included (`uml` only), in milliseconds.
+    pub wall_millis: Option<u64>,
     /// Last lines of stderr (for the failure message).
     pub stderr_tail: String,
     /// Interfaces present in the root namespace after this binary but not before the tests.
@@ -27,13 +29,13 @@ pub struct BinResult {
 /// Everything the matrix learned about one kernel.
 #[derive(Debug, Clone, Default)]
 pub struct KernelReport {
-    /// `5.10`, `6.1`, `6.12` or `host`.
+    /// `5.10`, `6.1`, `6.12`, `host` or `uml`.
     pub label: String,
     /// `uname -r` as seen by the tests.
     pub release: Option<String>,
-    /// Debian package (or `native` for the host).
+    /// Debian package (`native` for the host, the kernel binary for `uml`).
     pub package: String,
-    /// `kvm`, `tcg` or `native`.
+    /// `kvm`, `tcg`, `native` or `uml time-travel=inf-cpu`.
     pub accel: String,
     /// Host-side wall time (boot to poweroff, or the native run).
     pub wall: Duration,
@@ -41,6 +43,8 @@ pub struct KernelReport {
     pub timed_out: bool,
     /// Infrastructure error before the tests could run (fetch, boot...).
     pub error: Option<String>,
+    /// Why this kernel was not run at all (e.g. no UML kernel built); not a failure.
+    pub skipped: Option<String>,
     /// Stage 2 wrote its `done` marker.
     pub finished: bool,
     /// Per test binary.
@@ -57,6 +61,9 @@ impl KernelReport {
     /// Reasons this kernel fails the matrix; empty means it passed.
     pub fn failures(&self) -> Vec<String> {
         let mut f = Vec::new();
+        if self.skipped.is_some() && self.error.is_none() {
+            return f;
+        }
         if let Some(e) = &self.error {
             f.push(e.clone());
         }
@@ -143,12 +150,14 @@ pub fn collect(dir: &Path, bins: &[String], rep: &mut KernelReport) -> Result<()
         let err = read_opt(&tests.join(format!("{name}.err")))?.unwrap_or_default();
         let rc = read_opt(&tests.join(format!("{name}.rc")))?;
         let ms = read_opt(&tests.join(format!("{name}.ms")))?;
+        let wall_ms = read_opt(&tests.join(format!("{name}.wall_ms")))?;
         rep.binaries.insert(
             name.clone(),
             BinResult {
                 exit_code: parse_num(rc, &tests.join(format!("{name}.rc")))?,
                 report: libtest::parse(&out),
                 millis: parse_num(ms, &tests.join(format!("{name}.ms")))?,
+                wall_millis: parse_num(wall_ms, &tests.join(format!("{name}.wall_ms")))?,
                 stderr_tail: tail(&err, 3),
                 leaked_links: after.difference(&base).cloned().collect(),
             },
@@ -411,6 +420,17 @@ PATCHBAY-SKIP: no netem\n\ntest result: ok. 2 passed; 0 failed\n";
         };
         assert_eq!(timeout.failures(), ["timeout after 9 s"]);
         assert!(!KernelReport::default().failures().is_empty());
+    }
+
+    #[test]
+    fn skipped_kernel_is_not_a_failure() {
+        let rep = KernelReport {
+            label: "uml".into(),
+            skipped: Some("no UML kernel; build one with `cargo xtask build-uml`".into()),
+            ..Default::default()
+        };
+        assert!(rep.failures().is_empty(), "{:?}", rep.failures());
+        assert_eq!(rep.totals(), (0, 0, 0, 0));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Running the kernels: guests `jobs` at a time under QEMU, the host natively alongside,
-//! each with a wall-clock timeout, then collecting each results directory.
+//! Running the kernels: guests (QEMU, and the UML kernel's run of short guests) `jobs` at a
+//! time, the host natively alongside, each with a wall-clock timeout, then collecting each
+//! results directory.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -14,13 +15,24 @@ use super::kernels;
 use super::moddep;
 use super::qemu;
 use super::results::{self, KernelReport};
+use super::uml::{self, UmlGuest};
 use super::{BUSYBOX, MatrixOpts, run_checked};
 
-/// One kernel to run: the native host when `guest` is None.
+/// One kernel to run.
 pub(super) struct Job {
     pub(super) rep: KernelReport,
     pub(super) dir: PathBuf,
-    pub(super) guest: Option<(kernels::CachedKernel, PathBuf)>,
+    pub(super) target: Target,
+}
+
+/// Where a kernel's stage 2 runs.
+pub(super) enum Target {
+    /// Natively, on the host kernel.
+    Native,
+    /// In one QEMU guest: the cached kernel and its initramfs.
+    Qemu(kernels::CachedKernel, PathBuf),
+    /// In UML guests in virtual time, one per step.
+    Uml(UmlGuest),
 }
 
 /// Runs the guests `opts.jobs` at a time and the native host run alongside them (most lab
@@ -31,7 +43,9 @@ pub(super) fn run_jobs(
     accel: qemu::Accel,
     bins: &[String],
 ) -> Vec<KernelReport> {
-    let (native, guests): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.guest.is_none());
+    let (native, guests): (Vec<Job>, Vec<Job>) = jobs
+        .into_iter()
+        .partition(|j| matches!(j.target, Target::Native));
     let queue = Mutex::new(guests.into_iter().collect::<VecDeque<_>>());
     let done = Mutex::new(Vec::new());
     let finish = |rep: KernelReport| {
@@ -77,10 +91,10 @@ fn run_job(job: Job, opts: &MatrixOpts, accel: qemu::Accel, bins: &[String]) -> 
     let Job {
         mut rep,
         dir,
-        guest,
+        target,
     } = job;
-    let outcome = match guest {
-        Some((k, initrd)) => {
+    let outcome = match target {
+        Target::Qemu(k, initrd) => {
             rep.accel = format!("{accel:?}").to_lowercase();
             let g = qemu::GuestSpec {
                 kernel: k.boot_image(),
@@ -95,7 +109,13 @@ fn run_job(job: Job, opts: &MatrixOpts, accel: qemu::Accel, bins: &[String]) -> 
                 Some(c) => bail!("qemu exited {c}: {}", tail_of(&dir.join("qemu.log"))),
             })
         }
-        None => run_native(&dir, opts.timeout),
+        Target::Uml(g) => uml::run(&g, &dir, opts.timeout).map(|r| {
+            if let Some(e) = r.probe_error {
+                rep.error = Some(e);
+            }
+            (r.wall, r.timed_out)
+        }),
+        Target::Native => run_native(&dir, opts.timeout),
     };
     match outcome {
         Ok((wall, timed_out)) => {
