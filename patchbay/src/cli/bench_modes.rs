@@ -54,9 +54,8 @@ fn write_svgs(out: &Path, s: Scenario, e: &ModesEntry) -> anyhow::Result<()> {
         (&e.virtual_, format!("{s}-virtual.svg")),
     ] {
         if let Some(v) = v {
-            let [b, c] = &v.traces;
             let path = out.join(name);
-            std::fs::write(&path, svg::timeline(b, c, &v.fidelity))
+            std::fs::write(&path, svg::timeline_of(v))
                 .with_context(|| format!("writing {}", path.display()))?;
         }
     }

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use clock::LabClock;
+pub(crate) use clock::monotonic_now;
 pub use compression::LabEvent;
 pub use device::{Device, DeviceBuilder};
 pub use faults::{Direction, FaultGuard};

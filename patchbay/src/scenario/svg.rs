@@ -7,6 +7,7 @@ use std::fmt::Write;
 
 use super::fidelity::Fidelity;
 use super::trace::Trace;
+use super::{Mode, VerifyResult};
 
 const W: f64 = 960.0;
 const LEFT: f64 = 150.0;
@@ -35,9 +36,75 @@ fn tick_step(span: f64) -> f64 {
         .unwrap_or(10.0 * mag)
 }
 
+/// What a timeline calls its two runs.
+#[derive(Debug, Clone)]
+pub struct Labels {
+    /// The comparison, in the title (e.g. `k=1 vs k=20`).
+    pub title: String,
+    /// The two lanes (e.g. `baseline k=1`, `compressed k=20`).
+    pub lanes: [String; 2],
+    /// The subtitle after "virtual time (s); " (e.g. the wall times).
+    pub subtitle: String,
+}
+
+impl Labels {
+    /// Labels for a baseline and a compressed run.
+    pub fn compressed(baseline: &Trace, compressed: &Trace) -> Self {
+        Labels {
+            title: format!("k={} vs k={}", baseline.scale, compressed.scale),
+            lanes: [
+                format!("baseline k={}", baseline.scale),
+                format!("compressed k={}", compressed.scale),
+            ],
+            subtitle: format!(
+                "wall: baseline {:.2} s, compressed {:.2} s",
+                baseline.wall.as_secs_f64(),
+                compressed.wall.as_secs_f64()
+            ),
+        }
+    }
+
+    /// Labels for a verify result in either mode.
+    pub fn of(r: &VerifyResult) -> Self {
+        let [b, c] = &r.traces;
+        match r.mode {
+            Mode::Compressed => Labels::compressed(b, c),
+            Mode::Virtual => Labels {
+                title: "UML real clock vs virtual time".into(),
+                lanes: ["UML real clock".into(), "UML virtual".into()],
+                subtitle: format!(
+                    "host wall incl. boot: real clock {:.2} s, virtual {:.2} s",
+                    r.baseline.wall_s, r.compressed.wall_s
+                ),
+            },
+        }
+    }
+}
+
+/// Renders the timeline of a verify result (either mode).
+pub fn timeline_of(r: &VerifyResult) -> String {
+    let [b, c] = &r.traces;
+    timeline_with(b, c, &r.fidelity, &Labels::of(r))
+}
+
 /// Renders the timeline of `baseline` and `compressed` (with the fidelity
 /// verdict in the title).
 pub fn timeline(baseline: &Trace, compressed: &Trace, fidelity: &Fidelity) -> String {
+    timeline_with(
+        baseline,
+        compressed,
+        fidelity,
+        &Labels::compressed(baseline, compressed),
+    )
+}
+
+/// Renders a timeline with the given labels.
+pub fn timeline_with(
+    baseline: &Trace,
+    compressed: &Trace,
+    fidelity: &Fidelity,
+    labels: &Labels,
+) -> String {
     let lanes = [baseline, compressed];
     let span = lanes
         .iter()
@@ -66,9 +133,9 @@ pub fn timeline(baseline: &Trace, compressed: &Trace, fidelity: &Fidelity) -> St
     let verdict = if fidelity.pass { "PASS" } else { "FAIL" };
     let _ = writeln!(
         b,
-        r#"<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{} — k=1 vs k={} — {verdict} (median {:.1}%, max {:.1}%, sequence {})</text>"#,
+        r#"<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{} — {} — {verdict} (median {:.1}%, max {:.1}%, sequence {})</text>"#,
         esc(&baseline.scenario),
-        compressed.scale,
+        esc(&labels.title),
         fidelity.median * 100.0,
         fidelity.max * 100.0,
         if fidelity.sequence_match {
@@ -79,9 +146,8 @@ pub fn timeline(baseline: &Trace, compressed: &Trace, fidelity: &Fidelity) -> St
     );
     let _ = writeln!(
         b,
-        r##"<text x="{LEFT}" y="40" fill="#555">virtual time (s); wall: baseline {:.2} s, compressed {:.2} s</text>"##,
-        baseline.wall.as_secs_f64(),
-        compressed.wall.as_secs_f64()
+        r##"<text x="{LEFT}" y="40" fill="#555">virtual time (s); {}</text>"##,
+        esc(&labels.subtitle)
     );
     let axis_y = TOP + LANE * 2.0;
     let step = tick_step(span);
@@ -98,16 +164,12 @@ pub fn timeline(baseline: &Trace, compressed: &Trace, fidelity: &Fidelity) -> St
     }
     for (i, tr) in lanes.iter().enumerate() {
         let y = TOP + LANE * i as f64 + LANE / 2.0;
-        let label = if i == 0 {
-            format!("baseline k={}", tr.scale)
-        } else {
-            format!("compressed k={}", tr.scale)
-        };
+        let label = &labels.lanes[i];
         let _ = writeln!(
             b,
             r##"<text x="10" y="{:.1}">{}</text><line x1="{LEFT}" y1="{y}" x2="{:.1}" y2="{y}" stroke="#999"/>"##,
             y + 4.0,
-            esc(&label),
+            esc(label),
             W - RIGHT
         );
         // Each kind gets its own band inside the lane, so events at the same

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::bpf::EventKind;
-use crate::lab::{LabClock, LabEvent};
+use crate::lab::{LabClock, LabEvent, monotonic_now};
 
 /// One event of a trace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +103,11 @@ pub struct Recorder {
     scenario: String,
     clock: LabClock,
     t0: Instant,
+    /// The start mark on `CLOCK_MONOTONIC`, the clock of the telemetry.
+    t0_mono: Duration,
+    /// Half the time the two monotonic reads around `t0` took: the
+    /// uncertainty of `t0_mono`.
+    slack: Duration,
     obs: std::sync::Mutex<Vec<TraceEvent>>,
     last: std::sync::Mutex<Instant>,
 }
@@ -110,11 +115,13 @@ pub struct Recorder {
 impl Recorder {
     /// A recorder for `scenario` on a lab with `clock`; the start mark is now.
     pub fn new(scenario: &str, clock: LabClock) -> Self {
-        let now = Instant::now();
+        let (now, t0_mono, slack) = bracket();
         Recorder {
             scenario: scenario.to_string(),
             clock,
             t0: now,
+            t0_mono,
+            slack,
             obs: std::sync::Mutex::new(vec![]),
             last: std::sync::Mutex::new(now),
         }
@@ -130,6 +137,9 @@ impl Recorder {
     /// from the scenario to the node's worker thread then stays out of the
     /// trace, where k would multiply it. Call it before any observation.
     pub fn restart_at(&mut self, t0: Instant) {
+        let (now, mono, slack) = bracket();
+        self.t0_mono = mono.saturating_sub(now.saturating_duration_since(t0));
+        self.slack = slack;
         self.t0 = t0;
         let last = self.last.get_mut().unwrap_or_else(|p| p.into_inner());
         *last = (*last).max(t0);
@@ -164,11 +174,14 @@ impl Recorder {
     /// `keep` selects the telemetry events that belong to the scenario
     /// (e.g. by port); events before the start mark are dropped.
     pub fn finish(&self, telemetry: &[LabEvent], keep: impl Fn(&LabEvent) -> bool) -> Trace {
-        let off = self.t0.saturating_duration_since(self.clock.start());
         let mut events = lock(&self.obs).clone();
         for e in telemetry.iter().filter(|e| keep(e)) {
-            let Some(since) = e.at.checked_sub(off) else {
-                continue;
+            // On the telemetry's own clock, against the bracketed mark; an
+            // event inside the mark's uncertainty counts as at the mark.
+            let since = match e.tcp.monotonic.checked_sub(self.t0_mono) {
+                Some(d) => d,
+                None if self.t0_mono - e.tcp.monotonic <= self.slack => Duration::ZERO,
+                None => continue,
             };
             if let Some((kind, detail)) = classify(&e.tcp.kind) {
                 events.push(TraceEvent {
@@ -189,6 +202,19 @@ impl Recorder {
             events,
         }
     }
+}
+
+/// `Instant::now()` and its `CLOCK_MONOTONIC` value (the same clock on
+/// Linux, but two reads): the midpoint of monotonic reads taken just before
+/// and after, with half their distance as the uncertainty. Exact in a UML
+/// guest in virtual time, where each clock read advances time by 256 ns;
+/// tens of ns on a host; up to a syscall (~50 us) in a real-clock guest.
+fn bracket() -> (Instant, Duration, Duration) {
+    let a = monotonic_now();
+    let now = Instant::now();
+    let b = monotonic_now();
+    let half = b.saturating_sub(a) / 2;
+    (now, a + half, half)
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

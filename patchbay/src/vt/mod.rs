@@ -64,8 +64,9 @@ pub struct VtOpts {
     /// Extra environment for the command (applied on top of `PATH`, `HOME=/root`,
     /// `PATCHBAY_VT=1` and `PATCHBAY_VT_RESULTS`; the host environment is not inherited).
     pub env: Vec<(String, String)>,
-    /// Working directory in the guest; `None`: the caller's current directory. Paths under
-    /// `/tmp`, `/run` and `/var/tmp` do not exist in the guest.
+    /// Working directory in the guest; `None`: the caller's current directory. `/tmp`, `/run`
+    /// and `/var/tmp` are guest tmpfs mounts, except that the top directory holding the command
+    /// or this directory under one of them is exposed read-only from the host.
     pub cwd: Option<PathBuf>,
     /// Guest memory, as the UML `mem=` parameter (e.g. `512M`).
     pub mem: String,
