@@ -70,7 +70,7 @@ impl Labels {
         match r.mode {
             Mode::Compressed => Labels::compressed(b, c),
             Mode::Virtual => Labels {
-                title: "UML real clock vs virtual time".into(),
+                title: "UML real clock vs virtual".into(),
                 lanes: ["UML real clock".into(), "UML virtual".into()],
                 subtitle: format!(
                     "host wall incl. boot: real clock {:.2} s, virtual {:.2} s",
@@ -133,20 +133,20 @@ pub fn timeline_with(
     let verdict = if fidelity.pass { "PASS" } else { "FAIL" };
     let _ = writeln!(
         b,
-        r#"<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{} — {} — {verdict} (median {:.1}%, max {:.1}%, sequence {})</text>"#,
+        r#"<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{} — {} — {verdict}</text>"#,
         esc(&baseline.scenario),
         esc(&labels.title),
+    );
+    let _ = writeln!(
+        b,
+        r##"<text x="{LEFT}" y="40" fill="#555">median {:.1}%, max {:.1}%, sequence {}; virtual time (s); {}</text>"##,
         fidelity.median * 100.0,
         fidelity.max * 100.0,
         if fidelity.sequence_match {
             "identical"
         } else {
             "differs"
-        }
-    );
-    let _ = writeln!(
-        b,
-        r##"<text x="{LEFT}" y="40" fill="#555">virtual time (s); {}</text>"##,
+        },
         esc(&labels.subtitle)
     );
     let axis_y = TOP + LANE * 2.0;
