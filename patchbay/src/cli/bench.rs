@@ -8,8 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use patchbay::scenario::bench::{BenchEntry, LADDER, RUNS, Step, bench_scenario};
-use patchbay::scenario::modes::TimeMode;
-use patchbay::scenario::{Scenario, Size, check, svg};
+use patchbay::scenario::{Mode, Scenario, Size, check, svg};
 
 use super::table;
 
@@ -37,7 +36,7 @@ pub struct BenchArgs {
     /// comma-separated `real`, `compressed` (at --scale), `virtual` (in the
     /// User-Mode-Linux guest; needs `cargo xtask build-uml`).
     #[arg(long, value_delimiter = ',')]
-    modes: Vec<TimeMode>,
+    modes: Vec<Mode>,
 }
 
 /// A progress bar on stderr when it is a terminal (hidden otherwise);

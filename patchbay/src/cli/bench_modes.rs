@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use patchbay::scenario::modes::{
-    ModeStep, ModesEntry, SuiteTotals, TimeMode, bench_modes, runs_per_scenario, totals,
+    ModeStep, ModesEntry, SuiteTotals, bench_modes, runs_per_scenario, totals,
 };
-use patchbay::scenario::{Scenario, Size, VerifyResult, svg};
+use patchbay::scenario::{Mode, Scenario, Size, VerifyResult, svg};
 
 use super::bench::bar;
 use super::table;
@@ -16,7 +16,7 @@ use super::table;
 /// Runs the three-mode benchmark and prints its table or JSON.
 pub async fn run(
     scenarios: &[Scenario],
-    modes: &[TimeMode],
+    modes: &[Mode],
     k: f64,
     size: Size,
     out: &Path,

@@ -5,25 +5,18 @@ use std::process::ExitCode;
 use anyhow::Context;
 use patchbay::scenario::{Mode, Scenario, Size, VerifyResult, verify, virt};
 
-/// `--mode` of `patchbay verify`.
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ModeArg {
-    /// On the host kernel at time scale k, against a k = 1 host run.
-    Compressed,
-    /// In the User-Mode-Linux guest in virtual time, against a real-clock run
-    /// on the same guest kernel (needs `cargo xtask build-uml`).
-    Virtual,
-}
-
 #[derive(clap::Args)]
 pub struct VerifyArgs {
     /// Scenario name (see `patchbay scenario list`).
     scenario: String,
-    /// How the run under test saves time.
-    #[arg(long, value_enum, default_value = "compressed")]
-    mode: ModeArg,
+    /// How the run under test saves time: `compressed` (on the host at
+    /// --scale, against a k = 1 host run) or `virtual` (in the
+    /// User-Mode-Linux guest, against a real-clock run on the same guest
+    /// kernel; needs `cargo xtask build-uml`).
+    #[arg(long, default_value = "compressed")]
+    mode: Mode,
     /// Time scale k of the compressed run (compressed mode; required there).
-    #[arg(long, required_if_eq("mode", "compressed"))]
+    #[arg(long)]
     scale: Option<f64>,
     /// Time scale of the baseline run.
     #[arg(long, default_value_t = 1.0)]
@@ -40,7 +33,7 @@ pub struct VerifyArgs {
 pub fn print_text(r: &VerifyResult) {
     let verdict = if r.pass { "FAITHFUL" } else { "NOT FAITHFUL" };
     match r.mode {
-        Mode::Compressed => {
+        Mode::Real | Mode::Compressed => {
             println!(
                 "{} at k={} vs k={} ({:?} size): {verdict}",
                 r.scenario, r.scale, r.baseline.scale, r.size,
@@ -109,12 +102,15 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         Size::Default
     };
     let r = match (args.mode, args.scale) {
-        (ModeArg::Virtual, _) => {
+        (Mode::Real, _) => {
+            anyhow::bail!("verify compares a mode with real time: use --mode compressed or virtual")
+        }
+        (Mode::Virtual, _) => {
             let cli = std::env::current_exe().context("locating the patchbay binary")?;
             virt::verify_virtual(&cli, s, size).await?
         }
-        (ModeArg::Compressed, Some(k)) => verify(s, k, args.baseline_scale, size).await?,
-        (ModeArg::Compressed, None) => anyhow::bail!("--scale K is required in compressed mode"),
+        (Mode::Compressed, Some(k)) => verify(s, k, args.baseline_scale, size).await?,
+        (Mode::Compressed, None) => anyhow::bail!("--scale K is required in compressed mode"),
     };
     if args.json {
         println!("{}", serde_json::to_string(&r)?);

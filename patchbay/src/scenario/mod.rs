@@ -317,16 +317,32 @@ pub(crate) async fn settle() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// How the run under test saves time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// A time mode: how a run saves (or does not save) time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
+    /// On the host kernel at k = 1: the baseline of the compressed mode.
+    Real,
     /// On the host kernel, timers divided by k (the baseline runs at k = 1
     /// on the host).
     Compressed,
     /// Inside the User-Mode-Linux guest in time-travel mode (the baseline
     /// runs in the same guest with its clock in real time); see [`virt`].
     Virtual,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "real" => Ok(Mode::Real),
+            "compressed" => Ok(Mode::Compressed),
+            "virtual" => Ok(Mode::Virtual),
+            _ => Err(format!(
+                "unknown mode {s:?}: use real, compressed or virtual (comma-separated for bench --modes)"
+            )),
+        }
+    }
 }
 
 /// One scenario's fidelity verdict: the baseline and compressed runs and
@@ -337,7 +353,7 @@ pub struct VerifyResult {
     /// Scenario name.
     pub scenario: String,
     /// Compressed (host kernel, k) or virtual (UML guest in time-travel
-    /// mode); in virtual mode `compressed` is the virtual run.
+    /// mode); in virtual mode `compressed` is the virtual run. Never `real`.
     pub mode: Mode,
     /// k of the compressed run.
     pub scale: f64,

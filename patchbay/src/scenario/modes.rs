@@ -12,35 +12,8 @@ use serde::Serialize;
 
 use super::bench::timed;
 use super::virt;
-use super::{RunSummary, Scenario, ScenarioError, Size, VerifyResult, compare, fidelity};
+use super::{Mode, RunSummary, Scenario, ScenarioError, Size, VerifyResult, compare, fidelity};
 use crate::vt::VtClock;
-
-/// One time mode of the benchmark.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TimeMode {
-    /// The host kernel at k = 1.
-    Real,
-    /// The host kernel at the requested k.
-    Compressed,
-    /// The UML guest in time-travel mode (plus a real-clock guest run as its
-    /// fidelity baseline).
-    Virtual,
-}
-
-impl std::str::FromStr for TimeMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "real" => Ok(TimeMode::Real),
-            "compressed" => Ok(TimeMode::Compressed),
-            "virtual" => Ok(TimeMode::Virtual),
-            _ => Err(format!(
-                "unknown mode {s:?}: use real, compressed or virtual (comma-separated)"
-            )),
-        }
-    }
-}
 
 /// What the three-mode benchmark is doing, for progress display.
 #[derive(Debug, Clone, Copy)]
@@ -52,11 +25,11 @@ pub struct ModeStep {
 }
 
 /// Runs per scenario the three-mode benchmark makes for `modes`.
-pub fn runs_per_scenario(modes: &[TimeMode]) -> usize {
-    let real = modes.contains(&TimeMode::Real) || modes.contains(&TimeMode::Compressed);
+pub fn runs_per_scenario(modes: &[Mode]) -> usize {
+    let real = modes.contains(&Mode::Real) || modes.contains(&Mode::Compressed);
     usize::from(real)
-        + usize::from(modes.contains(&TimeMode::Compressed))
-        + 3 * usize::from(modes.contains(&TimeMode::Virtual))
+        + usize::from(modes.contains(&Mode::Compressed))
+        + 3 * usize::from(modes.contains(&Mode::Virtual))
 }
 
 /// One scenario in every requested mode.
@@ -114,7 +87,7 @@ pub async fn bench_modes(
     s: Scenario,
     k: f64,
     size: Size,
-    modes: &[TimeMode],
+    modes: &[Mode],
     progress: &mut dyn FnMut(ModeStep),
 ) -> Result<ModesEntry, ScenarioError> {
     let mut step = |what| progress(ModeStep { scenario: s, what });
@@ -127,7 +100,7 @@ pub async fn bench_modes(
         virtual_vs_host: None,
     };
     let mut host_real = None;
-    if want(TimeMode::Real) || want(TimeMode::Compressed) {
+    if want(Mode::Real) || want(Mode::Compressed) {
         step("real");
         let (t, total) = timed(s, 1.0, size).await?;
         let mut sum = RunSummary::of(&t);
@@ -135,7 +108,7 @@ pub async fn bench_modes(
         entry.real = Some(sum);
         host_real = Some((t, total));
     }
-    if let (true, Some((b, bt))) = (want(TimeMode::Compressed), &host_real) {
+    if let (true, Some((b, bt))) = (want(Mode::Compressed), &host_real) {
         step("compressed");
         let (c, ct) = timed(s, k, size).await?;
         let mut v = compare(s, size, b.clone(), c);
@@ -143,7 +116,7 @@ pub async fn bench_modes(
         v.compressed.total_wall_s = Some(ct.as_secs_f64());
         entry.compressed = Some(v);
     }
-    if want(TimeMode::Virtual) {
+    if want(Mode::Virtual) {
         step("uml real clock");
         let base = virt::guest(cli, s, size, VtClock::Real).await?;
         step("virtual");
@@ -208,14 +181,14 @@ mod tests {
 
     #[test]
     fn modes_parse_and_count_runs() {
-        let all: Vec<TimeMode> = "real,compressed,virtual"
+        let all: Vec<Mode> = "real,compressed,virtual"
             .split(',')
             .map(|m| m.parse().expect("mode"))
             .collect();
         assert_eq!(runs_per_scenario(&all), 5);
-        assert_eq!(runs_per_scenario(&[TimeMode::Compressed]), 2);
-        assert_eq!(runs_per_scenario(&[TimeMode::Virtual]), 3);
-        let e = "fast".parse::<TimeMode>().expect_err("unknown");
+        assert_eq!(runs_per_scenario(&[Mode::Compressed]), 2);
+        assert_eq!(runs_per_scenario(&[Mode::Virtual]), 3);
+        let e = "fast".parse::<Mode>().expect_err("unknown");
         assert!(e.contains("real, compressed or virtual"), "{e}");
     }
 

@@ -68,7 +68,7 @@ impl Labels {
     pub fn of(r: &VerifyResult) -> Self {
         let [b, c] = &r.traces;
         match r.mode {
-            Mode::Compressed => Labels::compressed(b, c),
+            Mode::Real | Mode::Compressed => Labels::compressed(b, c),
             Mode::Virtual => Labels {
                 title: "UML real clock vs virtual".into(),
                 lanes: ["UML real clock".into(), "UML virtual".into()],

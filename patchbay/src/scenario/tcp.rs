@@ -154,8 +154,22 @@ pub(crate) async fn syn_blackhole(k: f64, size: Size) -> Result<Trace, ScenarioE
     Ok(finish(&lab, &rec).await)
 }
 
-/// Connects from `c`, proves the path with one echo, then waits for `go`
-/// and runs `then` on the stream.
+/// A connected client from [`established`], waiting for `go`.
+struct Client {
+    /// Lets the client run its `then` step.
+    go: oneshot::Sender<()>,
+    /// The client; ends with `then`'s outcome (`None`: past the limit).
+    task: crate::netns::Task<Option<Outcome>>,
+    /// When the client started `then`, in its own task: the moment it
+    /// triggers the scenario's fault itself (its write, its close). A start
+    /// mark taken there keeps the hand-off from the scenario to the client's
+    /// worker thread out of the trace, where k would multiply it.
+    started: Arc<std::sync::OnceLock<Instant>>,
+}
+
+/// Connects from `c`, proves the path with one echo, and returns once the
+/// connection is established; the client then waits for `go` and runs
+/// `then` on the stream.
 async fn established<F, Fut>(
     c: &Device,
     ip: Ipv4Addr,
@@ -163,20 +177,15 @@ async fn established<F, Fut>(
     limit: Duration,
     setup: impl FnOnce(&tokio::net::TcpStream) -> std::io::Result<()> + Send + 'static,
     then: F,
-) -> Result<
-    (
-        oneshot::Sender<()>,
-        tokio::sync::mpsc::UnboundedReceiver<()>,
-        crate::netns::Task<Option<Outcome>>,
-    ),
-    ScenarioError,
->
+) -> Result<Client, ScenarioError>
 where
     F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Outcome> + 'static,
 {
     let (go_tx, go_rx) = oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
+    let started = Arc::new(std::sync::OnceLock::new());
+    let started_in = started.clone();
     let task = c
         .spawn(move |_| async move {
             let mut st = match tokio::net::TcpStream::connect(SocketAddr::from((ip, PORT))).await {
@@ -198,10 +207,22 @@ where
             if ready_tx.send(()).is_err() || go_rx.await.is_err() {
                 return None;
             }
+            let _ = started_in.set(Instant::now());
             tokio::time::timeout(limit, then(st)).await.ok()
         })
         .lab(sc, "running the client")?;
-    Ok((go_tx, ready_rx, task))
+    if ready_rx.recv().await.is_none() {
+        let out = task.await.lab(sc, "connecting")?;
+        return Err(unexpected(
+            sc,
+            format!("could not establish the connection: {:?}", out.map(|o| o.1)),
+        ));
+    }
+    Ok(Client {
+        go: go_tx,
+        task,
+        started,
+    })
 }
 
 /// `data-blackhole`: the peer goes silent, the client writes and waits.
@@ -214,19 +235,13 @@ pub(crate) async fn data_blackhole(k: f64, size: Size) -> Result<Trace, Scenario
     let lab = scenario_lab(SC, k, |o| o.tcp_retries2(retries2)).await?;
     let (c, s, ip) = pair(&lab, SC).await?;
     start_server(&s, ip, Server::Echo, SC).await?;
-    // The start mark is the write itself: the kernel arms the loss probe
-    // there, and at k = 10 a millisecond of thread hand-off before it would
-    // be 10 ms of virtual error on the first retransmissions.
-    let wrote = Arc::new(std::sync::OnceLock::new());
-    let wrote_in = wrote.clone();
-    let (go, mut ready, task) = established(
+    let client = established(
         &c,
         ip,
         SC,
         budget(k, expect_s),
         |_| Ok(()),
         |mut st| async move {
-            let _ = wrote_in.set(Instant::now());
             let r = async {
                 st.write_all(b"x").await?;
                 let mut b = [0u8; 1];
@@ -240,22 +255,18 @@ pub(crate) async fn data_blackhole(k: f64, size: Size) -> Result<Trace, Scenario
         },
     )
     .await?;
-    if ready.recv().await.is_none() {
-        let out = task.await.lab(SC, "connecting")?;
-        return Err(unexpected(
-            SC,
-            format!("could not establish the connection: {:?}", out.map(|o| o.1)),
-        ));
-    }
     // IP-level partition (ARP keeps working): see `syn_blackhole`.
     let _fault = lab
         .partition(&c, &s)
         .await
         .lab(SC, "partitioning c from s")?;
     let mut rec = Recorder::new(SC, lab.clock());
-    let _ = go.send(()); // the receiver lives in the task awaited next
-    let out = task.await.lab(SC, "writing")?;
-    if let Some(&t0) = wrote.get() {
+    let _ = client.go.send(()); // the receiver lives in the task awaited next
+    let out = client.task.await.lab(SC, "writing")?;
+    // The start mark is the write itself: the kernel arms the loss probe
+    // there, and at k = 10 a millisecond of hand-off before it would be
+    // 10 ms of virtual error on the first retransmissions.
+    if let Some(&t0) = client.started.get() {
         rec.restart_at(t0);
     }
     record_outcome(&rec, SC, "write", out)?;
@@ -289,9 +300,9 @@ pub(crate) async fn keepalive_dead_peer(k: f64, size: Size) -> Result<Trace, Sce
     let (c, s, ip) = pair(&lab, SC).await?;
     start_server(&s, ip, Server::Echo, SC).await?;
     // Keepalive counts idle time from the last segment received, the echo
-    // that precedes `ready`: the start mark is taken right after `ready`
-    // (microseconds later), before the peer vanishes.
-    let (go, mut ready, task) = established(
+    // that `established` waits for: the start mark is taken right after it
+    // returns (microseconds later), before the peer vanishes.
+    let client = established(
         &c,
         ip,
         SC,
@@ -308,21 +319,14 @@ pub(crate) async fn keepalive_dead_peer(k: f64, size: Size) -> Result<Trace, Sce
         },
     )
     .await?;
-    if ready.recv().await.is_none() {
-        let out = task.await.lab(SC, "connecting")?;
-        return Err(unexpected(
-            SC,
-            format!("could not establish the connection: {:?}", out.map(|o| o.1)),
-        ));
-    }
     let rec = Recorder::new(SC, lab.clock());
     // IP-level partition (ARP keeps working): see `syn_blackhole`.
     let _fault = lab
         .partition(&c, &s)
         .await
         .lab(SC, "partitioning c from s")?;
-    let _ = go.send(()); // the receiver lives in the task awaited next
-    let out = task.await.lab(SC, "waiting for keepalive")?;
+    let _ = client.go.send(()); // the receiver lives in the task awaited next
+    let out = client.task.await.lab(SC, "waiting for keepalive")?;
     record_outcome(&rec, SC, "read", out)?;
     Ok(finish(&lab, &rec).await)
 }
@@ -344,11 +348,7 @@ pub(crate) async fn fin_timeout(k: f64, _size: Size) -> Result<Trace, ScenarioEr
     // timeout): often enough for the error budget, rarely enough that a
     // guest in virtual time (54 us per syscall) is not kept busy.
     let poll = Duration::from_secs_f64(0.05 / k).max(Duration::from_millis(1));
-    // The start mark is the close itself (see `data_blackhole`): its state
-    // changes are then never before the mark, whatever the hand-off took.
-    let closed = Arc::new(std::sync::OnceLock::new());
-    let closed_in = closed.clone();
-    let (go, mut ready, task) = established(
+    let client = established(
         &c,
         ip,
         SC,
@@ -359,7 +359,6 @@ pub(crate) async fn fin_timeout(k: f64, _size: Size) -> Result<Trace, ScenarioEr
                 Ok(a) => a.port(),
                 Err(e) => return (Instant::now(), Err(e)),
             };
-            let _ = closed_in.set(Instant::now());
             drop(st); // close(): FIN, the peer ACKs, FIN-WAIT-2, orphaned
             let mut seen = false;
             loop {
@@ -386,15 +385,8 @@ pub(crate) async fn fin_timeout(k: f64, _size: Size) -> Result<Trace, ScenarioEr
         },
     )
     .await?;
-    if ready.recv().await.is_none() {
-        let out = task.await.lab(SC, "connecting")?;
-        return Err(unexpected(
-            SC,
-            format!("could not establish the connection: {:?}", out.map(|o| o.1)),
-        ));
-    }
     let mut rec = Recorder::new(SC, lab.clock());
-    let _ = go.send(()); // the receiver lives in the task awaited next
+    let _ = client.go.send(()); // the receiver lives in the task awaited next
     let reached = tokio::time::timeout(Duration::from_secs(5), fw2_rx.recv()).await;
     if !matches!(reached, Ok(Some(()))) {
         return Err(unexpected(SC, "the client socket never reached FIN-WAIT-2"));
@@ -403,8 +395,13 @@ pub(crate) async fn fin_timeout(k: f64, _size: Size) -> Result<Trace, ScenarioEr
         .blackhole("eth0", Direction::Both)
         .await
         .lab(SC, "blackholing s")?;
-    let out = task.await.lab(SC, "waiting for the FIN-WAIT-2 timeout")?;
-    if let Some(&t0) = closed.get() {
+    let out = client
+        .task
+        .await
+        .lab(SC, "waiting for the FIN-WAIT-2 timeout")?;
+    // The start mark is the close itself (see `data_blackhole`): its state
+    // changes are then never before the mark, whatever the hand-off took.
+    if let Some(&t0) = client.started.get() {
         rec.restart_at(t0);
     }
     match out {

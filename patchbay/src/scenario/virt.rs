@@ -107,15 +107,13 @@ fn forwarded_env() -> Vec<(String, String)> {
         .collect()
 }
 
-/// The last few hundred bytes of a guest output, for error messages.
+/// The last lines of a guest output, for error messages.
 fn tail(b: &[u8]) -> String {
-    let s = String::from_utf8_lossy(b);
-    let s = s.trim();
-    let start = s.char_indices().rev().nth(600).map_or(0, |(i, _)| i);
-    if s.is_empty() {
+    let t = vt::tail_lines(b, 10);
+    if t.trim().is_empty() {
         "(empty)".into()
     } else {
-        s[start..].to_string()
+        t
     }
 }
 

@@ -382,7 +382,8 @@ fn panic_excerpt(console: &str) -> Option<String> {
     Some(lines[at.saturating_sub(20)..=at].join("\n"))
 }
 
-fn tail_lines(bytes: &[u8], n: usize) -> String {
+/// The last `n` lines of an output, lossily decoded.
+pub(crate) fn tail_lines(bytes: &[u8], n: usize) -> String {
     let text = String::from_utf8_lossy(bytes);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
