@@ -110,13 +110,26 @@ fn not_root_gets_a_clear_error() -> anyhow::Result<()> {
     if skip_unless_root() {
         return Ok(());
     }
+    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
-    let out = std::process::Command::new(std::env::current_exe()?)
+    // A checkout in a private directory (e.g. `mktemp -d`, mode 0700) is not
+    // traversable by nobody: run a copy of this binary from a directory it
+    // can reach.
+    let dir = std::env::temp_dir().join(format!("patchbay-nobody-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    let exe = dir.join("lab_errors");
+    std::fs::copy(std::env::current_exe()?, &exe)?;
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))?;
+    let out = std::process::Command::new(&exe)
         .args(["--exact", "unprivileged_child", "--ignored", "--nocapture"])
         .env("PATCHBAY_TEST_CHILD", "1")
+        .current_dir(&dir)
         .uid(65534)
         .gid(65534)
-        .output()?;
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() && text.is_empty() {
         skip(&format!(
