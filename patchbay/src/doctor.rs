@@ -5,9 +5,16 @@
 
 use serde::Serialize;
 
-use crate::cmd;
-use crate::netlink::{self, VethEnd};
-use crate::netns::Netns;
+use crate::sys::cmd;
+use crate::sys::netlink::{self, VethEnd};
+use crate::sys::netns::Netns;
+
+/// The cgroup v2 mount point, found through `/proc/self/mountinfo` (hybrid
+/// layouts included), or `None` where cgroup v2 is not mounted. Timer
+/// compression and killing a lab's whole process tree need it.
+pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    crate::sys::cgroup::cgroup2_mount()
+}
 
 /// One probe result.
 #[derive(Debug, Clone, Serialize)]
@@ -151,7 +158,7 @@ pub async fn probe() -> DoctorReport {
             "not root: labs need root or CAP_SYS_ADMIN + CAP_NET_ADMIN; run with sudo".to_string()
         },
     );
-    let cgroup2 = crate::cgroup::cgroup2_mount();
+    let cgroup2 = crate::sys::cgroup::cgroup2_mount();
     push(
         &mut checks,
         "cgroup2",

@@ -1,14 +1,15 @@
 //! The library's top-level error type.
 
 use crate::addr::AddrError;
-use crate::cgroup::CgroupError;
-use crate::cmd::CmdError;
 use crate::link::LinkError;
 use crate::nat::CtFlushError;
-use crate::netlink::NetlinkError;
-use crate::netns::NetnsError;
-use crate::nft::NftError;
-use crate::sysctl::SysctlError;
+use crate::sys::cgroup::CgroupError;
+use crate::sys::cmd::CmdError;
+use crate::sys::netlink::NetlinkError;
+use crate::sys::netns::NetnsError;
+use crate::sys::nft::NftError;
+use crate::sys::sysctl::SysctlError;
+use crate::sys::tc::TcError;
 
 /// Any error of the patchbay library.
 #[derive(Debug, thiserror::Error)]
@@ -95,5 +96,27 @@ impl<T> NetlinkContext<T> for std::result::Result<T, NetlinkError> {
             context: context(),
             source,
         })
+    }
+}
+
+impl From<TcError> for Error {
+    fn from(e: TcError) -> Error {
+        match e {
+            TcError::MissingQdisc {
+                kind: "netem",
+                argv,
+                ..
+            } => Error::KernelFeature {
+                feature: "CONFIG_NET_SCH_NETEM (tc netem)".into(),
+                hint: format!(
+                    "`{argv}` failed: this kernel has no netem qdisc, so delay, jitter, loss, duplication and reordering are unavailable (rate limits alone still work via tbf); use a kernel with CONFIG_NET_SCH_NETEM=y or the netem module loaded"
+                ),
+            },
+            TcError::MissingQdisc { config, argv, .. } => Error::KernelFeature {
+                feature: config.into(),
+                hint: format!("`{argv}` failed: enable {config} in the kernel"),
+            },
+            TcError::Cmd(c) => Error::Cmd(c),
+        }
     }
 }

@@ -14,7 +14,7 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
-use crate::nft;
+use crate::sys::nft;
 
 /// The nft table (family `inet`) holding a node's firewall.
 pub const FIREWALL_TABLE: &str = "patchbay-fw";

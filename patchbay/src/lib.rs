@@ -4,35 +4,49 @@
 //! devices with veth pairs and bridges. Code under test runs inside them,
 //! on the real kernel stack, through [`Node::spawn`], [`Node::run_sync`] and
 //! [`Node::spawn_command`].
+//!
+//! The crate is layered (see `docs/architecture.md`):
+//! - **the lab and the time modes** (this module's re-exports, [`vt`],
+//!   [`labfile`]) on top;
+//! - **kernel-free logic** in the middle: the compression plan ([`compress`]),
+//!   scenarios and fidelity checking ([`scenario`]), NAT, firewall and link
+//!   models, the address plan;
+//! - **one crate-private kernel layer** at the bottom (`sys`: netlink,
+//!   namespaces, nft, tc, sysctl, cgroups and the command runner); the eBPF
+//!   timer engine ([`bpf`]) is public as the low-level half of compression.
+//!
+//! The public surface is checked in (`patchbay/public-api.txt`) and compared
+//! by `cargo xtask test`.
 #![deny(missing_docs)]
 
-pub mod addr;
+mod addr;
 pub mod bpf;
-pub mod cgroup;
-pub mod cmd;
+pub mod compress;
 pub mod doctor;
 mod error;
-pub mod firewall;
+mod firewall;
 mod lab;
 pub mod labfile;
-pub mod link;
-pub mod nat;
-pub mod netlink;
-pub mod netns;
-pub mod nft;
+mod link;
+mod nat;
 pub mod scenario;
-pub mod sysctl;
-pub mod tc;
+mod sys;
+pub mod vt;
 
+pub use addr::AddrError;
+pub use bpf::{EventKind, TcpEvent};
 pub use error::{Error, Result};
 pub use firewall::{Firewall, FirewallAction, FirewallPolicy};
 pub use lab::{
-    Device, DeviceBuilder, Iface, Lab, LabClock, LabEvent, LabOpts, Node, NodeKind, Router,
-    RouterBuilder,
+    Device, DeviceBuilder, Direction, FaultGuard, Iface, Lab, LabClock, LabEvent, LabOpts, Node,
+    NodeKind, Router, RouterBuilder,
 };
-pub use lab::{Direction, FaultGuard};
-pub use link::{LinkCondition, LinkTiming, Preset};
-pub use nat::{ConntrackTimeouts, Nat, NatConfig};
-
-pub mod compress;
-pub mod vt;
+pub use link::{LinkCondition, LinkError, LinkTiming, Preset};
+pub use nat::{ConntrackTimeouts, CtFlushError, Nat, NatConfig};
+pub use sys::cgroup::CgroupError;
+pub use sys::cmd::CmdError;
+pub use sys::netlink::NetlinkError;
+pub use sys::netns::NetnsError;
+pub use sys::nft::NftError;
+pub use sys::sysctl::SysctlError;
+pub use sys::tc::TcError;

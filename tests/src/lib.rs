@@ -146,7 +146,7 @@ pub fn compression_unavailable() -> Option<String> {
     if !is_root() {
         return Some("needs root (CAP_BPF/CAP_SYS_ADMIN) to load eBPF programs".into());
     }
-    if patchbay::cgroup::cgroup2_mount().is_none() {
+    if patchbay::doctor::cgroup2_mount().is_none() {
         return Some("no cgroup v2 mount: compression attaches eBPF sock_ops to a cgroup".into());
     }
     let p = patchbay::bpf::probe();
@@ -216,4 +216,12 @@ mod tests {
         assert!(rto_min_accepted(1000, 2_000));
         assert!(!rto_min_accepted(1000, 1_000));
     }
+}
+
+/// The cgroup v2 path (`/lab-…`) in the `0::PATH` line of a `/proc/PID/cgroup` text.
+pub fn cgroup_v2_path(proc_cgroup: &str) -> Option<String> {
+    proc_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
 }

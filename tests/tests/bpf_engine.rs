@@ -25,7 +25,7 @@ fn engine_or_skip() -> Result<Option<Arc<Engine>>> {
     if skip_unless_root() {
         return Ok(None);
     }
-    if patchbay::cgroup::cgroup2_mount().is_none() {
+    if patchbay::doctor::cgroup2_mount().is_none() {
         skip("no cgroup2 mount: the eBPF engine attaches to a cgroup v2");
         return Ok(None);
     }

@@ -462,7 +462,7 @@ async fn sysctl_only_mode_reports_what_is_not_compressed() -> Result<()> {
 /// compressed lab is refused with a message naming the requirement.
 #[tokio::test]
 async fn compression_on_an_old_kernel_is_a_clear_refusal() -> Result<()> {
-    if skip_unless_root() || patchbay::cgroup::cgroup2_mount().is_none() {
+    if skip_unless_root() || patchbay::doctor::cgroup2_mount().is_none() {
         return Ok(());
     }
     if patchbay::bpf::probe().netns_cookie_in_sock_ops {

@@ -114,8 +114,8 @@ async fn drop_leaves_no_namespaces_processes_cgroups_or_interfaces() -> anyhow::
         cg.contains("/lab-"),
         "spawned processes join the lab cgroup: {cg}"
     );
-    let cg_dir = patchbay::cgroup::cgroup2_mount().unwrap().join(
-        patchbay::cgroup::v2_path_from(&cg)
+    let cg_dir = patchbay::doctor::cgroup2_mount().unwrap().join(
+        patchbay_tests::cgroup_v2_path(&cg)
             .unwrap()
             .trim_start_matches('/'),
     );
@@ -237,8 +237,8 @@ fn sigkill_leaves_nothing_that_outlives_the_process() -> anyhow::Result<()> {
     let held = netns_of(pid);
     assert!(held.len() >= 4, "child holds its lab namespaces: {held:?}");
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    let owner_dir = patchbay::cgroup::cgroup2_mount().unwrap().join(
-        patchbay::cgroup::v2_path_from(&cg)
+    let owner_dir = patchbay::doctor::cgroup2_mount().unwrap().join(
+        patchbay_tests::cgroup_v2_path(&cg)
             .unwrap()
             .trim_start_matches('/'),
     );

@@ -195,10 +195,6 @@ async fn bad_link_input_is_a_clear_error() -> anyhow::Result<()> {
     assert!(e.contains("loss = 150% is out of range"), "{e}");
     let e = LinkCondition::preset("5g").unwrap_err().to_string();
     assert!(e.contains("unknown link preset \"5g\""), "{e}");
-    let e = patchbay::link::units::parse_duration("-5ms")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("negative duration"), "{e}");
     let e = c
         .set_link_condition("eth9", LinkCondition::default().rate(1_000_000))
         .await

@@ -245,8 +245,7 @@ async fn timing_conntrack_expiry_gives_a_new_mapping() -> anyhow::Result<()> {
         ..Default::default()
     };
     let w = world("nat-expiry", |b| b.nat(Nat::Symmetric).conntrack(timeouts)).await?;
-    let ns = w.home.netns().clone();
-    let udp = patchbay::sysctl::read(&ns, "net/netfilter/nf_conntrack_udp_timeout")?;
+    let udp = w.home.sysctl("net/netfilter/nf_conntrack_udp_timeout")?;
     assert_eq!(udp, "2", "the timeout is set in the router's namespace");
     let s = sock(&w.c, 40005)?;
     let first = mapped(&s, &w.r1)?;

@@ -1,6 +1,7 @@
 //! Project automation: `cargo xtask <command>`.
 
 mod bench;
+mod cache;
 mod ebpf;
 mod matrix;
 mod test;

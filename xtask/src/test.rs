@@ -34,21 +34,6 @@ const UML_PACKAGES: &[(&str, &str)] = &[
     ("make", "make"),
 ];
 
-/// Where the UML kernel is cached across clones (a build takes 7-15 min on
-/// two cores): `$PATCHBAY_CACHE_DIR/uml`, default `~/.cache/patchbay/uml`.
-pub fn cache_dir(what: &str) -> PathBuf {
-    let base = std::env::var_os("PATCHBAY_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                .unwrap_or_else(|| PathBuf::from("/var/cache"))
-                .join("patchbay")
-        });
-    base.join(what)
-}
-
 pub fn run(args: TestArgs) -> Result<()> {
     let root = workspace_root()?;
     ensure_packages()?;
@@ -76,7 +61,7 @@ pub fn run(args: TestArgs) -> Result<()> {
     let mut uml_env = None;
     if !args.no_uml {
         install_missing(UML_PACKAGES)?;
-        let out = cache_dir("uml");
+        let out = crate::cache::cache_dir("uml");
         crate::uml::build_uml(crate::uml::BuildUmlArgs {
             jobs: None,
             out_dir: Some(out.clone()),
@@ -158,7 +143,7 @@ fn run_matrix(uml: Option<PathBuf>) -> Result<()> {
     }
     if std::env::var_os(crate::matrix::CACHE_ENV).is_none() {
         // SAFETY: xtask is single-threaded here; the matrix reads it below.
-        unsafe { std::env::set_var(crate::matrix::CACHE_ENV, cache_dir("kernels")) };
+        unsafe { std::env::set_var(crate::matrix::CACHE_ENV, crate::cache::cache_dir("kernels")) };
     }
     let mut kernels = ["5.10", "6.1", "6.12"].map(String::from).to_vec();
     if uml.is_some() {

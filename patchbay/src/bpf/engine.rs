@@ -59,7 +59,7 @@ pub struct Engine {
     maps: Arc<Mutex<Maps>>,
     subs: Subscribers,
     cgroup: PathBuf,
-    _process_cgroup: Arc<crate::cgroup::ProcessCgroup>,
+    _process_cgroup: Arc<crate::sys::cgroup::ProcessCgroup>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     load_time: Duration,
     verified_insns: VerifiedInsns,
@@ -186,7 +186,7 @@ fn attach(ebpf: &mut Ebpf, cgroup: &Path) -> Result<(), BpfError> {
 
 impl Engine {
     /// The process's engine, created on first use: loads the object, gets this process's
-    /// cgroup `patchbay.<pid>.<starttime>` ([`crate::cgroup::ProcessCgroup`]: created on first
+    /// cgroup `patchbay.<pid>.<starttime>` ([`crate::sys::cgroup::ProcessCgroup`]: created on first
     /// use, reaping those of dead processes, with the whole process moved into it), attaches `sock_ops` and `cgroup/setsockopt` in single mode and starts
     /// the telemetry reader thread. Sockets created afterwards by this process and its
     /// children are covered; only sockets of registered namespaces are touched.
@@ -214,7 +214,8 @@ impl Engine {
             .map_err(|(what, e)| BpfError::io(format!("counting CPUs ({what})"), e))?;
         // The lead changed the process cgroup to be shared by whoever holds it
         // (labs, this engine); the engine keeps it alive while it exists.
-        let process_cgroup = crate::cgroup::ProcessCgroup::acquire().map_err(BpfError::Cgroup)?;
+        let process_cgroup =
+            crate::sys::cgroup::ProcessCgroup::acquire().map_err(BpfError::Cgroup)?;
         let cgroup = process_cgroup.path().to_path_buf();
         attach(&mut ebpf, &cgroup)?;
         let subs = Subscribers::default();

@@ -71,7 +71,7 @@ fn record<T, E: std::fmt::Display>(
 pub fn probe() -> BpfCaps {
     let mut caps = BpfCaps::default();
     let errs = &mut caps.errors;
-    caps.cgroup2_mount = crate::cgroup::cgroup2_mount();
+    caps.cgroup2_mount = crate::sys::cgroup::cgroup2_mount();
     if caps.cgroup2_mount.is_none() {
         errs.insert(
             "cgroup2".into(),

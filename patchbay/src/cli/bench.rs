@@ -1,15 +1,14 @@
 //! `patchbay bench`: every scenario at the baseline and at k, the largest
 //! faithful k over the ladder, SVG timelines and a progress bar.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use patchbay::scenario::bench::{BenchEntry, LADDER, RUNS, Step, bench_scenario};
 use patchbay::scenario::{Mode, Scenario, Size, check, svg};
 
+use super::progress::bar;
 use super::table;
 
 #[derive(clap::Args)]
@@ -37,22 +36,6 @@ pub struct BenchArgs {
     /// User-Mode-Linux guest; needs `cargo xtask build-uml`).
     #[arg(long, value_delimiter = ',')]
     modes: Vec<Mode>,
-}
-
-/// A progress bar on stderr when it is a terminal (hidden otherwise);
-/// `unit` names what is counted.
-pub fn bar(total: u64, unit: &str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(total);
-    let style = ProgressStyle::with_template(&format!(
-        "{{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{msg}}"
-    ))
-    .map(|s| s.progress_chars("=> "))
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    pb.set_style(style);
-    pb
 }
 
 fn fmt_k(k: Option<f64>) -> String {

@@ -10,7 +10,7 @@ use patchbay::scenario::modes::{
 };
 use patchbay::scenario::{Mode, Scenario, Size, VerifyResult, svg};
 
-use super::bench::bar;
+use super::progress::bar;
 use super::table;
 
 /// Runs the three-mode benchmark and prints its table or JSON.

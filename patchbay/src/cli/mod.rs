@@ -5,6 +5,7 @@ mod bench;
 mod bench_modes;
 mod demo;
 mod doctor;
+mod progress;
 mod run;
 mod scenario;
 mod table;

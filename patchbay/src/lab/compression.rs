@@ -15,7 +15,7 @@ use crate::compress::{
     BpfFeatures, CompressionReport, KernelCaps, Plan, SysctlDefaults, TimeScale, TimerInputs, probe,
 };
 use crate::error::{Error, Result};
-use crate::netns::Netns;
+use crate::sys::netns::Netns;
 
 use super::LabOpts;
 use super::clock::{LabClock, monotonic_now};

@@ -7,8 +7,8 @@ use futures::future::try_join_all;
 
 use crate::addr;
 use crate::error::{Error, NetlinkContext, Result};
-use crate::netlink::{self, VethEnd};
-use crate::netns::{Netns, Task};
+use crate::sys::netlink::{self, VethEnd};
+use crate::sys::netns::{Netns, Task};
 
 use super::LabInner;
 use super::node::{Iface, Node, NodeInner, NodeKind};

@@ -13,14 +13,11 @@ use std::fmt::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures::TryStreamExt;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-
-use crate::cmd;
-use crate::error::{Error, Result};
-use crate::netlink::NetlinkError;
-use crate::netns::Netns;
-use crate::nft;
+use crate::error::{Error, NetlinkContext, Result};
+use crate::sys::cmd;
+use crate::sys::netlink;
+use crate::sys::netns::Netns;
+use crate::sys::nft;
 
 use super::Lab;
 use super::node::Node;
@@ -104,32 +101,6 @@ pub fn render_drop_table(table: &str, chains: &BTreeMap<String, Vec<String>>) ->
     nft::replace_table("netdev", table, &b)
 }
 
-fn netlink_err(op: String) -> impl FnOnce(rtnetlink::Error) -> Error {
-    move |source| Error::Netlink {
-        context: op.clone(),
-        source: NetlinkError::Request { op, source },
-    }
-}
-
-/// `ip link show index IDX` on the calling worker.
-async fn link_by_index(index: u32) -> Result<LinkMessage> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| Error::Netlink {
-        context: "opening a netlink socket".into(),
-        source: NetlinkError::Socket(e),
-    })?;
-    tokio::task::spawn_local(conn);
-    let op = format!("ip link show index {index}");
-    handle
-        .link()
-        .get()
-        .match_index(index)
-        .execute()
-        .try_next()
-        .await
-        .map_err(netlink_err(op.clone()))?
-        .ok_or_else(|| Error::Invalid(format!("{op}: no such interface")))
-}
-
 /// The other end of a node's veth interface: its namespace and name.
 pub(crate) async fn peer_end(node: &Node, iface: &str) -> Result<(Netns, String)> {
     let i = node.iface(iface).ok_or_else(|| {
@@ -159,23 +130,17 @@ pub(crate) async fn peer_end(node: &Node, iface: &str) -> Result<(Netns, String)
             .ok_or_else(|| Error::Invalid(format!("unknown peer router {:?}", i.peer)))?
     };
     let index = i.index;
-    let msg = node.netns().run(move || link_by_index(index)).await??;
-    let peer_index = msg
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            LinkAttribute::Link(p) => Some(*p),
-            _ => None,
-        })
+    let ctx = |op: &str| format!("{op} of {}.{iface}", node.name());
+    let peer_index = node
+        .netns()
+        .run(move || netlink::veth_peer_index(index))
+        .await?
+        .ctx(|| ctx("finding the veth peer"))?
         .ok_or_else(|| Error::Invalid(format!("{}.{iface} is not a veth", node.name())))?;
-    let peer = peer_ns.run(move || link_by_index(peer_index)).await??;
-    let name = peer
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            LinkAttribute::IfName(n) => Some(n.clone()),
-            _ => None,
-        })
+    let name = peer_ns
+        .run(move || netlink::link_name(peer_index))
+        .await?
+        .ctx(|| ctx("naming the veth peer"))?
         .ok_or_else(|| Error::Invalid(format!("peer of {}.{iface} has no name", node.name())))?;
     Ok((peer_ns, name))
 }

@@ -42,11 +42,11 @@ pub use opts::LabOpts;
 pub use router::{Router, RouterBuilder};
 
 use crate::addr;
-use crate::cgroup::{LabCgroup, ProcessCgroup};
 use crate::error::{Error, NetlinkContext, Result};
-use crate::netlink;
-use crate::netns::Netns;
-use crate::sysctl;
+use crate::sys::cgroup::{LabCgroup, ProcessCgroup};
+use crate::sys::netlink;
+use crate::sys::netns::Netns;
+use crate::sys::sysctl;
 use topo::Topology;
 
 /// A network lab. Dropping it ends every worker and every process spawned
@@ -106,7 +106,7 @@ impl Lab {
         );
         let cgroup = match ProcessCgroup::acquire() {
             Ok(pc) => Some(pc.new_lab()?),
-            Err(crate::cgroup::CgroupError::NoCgroup2) => None,
+            Err(crate::sys::cgroup::CgroupError::NoCgroup2) => None,
             Err(e) => return Err(e.into()),
         };
         let root = Netns::new(&format!("{id}-root"))?;

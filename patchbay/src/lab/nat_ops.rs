@@ -1,13 +1,13 @@
 //! Runtime NAT, conntrack, firewall and link-condition operations on
 //! routers and nodes. The rule text comes from the pure renderers in
-//! [`crate::nat`], [`crate::firewall`] and [`crate::tc`]; this layer only
+//! [`crate::nat`], [`crate::firewall`] and [`crate::sys::tc`]; this layer only
 //! gathers the node's state and applies.
 
 use crate::error::{Error, Result};
 use crate::firewall::{Firewall, render_firewall};
-use crate::link::LinkCondition;
+use crate::link::{LinkCondition, render_tc};
 use crate::nat::{self, ConntrackTimeouts, NAT_TABLE, Nat, NatConfig, NatSpec};
-use crate::{nft, sysctl, tc};
+use crate::sys::{nft, sysctl, tc};
 
 use super::node::{Node, NodeKind};
 use super::router::Router;
@@ -165,7 +165,7 @@ impl Node {
     /// re-rendered from them too. On kernels with conntrack as a module the
     /// keys exist once conntrack is in use in the namespace (any NAT or
     /// firewall rule loads it); otherwise this fails with
-    /// [`crate::sysctl::SysctlError::Missing`].
+    /// [`crate::sys::sysctl::SysctlError::Missing`].
     pub async fn set_conntrack_timeouts(&self, timeouts: ConntrackTimeouts) -> Result<()> {
         sysctl::write_all(self.netns(), self.scaled_conntrack(&timeouts).to_sysctls())?;
         if let Some(r) = Router::from_node(self.clone()) {
@@ -222,8 +222,9 @@ impl Node {
                 .link(&format!("{}.{iface}", self.name()), &condition),
             None => condition,
         };
-        tc::apply(self.netns(), iface, &condition).await?;
-        tc::apply(&peer_ns, &peer_dev, &condition).await?;
+        let qdisc = crate::link::qdisc_of(&condition);
+        tc::apply(self.netns(), &render_tc(iface, &condition), qdisc).await?;
+        tc::apply(&peer_ns, &render_tc(&peer_dev, &condition), qdisc).await?;
         Ok(())
     }
 }

@@ -9,8 +9,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::error::{Error, NetlinkContext, Result};
-use crate::netlink;
-use crate::netns::{Netns, Task};
+use crate::sys::netlink;
+use crate::sys::netns::{Netns, Task};
 
 use super::LabInner;
 
@@ -262,12 +262,12 @@ impl Node {
     /// `/proc/sys`, e.g. `net/ipv4/tcp_keepalive_probes`). Timer values
     /// written this way are taken as they are, not scaled by the lab's k.
     pub fn set_sysctl(&self, key: &str, value: &str) -> Result<()> {
-        Ok(crate::sysctl::write(self.netns(), key, value)?)
+        Ok(crate::sys::sysctl::write(self.netns(), key, value)?)
     }
 
     /// Reads a sysctl inside the node's namespace.
     pub fn sysctl(&self, key: &str) -> Result<String> {
-        Ok(crate::sysctl::read(self.netns(), key)?)
+        Ok(crate::sys::sysctl::read(self.netns(), key)?)
     }
 
     /// Sets an interface administratively down (`ip link set IFACE down`).

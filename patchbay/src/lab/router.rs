@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use crate::addr::{self, LanKind};
 use crate::error::{Error, NetlinkContext, Result};
-use crate::netlink::{self, VethEnd};
-use crate::netns::{Netns, Task};
+use crate::sys::netlink::{self, VethEnd};
+use crate::sys::netns::{Netns, Task};
 
 use super::node::{Iface, Node, NodeInner, NodeKind};
 use super::topo::{LanState, Member, RouterRec, Upstream};

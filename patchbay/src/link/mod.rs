@@ -1,6 +1,7 @@
 //! Link conditions: delay, jitter, loss, duplication, reordering and rate
 //! limits on a node's interface, with named presets. Pure types and
-//! validation; [`crate::tc`] renders and applies them.
+//! validation, and their rendering into `tc` arguments; the kernel layer
+//! applies them.
 //!
 //! Kernel requirements: rate limits alone use the `tbf` qdisc
 //! (`CONFIG_NET_SCH_TBF`); anything else (delay, jitter, loss, duplication,
@@ -8,7 +9,10 @@
 //! that needs netem on a kernel without it fails with
 //! [`crate::Error::KernelFeature`].
 
+mod tc;
 pub mod units;
+
+pub(crate) use tc::{qdisc_of, render_tc};
 
 use std::fmt;
 use std::str::FromStr;

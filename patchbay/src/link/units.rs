@@ -172,13 +172,8 @@ pub mod opt_rate {
 
 /// Serde helper for a percentage written as `"0.5%"` or a bare number.
 pub mod percent {
+    use serde::Deserializer;
     use serde::de::{self, Visitor};
-    use serde::{Deserializer, Serializer};
-
-    /// Serializes as a bare number of percent.
-    pub fn serialize<S: Serializer>(p: &f64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(*p)
-    }
 
     struct V;
     impl Visitor<'_> for V {

@@ -9,7 +9,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use crate::netns::{Netns, NetnsError};
+use crate::sys::netns::{Netns, NetnsError};
 
 /// A failed conntrack flush.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use super::{Nat, NatSpec};
-use crate::nft;
+use crate::sys::nft;
 
 /// The nft table (family `ip`) holding a router's NAT.
 pub const NAT_TABLE: &str = "patchbay-nat";

@@ -472,7 +472,7 @@ fn uml_kernel(opts: &MatrixOpts, target: &Path) -> std::result::Result<PathBuf, 
     uml::find_kernel(
         opts.uml_kernel.as_deref(),
         std::env::var_os(uml::UML_ENV).map(PathBuf::from),
-        &[target.join("uml"), crate::test::cache_dir("uml")],
+        &[target.join("uml"), crate::cache::cache_dir("uml")],
     )
 }
 

@@ -225,11 +225,6 @@ impl LabCgroup {
     pub fn procs_file(&self) -> &Path {
         &self.procs
     }
-
-    /// The cgroup directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 impl Drop for LabCgroup {

@@ -7,7 +7,7 @@ use std::process::Stdio;
 
 use tokio::io::AsyncWriteExt;
 
-use crate::netns::{Netns, NetnsError};
+use crate::sys::netns::{Netns, NetnsError};
 
 /// A failed external command.
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +66,6 @@ fn input_note(stdin: &Option<String>) -> String {
 pub struct CmdOutput {
     /// Standard output.
     pub stdout: String,
-    /// Standard error (some tools warn on success).
-    pub stderr: String,
 }
 
 /// Install hints for the tools patchbay drives.
@@ -157,7 +155,11 @@ where
                 stdin,
             });
         }
-        Ok(CmdOutput { stdout, stderr })
+        if !stderr.trim().is_empty() {
+            // Some tools warn on success; keep it visible to whoever traces.
+            tracing::debug!(target: "patchbay::cmd", argv = %argv, ns = %ns_name, "stderr: {}", stderr.trim());
+        }
+        Ok(CmdOutput { stdout })
     })
     .await?
 }

@@ -1,6 +1,6 @@
 //! A thin typed wrapper over `rtnetlink` for the operations labs need.
 //!
-//! Every function here must run on a namespace worker (see [`crate::netns`]):
+//! Every function here must run on a namespace worker (see [`crate::sys::netns`]):
 //! it uses that thread's own netlink connection, which the kernel binds to the
 //! thread's network namespace when the socket is created. Mirrors of the `ip`
 //! commands are named in each function's docs; patchbay never shells out to
@@ -149,45 +149,6 @@ pub async fn set_up(index: u32, up: bool) -> Result<(), NetlinkError> {
         )))
 }
 
-/// `ip link show NAME`: the interface's index.
-pub async fn link_index(name: &str) -> Result<u32, NetlinkError> {
-    let mut links = handle()?
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute();
-    match links.try_next().await {
-        Ok(Some(LinkMessage { header, .. })) => Ok(header.index),
-        Ok(None) => Err(NetlinkError::NoSuchLink(name.to_string())),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
-            Err(NetlinkError::NoSuchLink(name.to_string()))
-        }
-        Err(e) => Err(req(format!("ip link show {name}"))(e)),
-    }
-}
-
-/// `ip link show NAME`: the interface's MAC address.
-pub async fn link_mac(name: &str) -> Result<Option<[u8; 6]>, NetlinkError> {
-    let mut links = handle()?
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute();
-    let msg = links
-        .try_next()
-        .await
-        .map_err(req(format!("ip link show {name}")))?
-        .ok_or_else(|| NetlinkError::NoSuchLink(name.to_string()))?;
-    Ok(msg.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Address(m) if m.len() == 6 => {
-            let mut mac = [0u8; 6];
-            mac.copy_from_slice(m);
-            Some(mac)
-        }
-        _ => None,
-    }))
-}
-
 /// `ip addr add ADDR/PREFIX dev IDX`.
 pub async fn add_addr(index: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
     handle()?
@@ -302,4 +263,43 @@ pub fn sync_carrier(name: &str) -> std::io::Result<bool> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(value.data != 0)
+}
+
+/// `ip link show index IDX` on the calling worker.
+async fn link_by_index(index: u32) -> Result<LinkMessage, NetlinkError> {
+    let op = format!("ip link show index {index}");
+    handle()?
+        .link()
+        .get()
+        .match_index(index)
+        .execute()
+        .try_next()
+        .await
+        .map_err(req(op.clone()))?
+        .ok_or_else(|| NetlinkError::NoSuchLink(format!("index {index}")))
+}
+
+/// The interface index of the other end of the veth with index `index`, as
+/// seen from its own namespace (`IFLA_LINK`), or `None` if it is not a veth.
+pub async fn veth_peer_index(index: u32) -> Result<Option<u32>, NetlinkError> {
+    Ok(link_by_index(index)
+        .await?
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Link(p) => Some(*p),
+            _ => None,
+        }))
+}
+
+/// The name of the interface with index `index` on the calling worker.
+pub async fn link_name(index: u32) -> Result<Option<String>, NetlinkError> {
+    Ok(link_by_index(index)
+        .await?
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        }))
 }

@@ -1,5 +1,5 @@
 //! Applying nftables rulesets inside a namespace with the real `nft` tool
-//! (through [`crate::cmd`], the choke point for external commands).
+//! (through [`crate::sys::cmd`], the choke point for external commands).
 //!
 //! Rulesets are applied atomically with `nft -f -`. Every table patchbay
 //! owns is replaced as a whole: the rendered text starts with
@@ -10,8 +10,8 @@
 //! `CONFIG_NF_TABLES` (plus `NF_TABLES_INET`, `NF_TABLES_NETDEV`, `NFT_NAT`,
 //! `NFT_CT`, `NFT_MASQ`, `NFT_REJECT` depending on the rules), Linux 5.4+.
 
-use crate::cmd::{self, CmdError};
-use crate::netns::Netns;
+use crate::sys::cmd::{self, CmdError};
+use crate::sys::netns::Netns;
 
 /// A failed nftables operation.
 #[derive(Debug, thiserror::Error)]

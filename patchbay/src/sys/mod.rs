@@ -1,0 +1,20 @@
+//! The kernel layer: every netlink request, namespace switch, nft and tc
+//! invocation, sysctl write and cgroup operation of the library goes through
+//! here, and nothing here imports from the layers above it.
+//!
+//! - [`netns`]: one worker thread per namespace (the only place `setns` runs);
+//! - [`netlink`]: links, addresses, routes and neighbours (rtnetlink);
+//! - [`cmd`]: the choke point for external commands (`nft`, `tc`, …), which
+//!   records argv, namespace and stderr for every failure;
+//! - [`nft`], [`tc`]: applying rendered rulesets and qdiscs;
+//! - [`sysctl`]: per-namespace `/proc/sys` reads and writes;
+//! - [`cgroup`]: the lab's cgroup v2 subtree (process tracking, eBPF attach
+//!   point, killing a lab's whole process tree).
+
+pub(crate) mod cgroup;
+pub(crate) mod cmd;
+pub(crate) mod netlink;
+pub(crate) mod netns;
+pub(crate) mod nft;
+pub(crate) mod sysctl;
+pub(crate) mod tc;
