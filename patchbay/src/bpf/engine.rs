@@ -216,6 +216,8 @@ impl Engine {
         // (labs, this engine); the engine keeps it alive while it exists.
         let process_cgroup =
             crate::sys::cgroup::ProcessCgroup::acquire().map_err(BpfError::Cgroup)?;
+        // The programs must cover this process's own sockets too.
+        process_cgroup.join().map_err(BpfError::Cgroup)?;
         let cgroup = process_cgroup.path().to_path_buf();
         attach(&mut ebpf, &cgroup)?;
         let subs = Subscribers::default();

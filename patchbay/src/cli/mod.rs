@@ -8,6 +8,7 @@ mod doctor;
 mod progress;
 mod run;
 mod scenario;
+mod setup;
 mod table;
 mod verify;
 mod vt;

@@ -36,10 +36,16 @@ impl LabOpts {
         self
     }
 
-    /// Whether to install neighbour (ARP/NDP) entries for directly connected
-    /// lab peers at build time (default: on). The entries are ordinary
-    /// `REACHABLE` ones, not permanent: they age, and a peer that vanishes
-    /// still fails resolution. Turn this off to test resolution itself.
+    /// Whether to install neighbour (ARP/NDP) entries at build time, so the
+    /// first packet does not wait for resolution (default: on). Each LAN
+    /// member (device interface or chained router uplink) and its gateway
+    /// learn each other: linear in the lab's size, and bounded per lab to a
+    /// quarter of the host's `gc_thresh3` (at most 256 entries per family),
+    /// because the kernel's neighbour tables are shared by every namespace
+    /// of the host. Siblings on a LAN, and members beyond the budget,
+    /// resolve by ARP/NDP. The entries are ordinary `REACHABLE` ones, not
+    /// permanent: they age, and a peer that vanishes still fails
+    /// resolution. Turn this off to test resolution itself.
     pub fn prewarm_neighbors(mut self, on: bool) -> Self {
         self.prewarm_neighbors = on;
         self
