@@ -6,7 +6,7 @@
 //!
 //! Both look up a per-namespace config keyed by `bpf_get_netns_cookie`; sockets of namespaces
 //! that userspace did not register are left untouched. Rare decisions (a namespace not
-//! registered, a value clamped, a `bpf_setsockopt` refused) go to aya-log, gated by the
+//! registered, a deadline left to the SYN retries, a `bpf_setsockopt` refused) go to aya-log, gated by the
 //! run-time level in `PB_LOG` (off by default: no record is built). See docs/ebpf.md.
 #![no_std]
 #![no_main]
@@ -387,14 +387,6 @@ pub fn timer_setsockopt(ctx: SockoptContext) -> i32 {
     let cookie = unsafe { bpf_get_netns_cookie(ctx.sockopt.cast()) };
     // SAFETY: read-only lookup; the value is copied out.
     let Some(cfg) = (unsafe { PB_CONFIG.get(cookie) }).copied() else {
-        if log_on(LOG_DEBUG) {
-            debug!(
-                &ctx,
-                "netns {}: not registered, setsockopt(SOL_TCP, {}) left alone",
-                cookie,
-                so.optname
-            );
-        }
         return passthrough(so);
     };
     // SAFETY: reading the context's socket pointer (always a full socket here).
@@ -421,21 +413,6 @@ pub fn timer_setsockopt(ctx: SockoptContext) -> i32 {
             // SAFETY: app points to this socket's storage.
             unsafe { *app = 1 };
         }
-    }
-    // Whole units (seconds, or a floor of 1) cannot always carry value / k exactly.
-    if applied != original
-        && applied as u64 * cfg.scale_milli as u64 != original as u64 * 1000
-        && log_on(LOG_DEBUG)
-    {
-        debug!(
-            &ctx,
-            "netns {}: setsockopt(SOL_TCP, {}) {} scaled to {}, clamped or rounded (exact {} thousandths)",
-            cookie,
-            so.optname,
-            original,
-            applied,
-            original as u64 * 1_000_000 / cfg.scale_milli as u64
-        );
     }
     if applied != original {
         // SAFETY: bounds checked against optval_end above.

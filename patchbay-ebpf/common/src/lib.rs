@@ -36,8 +36,8 @@ pub const LOG_ERROR: u32 = 1;
 pub const LOG_WARN: u32 = 2;
 /// `PB_LOG` value: info and above.
 pub const LOG_INFO: u32 = 3;
-/// `PB_LOG` value: debug and above (sockets of unregistered namespaces skipped, values
-/// clamped or rounded, application timeouts kept).
+/// `PB_LOG` value: debug and above (sockets of unregistered namespaces skipped, give-up
+/// deadline left to SYN retries, application timeouts kept).
 pub const LOG_DEBUG: u32 = 4;
 /// `PB_LOG` value: everything.
 pub const LOG_TRACE: u32 = 5;

@@ -257,7 +257,7 @@ impl Engine {
     /// Turns on the programs' log records of `level` and more severe ones while the returned
     /// guard lives, and forwards them to `tracing` (target `patchbay::bpf`, one event per
     /// record). The records are rare decisions: a socket of an unregistered namespace left
-    /// alone (debug), a value clamped or rounded (debug), a `bpf_setsockopt` the kernel refused,
+    /// alone (debug), a give-up deadline left to the SYN retries (debug), a `bpf_setsockopt` the kernel refused,
     /// with its errno (warn). The level is engine-wide, the most verbose any guard holds, so a
     /// lab sees the records of other labs of the process too (each names its netns cookie).
     ///

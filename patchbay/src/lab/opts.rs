@@ -95,7 +95,7 @@ impl LabOpts {
     /// Turns on the eBPF programs' log records at `level` while the lab lives
     /// and forwards them to `tracing` with target `patchbay::bpf` (see
     /// [`crate::bpf::Engine::log`]): sockets of unregistered namespaces left
-    /// alone, values clamped, `bpf_setsockopt` refused by the kernel. Takes
+    /// alone, `bpf_setsockopt` refused by the kernel (with its errno). Takes
     /// effect only when the lab uses eBPF (k > 1 or telemetry). Default: off,
     /// unless `PATCHBAY_BPF_LOG` is set (e.g. `PATCHBAY_BPF_LOG=debug`).
     pub fn bpf_log(mut self, level: tracing::Level) -> Self {
