@@ -42,6 +42,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::BuildEbpf => ebpf::build_ebpf(),
         Cmd::SetupEbpf => ebpf::setup_ebpf(),
         Cmd::CheckEbpf => ebpf::check_ebpf(),
-        Cmd::BuildUml(args) => uml::build_uml(args),
+        Cmd::BuildUml(args) => uml::build_uml(args).map(drop),
     }
 }
