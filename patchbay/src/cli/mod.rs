@@ -10,6 +10,7 @@ mod scenario;
 mod table;
 mod verify;
 mod vt;
+mod vt_profile;
 
 use std::process::ExitCode;
 
