@@ -1,6 +1,7 @@
 //! Project automation: `cargo xtask <command>`.
 
 mod bench;
+mod bench_uml;
 mod ebpf;
 mod matrix;
 mod test;
@@ -30,8 +31,15 @@ enum Cmd {
     SetupEbpf,
     /// Rebuild the eBPF object into a temp dir and byte-compare it with the committed one.
     CheckEbpf,
-    /// Build the User-Mode-Linux kernel for the virtual-time backend (cached in target/uml).
+    /// Build the User-Mode-Linux kernel for the virtual-time backend (`--kernel 7.3`, 6.1, ...;
+    /// cached in ~/.cache/patchbay/uml).
     BuildUml(uml::BuildUmlArgs),
+    /// Profile every cached UML kernel side by side (`patchbay vt --profile`).
+    BenchUml {
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +51,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::SetupEbpf => ebpf::setup_ebpf(),
         Cmd::CheckEbpf => ebpf::check_ebpf(),
         Cmd::BuildUml(args) => uml::build_uml(args).map(drop),
+        Cmd::BenchUml { json } => bench_uml::run(json),
     }
 }

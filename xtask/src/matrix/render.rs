@@ -70,13 +70,13 @@ with `--test-threads=1`. `host` runs the same binaries natively.\n\n";
 /// What the `uml` column is and what it shows.
 fn uml_paragraph() -> String {
     format!(
-        "`uml` runs the same binaries and probe inside the project's User-Mode-Linux 6.1 kernel \
-(`cargo xtask build-uml`) booted with `time-travel=inf-cpu`, through `patchbay vt`: one short \
+        "`uml` runs the same binaries and probe inside the project's User-Mode-Linux kernel \
+(`cargo xtask build-uml`, 7.3 by default; its Debian version is in the package row) booted with `time-travel=inf-cpu`, through `patchbay vt`: one short \
 guest per binary, each with a {} s wall-clock guard (a busy loop never advances virtual time), \
 the host root read-only over hostfs and only the results directory writable. Every timer in the \
 guest, the kernel's and the tests', runs in virtual time: its binary run times are virtual, with \
 the host wall time beside them. The column shows that the labs, links, faults, NAT and the eBPF \
-timer engine work unchanged under virtual time, and what a second 6.1 build changes: UML fixes \
+timer engine work unchanged under virtual time, and what a UML build changes: UML fixes \
 `CONFIG_HZ` at 100 (10 ms jiffies; the Debian kernels have 250) and has no modules, no SMP and \
 no BTF. Tests that need a finer jiffy skip there with the reason; the `6.1` column runs them.\n\n",
         super::uml::GUARD.as_secs()
