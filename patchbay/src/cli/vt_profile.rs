@@ -105,6 +105,8 @@ pub struct Profile {
     pub vt_true_s: f64,
     /// Spawn to the guest starting the command, seconds (median).
     pub boot_to_command_s: f64,
+    /// Of that: spawn to the guest init's first line (kernel boot), seconds (median).
+    pub kernel_boot_s: f64,
     /// The command's end to UML's exit (power-off), seconds (median).
     pub shutdown_s: f64,
     /// One guest syscall (`getppid`), microseconds.
@@ -142,6 +144,7 @@ fn profile_in(base: &VtOpts, work: &Path) -> Result<Profile> {
     let first = &trues[0];
     let kernel = first.kernel.clone();
     let boot = median(trues.iter().map(|o| secs(o.boot_to_command_wall)).collect());
+    let kernel_boot = median(trues.iter().map(|o| mark(o, "init")).collect());
     let shutdown = median(
         trues
             .iter()
@@ -165,12 +168,9 @@ fn profile_in(base: &VtOpts, work: &Path) -> Result<Profile> {
     )?;
     let span = |a: &str, b: &str| -> Result<f64> {
         let at = |n: &str| {
-            loops
-                .marks
-                .iter()
-                .find(|(m, _)| m == n)
-                .map(|(_, t)| t.as_secs_f64())
-                .with_context(|| format!("the guest wrote no {n} mark to /dev/console"))
+            let t = mark(&loops, n);
+            ensure!(t.is_finite(), "the guest wrote no {n} mark to /dev/console");
+            Ok(t)
         };
         Ok(at(b)? - at(a)?)
     };
@@ -190,6 +190,7 @@ fn profile_in(base: &VtOpts, work: &Path) -> Result<Profile> {
         processes: if seccomp { "seccomp" } else { "ptrace" },
         vt_true_s: whole,
         boot_to_command_s: boot,
+        kernel_boot_s: kernel_boot,
         shutdown_s: shutdown,
         syscall_us,
         spawn_ms,
@@ -210,6 +211,14 @@ fn run_ok(argv: &[OsString], opts: &VtOpts) -> Result<VtOutcome> {
         );
     }
     Ok(out)
+}
+
+/// Wall seconds since spawn of a console mark, NaN when absent.
+fn mark(o: &VtOutcome, name: &str) -> f64 {
+    o.marks
+        .iter()
+        .find(|(m, _)| m == name)
+        .map_or(f64::NAN, |(_, t)| t.as_secs_f64())
 }
 
 fn secs(d: Option<Duration>) -> f64 {
@@ -271,6 +280,7 @@ pub fn render(profiles: &[Profile]) -> String {
     let s = |f: fn(&Profile) -> f64| -> Vec<String> {
         profiles.iter().map(|p| format!("{:.3} s", f(p))).collect()
     };
+    rows.push(("kernel boot (to init)", s(|p| p.kernel_boot_s)));
     rows.push(("boot to first command", s(|p| p.boot_to_command_s)));
     rows.push(("shutdown", s(|p| p.shutdown_s)));
     rows.push(("vt -- true", s(|p| p.vt_true_s)));
