@@ -1,4 +1,4 @@
-//! The `uml` kernel: the project's User-Mode-Linux kernel (7.3 by default) in time-travel mode
+//! The `uml` kernel: the project's User-Mode-Linux kernel (`cargo xtask build-uml`) in time-travel mode
 //! (`time-travel=inf-cpu`), driven through `patchbay vt`. Unlike the QEMU guests, which boot
 //! once for the whole stage 2, it boots one short guest per step (the probe, then each test
 //! binary): a boot costs well under a second, and each binary gets its own wall-clock guard,
