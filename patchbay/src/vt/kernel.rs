@@ -37,7 +37,7 @@ impl UmlKernel {
             GuestProcesses::Ptrace => Some("ptrace was asked for".into()),
             GuestProcesses::Auto if !self.seccomp => Some(format!(
                 "UML {} has no seccomp-based process handling (no `seccomp=` in `linux \
-                 --help`; 7.x kernels have it, build one with `cargo xtask build-uml`)",
+                 --help`; 7.x kernels have it: `cargo xtask build-uml --kernel 7.3`)",
                 self.release
             )),
             GuestProcesses::Auto => None,
