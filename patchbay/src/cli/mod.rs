@@ -12,6 +12,7 @@ mod setup;
 mod table;
 mod verify;
 mod vt;
+mod vt_profile;
 
 use std::process::ExitCode;
 
