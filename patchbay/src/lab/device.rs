@@ -35,6 +35,7 @@ struct Planned {
     router_ns: Netns,
     port: u32,
     siblings: Vec<Member>,
+    ip: crate::addr::IpSupport,
 }
 
 impl DeviceBuilder {
@@ -117,7 +118,14 @@ impl DeviceBuilder {
             let mut planned = vec![];
             for (iface, router) in &ifaces {
                 let rec = t.router_mut(router)?;
-                let (v4, v6) = rec.lan.lan.alloc()?;
+                let (mut v4, mut v6) = rec.lan.lan.alloc()?;
+                let ip = rec.lan.ip;
+                if !ip.has_v4() {
+                    v4 = Ipv4Addr::UNSPECIFIED;
+                }
+                if !ip.has_v6() {
+                    v6 = Ipv6Addr::UNSPECIFIED;
+                }
                 rec.lan.next_port += 1;
                 planned.push(Planned {
                     iface: iface.clone(),
@@ -130,6 +138,7 @@ impl DeviceBuilder {
                     router_ns: rec.node.ns().clone(),
                     port: rec.lan.next_port,
                     siblings: rec.lan.members.clone(),
+                    ip,
                 });
             }
             planned
@@ -173,11 +182,17 @@ impl DeviceBuilder {
             ns.run(move || async move {
                 netlink::set_up(index, true).await?;
                 sync_carriers(&[&ifname]);
-                netlink::add_addr(index, v4.into(), addr::V4_PREFIX).await?;
-                netlink::add_addr(index, v6.into(), addr::V6_PREFIX).await?;
-                if default {
-                    netlink::add_route_v4(Ipv4Addr::UNSPECIFIED, 0, gw.0).await?;
-                    netlink::add_route_v6(Ipv6Addr::UNSPECIFIED, 0, gw.1).await?;
+                if !v4.is_unspecified() {
+                    netlink::add_addr(index, v4.into(), addr::V4_PREFIX).await?;
+                    if default {
+                        netlink::add_route_v4(Ipv4Addr::UNSPECIFIED, 0, gw.0).await?;
+                    }
+                }
+                if !v6.is_unspecified() {
+                    netlink::add_addr(index, v6.into(), addr::V6_PREFIX).await?;
+                    if default {
+                        netlink::add_route_v6(Ipv6Addr::UNSPECIFIED, 0, gw.1).await?;
+                    }
                 }
                 Ok(())
             })
@@ -191,8 +206,8 @@ impl DeviceBuilder {
                 name: p.iface.clone(),
                 index,
                 mac,
-                ip: Some(v4),
-                ip6: Some(v6),
+                ip: p.ip.has_v4().then_some(v4),
+                ip6: p.ip.has_v6().then_some(v6),
                 prefix: addr::V4_PREFIX,
                 peer: p.router.clone(),
             });
@@ -254,10 +269,22 @@ pub(crate) async fn prewarm(
     siblings: &[Member],
 ) -> Result<()> {
     let what = || format!("pre-warming neighbour entries of {}", me.node.name);
-    let mut mine: Vec<(IpAddr, [u8; 6])> = vec![(gw.0.into(), gw_mac), (gw.1.into(), gw_mac)];
+    // Unspecified addresses stand for a family the LAN does not have.
+    let mut mine: Vec<(IpAddr, [u8; 6])> = vec![];
+    let (have4, have6) = (!me.v4.is_unspecified(), !me.v6.is_unspecified());
+    if have4 {
+        mine.push((gw.0.into(), gw_mac));
+    }
+    if have6 {
+        mine.push((gw.1.into(), gw_mac));
+    }
     for s in siblings {
-        mine.push((s.v4.into(), s.mac));
-        mine.push((s.v6.into(), s.mac));
+        if have4 && !s.v4.is_unspecified() {
+            mine.push((s.v4.into(), s.mac));
+        }
+        if have6 && !s.v6.is_unspecified() {
+            mine.push((s.v6.into(), s.mac));
+        }
     }
     let my_index = me.index;
     let mut jobs = vec![me.node.ns().spawn(move || async move {
@@ -269,8 +296,13 @@ pub(crate) async fn prewarm(
     let entries = move |index: u32, ns: &Netns, me: &Member| {
         let (v4, v6, mac) = (me.v4, me.v6, me.mac);
         ns.spawn(move || async move {
-            netlink::add_neigh(index, v4.into(), mac).await?;
-            netlink::add_neigh(index, v6.into(), mac).await
+            if !v4.is_unspecified() {
+                netlink::add_neigh(index, v4.into(), mac).await?;
+            }
+            if !v6.is_unspecified() {
+                netlink::add_neigh(index, v6.into(), mac).await?;
+            }
+            Ok(())
         })
     };
     jobs.push(entries(gw_bridge, &gw_ns, me)?);

@@ -21,7 +21,9 @@
 mod clock;
 mod compression;
 mod device;
+mod dns_ops;
 mod faults;
+mod nat6_ops;
 mod nat_ops;
 mod node;
 mod opts;
@@ -66,6 +68,11 @@ pub(crate) struct LabInner {
     comp: compression::Compression,
     next_node: AtomicU32,
     next_ifindex: AtomicU32,
+    /// Per-lab files (hosts/resolv.conf overlays, translator configs),
+    /// created on first use and removed with the lab.
+    state_dir: Mutex<Option<std::path::PathBuf>>,
+    /// Names and nameservers (see `dns_ops.rs`).
+    pub(crate) dns: Mutex<crate::dns::LabDns>,
 }
 
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -119,6 +126,8 @@ impl Lab {
             comp,
             next_node: AtomicU32::new(1),
             next_ifindex: AtomicU32::new(FIRST_VETH_INDEX),
+            state_dir: Mutex::new(None),
+            dns: Mutex::new(crate::dns::LabDns::default()),
         });
         inner.prepare_ns(&root, true, "exchange")?;
         let bridge_mac = addr::mac(0, 0);
@@ -258,6 +267,22 @@ impl LabInner {
         Ok(())
     }
 
+    /// The lab's private directory (`$TMPDIR/patchbay-<lab id>`), created on
+    /// first use, removed when the lab is dropped.
+    pub(crate) fn state_dir(&self) -> Result<std::path::PathBuf> {
+        let mut d = self.state_dir.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = d.as_ref() {
+            return Ok(p.clone());
+        }
+        let p = std::env::temp_dir().join(format!("patchbay-{}", self.id));
+        std::fs::create_dir_all(&p).map_err(|source| Error::Io {
+            context: format!("creating the lab directory {}", p.display()),
+            source,
+        })?;
+        *d = Some(p.clone());
+        Ok(p)
+    }
+
     pub(crate) fn compression(&self) -> &compression::Compression {
         &self.comp
     }
@@ -279,6 +304,15 @@ impl Drop for LabInner {
         }
         for ns in self.all_netns().into_iter().rev() {
             ns.shutdown();
+        }
+        if let Some(dir) = self
+            .state_dir
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::warn!("cannot remove the lab directory {}: {e}", dir.display());
         }
     }
 }

@@ -112,6 +112,12 @@ async fn build(file: &LabFile, o: RunOverrides) -> Result<Lab> {
         if let Some(fw) = &r.firewall {
             b = b.firewall(fw.clone());
         }
+        if let Some(ip) = r.ip_support {
+            b = b.ip_support(ip);
+        }
+        if let Some(m) = r.nat_v6 {
+            b = b.nat_v6(m);
+        }
         b.build().await?;
     }
     for d in &file.devices {
@@ -130,6 +136,17 @@ async fn build(file: &LabFile, o: RunOverrides) -> Result<Lab> {
             if let Some(c) = &i.link {
                 dev.set_link_condition(&i.name, c.clone()).await?;
             }
+        }
+    }
+    if let Some(dns) = &file.dns {
+        super::dns::apply(&lab, dns).await?;
+    }
+    for d in &file.devices {
+        if let Some(ns) = &d.nameserver {
+            let servers = super::dns::nameservers(&lab, ns)?;
+            lab.node(&d.name)
+                .ok_or_else(|| crate::Error::Invalid(format!("unknown device {:?}", d.name)))?
+                .set_nameservers(&servers)?;
         }
     }
     Ok(lab)
