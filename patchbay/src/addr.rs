@@ -9,7 +9,7 @@
 //! | `2001:db8:1:N::/64` | IPv6 LAN of the N-th router (routed unless the router NATs IPv6) |
 //! | `fd00:db8:1:N::/64` | IPv6 LAN of the N-th router when it NATs IPv6 (masquerade, NPTv6) |
 //! | `2001:db8:2:N::/64` | external prefix of the N-th router's NPTv6 mapping |
-//! | `64:ff9b::/96` | NAT64 well-known prefix (RFC 6052), translated by NAT64 routers |
+//! | `2001:db8:64::/96` | NAT64 network-specific prefix (RFC 6052), translated by NAT64 routers |
 //! | `192.168.255.0/24` | a NAT64 router's private translator pool (masqueraded to its uplink) |
 //!
 //! In each LAN, `.1`/`::1` is the router and hosts get `.2` … `.254` in the

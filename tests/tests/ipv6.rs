@@ -240,7 +240,19 @@ async fn v6_only_device_reaches_v4_server_through_nat64_and_dns64() -> Result<()
     phone.set_nameserver(IpAddr::V6(resolver.ip6().context("resolver v6")?))?;
 
     let (ok, out) = run(&phone, &["getent", "ahosts", "server.lab"]).await?;
-    assert!(ok, "{out}");
+    if !ok {
+        let r6 = resolver.ip6().context("v6")?.to_string();
+        let mut diag = String::new();
+        for argv in [
+            vec!["cat", "/etc/resolv.conf"],
+            vec!["ping", "-6", "-c", "1", "-W", "2", r6.as_str()],
+            vec!["dig", "+time=2", "+tries=1", "server.lab", "AAAA"],
+            vec!["ip", "-6", "route"],
+        ] {
+            diag.push_str(&format!("$ {argv:?}\n{}\n", run(&phone, &argv).await?.1));
+        }
+        panic!("getent ahosts server.lab failed: {out}\n{diag}");
+    }
     let synth = patchbay::nat64_embed(s4).to_string();
     assert!(out.contains(&synth), "DNS64 answer {synth} not in: {out}");
     let (ok, out) = run(
@@ -255,7 +267,31 @@ async fn v6_only_device_reaches_v4_server_through_nat64_and_dns64() -> Result<()
         ],
     )
     .await?;
-    assert!(ok, "curl through NAT64: {out}");
+    if !ok {
+        let mut diag = String::new();
+        let s4s = s4.to_string();
+        for argv in [
+            vec!["ip", "addr"],
+            vec!["ip", "route"],
+            vec!["ip", "-6", "route"],
+            vec!["nft", "list", "ruleset"],
+            vec!["ping", "-c", "1", "-W", "2", s4s.as_str()],
+            vec![
+                "sh",
+                "-c",
+                "ps -eo pid,args | grep [t]ayga; cat /tmp/patchbay-*/tayga-carrier.log",
+            ],
+        ] {
+            diag.push_str(&format!("$ {argv:?}\n{}\n", run(&carrier, &argv).await?.1));
+        }
+        let synth6 = synth.clone();
+        diag.push_str(
+            &run(&phone, &["ping", "-6", "-c", "1", "-W", "2", &synth6])
+                .await?
+                .1,
+        );
+        panic!("curl through NAT64: {out}\n{diag}");
+    }
     // The IPv4 server sees the carrier's IPv4 uplink address.
     assert_eq!(
         out.trim(),

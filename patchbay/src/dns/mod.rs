@@ -11,7 +11,7 @@
 //! - **The DNS server** ([`crate::Node::serve_dns`]) is hickory-server
 //!   answering A, AAAA and TXT queries from a [`DnsZone`], over UDP and
 //!   TCP port 53, on the node's runtime. With [`DnsZone::dns64`] it
-//!   synthesizes AAAA records in `64:ff9b::/96` for names that only have
+//!   synthesizes AAAA records in `2001:db8:64::/96` for names that only have
 //!   IPv4 addresses (RFC 6147), for NAT64 routers.
 //!
 //! Everything in this file is pure rendering with unit tests.
@@ -158,7 +158,7 @@ impl DnsZone {
     }
 
     /// DNS64 (RFC 6147): answer AAAA queries for names with only A records
-    /// with `64:ff9b::<IPv4>` (default off).
+    /// with `2001:db8:64::<IPv4>` (default off).
     pub fn dns64(mut self, on: bool) -> Self {
         self.dns64 = on;
         self
@@ -275,11 +275,11 @@ mod tests {
         let r = z.records();
         assert!(r.contains(&(
             "v4.lab".into(),
-            DnsRecord::Aaaa("64:ff9b::c613:2".parse().unwrap())
+            DnsRecord::Aaaa("2001:db8:64::c613:2".parse().unwrap())
         )));
         assert!(!r.contains(&(
             "both.lab".into(),
-            DnsRecord::Aaaa("64:ff9b::c613:3".parse().unwrap())
+            DnsRecord::Aaaa("2001:db8:64::c613:3".parse().unwrap())
         )));
         assert_eq!(r.len(), 5);
     }

@@ -95,8 +95,10 @@ pub(crate) async fn serve(
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let name = node.clone();
     tokio::spawn(async move {
+        // A dropped handle (Err from rx) disables this branch: the server
+        // keeps running until stop() or the lab's end.
         tokio::select! {
-            _ = rx => {
+            Ok(()) = rx => {
                 if let Err(e) = server.shutdown_gracefully().await {
                     tracing::debug!("DNS server on {name} stopped: {e}");
                 }

@@ -139,18 +139,29 @@ impl Router {
             .await?
             .ctx(|| what.clone())?;
         nft::apply(self.netns(), &what, nat::render_nat64_masq("wan")).await?;
+        // tayga's own messages (start-up, refusals) go to a log next to
+        // its configuration, for whoever debugs a NAT64 path.
+        let log_path = dir.join(format!("tayga-{}.log", self.name()));
+        let log = std::fs::File::create(&log_path).map_err(|source| Error::Io {
+            context: format!("creating {}", log_path.display()),
+            source,
+        })?;
+        let log2 = log.try_clone().map_err(|source| Error::Io {
+            context: format!("duplicating {}", log_path.display()),
+            source,
+        })?;
         let mut tayga = tokio::process::Command::new("tayga");
         tayga
-            .arg("--nodetach")
+            .arg("-d")
             .arg("--config")
             .arg(&conf)
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let child = self.spawn_command(tayga)?;
-        // The translator lives as long as the router: the lab's cgroup (or
-        // the worker's death signal) ends it with the lab.
-        std::mem::forget(child);
+            .stdout(log)
+            .stderr(log2);
+        // Dropping the handle leaves the translator running (tokio reaps it
+        // when it exits): it lives as long as the router, and the lab's
+        // cgroup (or the worker's death signal) ends it with the lab.
+        drop(self.spawn_command(tayga)?);
         Ok(())
     }
 }

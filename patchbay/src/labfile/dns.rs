@@ -55,7 +55,7 @@ pub struct DnsServerSpec {
     /// TTL of every record in seconds (default 300).
     #[serde(default)]
     pub ttl: Option<u32>,
-    /// Synthesize `64:ff9b::/96` AAAA records for IPv4-only names.
+    /// Synthesize `2001:db8:64::/96` AAAA records for IPv4-only names.
     #[serde(default)]
     pub dns64: bool,
 }
@@ -180,4 +180,39 @@ pub(crate) async fn apply(lab: &Lab, dns: &DnsSection) -> Result<()> {
         lab.set_nameservers(&nameservers(lab, ns)?)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::labfile::LabFile;
+
+    const BASE: &str = "[[router]]\nname = \"r\"\n[[device]]\nname = \"ns\"\niface = [{ name = \"eth0\", router = \"r\" }]\n";
+
+    fn parse(extra: &str) -> Result<LabFile, String> {
+        LabFile::parse(&format!("{BASE}{extra}"), Path::new("t.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn dns_tables_parse_and_validate() {
+        let ok = parse(
+            "[dns]\nnameserver = \"ns\"\nentries = [{ name = \"a.lab\", ip = \"198.19.0.9\" }]\n[[dns.server]]\nnode = \"ns\"\ndns64 = true\nrecords = [{ name = \"a.lab\", node = \"ns\" }, { name = \"a.lab\", txt = \"hi\" }]\n",
+        )
+        .unwrap();
+        let d = ok.dns.unwrap();
+        assert_eq!(d.servers.len(), 1);
+        assert!(d.servers[0].dns64);
+        let e = parse("[dns]\nnameserver = \"nobody\"\n").unwrap_err();
+        assert!(e.contains("nobody"), "{e}");
+        let e = parse("[dns]\nentries = [{ name = \"a.lab\", txt = \"x\" }]\n").unwrap_err();
+        assert!(e.contains("txt"), "{e}");
+        let e = parse("[dns]\nentries = [{ name = \"a.lab\", ip = \"1.2.3.4\", node = \"ns\" }]\n")
+            .unwrap_err();
+        assert!(e.contains("exactly one"), "{e}");
+        let e = parse("[[router]]\nname = \"c\"\nip-support = \"v4-only\"\nnat-v6 = \"nat64\"\n")
+            .map(|f| f.routers[1].nat_v6)
+            .unwrap();
+        assert_eq!(e, Some(crate::NatV6Mode::Nat64));
+    }
 }

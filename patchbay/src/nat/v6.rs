@@ -1,6 +1,7 @@
 //! IPv6 behind routers: stateful masquerade (NAT66), stateless prefix
-//! translation (NPTv6, RFC 6296) and NAT64 (RFC 6146, prefix
-//! `64:ff9b::/96` from RFC 6052) with Debian's `tayga` as the translator.
+//! translation (NPTv6, RFC 6296) and NAT64 (RFC 6146, with the
+//! network-specific prefix `2001:db8:64::/96`, see [`NAT64_PREFIX`]) with
+//! Debian's `tayga` as the translator.
 //!
 //! Everything here is pure: nft rule text and the translator's
 //! configuration, with golden tests. `lab/nat6_ops.rs` applies it.
@@ -27,7 +28,7 @@ pub enum NatV6Mode {
     /// Stateful NAT66: every LAN host leaves with the router's uplink
     /// address, like NAT44 masquerade (LAN prefix `fd00:db8:1:N::/64`).
     Masquerade,
-    /// NAT64: IPv6 devices reach IPv4 hosts at `64:ff9b::<IPv4>`; the
+    /// NAT64: IPv6 devices reach IPv4 hosts at `2001:db8:64::<IPv4>`; the
     /// router translates with `tayga` and masquerades the translated
     /// packets to its IPv4 uplink address. The LAN's IPv6 stays routed.
     /// Pair with [`crate::IpSupport::V6Only`] for a mobile-carrier LAN and a
@@ -56,8 +57,15 @@ impl NatV6Mode {
 pub const NAT6_TABLE: &str = "patchbay-nat6";
 /// The nft table that masquerades a NAT64 router's translator pool.
 pub const NAT64_TABLE: &str = "patchbay-nat64";
-/// The NAT64 well-known prefix (RFC 6052).
-pub const NAT64_PREFIX: Ipv6Addr = Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0);
+/// The lab's NAT64 prefix, a network-specific prefix (RFC 6052 2.2).
+///
+/// Not the well-known `64:ff9b::/96`: RFC 6052 3.1 forbids the well-known
+/// prefix for non-global IPv4 addresses, tayga enforces that (it rejects
+/// 10/8, 100.64/10, 172.16/12, 192.168/16, 198.18/15, ...), and every
+/// IPv4 address of a lab is non-global on purpose (198.18.0.0/15) so that
+/// nothing could ever leak out. The prefix sits in the documentation range
+/// the lab already uses and is routed only inside NAT64 routers.
+pub const NAT64_PREFIX: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x64, 0, 0, 0, 0, 0);
 /// The translator's private IPv4 pool in a NAT64 router.
 pub const NAT64_POOL: Ipv4Addr = Ipv4Addr::new(192, 168, 255, 0);
 /// The translator's own IPv4 address (first of the pool).
@@ -65,12 +73,12 @@ pub const NAT64_TAYGA_V4: Ipv4Addr = Ipv4Addr::new(192, 168, 255, 1);
 /// The TUN device tayga uses inside a NAT64 router.
 pub const NAT64_TUN: &str = "nat64";
 
-/// `64:ff9b::a.b.c.d` for `v4` (RFC 6052 /96 embedding).
+/// `2001:db8:64::a.b.c.d` for `v4` (RFC 6052 /96 embedding).
 pub fn nat64_embed(v4: Ipv4Addr) -> Ipv6Addr {
     Ipv6Addr::from(u128::from(NAT64_PREFIX) | u128::from(u32::from(v4)))
 }
 
-/// The IPv4 address embedded in a `64:ff9b::/96` address, if it is one.
+/// The IPv4 address embedded in a `2001:db8:64::/96` address, if it is one.
 pub fn nat64_extract(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     let n = u128::from(v6);
     (n >> 32 == u128::from(NAT64_PREFIX) >> 32).then(|| Ipv4Addr::from(n as u32))
@@ -104,9 +112,6 @@ pub fn render_nat64_masq(wan: &str) -> String {
 }
 
 /// tayga's configuration for a NAT64 router whose LAN is `lan_v6`/64.
-/// With the well-known prefix tayga (as RFC 6052 asks) refuses to
-/// translate to private IPv4 destinations (10/8, 172.16/12, 192.168/16):
-/// IPv4 servers reached through NAT64 sit on public LANs (198.19.N.0/24).
 pub fn render_tayga_conf(lan_v6: Ipv6Addr) -> String {
     format!(
         "tun-device {NAT64_TUN}\nipv4-addr {NAT64_TAYGA_V4}\nipv6-addr {}\nprefix {NAT64_PREFIX}/96\ndynamic-pool {NAT64_POOL}/24\n",
@@ -127,7 +132,7 @@ mod tests {
     fn embeds_and_extracts() {
         let v4 = Ipv4Addr::new(198, 19, 0, 2);
         let v6 = nat64_embed(v4);
-        assert_eq!(v6.to_string(), "64:ff9b::c613:2");
+        assert_eq!(v6.to_string(), "2001:db8:64::c613:2");
         assert_eq!(nat64_extract(v6), Some(v4));
         assert_eq!(nat64_extract("2001:db8::1".parse().unwrap()), None);
     }
@@ -150,7 +155,7 @@ mod tests {
         let lan: Ipv6Addr = "2001:db8:1:4::".parse().unwrap();
         assert_eq!(
             render_tayga_conf(lan),
-            "tun-device nat64\nipv4-addr 192.168.255.1\nipv6-addr 2001:db8:1:4::64:64\nprefix 64:ff9b::/96\ndynamic-pool 192.168.255.0/24\n"
+            "tun-device nat64\nipv4-addr 192.168.255.1\nipv6-addr 2001:db8:1:4::64:64\nprefix 2001:db8:64::/96\ndynamic-pool 192.168.255.0/24\n"
         );
         assert!(render_nat64_masq("wan").contains("ip saddr 192.168.255.0/24 masquerade"));
     }
