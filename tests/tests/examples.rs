@@ -16,7 +16,7 @@ fn workspace() -> PathBuf {
 }
 
 /// The `patchbay` binary of this build (target/<profile>/patchbay), built
-/// on demand when only the test binaries were built.
+/// (or found up to date) by cargo first, so a stale binary never runs.
 fn patchbay_bin() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/examples-<hash>
@@ -25,15 +25,17 @@ fn patchbay_bin() -> Result<PathBuf> {
         .and_then(Path::parent)
         .context("test binary outside target/<profile>/deps")?;
     let bin = profile_dir.join("patchbay");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "-p", "patchbay", "--bin", "patchbay"])
-            .current_dir(workspace())
-            .status()?;
-        if !st.success() || !bin.exists() {
-            bail!("cannot build the patchbay binary at {}", bin.display());
-        }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "-p", "patchbay", "--bin", "patchbay"])
+        .current_dir(workspace());
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let st = build.status()?;
+    if !st.success() || !bin.exists() {
+        bail!("cannot build the patchbay binary at {}", bin.display());
     }
     Ok(bin)
 }
