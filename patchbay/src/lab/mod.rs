@@ -274,6 +274,7 @@ impl LabInner {
         if let Some(p) = d.as_ref() {
             return Ok(p.clone());
         }
+        sweep_stale_state_dirs();
         let p = std::env::temp_dir().join(format!("patchbay-{}", self.id));
         std::fs::create_dir_all(&p).map_err(|source| Error::Io {
             context: format!("creating the lab directory {}", p.display()),
@@ -313,6 +314,34 @@ impl Drop for LabInner {
             && let Err(e) = std::fs::remove_dir_all(&dir)
         {
             tracing::warn!("cannot remove the lab directory {}: {e}", dir.display());
+        }
+    }
+}
+
+/// Removes lab directories (`$TMPDIR/patchbay-<label>-<pid>-<n>`) left by
+/// processes that died without dropping their lab (SIGKILL): a dropped lab
+/// removes its own.
+fn sweep_stale_state_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("patchbay-") else {
+            continue;
+        };
+        let mut parts = rest.rsplitn(3, '-');
+        let (Some(n), Some(pid), Some(_label)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let (Ok(_), Ok(pid)) = (n.parse::<u32>(), pid.parse::<u32>()) else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Err(err) = std::fs::remove_dir_all(e.path()) {
+            tracing::debug!("cannot remove stale lab directory {name}: {err}");
         }
     }
 }
