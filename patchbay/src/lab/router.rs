@@ -357,7 +357,7 @@ async fn routes_to_lan(
 ) -> Result<()> {
     // Which prefix upstream routers see for this LAN's IPv6: the LAN itself,
     // NPTv6's external prefix, or nothing (masquerade hides it).
-    let (hops, v6): (Vec<(Netns, Ipv4Addr, Ipv6Addr, bool, bool)>, Ipv6Addr) = {
+    let (hops, v6): (Vec<Hop>, Ipv6Addr) = {
         let t = lab.topo();
         let me = &t.routers[name];
         let (mut v4_open, mut v6_open) = (me.lan.ip.has_v4(), me.lan.ip.has_v6());
@@ -405,6 +405,10 @@ async fn routes_to_lan(
     }
     Ok(())
 }
+
+/// A namespace that needs routes to a new LAN: (namespace, IPv4 next hop,
+/// IPv6 next hop, route IPv4?, route IPv6?).
+type Hop = (Netns, Ipv4Addr, Ipv6Addr, bool, bool);
 
 fn uplink_of(t: &super::topo::Topology, router: &str) -> (Ipv4Addr, Ipv6Addr) {
     let i = t.routers[router]
