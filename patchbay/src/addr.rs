@@ -6,7 +6,11 @@
 //! | `198.19.N.0/24` | downstream LAN of the N-th router without NAT (public) |
 //! | `10.A.B.0/24` | downstream LAN of the N-th NAT router (N = 256·A + B) |
 //! | `100.64.N.0/24` | downstream LAN of the N-th carrier-grade NAT router (RFC 6598) |
-//! | `2001:db8:1:N::/64` | IPv6 LAN of the N-th router (IPv6 is routed, never NATed) |
+//! | `2001:db8:1:N::/64` | IPv6 LAN of the N-th router (routed unless the router NATs IPv6) |
+//! | `fd00:db8:1:N::/64` | IPv6 LAN of the N-th router when it NATs IPv6 (masquerade, NPTv6) |
+//! | `2001:db8:2:N::/64` | external prefix of the N-th router's NPTv6 mapping |
+//! | `2001:db8:64::/96` | NAT64 network-specific prefix (RFC 6052), translated by NAT64 routers |
+//! | `192.168.255.0/24` | a NAT64 router's private translator pool (masqueraded to its uplink) |
 //!
 //! In each LAN, `.1`/`::1` is the router and hosts get `.2` … `.254` in the
 //! order they join. Both benchmark (`198.18.0.0/15`, RFC 2544) and
@@ -58,6 +62,111 @@ pub enum LanKind {
     Private,
     /// RFC 6598 shared address space behind a carrier-grade NAT.
     Cgnat,
+}
+
+/// Which address families a router's LAN (and every device on it) has.
+///
+/// Upstream patchbay defaults to [`IpSupport::V4Only`]; patchbay defaults to
+/// [`IpSupport::DualStack`], which is what every lab had before this knob.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum IpSupport {
+    /// IPv4 only: no global IPv6 address or IPv6 route (link-local
+    /// addresses remain, as on any Linux interface).
+    V4Only,
+    /// IPv6 only: no IPv4 address or IPv4 route.
+    V6Only,
+    /// Both families (the default).
+    #[default]
+    DualStack,
+}
+
+impl IpSupport {
+    /// Whether IPv4 is on.
+    pub fn has_v4(self) -> bool {
+        matches!(self, IpSupport::V4Only | IpSupport::DualStack)
+    }
+
+    /// Whether IPv6 is on.
+    pub fn has_v6(self) -> bool {
+        matches!(self, IpSupport::V6Only | IpSupport::DualStack)
+    }
+
+    /// The families both `self` and `other` have.
+    pub fn intersect(self, other: IpSupport) -> Option<IpSupport> {
+        match (
+            self.has_v4() && other.has_v4(),
+            self.has_v6() && other.has_v6(),
+        ) {
+            (true, true) => Some(IpSupport::DualStack),
+            (true, false) => Some(IpSupport::V4Only),
+            (false, true) => Some(IpSupport::V6Only),
+            (false, false) => None,
+        }
+    }
+
+    /// The kebab-case name used in lab files (`v4-only`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            IpSupport::V4Only => "v4-only",
+            IpSupport::V6Only => "v6-only",
+            IpSupport::DualStack => "dual-stack",
+        }
+    }
+}
+
+/// The unique-local (ULA, RFC 4193) twin of a LAN prefix
+/// `2001:db8:1:N::/64`: `fd00:db8:1:N::/64`. LANs behind an IPv6 NAT
+/// (masquerade or NPTv6) use it, as RFC 1918 space sits behind NAT44.
+pub fn ula_of(lan_v6: Ipv6Addr) -> Ipv6Addr {
+    let mut s = lan_v6.segments();
+    s[0] = 0xfd00;
+    Ipv6Addr::from(s)
+}
+
+/// The external prefix `2001:db8:2:N::/64` an NPTv6 router maps its LAN
+/// `fd00:db8:1:N::/64` to (RFC 6296: same length, 1:1).
+pub fn nptv6_external_of(lan_v6: Ipv6Addr) -> Ipv6Addr {
+    let mut s = lan_v6.segments();
+    s[0] = 0x2001;
+    s[2] = 2;
+    Ipv6Addr::from(s)
+}
+
+/// The link-local address the kernel derives from `mac` (modified EUI-64,
+/// RFC 4291 appendix A; `addr_gen_mode` 0, the default): `fe80::/64` plus
+/// the MAC with the universal/local bit flipped and `ff:fe` in the middle.
+pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        mac[0] ^ 0x02,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ])
 }
 
 /// An IPv4 + IPv6 subnet with host allocation.
@@ -257,6 +366,29 @@ mod tests {
             p.alloc_lan(LanKind::Public),
             Err(AddrError::Lans { .. })
         ));
+    }
+
+    #[test]
+    fn link_local_is_modified_eui64() {
+        assert_eq!(
+            link_local([0x02, 0x50, 0, 0, 3, 1]).to_string(),
+            "fe80::50:ff:fe00:301"
+        );
+    }
+
+    #[test]
+    fn ip_support_families() {
+        use IpSupport::*;
+        assert!(DualStack.has_v4() && DualStack.has_v6());
+        assert!(!V6Only.has_v4() && V4Only.has_v4());
+        assert_eq!(V4Only.intersect(V6Only), None);
+        assert_eq!(DualStack.intersect(V6Only), Some(V6Only));
+        let p: Ipv6Addr = "2001:db8:1:7::".parse().unwrap();
+        assert_eq!(ula_of(p), "fd00:db8:1:7::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            nptv6_external_of(ula_of(p)),
+            "2001:db8:2:7::".parse::<Ipv6Addr>().unwrap()
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@
 mod addr;
 pub mod bpf;
 pub mod compress;
+mod dns;
 pub mod doctor;
 mod error;
 mod firewall;
@@ -33,8 +34,9 @@ pub mod scenario;
 mod sys;
 pub mod vt;
 
-pub use addr::AddrError;
+pub use addr::{AddrError, IpSupport};
 pub use bpf::{EventKind, TcpEvent};
+pub use dns::{DnsError, DnsRecord, DnsServer, DnsZone};
 pub use error::{Error, Result};
 pub use firewall::{Firewall, FirewallAction, FirewallPolicy};
 pub use lab::{
@@ -42,7 +44,9 @@ pub use lab::{
     NodeKind, Router, RouterBuilder,
 };
 pub use link::{LinkCondition, LinkError, LinkTiming, Preset};
-pub use nat::{ConntrackTimeouts, CtFlushError, Nat, NatConfig};
+pub use nat::{
+    ConntrackTimeouts, CtFlushError, Nat, NatConfig, NatV6Mode, nat64_embed, nat64_extract,
+};
 pub use sys::cgroup::CgroupError;
 pub use sys::cmd::CmdError;
 pub use sys::netlink::NetlinkError;

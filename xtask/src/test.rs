@@ -23,8 +23,17 @@ pub struct TestArgs {
     pub nextest_args: Vec<String>,
 }
 
-/// Debian packages the tests need, with the binary that shows each is there.
-const PACKAGES: &[(&str, &str)] = &[("nftables", "nft"), ("iproute2", "tc")];
+/// Debian packages the tests need, with a binary that proves each is there.
+/// dig, curl, ping and tayga are the real clients of the IPv6, NAT64 and DNS
+/// tests (tests/tests/ipv6.rs, dns.rs, examples.rs).
+const PACKAGES: &[(&str, &str)] = &[
+    ("nftables", "nft"),
+    ("iproute2", "tc"),
+    ("dnsutils", "dig"),
+    ("tayga", "tayga"),
+    ("curl", "curl"),
+    ("iputils-ping", "ping"),
+];
 
 /// Debian packages the UML kernel build needs.
 const UML_PACKAGES: &[(&str, &str)] = &[

@@ -32,6 +32,7 @@ struct Planned {
     bridge_index: u32,
     router_ns: Netns,
     port: u32,
+    ip: crate::addr::IpSupport,
 }
 
 impl DeviceBuilder {
@@ -114,7 +115,14 @@ impl DeviceBuilder {
             let mut planned = vec![];
             for (iface, router) in &ifaces {
                 let rec = t.router_mut(router)?;
-                let (v4, v6) = rec.lan.lan.alloc()?;
+                let (mut v4, mut v6) = rec.lan.lan.alloc()?;
+                let ip = rec.lan.ip;
+                if !ip.has_v4() {
+                    v4 = Ipv4Addr::UNSPECIFIED;
+                }
+                if !ip.has_v6() {
+                    v6 = Ipv6Addr::UNSPECIFIED;
+                }
                 rec.lan.next_port += 1;
                 planned.push(Planned {
                     iface: iface.clone(),
@@ -126,6 +134,7 @@ impl DeviceBuilder {
                     bridge_index: rec.lan.bridge_index,
                     router_ns: rec.node.ns().clone(),
                     port: rec.lan.next_port,
+                    ip,
                 });
             }
             planned
@@ -169,11 +178,17 @@ impl DeviceBuilder {
             ns.run(move || async move {
                 netlink::set_up(index, true).await?;
                 sync_carriers(&[&ifname]);
-                netlink::add_addr(index, v4.into(), addr::V4_PREFIX).await?;
-                netlink::add_addr(index, v6.into(), addr::V6_PREFIX).await?;
-                if default {
-                    netlink::add_route_v4(Ipv4Addr::UNSPECIFIED, 0, gw.0).await?;
-                    netlink::add_route_v6(Ipv6Addr::UNSPECIFIED, 0, gw.1).await?;
+                if !v4.is_unspecified() {
+                    netlink::add_addr(index, v4.into(), addr::V4_PREFIX).await?;
+                    if default {
+                        netlink::add_route_v4(Ipv4Addr::UNSPECIFIED, 0, gw.0).await?;
+                    }
+                }
+                if !v6.is_unspecified() {
+                    netlink::add_addr(index, v6.into(), addr::V6_PREFIX).await?;
+                    if default {
+                        netlink::add_route_v6(Ipv6Addr::UNSPECIFIED, 0, gw.1).await?;
+                    }
                 }
                 Ok(())
             })
@@ -187,8 +202,8 @@ impl DeviceBuilder {
                 name: p.iface.clone(),
                 index,
                 mac,
-                ip: Some(v4),
-                ip6: Some(v6),
+                ip: p.ip.has_v4().then_some(v4),
+                ip6: p.ip.has_v6().then_some(v6),
                 prefix: addr::V4_PREFIX,
                 peer: p.router.clone(),
             });

@@ -21,7 +21,9 @@
 mod clock;
 mod compression;
 mod device;
+mod dns_ops;
 mod faults;
+mod nat6_ops;
 mod nat_ops;
 mod node;
 mod opts;
@@ -68,6 +70,11 @@ pub(crate) struct LabInner {
     prewarm: prewarm::Prewarm,
     next_node: AtomicU32,
     next_ifindex: AtomicU32,
+    /// Per-lab files (hosts/resolv.conf overlays, translator configs),
+    /// created on first use and removed with the lab.
+    state_dir: Mutex<Option<std::path::PathBuf>>,
+    /// Names and nameservers (see `dns_ops.rs`).
+    pub(crate) dns: Mutex<crate::dns::LabDns>,
 }
 
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -122,6 +129,8 @@ impl Lab {
             comp,
             next_node: AtomicU32::new(1),
             next_ifindex: AtomicU32::new(FIRST_VETH_INDEX),
+            state_dir: Mutex::new(None),
+            dns: Mutex::new(crate::dns::LabDns::default()),
         });
         inner.prepare_ns(&root, true, "exchange")?;
         let bridge_mac = addr::mac(0, 0);
@@ -265,6 +274,23 @@ impl LabInner {
         &self.prewarm
     }
 
+    /// The lab's private directory (`$TMPDIR/patchbay-<lab id>`), created on
+    /// first use, removed when the lab is dropped.
+    pub(crate) fn state_dir(&self) -> Result<std::path::PathBuf> {
+        let mut d = self.state_dir.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = d.as_ref() {
+            return Ok(p.clone());
+        }
+        sweep_stale_state_dirs();
+        let p = std::env::temp_dir().join(format!("patchbay-{}", self.id));
+        std::fs::create_dir_all(&p).map_err(|source| Error::Io {
+            context: format!("creating the lab directory {}", p.display()),
+            source,
+        })?;
+        *d = Some(p.clone());
+        Ok(p)
+    }
+
     pub(crate) fn compression(&self) -> &compression::Compression {
         &self.comp
     }
@@ -303,6 +329,43 @@ impl Drop for LabInner {
                 t2 - t1,
                 t0.elapsed() - t2
             );
+        }
+        if let Some(dir) = self
+            .state_dir
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::warn!("cannot remove the lab directory {}: {e}", dir.display());
+        }
+    }
+}
+
+/// Removes lab directories (`$TMPDIR/patchbay-<label>-<pid>-<n>`) left by
+/// processes that died without dropping their lab (SIGKILL): a dropped lab
+/// removes its own.
+fn sweep_stale_state_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("patchbay-") else {
+            continue;
+        };
+        let mut parts = rest.rsplitn(3, '-');
+        let (Some(n), Some(pid), Some(_label)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let (Ok(_), Ok(pid)) = (n.parse::<u32>(), pid.parse::<u32>()) else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Err(err) = std::fs::remove_dir_all(e.path()) {
+            tracing::debug!("cannot remove stale lab directory {name}: {err}");
         }
     }
 }

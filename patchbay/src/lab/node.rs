@@ -211,15 +211,23 @@ impl Node {
         env
     }
 
-    fn prepare_std(&self, cmd: &mut std::process::Command) {
+    fn prepare_std(&self, cmd: &mut std::process::Command) -> Result<()> {
         use std::os::unix::process::CommandExt;
         cmd.envs(self.env());
         let procs = self.inner.cgroup_procs.clone();
+        let overlay = self.name_overlay()?;
         // SAFETY: the closure only makes async-signal-safe syscalls (prctl,
-        // open, write, close) on memory prepared before fork.
+        // open, write, close, unshare, mount) on memory prepared before fork.
         unsafe {
-            cmd.pre_exec(move || child_setup(procs.as_ref()));
+            cmd.pre_exec(move || {
+                child_setup(procs.as_ref())?;
+                match &overlay {
+                    Some(o) => super::dns_ops::enter_overlay(o),
+                    None => Ok(()),
+                }
+            });
         }
+        Ok(())
     }
 
     /// Spawns a process inside the node's namespace (and the lab's cgroup),
@@ -227,7 +235,7 @@ impl Node {
     /// `PATCHBAY_IP`, `PATCHBAY_TIME_SCALE`). It is killed when the lab is
     /// dropped or this process dies.
     pub fn spawn_command(&self, mut cmd: tokio::process::Command) -> Result<tokio::process::Child> {
-        self.prepare_std(cmd.as_std_mut());
+        self.prepare_std(cmd.as_std_mut())?;
         let program = cmd.as_std().get_program().to_string_lossy().into_owned();
         let node = self.inner.name.clone();
         self.inner
@@ -245,7 +253,7 @@ impl Node {
         &self,
         mut cmd: std::process::Command,
     ) -> Result<std::process::Child> {
-        self.prepare_std(&mut cmd);
+        self.prepare_std(&mut cmd)?;
         let program = cmd.get_program().to_string_lossy().into_owned();
         let node = self.inner.name.clone();
         self.inner

@@ -88,8 +88,20 @@ impl Prewarm {
             return Ok(());
         }
         let what = || format!("pre-warming neighbour entries of {}", me.node.name);
-        let mine: [(IpAddr, [u8; 6]); 2] = [(gw.0.into(), gw_mac), (gw.1.into(), gw_mac)];
-        let theirs: [(IpAddr, [u8; 6]); 2] = [(me.v4.into(), me.mac), (me.v6.into(), me.mac)];
+        // An unspecified address stands for a family the LAN does not have
+        // (v4-only or v6-only LANs): no entry for it on either side.
+        let pairs = |a: Ipv4Addr, b: Ipv6Addr, mac: [u8; 6]| -> Vec<(IpAddr, [u8; 6])> {
+            let mut v = vec![];
+            if !me.v4.is_unspecified() {
+                v.push((a.into(), mac));
+            }
+            if !me.v6.is_unspecified() {
+                v.push((b.into(), mac));
+            }
+            v
+        };
+        let mine = pairs(gw.0, gw.1, gw_mac);
+        let theirs = pairs(me.v4, me.v6, me.mac);
         let my_index = me.index;
         let a = me.node.ns().spawn(move || add_all(my_index, mine))?;
         let b = gw_ns.spawn(move || add_all(gw_index, theirs))?;
@@ -110,7 +122,7 @@ impl Prewarm {
     }
 }
 
-async fn add_all(index: u32, entries: [(IpAddr, [u8; 6]); 2]) -> Result<(), NetlinkError> {
+async fn add_all(index: u32, entries: Vec<(IpAddr, [u8; 6])>) -> Result<(), NetlinkError> {
     for (ip, mac) in entries {
         netlink::add_neigh(index, ip, mac).await?;
     }

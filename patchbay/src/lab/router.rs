@@ -4,8 +4,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use crate::addr::{self, LanKind};
+use crate::addr::{self, IpSupport, LanKind};
 use crate::error::{Error, NetlinkContext, Result};
+use crate::nat::NatV6Mode;
 use crate::sys::netlink::{self, VethEnd};
 use crate::sys::netns::{Netns, Task};
 
@@ -23,6 +24,8 @@ pub struct RouterBuilder {
     lan_kind: Option<LanKind>,
     nat: crate::nat::NatConfig,
     firewall: Option<crate::firewall::Firewall>,
+    ip: IpSupport,
+    nat_v6: NatV6Mode,
 }
 
 impl RouterBuilder {
@@ -34,6 +37,8 @@ impl RouterBuilder {
             lan_kind: None,
             nat: crate::nat::NatConfig::default(),
             firewall: None,
+            ip: IpSupport::default(),
+            nat_v6: NatV6Mode::None,
         }
     }
 
@@ -87,6 +92,21 @@ impl RouterBuilder {
         self
     }
 
+    /// Address families of the router's LAN, and so of every device on it
+    /// (default: [`IpSupport::DualStack`]). The uplink gets the families
+    /// its upstream LAN has.
+    pub fn ip_support(mut self, ip: IpSupport) -> Self {
+        self.ip = ip;
+        self
+    }
+
+    /// How the router treats IPv6 (default: routed, [`NatV6Mode::None`]).
+    /// NAT64 needs the `tayga` binary and an IPv4 uplink.
+    pub fn nat_v6(mut self, mode: NatV6Mode) -> Self {
+        self.nat_v6 = mode;
+        self
+    }
+
     /// Creates the router's namespace and links.
     pub async fn build(self) -> Result<Router> {
         let RouterBuilder {
@@ -96,13 +116,15 @@ impl RouterBuilder {
             lan_kind,
             nat,
             firewall,
+            ip,
+            nat_v6,
         } = self;
         let lan_kind = lan_kind.unwrap_or(nat.nat.lan_kind());
         if name.is_empty() {
             return Err(Error::Invalid("a router needs a non-empty name".into()));
         }
         // Validate and allocate under the lock, touch the kernel after.
-        let (up, uplink, lan, parent_port) = {
+        let (up, uplink, lan, parent_port, up_ip) = {
             let mut t = lab.topo();
             t.check_free(&name)?;
             let up = match &upstream {
@@ -112,7 +134,15 @@ impl RouterBuilder {
                     Upstream::Router(p.clone())
                 }
             };
-            let lan = t.addr.alloc_lan(lan_kind)?;
+            let up_ip = match &up {
+                Upstream::Exchange => IpSupport::DualStack,
+                Upstream::Router(p) => t.router_mut(p)?.lan.ip,
+            };
+            super::nat6_ops::check_ip_plan(&name, ip, nat_v6, upstream.as_deref(), up_ip)?;
+            let mut lan = t.addr.alloc_lan(lan_kind)?;
+            if nat_v6.hides_lan() {
+                lan.v6 = addr::ula_of(lan.v6);
+            }
             let (uplink, parent_port) = match &up {
                 Upstream::Exchange => {
                     let a = t.addr.alloc_exchange()?;
@@ -126,7 +156,7 @@ impl RouterBuilder {
                     (a, rec.lan.next_port)
                 }
             };
-            (up, uplink, lan, parent_port)
+            (up, uplink, lan, parent_port, up_ip)
         };
         let ns = Netns::new(&format!("{}-{name}", lab.id()))?;
         lab.prepare_ns(&ns, true, &name)?;
@@ -188,13 +218,21 @@ impl RouterBuilder {
         ns.run(move || async move {
             netlink::set_up(1, true).await?;
             netlink::create_bridge("lan", lan_index, bridge_mac).await?;
-            netlink::add_addr(lan_index, gw4.into(), addr::V4_PREFIX).await?;
-            netlink::add_addr(lan_index, gw6.into(), addr::V6_PREFIX).await?;
+            if ip.has_v4() {
+                netlink::add_addr(lan_index, gw4.into(), addr::V4_PREFIX).await?;
+            }
+            if ip.has_v6() {
+                netlink::add_addr(lan_index, gw6.into(), addr::V6_PREFIX).await?;
+            }
             netlink::set_up(wan_index, true).await?;
-            netlink::add_addr(wan_index, uplink.0.into(), addr::V4_PREFIX).await?;
-            netlink::add_addr(wan_index, uplink.1.into(), addr::V6_PREFIX).await?;
-            netlink::add_route_v4(Ipv4Addr::UNSPECIFIED, 0, parent_gw.0).await?;
-            netlink::add_route_v6(Ipv6Addr::UNSPECIFIED, 0, parent_gw.1).await?;
+            if up_ip.has_v4() {
+                netlink::add_addr(wan_index, uplink.0.into(), addr::V4_PREFIX).await?;
+                netlink::add_route_v4(Ipv4Addr::UNSPECIFIED, 0, parent_gw.0).await?;
+            }
+            if up_ip.has_v6() {
+                netlink::add_addr(wan_index, uplink.1.into(), addr::V6_PREFIX).await?;
+                netlink::add_route_v6(Ipv6Addr::UNSPECIFIED, 0, parent_gw.1).await?;
+            }
             super::device::sync_carriers(&["wan"]);
             Ok(())
         })
@@ -216,8 +254,8 @@ impl RouterBuilder {
             name: "wan".into(),
             index: wan_index,
             mac: wan_mac,
-            ip: Some(uplink.0),
-            ip6: Some(uplink.1),
+            ip: up_ip.has_v4().then_some(uplink.0),
+            ip6: up_ip.has_v6().then_some(uplink.1),
             prefix: addr::V4_PREFIX,
             peer: upstream.clone().unwrap_or_else(|| "exchange".into()),
         });
@@ -225,16 +263,24 @@ impl RouterBuilder {
             name: "lan".into(),
             index: lan_index,
             mac: bridge_mac,
-            ip: Some(gw4),
-            ip6: Some(gw6),
+            ip: ip.has_v4().then_some(gw4),
+            ip6: ip.has_v6().then_some(gw6),
             prefix: addr::V4_PREFIX,
             peer: name.clone(),
         });
 
         let me = Member {
             node: node.clone(),
-            v4: uplink.0,
-            v6: uplink.1,
+            v4: if up_ip.has_v4() {
+                uplink.0
+            } else {
+                Ipv4Addr::UNSPECIFIED
+            },
+            v6: if up_ip.has_v6() {
+                uplink.1
+            } else {
+                Ipv6Addr::UNSPECIFIED
+            },
             mac: wan_mac,
             index: wan_index,
         };
@@ -251,12 +297,14 @@ impl RouterBuilder {
                     lan: LanState {
                         lan,
                         kind: lan_kind,
+                        ip,
                         bridge_mac,
                         bridge_index: lan_index,
                         members: vec![],
                         next_port: 0,
                     },
                     nat,
+                    nat_v6,
                 },
             );
         }
@@ -277,6 +325,7 @@ impl RouterBuilder {
             node: Node::from_inner(node),
         };
         router.configure(firewall).await?;
+        router.configure_v6(nat_v6, lan_v6).await?;
         Ok(router)
     }
 }
@@ -291,39 +340,60 @@ async fn routes_to_lan(
     v4: Ipv4Addr,
     v6: Ipv6Addr,
 ) -> Result<()> {
-    let hops: Vec<(Netns, Ipv4Addr, Ipv6Addr, bool)> = {
+    // Which prefix upstream routers see for this LAN's IPv6: the LAN itself,
+    // NPTv6's external prefix, or nothing (masquerade hides it).
+    let (hops, v6): (Vec<Hop>, Ipv6Addr) = {
         let t = lab.topo();
+        let me = &t.routers[name];
+        let (mut v4_open, mut v6_open) = (me.lan.ip.has_v4(), me.lan.ip.has_v6());
+        let v6 = match me.nat_v6 {
+            NatV6Mode::Nptv6 => addr::nptv6_external_of(v6),
+            NatV6Mode::Masquerade => {
+                v6_open = false;
+                v6
+            }
+            NatV6Mode::None | NatV6Mode::Nat64 => v6,
+        };
         let chain = t.ancestry(name);
         let mut hops = vec![];
-        let mut v4_open = true;
         for pair in chain.windows(2) {
             let (child, parent) = (&pair[0], &pair[1]);
             let (c4, c6) = uplink_of(&t, child);
             let prec = &t.routers[parent];
-            hops.push((prec.node.ns().clone(), c4, c6, v4_open));
+            hops.push((prec.node.ns().clone(), c4, c6, v4_open, v6_open));
             if prec.lan.kind != LanKind::Public {
                 v4_open = false;
+            }
+            if prec.nat_v6.hides_lan() {
+                v6_open = false;
             }
         }
         let top = chain.last().map(String::as_str).unwrap_or(name);
         let (c4, c6) = uplink_of(&t, top);
-        hops.push((lab.root().clone(), c4, c6, v4_open));
-        hops
+        hops.push((lab.root().clone(), c4, c6, v4_open, v6_open));
+        (hops, v6)
     };
     let _ = kind;
-    for (ns, via4, via6, do_v4) in hops {
-        let what = format!("routing to the LAN of {name} via {via4}");
+    for (ns, via4, via6, do_v4, do_v6) in hops {
+        let what = format!("routing to the LAN of {name} via {via4} / {via6}");
         ns.run(move || async move {
-            if do_v4 {
+            if do_v4 && !via4.is_unspecified() {
                 netlink::add_route_v4(v4, addr::V4_PREFIX, via4).await?;
             }
-            netlink::add_route_v6(v6, addr::V6_PREFIX, via6).await
+            if do_v6 && !via6.is_unspecified() {
+                netlink::add_route_v6(v6, addr::V6_PREFIX, via6).await?;
+            }
+            Ok(())
         })
         .await?
         .ctx(|| what)?;
     }
     Ok(())
 }
+
+/// A namespace that needs routes to a new LAN: (namespace, IPv4 next hop,
+/// IPv6 next hop, route IPv4?, route IPv6?).
+type Hop = (Netns, Ipv4Addr, Ipv6Addr, bool, bool);
 
 fn uplink_of(t: &super::topo::Topology, router: &str) -> (Ipv4Addr, Ipv6Addr) {
     let i = t.routers[router]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use crate::addr::{AddrPlan, Lan, LanKind};
+use crate::addr::{AddrPlan, IpSupport, Lan, LanKind};
 use crate::error::{Error, Result};
 
 use super::node::NodeInner;
@@ -26,6 +26,8 @@ pub(crate) struct Member {
 pub(crate) struct LanState {
     pub lan: Lan,
     pub kind: LanKind,
+    /// Address families on the LAN.
+    pub ip: IpSupport,
     pub bridge_mac: [u8; 6],
     pub bridge_index: u32,
     pub members: Vec<Member>,
@@ -48,6 +50,8 @@ pub(crate) struct RouterRec {
     pub lan: LanState,
     /// NAT mode, hairpinning and conntrack timeouts (see `nat_ops.rs`).
     pub nat: crate::nat::NatConfig,
+    /// IPv6 NAT mode (see `nat6_ops.rs`).
+    pub nat_v6: crate::nat::NatV6Mode,
 }
 
 #[derive(Debug, Default)]

@@ -3,10 +3,12 @@
 //! The format is documented in `docs/toml.md`. Parsing and validation are
 //! pure; [`run`] builds the lab and executes the steps.
 
+mod dns;
 mod run;
 mod schema;
 mod subst;
 
+pub use dns::{DnsSection, DnsServerSpec, NameSpec};
 pub use run::{RunOverrides, RunReport, StepOutcome, run};
 pub use schema::{
     DeviceSpec, IfaceSpec, LabFile, LabSection, RouterSpec, Step, StepKind, TimeMode,

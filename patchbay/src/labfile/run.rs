@@ -112,6 +112,12 @@ async fn build(file: &LabFile, o: RunOverrides) -> Result<Lab> {
         if let Some(fw) = &r.firewall {
             b = b.firewall(fw.clone());
         }
+        if let Some(ip) = r.ip_support {
+            b = b.ip_support(ip);
+        }
+        if let Some(m) = r.nat_v6 {
+            b = b.nat_v6(m);
+        }
         b.build().await?;
     }
     for d in &file.devices {
@@ -130,6 +136,26 @@ async fn build(file: &LabFile, o: RunOverrides) -> Result<Lab> {
             if let Some(c) = &i.link {
                 dev.set_link_condition(&i.name, c.clone()).await?;
             }
+        }
+    }
+    if let Some(dns) = &file.dns {
+        super::dns::apply(&lab, dns).await?;
+    }
+    for d in &file.devices {
+        if let Some(ns) = &d.nameserver {
+            let dev = lab
+                .node(&d.name)
+                .ok_or_else(|| crate::Error::Invalid(format!("unknown device {:?}", d.name)))?;
+            // Only addresses of families the device has: a v6-only device
+            // gets the server's IPv6 address alone.
+            let servers: Vec<_> = super::dns::nameservers(&lab, ns)?
+                .into_iter()
+                .filter(|ip| match ip {
+                    std::net::IpAddr::V4(_) => dev.ip().is_some(),
+                    std::net::IpAddr::V6(_) => dev.ip6().is_some(),
+                })
+                .collect();
+            dev.set_nameservers(&servers)?;
         }
     }
     Ok(lab)
@@ -230,7 +256,7 @@ async fn read_all(mut r: impl tokio::io::AsyncRead + Unpin) -> String {
     s
 }
 
-fn check(out: &mut StepOutcome, step: &Step, code: Option<i32>, stdout: &str) {
+fn check(out: &mut StepOutcome, step: &Step, vars: &Vars, code: Option<i32>, stdout: &str) {
     out.exit_code = code;
     let want = step.expect_exit.unwrap_or(0);
     if code != Some(want) {
@@ -239,11 +265,19 @@ fn check(out: &mut StepOutcome, step: &Step, code: Option<i32>, stdout: &str) {
             Some(c) => format!("exit code {c}, expected {want}"),
             None => format!("killed by a signal, expected exit code {want}"),
         });
-    } else if let Some(needle) = &step.expect_output
-        && !stdout.contains(needle.as_str())
-    {
-        out.ok = false;
-        out.error = Some(format!("stdout does not contain {needle:?}"));
+    } else if let Some(needle) = &step.expect_output {
+        // `${node.ip}` and friends work in expect-output as in commands.
+        match substitute(needle, vars) {
+            Ok(n) if stdout.contains(n.as_str()) => {}
+            Ok(n) => {
+                out.ok = false;
+                out.error = Some(format!("stdout does not contain {n:?}"));
+            }
+            Err(e) => {
+                out.ok = false;
+                out.error = Some(format!("expect-output: {e}"));
+            }
+        }
     }
     out.stdout = Some(stdout.to_string());
 }
@@ -300,7 +334,7 @@ async fn run_step(lab: &Lab, vars: &Vars, n: usize, step: &Step, st: &mut State)
                 };
                 let stdout = so.await.unwrap_or_default();
                 let stderr = se.await.unwrap_or_default();
-                check(&mut out, step, status.code(), &stdout);
+                check(&mut out, step, vars, status.code(), &stdout);
                 if !out.ok && !stderr.is_empty() {
                     let e = out.error.take().unwrap_or_default();
                     out.error = Some(format!("{e}; stderr: {}", stderr.trim()));
@@ -348,7 +382,7 @@ async fn run_step(lab: &Lab, vars: &Vars, n: usize, step: &Step, st: &mut State)
                     }
                 };
                 let stdout = bg.out.await.unwrap_or_default();
-                check(&mut out, step, status.code(), &stdout);
+                check(&mut out, step, vars, status.code(), &stdout);
                 Ok(())
             }
             StepKind::Kill(name) => {

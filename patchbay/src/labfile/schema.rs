@@ -21,6 +21,9 @@ pub struct LabFile {
     /// Steps, executed in order.
     #[serde(default, rename = "step")]
     pub steps: Vec<Step>,
+    /// Names: hosts entries, nameservers, DNS servers.
+    #[serde(default)]
+    pub dns: Option<super::dns::DnsSection>,
 }
 
 /// The `[lab]` table.
@@ -104,6 +107,12 @@ pub struct RouterSpec {
     /// Firewall of the router (inbound = arriving on `wan`).
     #[serde(default)]
     pub firewall: Option<crate::Firewall>,
+    /// Address families of the LAN: `v4-only`, `v6-only`, `dual-stack`.
+    #[serde(default)]
+    pub ip_support: Option<crate::IpSupport>,
+    /// IPv6 NAT: `none`, `nptv6`, `masquerade`, `nat64`.
+    #[serde(default)]
+    pub nat_v6: Option<crate::NatV6Mode>,
 }
 
 /// A `[[device]]` entry.
@@ -121,6 +130,9 @@ pub struct DeviceSpec {
     /// Firewall of the device (inbound = arriving on any interface).
     #[serde(default)]
     pub firewall: Option<crate::Firewall>,
+    /// Nameserver of the device: an IP address or a node name.
+    #[serde(default)]
+    pub nameserver: Option<String>,
 }
 
 /// One device interface.
@@ -416,6 +428,20 @@ impl LabFile {
                         d.name, i.name, i.router, routers
                     ));
                 }
+            }
+        }
+        if let Some(dns) = &self.dns {
+            dns.validate(&names)?;
+        }
+        for d in &self.devices {
+            if let Some(ns) = &d.nameserver
+                && ns.parse::<std::net::IpAddr>().is_err()
+                && !names.contains(ns.as_str())
+            {
+                return Err(format!(
+                    "device {:?}: nameserver {ns:?} is neither an IP address nor a node of this lab",
+                    d.name
+                ));
             }
         }
         let mut bg = BTreeSet::new();

@@ -23,6 +23,7 @@
 mod ctflush;
 mod render;
 mod timeouts;
+mod v6;
 
 use std::net::Ipv4Addr;
 
@@ -33,6 +34,10 @@ use crate::addr::LanKind;
 pub use ctflush::{CtFlushError, flush_conntrack};
 pub use render::{NAT_TABLE, render_nat};
 pub use timeouts::ConntrackTimeouts;
+pub use v6::{
+    NAT64_POOL, NAT64_PREFIX, NAT64_TUN, NatV6Mode, nat64_embed, nat64_extract, render_nat6,
+    render_nat64_masq, render_tayga_conf, tayga_v6,
+};
 
 /// A router's NAT behaviour (RFC 4787 terms). In TOML: `nat = "port-restricted"`.
 #[derive(

@@ -316,3 +316,48 @@ pub async fn link_name(index: u32) -> Result<Option<String>, NetlinkError> {
             _ => None,
         }))
 }
+
+/// The index of the interface named `name` on the calling worker.
+pub async fn index_of(name: &str) -> Result<u32, NetlinkError> {
+    let mut links = handle()?
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute();
+    match links.try_next().await {
+        Ok(Some(msg)) => Ok(msg.header.index),
+        Ok(None) => Err(NetlinkError::NoSuchLink(name.to_string())),
+        Err(source) => Err(NetlinkError::Request {
+            op: format!("ip link show {name}"),
+            source,
+        }),
+    }
+}
+
+/// `ip route add DST/PREFIX dev IDX` (IPv4, on-link).
+pub async fn add_route_dev_v4(dst: Ipv4Addr, prefix: u8, index: u32) -> Result<(), NetlinkError> {
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst, prefix)
+        .output_interface(index)
+        .build();
+    handle()?
+        .route()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(req(format!("ip route add {dst}/{prefix} dev #{index}")))
+}
+
+/// `ip -6 route add DST/PREFIX dev IDX` (on-link).
+pub async fn add_route_dev_v6(dst: Ipv6Addr, prefix: u8, index: u32) -> Result<(), NetlinkError> {
+    let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(dst, prefix)
+        .output_interface(index)
+        .build();
+    handle()?
+        .route()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(req(format!("ip -6 route add {dst}/{prefix} dev #{index}")))
+}
