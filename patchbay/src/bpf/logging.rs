@@ -155,13 +155,22 @@ pub(crate) fn hold(
         l.reader_started = true;
     }
     *l.holders.entry(value).or_insert(0) += 1;
-    let guard = LogGuard {
+    // Apply before a guard exists: a guard dropped on this error path would lock `logging`
+    // again while `l` holds it.
+    if let Err(e) = l.apply() {
+        if let Some(n) = l.holders.get_mut(&value) {
+            *n -= 1;
+            if *n == 0 {
+                l.holders.remove(&value);
+            }
+        }
+        return Err(e);
+    }
+    drop(l);
+    Ok(LogGuard {
         logging: Arc::clone(logging),
         value,
-    };
-    l.apply()?;
-    drop(l);
-    Ok(guard)
+    })
 }
 
 /// Reads log records until the engine stops.
