@@ -62,7 +62,7 @@ pub fn ensure(command: &str, tools: &[Tool]) -> anyhow::Result<()> {
     let list = pkgs.join(" ");
     if !nix::unistd::geteuid().is_root() {
         bail!(
-            "`patchbay {command}` needs {}; not installed. Install with `sudo apt-get install -y {list}` (as root, `patchbay {command}` installs it itself)",
+            "`patchbay {command}` needs {}; not installed. Install with `sudo apt-get install -y {list}` (as root, `patchbay {command}` installs them itself)",
             miss.iter()
                 .map(|t| format!("`{}` (Debian package {})", t.bin, t.package))
                 .collect::<Vec<_>>()

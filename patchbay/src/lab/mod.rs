@@ -323,13 +323,14 @@ impl Drop for LabInner {
         for ns in all.iter().rev() {
             ns.join();
         }
-        if std::env::var_os("PATCHBAY_TRACE_DROP").is_some() {
-            eprintln!(
-                "TRACE-DROP cgroup {t1:?} signal {:?} join {:?}",
-                t2 - t1,
-                t0.elapsed() - t2
-            );
-        }
+        tracing::debug!(
+            target: "patchbay::teardown",
+            cgroup = ?t1,
+            signal = ?(t2 - t1),
+            join = ?(t0.elapsed() - t2),
+            "lab {} dropped",
+            self.id
+        );
         if let Some(dir) = self
             .state_dir
             .get_mut()

@@ -210,7 +210,6 @@ impl Drop for ProcessCgroup {
             }
             return;
         }
-        let t = std::time::Instant::now();
         if *self.joined.get_mut().unwrap_or_else(|p| p.into_inner()) {
             let procs = self.base.join("cgroup.procs");
             if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
@@ -224,15 +223,8 @@ impl Drop for ProcessCgroup {
                 return;
             }
         }
-        let t1 = t.elapsed();
         release(&self.path, &self.base);
         drop(slot);
-        if std::env::var_os("PATCHBAY_TRACE_DROP").is_some() {
-            eprintln!(
-                "TRACE-DROP process cgroup move-back {t1:?} release {:?}",
-                t.elapsed() - t1
-            );
-        }
         if let Some(w) = watchdog {
             w.disarm();
         }
@@ -299,11 +291,7 @@ impl LabCgroup {
 
 impl Drop for LabCgroup {
     fn drop(&mut self) {
-        let t = std::time::Instant::now();
         kill_and_remove(&self.path);
-        if std::env::var_os("PATCHBAY_TRACE_DROP").is_some() {
-            eprintln!("TRACE-DROP lab cgroup kill+rmdir {:?}", t.elapsed());
-        }
     }
 }
 
