@@ -194,7 +194,10 @@ fn missing_command_is_a_typed_error() -> anyhow::Result<()> {
     };
     let err = vt::run(&argv(&["patchbay-no-such-command"]), &opts).expect_err("must fail");
     match err {
-        VtError::CommandNotFound { command } => assert_eq!(command, "patchbay-no-such-command"),
+        VtError::CommandNotFound { command, why } => {
+            assert_eq!(command, "patchbay-no-such-command");
+            assert!(why.contains("not on the guest's PATH"), "{why}");
+        }
         other => panic!("expected CommandNotFound, got {other}"),
     }
     let bad_cwd = VtOpts {
@@ -202,7 +205,10 @@ fn missing_command_is_a_typed_error() -> anyhow::Result<()> {
         ..opts.clone()
     };
     match vt::run(&argv(&["true"]), &bad_cwd).expect_err("must fail") {
-        VtError::Cwd { cwd } => assert_eq!(cwd, PathBuf::from("/nonexistent-patchbay-dir")),
+        VtError::Cwd { cwd, why } => {
+            assert_eq!(cwd, PathBuf::from("/nonexistent-patchbay-dir"));
+            assert!(why.contains("does not exist on the host"), "{why}");
+        }
         other => panic!("expected Cwd, got {other}"),
     }
     // A command that itself exits 127 is not confused with a missing one.
