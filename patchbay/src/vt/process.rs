@@ -208,9 +208,7 @@ pub(crate) fn run_uml(
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(source) => {
-            if unprivileged
-                && let Some(e) = super::userns::classify_spawn_error(unshare, &source)
-            {
+            if unprivileged && let Some(e) = super::userns::classify_spawn_error(unshare, &source) {
                 return Err(e);
             }
             return Err(VtError::Spawn {

@@ -136,14 +136,20 @@ fn render_expose(expose: &[Exposed]) -> Vec<u8> {
         s.extend(hidden.iter().copied());
         s.extend_from_slice(format!(" && mount -n -r -t hostfs -o {top} hostfs ").as_bytes());
         s.extend(hidden.iter().copied());
-        s.extend_from_slice(format!(" || vt_die \"mount the host's {top} read-only\"\n").as_bytes());
+        s.extend_from_slice(
+            format!(" || vt_die \"mount the host's {top} read-only\"\n").as_bytes(),
+        );
     }
     for e in expose {
         let entry = e.entry.as_os_str().as_bytes();
         let q = shell_quote(entry);
         let rel = e.entry.strip_prefix(e.top).unwrap_or(&e.entry);
         let src = shell_quote(
-            &[format!("{HIDDEN}{}/", e.top).as_bytes(), rel.as_os_str().as_bytes()].concat(),
+            &[
+                format!("{HIDDEN}{}/", e.top).as_bytes(),
+                rel.as_os_str().as_bytes(),
+            ]
+            .concat(),
         );
         s.extend_from_slice(b"    ");
         match &e.kind {
@@ -163,7 +169,13 @@ fn render_expose(expose: &[Exposed]) -> Vec<u8> {
                 s.push(b' ');
                 s.extend(q.iter().copied());
                 s.extend_from_slice(b" || vt_die \"expose ");
-                s.extend_from_slice(&entry.iter().copied().filter(|&b| b != b'"' && b != b'\n').collect::<Vec<_>>());
+                s.extend_from_slice(
+                    &entry
+                        .iter()
+                        .copied()
+                        .filter(|&b| b != b'"' && b != b'\n')
+                        .collect::<Vec<_>>(),
+                );
                 s.extend_from_slice(b"\"\n");
                 continue;
             }
@@ -172,7 +184,13 @@ fn render_expose(expose: &[Exposed]) -> Vec<u8> {
         s.push(b' ');
         s.extend(q.iter().copied());
         s.extend_from_slice(b" || vt_die \"expose ");
-        s.extend_from_slice(&entry.iter().copied().filter(|&b| b != b'"' && b != b'\n' && b != b'$' && b != b'`').collect::<Vec<_>>());
+        s.extend_from_slice(
+            &entry
+                .iter()
+                .copied()
+                .filter(|&b| b != b'"' && b != b'\n' && b != b'$' && b != b'`')
+                .collect::<Vec<_>>(),
+        );
         s.extend_from_slice(b"\"\n");
     }
     s.extend_from_slice(b"    true\n}\n");

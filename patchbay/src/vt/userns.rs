@@ -66,7 +66,10 @@ pub(crate) fn enter(maps: &Maps) -> std::io::Result<()> {
 /// Turns a failed spawn into [`VtError::NoUserNamespaces`] when the cause is that the host
 /// forbids unprivileged user namespaces (probed with util-linux `unshare --user`, since the
 /// forked child can only report an errno).
-pub(crate) fn classify_spawn_error(unshare: &std::path::Path, source: &std::io::Error) -> Option<VtError> {
+pub(crate) fn classify_spawn_error(
+    unshare: &std::path::Path,
+    source: &std::io::Error,
+) -> Option<VtError> {
     let probe = Command::new(unshare)
         .args(["--user", "--map-root-user", "true"])
         .stdin(Stdio::null())
@@ -124,9 +127,7 @@ mod tests {
 
     #[test]
     fn the_error_names_the_sysctls() {
-        let e = VtError::NoUserNamespaces {
-            detail: "x".into(),
-        };
+        let e = VtError::NoUserNamespaces { detail: "x".into() };
         let text = e.to_string();
         assert!(text.contains("kernel.unprivileged_userns_clone"), "{text}");
         assert!(text.contains("user.max_user_namespaces"), "{text}");
