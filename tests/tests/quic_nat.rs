@@ -52,7 +52,11 @@ async fn world(opts: LabOpts) -> Result<World> {
         .build()
         .await?;
     let server = lab.add_device("server").iface("eth0", &isp).build().await?;
-    let client = lab.add_device("client").iface("eth0", &home).build().await?;
+    let client = lab
+        .add_device("client")
+        .iface("eth0", &home)
+        .build()
+        .await?;
     Ok(World {
         lab,
         client,
@@ -107,11 +111,7 @@ async fn start_server(
         })?
         .await??;
     let task = server.spawn(move |_| async move {
-        let conn = endpoint
-            .accept()
-            .await
-            .context("endpoint closed")?
-            .await?;
+        let conn = endpoint.accept().await.context("endpoint closed")?.await?;
         let start = Instant::now();
         let mut view = ServerView {
             addrs: vec![(Duration::ZERO, conn.remote_address())],
@@ -245,7 +245,10 @@ async fn guest_quic_idle_timeout() -> Result<()> {
     println!("QUIC-IDLE client closed {after:?} after the last arrival: {reason}; server {view:?}");
     assert!(reason.contains("timed out"), "{reason}");
     let diff = after.abs_diff(Duration::from_secs(20));
-    assert!(diff <= Duration::from_millis(1), "closed {after:?} after the last packet");
+    assert!(
+        diff <= Duration::from_millis(1),
+        "closed {after:?} after the last packet"
+    );
     Ok(())
 }
 
@@ -258,19 +261,22 @@ async fn guest_quic_keepalive_holds() -> Result<()> {
     let w = world(LabOpts::default().virtual_time(true)).await?;
     let idle = Duration::from_secs(600);
     let t = Instant::now();
-    let (reply, view) = keepalive_case(
-        &w,
-        Duration::from_secs(20),
-        Duration::from_secs(10),
-        idle,
-    )
-    .await?;
+    let (reply, view) =
+        keepalive_case(&w, Duration::from_secs(20), Duration::from_secs(10), idle).await?;
     println!(
         "QUIC-KEEPALIVE-10 after {:?} virtual: reply {reply:?}; server {view:?}",
         t.elapsed()
     );
-    assert_eq!(reply, "ack:after-idle", "the connection survived 10 min idle");
-    assert_eq!(view.addrs.len(), 1, "one client address throughout: {:?}", view.addrs);
+    assert_eq!(
+        reply, "ack:after-idle",
+        "the connection survived 10 min idle"
+    );
+    assert_eq!(
+        view.addrs.len(),
+        1,
+        "one client address throughout: {:?}",
+        view.addrs
+    );
     assert_eq!(view.messages, ["hello", "after-idle"]);
     Ok(())
 }
@@ -311,7 +317,9 @@ fn in_vt(test: &str) -> Result<()> {
         return Ok(());
     }
     if let Err(e) = patchbay::vt::find_uml_binary() {
-        skip(&format!("no UML kernel ({e}); build it with `cargo xtask build-uml`"));
+        skip(&format!(
+            "no UML kernel ({e}); build it with `cargo xtask build-uml`"
+        ));
         return Ok(());
     }
     let exe = std::env::current_exe()?;
@@ -382,8 +390,10 @@ async fn timing_quic_timers_stay_at_wall_speed_compressed() -> Result<()> {
         t.elapsed()
     );
     assert!(reason.contains("timed out"), "{reason}");
+    // Compressed, it would close after 1 s; wall-clock polling on a loaded host blurs the
+    // last arrival by a few ms.
     assert!(
-        after >= Duration::from_secs(20),
+        after >= Duration::from_secs(19),
         "quinn's idle timer is not compressed: {after:?}"
     );
     let w = world(LabOpts::default().time_scale(20.0)).await?;
@@ -394,7 +404,10 @@ async fn timing_quic_timers_stay_at_wall_speed_compressed() -> Result<()> {
         Duration::from_secs(12),
     )
     .await?;
-    println!("compressed k=20, keepalive 10 s for 12 s wall: reply {reply:?}, server saw {:?}", view.addrs);
+    println!(
+        "compressed k=20, keepalive 10 s for 12 s wall: reply {reply:?}, server saw {:?}",
+        view.addrs
+    );
     assert!(
         view.addrs.len() >= 2,
         "the 1.5 s (wall) mapping expired between 10 s (wall) keepalives: {:?}",

@@ -78,7 +78,6 @@ fn run_timed(opts: &VtOpts, args: &[&str], expect: Duration) -> anyhow::Result<R
         exit: out.exit_code,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-
     };
     let start = out.boot_to_command.expect("the guest reports its uptime");
     println!(
@@ -111,7 +110,11 @@ fn sleep_and_timeout() -> anyhow::Result<()> {
     let Some(opts) = opts() else { return Ok(()) };
     let r = run_timed(&opts, &["sleep", "2.5"], Duration::from_millis(2500))?;
     assert_eq!(r.exit, 0);
-    let r = run_timed(&opts, &["timeout", "3", "sleep", "10"], Duration::from_secs(3))?;
+    let r = run_timed(
+        &opts,
+        &["timeout", "3", "sleep", "10"],
+        Duration::from_secs(3),
+    )?;
     assert_eq!(r.exit, 124, "timeout kills sleep after 3 s");
     Ok(())
 }

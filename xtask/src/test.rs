@@ -24,7 +24,28 @@ pub struct TestArgs {
 }
 
 /// Debian packages the tests need, with the binary that shows each is there.
-const PACKAGES: &[(&str, &str)] = &[("nftables", "nft"), ("iproute2", "tc")];
+const PACKAGES: &[(&str, &str)] = &[
+    ("nftables", "nft"),
+    ("iproute2", "tc"),
+    // Real programs run in virtual time by tests/tests/vt_programs.rs.
+    ("iputils-ping", "ping"),
+    ("netcat-openbsd", "nc"),
+    ("curl", "curl"),
+    ("python3", "python3"),
+];
+
+/// The test binaries of `patchbay-tests` that `cargo xtask test` also runs in virtual time,
+/// one UML guest per test process (`patchbay vt --` as the target runner, nextest profile
+/// `vt`): labs, NAT, firewall, links, faults, lifecycle.
+pub const VT_PARTITION: &[&str] = &[
+    "lab_basic",
+    "lab_lifecycle",
+    "lab_scale",
+    "nat",
+    "firewall",
+    "links",
+    "faults",
+];
 
 /// Debian packages the UML kernel build needs.
 const UML_PACKAGES: &[(&str, &str)] = &[
@@ -70,6 +91,12 @@ pub fn run(args: TestArgs) -> Result<()> {
         .context("building the UML kernel for the virtual-time tests (skip with --no-uml)")?;
         uml_env = crate::matrix::newest_linux_in(&out);
     }
+    // The `patchbay` CLI: the unprivileged `patchbay vt` tests and the virtual-time partition
+    // run it.
+    step(
+        "cargo build -p patchbay (the CLI)",
+        cargo(&root).args(["build", "-p", "patchbay"]),
+    )?;
     let nextest = has_nextest();
     if nextest {
         let mut c = cargo(&root);
@@ -79,6 +106,11 @@ pub fn run(args: TestArgs) -> Result<()> {
             c.env("PATCHBAY_UML", uml);
         }
         step("cargo nextest run", &mut c)?;
+        if let Some(uml) = &uml_env {
+            step_fn("virtual-time partition (one UML guest per test)", || {
+                run_vt_partition(&root, uml)
+            })?;
+        }
     } else {
         println!(
             "xtask: cargo-nextest is not installed; falling back to `cargo test` (install it with `cargo install cargo-nextest --locked`)"
@@ -108,6 +140,44 @@ pub fn run(args: TestArgs) -> Result<()> {
         step_fn(name, || run_matrix(uml_env))?;
     }
     Ok(())
+}
+
+/// Runs [`VT_PARTITION`] with every test process in its own UML guest, in parallel up to the
+/// core count, and prints the wall time.
+fn run_vt_partition(root: &Path, uml: &Path) -> Result<()> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let cli = target.join("debug").join("patchbay");
+    anyhow::ensure!(cli.is_file(), "{} was not built", cli.display());
+    let mut c = cargo(root);
+    c.args([
+        "nextest",
+        "run",
+        "--profile",
+        "vt",
+        "-p",
+        "patchbay-tests",
+        "--no-fail-fast",
+    ])
+    .env(
+        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER",
+        format!("{} vt --", cli.display()),
+    )
+    .env("PATCHBAY_UML", uml);
+    for t in VT_PARTITION {
+        c.args(["--test", t]);
+    }
+    let t = std::time::Instant::now();
+    let r = step(
+        "cargo nextest run --profile vt (patchbay vt -- as the runner)",
+        &mut c,
+    );
+    println!(
+        "xtask: virtual-time partition took {:.1} s wall",
+        t.elapsed().as_secs_f64()
+    );
+    r
 }
 
 pub fn workspace_root() -> Result<PathBuf> {
