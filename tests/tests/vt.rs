@@ -211,6 +211,21 @@ fn missing_command_is_a_typed_error() -> anyhow::Result<()> {
         }
         other => panic!("expected Cwd, got {other}"),
     }
+    // A script under /tmp (exposed to the guest) without the execute bit: the error names the
+    // path and the permission.
+    let dir = std::env::temp_dir().join(format!("patchbay-vt-noexec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let script = dir.join("run.sh");
+    std::fs::write(&script, "#!/bin/sh\necho hi\n")?;
+    let err = vt::run(&[script.clone().into_os_string()], &opts).expect_err("not executable");
+    std::fs::remove_dir_all(&dir)?;
+    match err {
+        VtError::CommandNotFound { command, why } => {
+            assert_eq!(command, script.display().to_string());
+            assert!(why.contains("cannot execute"), "{why}");
+        }
+        other => panic!("expected CommandNotFound, got {other}"),
+    }
     // A command that itself exits 127 is not confused with a missing one.
     let out = vt::run(&argv(&["sh", "-c", "exit 127"]), &opts)?;
     assert_eq!(out.exit_code, 127);
