@@ -62,6 +62,10 @@ pub(crate) fn command_env(
 /// `env_binary` is the absolute path of `env` on the host (used as `env -i` so the command
 /// sees exactly `env`), `results` the guest path of the writable results dir, `fstab` the
 /// host path of [`FSTAB`] (read by the guest before it mounts tmpfs over `/tmp`).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; each argument is one line of the script header"
+)]
 pub(crate) fn render(
     argv: &[OsString],
     env: &BTreeMap<String, String>,
