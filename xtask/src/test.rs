@@ -36,7 +36,7 @@ const PACKAGES: &[(&str, &str)] = &[
 
 /// The test binaries of `patchbay-tests` that `cargo xtask test` also runs in virtual time,
 /// one UML guest per test process (`patchbay vt --` as the target runner, nextest profile
-/// `vt`): labs, NAT, firewall, links, faults, lifecycle.
+/// `vt`): labs, NAT, firewall, links, faults, lifecycle, errors, compression (42 tests).
 pub const VT_PARTITION: &[&str] = &[
     "lab_basic",
     "lab_lifecycle",
@@ -45,6 +45,8 @@ pub const VT_PARTITION: &[&str] = &[
     "firewall",
     "links",
     "faults",
+    "lab_errors",
+    "compression",
 ];
 
 /// Debian packages the UML kernel build needs.
