@@ -113,3 +113,87 @@ fn a_lab_runs_in_virtual_time() -> Result<()> {
     );
     Ok(())
 }
+
+/// A lab file directly in /tmp (which the guest covers with a fresh tmpfs), given by a relative
+/// path from /tmp and by its absolute path: the guest sees it at the same path. Its ping step
+/// is the first program of the lab and paces its probes (the guest's realistic uptime).
+#[test]
+fn lab_file_under_tmp_runs_in_virtual_time() -> Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    if let Err(e) = patchbay::vt::find_uml_binary() {
+        skip(&format!(
+            "no UML kernel ({e}); build it with `cargo xtask build-uml`"
+        ));
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let Some(cli) = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("patchbay"))
+        .filter(|p| p.is_file())
+    else {
+        skip("no `patchbay` binary next to the test binaries: run `cargo build -p patchbay`");
+        return Ok(());
+    };
+    if !std::path::Path::new("/usr/bin/ping").is_file() {
+        skip("no ping on the host: apt-get install -y iputils-ping");
+        return Ok(());
+    }
+    let name = format!("patchbay-vtlab-{}.toml", std::process::id());
+    let file = std::path::Path::new("/tmp").join(&name);
+    std::fs::write(
+        &file,
+        r#"[lab]
+label = "vt-tmp"
+time = "virtual"
+
+[[router]]
+name = "r"
+
+[[device]]
+name = "server"
+iface = [{ name = "eth0", router = "r" }]
+
+[[device]]
+name = "client"
+iface = [{ name = "eth0", router = "r" }]
+
+[[step]]
+run = "client"
+expect-output = "3 received"
+cmd = ["ping", "-n", "-c", "3", "-i", "2", "${server.ip}"]
+"#,
+    )?;
+    let runs = [(name.clone(), "/tmp"), (file.display().to_string(), "/")];
+    let mut result = Ok(());
+    for (arg, cwd) in runs {
+        let t = Instant::now();
+        let out = std::process::Command::new(&cli)
+            .args(["run", &arg, "--json"])
+            .current_dir(cwd)
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        println!(
+            "patchbay run {arg} (cwd {cwd}): {} in {:.2} s wall\n{stdout}\n{stderr}",
+            out.status,
+            t.elapsed().as_secs_f64()
+        );
+        if !out.status.success() {
+            result = Err(anyhow::anyhow!("patchbay run {arg} failed: {stderr}"));
+            break;
+        }
+        let report: serde_json::Value = serde_json::from_str(&stdout)?;
+        let wall = report["steps"][0]["wall_s"].as_f64().context("step time")?;
+        // In the guest, the step's own clock is virtual: probes at 0, 2 and 4 s.
+        assert!(
+            (4.0..4.05).contains(&wall),
+            "ping step took {wall} s (virtual)"
+        );
+    }
+    std::fs::remove_file(&file)?;
+    result
+}

@@ -23,9 +23,9 @@ pub struct TestArgs {
     pub nextest_args: Vec<String>,
 }
 
-/// Debian packages the tests need, with a binary that proves each is there.
-/// dig, curl, ping and tayga are the real clients of the IPv6, NAT64 and DNS
-/// tests (tests/tests/ipv6.rs, dns.rs, examples.rs).
+/// Debian packages the tests need, with a binary that proves each is there:
+/// the real clients of the tests (dig, curl, ping, nc, tayga; python3 for the
+/// programs run in virtual time by tests/tests/vt_programs.rs).
 const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft"),
     ("iproute2", "tc"),
@@ -33,6 +33,23 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tayga", "tayga"),
     ("curl", "curl"),
     ("iputils-ping", "ping"),
+    ("netcat-openbsd", "nc"),
+    ("python3", "python3"),
+];
+
+/// The test binaries of `patchbay-tests` that `cargo xtask test` also runs in virtual time,
+/// one UML guest per test process (`patchbay vt --` as the target runner, nextest profile
+/// `vt`): labs, NAT, firewall, links, faults, lifecycle, errors, compression (42 tests).
+pub const VT_PARTITION: &[&str] = &[
+    "lab_basic",
+    "lab_lifecycle",
+    "lab_scale",
+    "nat",
+    "firewall",
+    "links",
+    "faults",
+    "lab_errors",
+    "compression",
 ];
 
 /// Debian packages the UML kernel build needs.
@@ -84,6 +101,12 @@ pub fn run(args: TestArgs) -> Result<()> {
         .context("building the UML kernel for the virtual-time tests (skip with --no-uml)")?;
         uml_env = Some(built);
     }
+    // The `patchbay` CLI: the unprivileged `patchbay vt` tests and the virtual-time partition
+    // run it.
+    step(
+        "cargo build -p patchbay (the CLI)",
+        cargo(&root).args(["build", "-p", "patchbay"]),
+    )?;
     let nextest = has_nextest();
     if nextest {
         let mut c = cargo(&root);
@@ -93,6 +116,11 @@ pub fn run(args: TestArgs) -> Result<()> {
             c.env("PATCHBAY_UML", uml);
         }
         step("cargo nextest run", &mut c)?;
+        if let Some(uml) = &uml_env {
+            step_fn("virtual-time partition (one UML guest per test)", || {
+                run_vt_partition(&root, uml)
+            })?;
+        }
     } else {
         println!(
             "xtask: cargo-nextest is not installed; falling back to `cargo test` (install it with `cargo install cargo-nextest --locked`)"
@@ -122,6 +150,44 @@ pub fn run(args: TestArgs) -> Result<()> {
         step_fn(name, || run_matrix(uml_env))?;
     }
     Ok(())
+}
+
+/// Runs [`VT_PARTITION`] with every test process in its own UML guest, in parallel up to the
+/// core count, and prints the wall time.
+fn run_vt_partition(root: &Path, uml: &Path) -> Result<()> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let cli = target.join("debug").join("patchbay");
+    anyhow::ensure!(cli.is_file(), "{} was not built", cli.display());
+    let mut c = cargo(root);
+    c.args([
+        "nextest",
+        "run",
+        "--profile",
+        "vt",
+        "-p",
+        "patchbay-tests",
+        "--no-fail-fast",
+    ])
+    .env(
+        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER",
+        format!("{} vt --", cli.display()),
+    )
+    .env("PATCHBAY_UML", uml);
+    for t in VT_PARTITION {
+        c.args(["--test", t]);
+    }
+    let t = std::time::Instant::now();
+    let r = step(
+        "cargo nextest run --profile vt (patchbay vt -- as the runner)",
+        &mut c,
+    );
+    println!(
+        "xtask: virtual-time partition took {:.1} s wall",
+        t.elapsed().as_secs_f64()
+    );
+    r
 }
 
 pub fn workspace_root() -> Result<PathBuf> {

@@ -108,8 +108,11 @@ fn row(s: &StepOutcome) -> Vec<String> {
 fn reexec_in_vt(args: &RunArgs) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let exe = std::env::current_exe()?;
-    let mut argv: Vec<std::ffi::OsString> =
-        vec![exe.into(), "run".into(), args.file.clone().into()];
+    // The absolute path: the guest exposes it read-only even under /tmp, /run or /var/tmp
+    // (which it otherwise covers with a fresh tmpfs).
+    let file = std::path::absolute(&args.file)
+        .with_context(|| format!("resolving {}", args.file.display()))?;
+    let mut argv: Vec<std::ffi::OsString> = vec![exe.into(), "run".into(), file.into()];
     if args.json {
         argv.push("--json".into());
     }

@@ -1,5 +1,5 @@
-//! `patchbay vt [--guard SECS] [--real-clock] [--ptrace] [--uml PATH] -- COMMAND...`: run a
-//! command inside a User-Mode-Linux kernel in time-travel mode (virtual time).
+//! `patchbay vt [--guard SECS] [--real-clock] [--uptime SECS] [--ptrace] [--uml PATH] -- COMMAND...`:
+//! run a command inside a User-Mode-Linux kernel in time-travel mode (virtual time).
 //! `patchbay vt --profile [--json] [--uml PATH]... [--both-modes]`: measure the guest's costs.
 
 use std::ffi::OsString;
@@ -20,6 +20,10 @@ pub struct VtArgs {
     /// Keep the guest's results (stdout, stderr, exit code) in this directory.
     #[arg(long)]
     results_dir: Option<std::path::PathBuf>,
+    /// Virtual uptime (seconds) at which the command starts; costs no wall time. 0 starts it
+    /// right after boot.
+    #[arg(long, default_value_t = vt::DEFAULT_UPTIME.as_secs_f64())]
+    uptime: f64,
     /// Print the kernel, the process mode, boot and wall times on stderr.
     #[arg(long, short)]
     verbose: bool,
@@ -54,7 +58,10 @@ pub fn run(args: VtArgs) -> anyhow::Result<ExitCode> {
         "--uml was given {} times; only --profile takes several kernels",
         args.uml.len()
     );
+    let uptime = Duration::try_from_secs_f64(args.uptime)
+        .map_err(|e| anyhow::anyhow!("--uptime {}: {e}", args.uptime))?;
     let opts = VtOpts {
+        uptime,
         uml_binary: args.uml.first().cloned(),
         processes: super::vt_profile::processes(args.ptrace),
         guard: Duration::from_secs(args.guard),
@@ -86,12 +93,19 @@ pub fn run(args: VtArgs) -> anyhow::Result<ExitCode> {
             out.kernel.path.display()
         );
         eprintln!(
-            "patchbay vt: exit {} in {:.3} s wall (boot to command {:.3} s)",
+            "patchbay vt: exit {} in {:.3} s wall (boot to command {:.3} s wall); \
+             virtual {:.6} s from uptime {:.3} s",
             out.exit_code,
             out.wall.as_secs_f64(),
             out.boot_to_command_wall
                 .map(|d| d.as_secs_f64())
-                .unwrap_or(f64::NAN)
+                .unwrap_or(f64::NAN),
+            out.virtual_elapsed
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(f64::NAN),
+            out.boot_to_command
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(f64::NAN),
         );
     }
     Ok(ExitCode::from(

@@ -60,7 +60,10 @@ pub enum VtError {
         source: std::io::Error,
     },
     /// The UML process could not be started.
-    #[error("starting the UML kernel {binary} failed (needs root for the private mount namespace)")]
+    #[error(
+        "starting the UML kernel {binary} in its private mount and PID namespaces failed \
+         (as root directly, otherwise through a user namespace)"
+    )]
     Spawn {
         /// The UML binary.
         binary: PathBuf,
@@ -99,21 +102,34 @@ pub enum VtError {
         console_tail: String,
     },
     /// The command does not exist in the guest (the host root, read-only, with tmpfs over
-    /// `/tmp`, `/run` and `/var/tmp`).
-    #[error(
-        "command not found in the UML guest: {command} (the guest sees the host root, but /tmp, /run and /var/tmp are empty tmpfs)"
-    )]
+    /// `/tmp`, `/run` and `/var/tmp` except for the paths the command line names).
+    #[error("command not found in the UML guest: {command}: {why}")]
     CommandNotFound {
         /// The command (`argv[0]`).
         command: String,
+        /// Why, as judged on the host (missing, not accessible to the user running the guest,
+        /// not on the guest's `PATH`).
+        why: String,
     },
-    /// The working directory does not exist in the guest.
-    #[error(
-        "cannot change to {cwd} in the UML guest (paths under /tmp, /run and /var/tmp are not visible there)"
-    )]
+    /// The working directory is not usable in the guest.
+    #[error("cannot change to {cwd} in the UML guest: {why}")]
     Cwd {
-        /// The requested working directory.
+        /// The requested working directory (a host path).
         cwd: PathBuf,
+        /// Why, as judged on the host.
+        why: String,
+    },
+    /// Not root, and the host does not allow unprivileged user namespaces, which the runner
+    /// needs for the guest's private mount and PID namespaces.
+    #[error(
+        "patchbay vt needs root or unprivileged user namespaces, and this host forbids them \
+         ({detail}); allow them with `sysctl -w kernel.unprivileged_userns_clone=1` (Debian) / \
+         `sysctl -w user.max_user_namespaces=15000` / \
+         `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` (Ubuntu), or run as root"
+    )]
+    NoUserNamespaces {
+        /// What failed and the current values of the sysctls that control it.
+        detail: String,
     },
     /// The guest powered off without writing an exit code.
     #[error(

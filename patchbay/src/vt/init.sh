@@ -1,5 +1,6 @@
 # Guest init of the patchbay virtual-time runner (body; `script.rs` prepends `#!/bin/sh` and
-# the per-run variables VT_FSTAB, VT_RESULTS, VT_CWD, VT_PATH, VT_ARGV0 and the function vt_run).
+# the per-run variables VT_FSTAB, VT_RESULTS, VT_CWD, VT_PATH, VT_ARGV0, VT_UPTIME and the
+# functions vt_expose and vt_run).
 # Runs as PID 1 of the UML guest, from the host's read-only root (hostfs), with /bin/sh.
 # Reports go to the console (lines starting with PATCHBAY-VT) and to files in $VT_RESULTS.
 
@@ -41,12 +42,22 @@ if ! command -v "$VT_ARGV0" > /dev/null 2>&1; then
     vt_off
 fi
 
+# A real machine has been up for minutes when tests run; programs that treat a small
+# CLOCK_MONOTONIC as "unset" (iputils ping paces nothing then) must not see a fresh boot.
+# Under time-travel=inf-cpu this sleep is one jump of the guest clock: no wall time.
+if [ "$VT_UPTIME" != 0 ]; then
+    sleep "$VT_UPTIME" || vt_die "sleep $VT_UPTIME (virtual uptime before the command)"
+fi
+
 read -r vt_up0 vt_idle < /proc/uptime
+vt_ns0=$(date +%s%N)
 echo "PATCHBAY-VT: command-start"
 vt_run < /dev/null > "$VT_RESULTS/stdout" 2> "$VT_RESULTS/stderr"
 vt_rc=$?
+vt_ns1=$(date +%s%N)
 read -r vt_up1 vt_idle < /proc/uptime
 echo "PATCHBAY-VT: command-end $vt_rc"
 echo "$vt_up0 $vt_up1" > "$VT_RESULTS/uptime"
+echo "$vt_ns0 $vt_ns1" > "$VT_RESULTS/clock"
 echo "$vt_rc" > "$VT_RESULTS/exit_code"
 vt_off

@@ -26,8 +26,11 @@
 
 mod error;
 mod kernel;
+mod paths;
 mod process;
+mod rundir;
 mod script;
+mod userns;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -40,7 +43,10 @@ pub use kernel::{GuestProcesses, UmlKernel, probe as probe_kernel};
 pub const UML_ENV: &str = "PATCHBAY_UML";
 
 /// Files the guest writes into the results directory; stale ones are removed before a run.
-const RESULT_FILES: &[&str] = &["stdout", "stderr", "exit_code", "uptime", "error"];
+const RESULT_FILES: &[&str] = &["stdout", "stderr", "exit_code", "uptime", "clock", "error"];
+
+/// The default virtual uptime at which the command starts ([`VtOpts::uptime`]).
+pub const DEFAULT_UPTIME: Duration = Duration::from_secs(300);
 
 /// How the guest clock runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -78,6 +84,12 @@ pub struct VtOpts {
     pub clock: VtClock,
     /// Seccomp-based (default, where the kernel has it) or ptrace-based guest processes.
     pub processes: GuestProcesses,
+    /// Guest uptime (`CLOCK_MONOTONIC`, `/proc/uptime`) at which the command starts; default
+    /// [`DEFAULT_UPTIME`], like a machine that has been up for a few minutes (programs such as
+    /// iputils `ping` misbehave at an uptime near zero). The guest init sleeps this long before
+    /// the command, which under [`VtClock::InfCpu`] is one jump of the clock and costs no wall
+    /// time. Ignored with [`VtClock::Real`] (it would cost real time).
+    pub uptime: Duration,
 }
 
 impl Default for VtOpts {
@@ -91,6 +103,7 @@ impl Default for VtOpts {
             uml_binary: None,
             clock: VtClock::InfCpu,
             processes: GuestProcesses::Auto,
+            uptime: DEFAULT_UPTIME,
         }
     }
 }
@@ -106,11 +119,13 @@ pub struct VtOutcome {
     pub stderr: Vec<u8>,
     /// Host wall-clock time of the whole run (boot, command, power-off).
     pub wall: Duration,
-    /// Guest uptime (virtual time since boot) when the command started.
+    /// Guest uptime (virtual time since boot) when the command started: [`VtOpts::uptime`]
+    /// plus the few milliseconds of virtual time the boot itself takes.
     pub boot_to_command: Option<Duration>,
     /// Host wall-clock time from spawning UML to the guest starting the command.
     pub boot_to_command_wall: Option<Duration>,
-    /// Virtual time the command took (guest `/proc/uptime`, 10 ms resolution).
+    /// Virtual time the command took, from the guest's clock right before the command to right
+    /// after it (nanosecond resolution; each of the two clock reads adds 256 ns in virtual time).
     pub virtual_elapsed: Option<Duration>,
     /// Host wall-clock time from spawning UML to the guest reporting the command's end (the
     /// rest of [`VtOutcome::wall`] is power-off).
@@ -188,9 +203,9 @@ fn run_once(
     seccomp: bool,
 ) -> Result<VtOutcome, VtError> {
     let binary = kernel.path.clone();
-    let rundir = RunDir::create()?;
+    let rundir = rundir::RunDir::create()?;
     let results = match &opts.results_dir {
-        Some(dir) => prepare_results(dir)?,
+        Some(dir) => rundir::prepare_results(dir, RESULT_FILES)?,
         None => {
             let dir = rundir.path.join("results");
             std::fs::create_dir(&dir).map_err(io("creating the results dir", &dir))?;
@@ -214,8 +229,14 @@ fn run_once(
     let init = rundir.path.join("init.sh");
     let fstab = rundir.path.join("fstab");
     std::fs::write(&fstab, script::FSTAB).map_err(io("writing the guest fstab", &fstab))?;
-    let expose = exposed_dirs(argv, &cwd);
-    let text = script::render(argv, &env, &cwd, &results, env_binary, &fstab, &expose)?;
+    let expose = paths::exposed(argv, &cwd);
+    let uptime = match opts.clock {
+        VtClock::InfCpu => format!("{:.9}", opts.uptime.as_secs_f64()),
+        VtClock::Real => "0".to_string(),
+    };
+    let text = script::render(
+        argv, &env, &cwd, &results, env_binary, &fstab, &expose, &uptime,
+    )?;
     write_executable(&init, &text)?;
     let mem_dir = rundir.path.join("mem");
     let uml_dir = rundir.path.join("uml");
@@ -239,10 +260,11 @@ fn run_once(
 
     if let Some(kind) = read("error")? {
         return Err(match String::from_utf8_lossy(&kind).trim() {
-            "cwd" => VtError::Cwd { cwd },
-            _ => VtError::CommandNotFound {
-                command: argv[0].to_string_lossy().into_owned(),
+            "cwd" => VtError::Cwd {
+                why: paths::why_not_visible(&cwd, false),
+                cwd,
             },
+            _ => command_not_found(&argv[0], &cwd, &env),
         });
     }
     let exit_code =
@@ -256,6 +278,7 @@ fn run_once(
         ));
     };
     let uptime = read("uptime")?.and_then(|b| parse_uptime(&String::from_utf8_lossy(&b)));
+    let clock = read("clock")?.and_then(|b| parse_clock(&String::from_utf8_lossy(&b)));
     let stdout = read("stdout")?.unwrap_or_default();
     let stderr = read("stderr")?.unwrap_or_default();
     Ok(VtOutcome {
@@ -265,12 +288,42 @@ fn run_once(
         wall,
         boot_to_command: uptime.map(|(start, _)| start),
         boot_to_command_wall: finished.command_start,
-        virtual_elapsed: uptime.map(|(start, end)| end.saturating_sub(start)),
+        virtual_elapsed: clock.or(uptime.map(|(start, end)| end.saturating_sub(start))),
         command_end_wall: finished.command_end,
         marks: finished.marks,
         kernel: kernel.clone(),
         seccomp,
     })
+}
+
+/// The error for a command the guest could not find, with the host's view of why.
+fn command_not_found(
+    argv0: &std::ffi::OsStr,
+    cwd: &Path,
+    env: &std::collections::BTreeMap<String, String>,
+) -> VtError {
+    let command = argv0.to_string_lossy().into_owned();
+    let why = if command.contains('/') {
+        paths::why_not_visible(&cwd.join(argv0), true)
+    } else {
+        let guest_path = env.get("PATH").map_or(script::DEFAULT_PATH, String::as_str);
+        match paths::host_only_command(&command, guest_path) {
+            Some(host) => format!(
+                "it is not on the guest's PATH ({guest_path}); on the host it is {}: pass that \
+                 path, or set PATH",
+                host.display()
+            ),
+            None => format!("it is not on the guest's PATH ({guest_path}) nor on the host's"),
+        }
+    };
+    VtError::CommandNotFound { command, why }
+}
+
+/// Parses the guest's `clock` file: "START END" in nanoseconds of the guest's wall clock.
+fn parse_clock(text: &str) -> Option<Duration> {
+    let mut it = text.split_whitespace().map(|s| s.parse::<u64>().ok());
+    let (a, b) = (it.next()??, it.next()??);
+    Some(Duration::from_nanos(b.checked_sub(a)?))
 }
 
 /// The UML kernel command line. `seccomp`: `Some(on)` for kernels that know the `seccomp=`
@@ -501,118 +554,6 @@ fn write_executable(path: &Path, text: &[u8]) -> Result<(), VtError> {
         .map_err(io("making the guest init executable", path))
 }
 
-/// Creates (if needed) and canonicalizes a caller-given results dir, removing stale results.
-fn prepare_results(dir: &Path) -> Result<PathBuf, VtError> {
-    std::fs::create_dir_all(dir).map_err(io("creating the results dir", dir))?;
-    let dir = dir
-        .canonicalize()
-        .map_err(io("resolving the results dir", dir))?;
-    for name in RESULT_FILES {
-        let f = dir.join(name);
-        match std::fs::remove_file(&f) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io("removing a stale result", &f)(e)),
-        }
-    }
-    Ok(dir)
-}
-
-/// A private per-run directory (guest init, UML's `uml_dir`, memory file mount point, default
-/// results), removed on drop.
-#[derive(Debug)]
-struct RunDir {
-    path: PathBuf,
-}
-
-impl RunDir {
-    fn create() -> Result<Self, VtError> {
-        use std::os::unix::fs::DirBuilderExt;
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let tmp = std::env::temp_dir();
-        let tmp = tmp
-            .canonicalize()
-            .map_err(io("resolving the temp dir", &tmp))?;
-        remove_stale_run_dirs(&tmp)?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = format!(
-            "patchbay-vt-{}-{}-{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = tmp.join(name);
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .map_err(io("creating the run dir", &path))?;
-        Ok(Self { path })
-    }
-}
-
-/// Removes run dirs left by runners that were killed (their pid no longer exists).
-fn remove_stale_run_dirs(tmp: &Path) -> Result<(), VtError> {
-    let entries = std::fs::read_dir(tmp).map_err(io("listing the temp dir", tmp))?;
-    // Unreadable entries are not ours to judge.
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("patchbay-vt-"))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let path = entry.path();
-            tracing::info!("removing the stale virtual-time run dir {}", path.display());
-            std::fs::remove_dir_all(&path).map_err(io("removing a stale run dir", &path))?;
-        }
-    }
-    Ok(())
-}
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        // Drop cannot return errors; report and continue.
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            tracing::warn!(
-                "removing the virtual-time run dir {} failed: {e}",
-                self.path.display()
-            );
-        }
-    }
-}
-
-/// Host directories the command needs that the guest's tmpfs mounts would
-/// hide: for the command and the working directory, the top directory under
-/// `/tmp`, `/run` or `/var/tmp` (e.g. a checkout at `/tmp/ci/...`).
-fn exposed_dirs(argv: &[OsString], cwd: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = Vec::new();
-    let cands = argv
-        .first()
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([cwd.to_path_buf()]);
-    for p in cands {
-        for top in ["/tmp", "/run", "/var/tmp"] {
-            if let Ok(rest) = p.strip_prefix(top)
-                && let Some(first) = rest.components().next()
-            {
-                let dir = Path::new(top).join(first);
-                let has_comma = dir.as_os_str().as_encoded_bytes().contains(&b',');
-                if dir.is_dir() && !has_comma && !out.contains(&dir) {
-                    out.push(dir);
-                }
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -662,6 +603,15 @@ mod tests {
                 .iter()
                 .any(|a| a.to_string_lossy().starts_with("time-travel"))
         );
+    }
+
+    #[test]
+    fn clock_parsing() {
+        assert_eq!(
+            parse_clock("300000000000 302000000256\n"),
+            Some(Duration::from_nanos(2_000_000_256))
+        );
+        assert_eq!(parse_clock("5 4"), None);
     }
 
     #[test]

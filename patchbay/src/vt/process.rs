@@ -80,7 +80,15 @@ fn cstring(p: &Path) -> Result<CString, VtError> {
 }
 
 /// Runs in the forked child before exec: only async-signal-safe syscalls, no allocation.
-fn enter_sandbox(writable: &[CString], mem_dir: &CString) -> std::io::Result<()> {
+/// Unprivileged callers first enter a user namespace in which they are root.
+fn enter_sandbox(
+    writable: &[CString],
+    mem_dir: &CString,
+    userns: Option<&super::userns::Maps>,
+) -> std::io::Result<()> {
+    if let Some(maps) = userns {
+        super::userns::enter(maps)?;
+    }
     fn check(rc: libc::c_long) -> std::io::Result<()> {
         if rc < 0 {
             Err(std::io::Error::last_os_error())
@@ -177,6 +185,8 @@ pub(crate) fn run_uml(
         .map(|p| cstring(p))
         .collect::<Result<Vec<_>, _>>()?;
     let mem_dir = cstring(&sandbox.mem_dir)?;
+    let userns = super::userns::plan();
+    let unprivileged = userns.is_some();
     let (reader, writer) = std::io::pipe().map_err(io("creating the console pipe", binary))?;
     let writer2 = writer
         .try_clone()
@@ -204,13 +214,21 @@ pub(crate) fn run_uml(
         .process_group(0);
     // SAFETY: the closure only makes raw syscalls on data prepared before the fork.
     unsafe {
-        cmd.pre_exec(move || enter_sandbox(&writable, &mem_dir));
+        cmd.pre_exec(move || enter_sandbox(&writable, &mem_dir, userns.as_ref()));
     }
     let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|source| VtError::Spawn {
-        binary: binary.to_path_buf(),
-        source,
-    })?;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(source) => {
+            if unprivileged && let Some(e) = super::userns::classify_spawn_error(unshare, &source) {
+                return Err(e);
+            }
+            return Err(VtError::Spawn {
+                binary: binary.to_path_buf(),
+                source,
+            });
+        }
+    };
     // The Command still holds the pipe's write ends; drop it so EOF can arrive.
     drop(cmd);
     let pid =

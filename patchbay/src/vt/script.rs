@@ -7,6 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::VtError;
+use super::paths::{EntryKind, Exposed, HIDDEN};
 
 /// The PATH the command gets unless the caller sets one.
 pub(crate) const DEFAULT_PATH: &str =
@@ -61,6 +62,10 @@ pub(crate) fn command_env(
 /// `env_binary` is the absolute path of `env` on the host (used as `env -i` so the command
 /// sees exactly `env`), `results` the guest path of the writable results dir, `fstab` the
 /// host path of [`FSTAB`] (read by the guest before it mounts tmpfs over `/tmp`).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; each argument is one line of the script header"
+)]
 pub(crate) fn render(
     argv: &[OsString],
     env: &BTreeMap<String, String>,
@@ -68,7 +73,8 @@ pub(crate) fn render(
     results: &Path,
     env_binary: &Path,
     fstab: &Path,
-    expose: &[std::path::PathBuf],
+    expose: &[Exposed],
+    uptime: &str,
 ) -> Result<Vec<u8>, VtError> {
     let Some(argv0) = argv.first() else {
         return Err(VtError::InvalidArgument("the command line is empty".into()));
@@ -102,22 +108,10 @@ pub(crate) fn render(
     s.extend(shell_quote(path.as_bytes()));
     s.extend_from_slice(b"\nVT_ARGV0=");
     s.extend(shell_quote(argv0.as_bytes()));
-    // Host directories under the guest's tmpfs mounts (a checkout in /tmp,
-    // say) that the command needs: mounted read-only over hostfs.
-    s.extend_from_slice(b"\nvt_expose() {\n");
-    for p in expose {
-        let q = shell_quote(p.as_os_str().as_bytes());
-        s.extend_from_slice(b"    mkdir -p ");
-        s.extend(q.iter().copied());
-        s.extend_from_slice(b" && mount -n -t hostfs -o ");
-        s.extend(q.iter().copied());
-        s.extend_from_slice(b" hostfs ");
-        s.extend(q.iter().copied());
-        s.extend_from_slice(b" || vt_die \"expose ");
-        s.extend_from_slice(p.as_os_str().as_bytes());
-        s.extend_from_slice(b"\"\n");
-    }
-    s.extend_from_slice(b"    true\n}\n");
+    s.extend_from_slice(b"\nVT_UPTIME=");
+    s.extend_from_slice(uptime.as_bytes());
+    s.push(b'\n');
+    s.extend(render_expose(expose));
     s.extend_from_slice(b"\nvt_run() {\n    ");
     s.extend(shell_quote(env_binary.as_os_str().as_bytes()));
     s.extend_from_slice(b" -i");
@@ -132,6 +126,79 @@ pub(crate) fn render(
     s.extend_from_slice(b"\n}\n\n");
     s.extend_from_slice(INIT_BODY.as_bytes());
     Ok(s)
+}
+
+/// The guest function `vt_expose`: mounts each needed host tmpfs top read-only under
+/// [`HIDDEN`] and recreates each exposed entry at its own path (bind mount or symlink).
+fn render_expose(expose: &[Exposed]) -> Vec<u8> {
+    let mut s = b"vt_expose() {\n".to_vec();
+    let mut tops: Vec<&str> = expose.iter().map(|e| e.top).collect();
+    tops.dedup();
+    for top in tops {
+        let hidden = shell_quote(format!("{HIDDEN}{top}").as_bytes());
+        s.extend_from_slice(b"    mkdir -p ");
+        s.extend(hidden.iter().copied());
+        s.extend_from_slice(format!(" && mount -n -r -t hostfs -o {top} hostfs ").as_bytes());
+        s.extend(hidden.iter().copied());
+        s.extend_from_slice(
+            format!(" || vt_die \"mount the host's {top} read-only\"\n").as_bytes(),
+        );
+    }
+    for e in expose {
+        let entry = e.entry.as_os_str().as_bytes();
+        let q = shell_quote(entry);
+        let rel = e.entry.strip_prefix(e.top).unwrap_or(&e.entry);
+        let src = shell_quote(
+            &[
+                format!("{HIDDEN}{}/", e.top).as_bytes(),
+                rel.as_os_str().as_bytes(),
+            ]
+            .concat(),
+        );
+        s.extend_from_slice(b"    ");
+        match &e.kind {
+            EntryKind::Dir => {
+                s.extend_from_slice(b"mkdir -p ");
+                s.extend(q.iter().copied());
+                s.extend_from_slice(b" && mount -n --bind ");
+            }
+            EntryKind::File => {
+                s.extend_from_slice(b": > ");
+                s.extend(q.iter().copied());
+                s.extend_from_slice(b" && mount -n --bind ");
+            }
+            EntryKind::Symlink(target) => {
+                s.extend_from_slice(b"ln -s ");
+                s.extend(shell_quote(target.as_os_str().as_bytes()));
+                s.push(b' ');
+                s.extend(q.iter().copied());
+                s.extend_from_slice(b" || vt_die \"expose ");
+                s.extend_from_slice(
+                    &entry
+                        .iter()
+                        .copied()
+                        .filter(|&b| b != b'"' && b != b'\n')
+                        .collect::<Vec<_>>(),
+                );
+                s.extend_from_slice(b"\"\n");
+                continue;
+            }
+        }
+        s.extend(src);
+        s.push(b' ');
+        s.extend(q.iter().copied());
+        s.extend_from_slice(b" || vt_die \"expose ");
+        s.extend_from_slice(
+            &entry
+                .iter()
+                .copied()
+                .filter(|&b| b != b'"' && b != b'\n' && b != b'$' && b != b'`')
+                .collect::<Vec<_>>(),
+        );
+        s.extend_from_slice(b"\"\n");
+    }
+    s.extend_from_slice(b"    true\n}\n");
+    s
 }
 
 #[cfg(test)]
@@ -171,6 +238,7 @@ mod tests {
             Path::new("/usr/bin/env"),
             Path::new("/f"),
             &[],
+            "0",
         )
         .expect("render");
         let s = String::from_utf8(s).expect("utf8");
@@ -187,6 +255,7 @@ mod tests {
                 Path::new("/usr/bin/env"),
                 Path::new("/f"),
                 &[],
+                "0",
             )
             .is_err()
         );
@@ -200,8 +269,35 @@ mod tests {
                 Path::new("/usr/bin/env"),
                 Path::new("/f"),
                 &[],
+                "0",
             )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn exposed_entries_are_bound_from_the_hidden_host_mount() {
+        let e = [
+            Exposed {
+                top: "/tmp",
+                entry: PathBuf::from("/tmp/ci"),
+                kind: EntryKind::Dir,
+            },
+            Exposed {
+                top: "/tmp",
+                entry: PathBuf::from("/tmp/lab.toml"),
+                kind: EntryKind::File,
+            },
+        ];
+        let s = String::from_utf8(render_expose(&e)).expect("utf8");
+        assert_eq!(s.matches("-t hostfs -o /tmp hostfs").count(), 1, "{s}");
+        assert!(
+            s.contains("mount -n --bind '/run/.patchbay-host/tmp/ci' '/tmp/ci'"),
+            "{s}"
+        );
+        assert!(
+            s.contains(": > '/tmp/lab.toml' && mount -n --bind '/run/.patchbay-host/tmp/lab.toml'"),
+            "{s}"
         );
     }
 
@@ -218,6 +314,7 @@ mod tests {
             Path::new("/usr/bin/env"),
             Path::new("/f"),
             &[],
+            "0",
         )
         .expect("render");
         let dir =

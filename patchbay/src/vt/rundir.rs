@@ -1,0 +1,97 @@
+//! The per-run directory on the host (guest init, fstab, UML's `uml_dir`, the memory file's
+//! tmpfs, the default results dir) and the caller-given results dir.
+
+use std::path::{Path, PathBuf};
+
+use super::{VtError, io};
+
+/// Creates (if needed) and canonicalizes a caller-given results dir, removing stale results.
+pub(crate) fn prepare_results(dir: &Path, result_files: &[&str]) -> Result<PathBuf, VtError> {
+    std::fs::create_dir_all(dir).map_err(io("creating the results dir", dir))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(io("resolving the results dir", dir))?;
+    for name in result_files {
+        let f = dir.join(name);
+        match std::fs::remove_file(&f) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("removing a stale result", &f)(e)),
+        }
+    }
+    Ok(dir)
+}
+
+/// A private per-run directory (guest init, UML's `uml_dir`, memory file mount point, default
+/// results), removed on drop.
+#[derive(Debug)]
+pub(crate) struct RunDir {
+    pub(crate) path: PathBuf,
+}
+
+impl RunDir {
+    pub(crate) fn create() -> Result<Self, VtError> {
+        use std::os::unix::fs::DirBuilderExt;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let tmp = std::env::temp_dir();
+        let tmp = tmp
+            .canonicalize()
+            .map_err(io("resolving the temp dir", &tmp))?;
+        remove_stale_run_dirs(&tmp)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!(
+            "patchbay-vt-{}-{}-{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = tmp.join(name);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(io("creating the run dir", &path))?;
+        Ok(Self { path })
+    }
+}
+
+/// Removes run dirs left by runners that were killed (their pid no longer exists). Only this
+/// user's: another user's run dir in a shared temp dir is theirs to clean up.
+fn remove_stale_run_dirs(tmp: &Path) -> Result<(), VtError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let entries = std::fs::read_dir(tmp).map_err(io("listing the temp dir", tmp))?;
+    // Unreadable entries are not ours to judge.
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("patchbay-vt-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // An entry that vanished or cannot be examined is not ours.
+        let mine = entry.metadata().is_ok_and(|m| m.uid() == me);
+        if mine && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let path = entry.path();
+            tracing::info!("removing the stale virtual-time run dir {}", path.display());
+            std::fs::remove_dir_all(&path).map_err(io("removing a stale run dir", &path))?;
+        }
+    }
+    Ok(())
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        // Drop cannot return errors; report and continue.
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!(
+                "removing the virtual-time run dir {} failed: {e}",
+                self.path.display()
+            );
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Real programs in virtual time, each the first command of a fresh guest: `sleep`, `timeout`,
+//! iputils `ping -i`, `curl --connect-timeout` and `nc -w` against a blackholed port, and
+//! Python's `time.sleep`, `select` and asyncio timers. Each virtual duration is asserted to
+//! within 1 ms of what the program was asked to wait.
+//!
+//! The guest starts the command at a virtual uptime of 300 s (`VtOpts::uptime`), like a machine
+//! that has been up for minutes; `ping_right_after_boot` shows why that matters.
+//!
+//! Needs a UML kernel (`cargo xtask build-uml`) and the host tools (the guest runs host
+//! binaries): `ping` (iputils-ping), `curl`, `nc` (netcat-openbsd), `nft`, `python3`.
+//! `cargo xtask test` installs them. Missing ones skip with a printed reason.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use patchbay::vt::{self, VtError, VtOpts};
+use patchbay_tests::skip;
+
+/// Drops every TCP packet to 127.0.0.1:9 in the guest: a server that never answers.
+const BLACKHOLE: &str = "nft -f - <<'EOF' || exit 99
+table inet blackhole {
+    chain out {
+        type filter hook output priority 0;
+        ip daddr 127.0.0.1 tcp dport 9 drop
+    }
+}
+EOF
+";
+
+/// The allowed difference between a program's virtual duration and what it was asked for.
+const TOLERANCE: Duration = Duration::from_millis(1);
+
+fn opts() -> Option<VtOpts> {
+    match vt::find_uml_binary() {
+        Ok(binary) => Some(VtOpts {
+            guard: Duration::from_secs(120),
+            uml_binary: Some(binary),
+            cwd: Some(PathBuf::from("/")),
+            ..VtOpts::default()
+        }),
+        Err(e @ VtError::UmlNotFound { .. }) => {
+            skip(&format!("no UML kernel; run `cargo xtask build-uml` ({e})"));
+            None
+        }
+        Err(e) => panic!("finding the UML kernel failed: {e}"),
+    }
+}
+
+/// Whether the host has every tool (skips naming the missing one and its package otherwise).
+fn have(tools: &[(&str, &str)]) -> bool {
+    for (tool, package) in tools {
+        let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(tool).is_file());
+        if !found {
+            skip(&format!(
+                "`{tool}` is not installed on the host (the guest runs host binaries): apt-get install -y {package}"
+            ));
+            return false;
+        }
+    }
+    true
+}
+
+struct Ran {
+    exit: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `args` as the first command of a fresh guest and checks its virtual duration.
+fn run_timed(opts: &VtOpts, args: &[&str], expect: Duration) -> anyhow::Result<Ran> {
+    let argv: Vec<OsString> = args.iter().map(OsString::from).collect();
+    let out = vt::run(&argv, opts)?;
+    let virt = out.virtual_elapsed.expect("the guest reports virtual time");
+    let ran = Ran {
+        exit: out.exit_code,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    let start = out.boot_to_command.expect("the guest reports its uptime");
+    println!(
+        "{:<60} exit {:>3}  virtual {:>12.6} s (asked {:.3} s)  wall {:.3} s  uptime at start {:.2} s\n  stdout: {}\n  stderr: {}",
+        args.last().map_or("", |a| a.lines().last().unwrap_or(a)),
+        ran.exit,
+        virt.as_secs_f64(),
+        expect.as_secs_f64(),
+        out.wall.as_secs_f64(),
+        start.as_secs_f64(),
+        ran.stdout.trim().replace('\n', " | "),
+        ran.stderr.trim().replace('\n', " | "),
+    );
+    assert!(
+        start >= vt::DEFAULT_UPTIME,
+        "the command must start at the realistic uptime, not {start:?}"
+    );
+    let diff = virt.abs_diff(expect);
+    assert!(
+        diff <= TOLERANCE,
+        "{args:?}: virtual {virt:?} differs from {expect:?} by {diff:?} (> {TOLERANCE:?})\nstdout: {}\nstderr: {}",
+        ran.stdout,
+        ran.stderr
+    );
+    Ok(ran)
+}
+
+#[test]
+fn sleep_and_timeout() -> anyhow::Result<()> {
+    let Some(opts) = opts() else { return Ok(()) };
+    let r = run_timed(&opts, &["sleep", "2.5"], Duration::from_millis(2500))?;
+    assert_eq!(r.exit, 0);
+    let r = run_timed(
+        &opts,
+        &["timeout", "3", "sleep", "10"],
+        Duration::from_secs(3),
+    )?;
+    assert_eq!(r.exit, 124, "timeout kills sleep after 3 s");
+    Ok(())
+}
+
+#[test]
+fn ping_paces_its_probes() -> anyhow::Result<()> {
+    let Some(opts) = opts() else { return Ok(()) };
+    if !have(&[("ping", "iputils-ping")]) {
+        return Ok(());
+    }
+    // Probes at 0, 2 and 4 s; ping exits on the last reply (a loopback round trip: µs).
+    let r = run_timed(
+        &opts,
+        &["ping", "-n", "-c", "3", "-i", "2", "127.0.0.1"],
+        Duration::from_secs(4),
+    )?;
+    assert_eq!(r.exit, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("3 received"), "{}", r.stdout);
+    Ok(())
+}
+
+/// The failure mode the realistic uptime fixes: at an uptime near zero, iputils ping treats
+/// its last-send time 0 as "never sent" and sends every probe at once.
+#[test]
+fn ping_right_after_boot() -> anyhow::Result<()> {
+    let Some(opts) = opts() else { return Ok(()) };
+    if !have(&[("ping", "iputils-ping")]) {
+        return Ok(());
+    }
+    let opts = VtOpts {
+        uptime: Duration::ZERO,
+        ..opts
+    };
+    let argv: Vec<OsString> = ["ping", "-n", "-c", "3", "-i", "2", "127.0.0.1"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    let out = vt::run(&argv, &opts)?;
+    let virt = out.virtual_elapsed.expect("virtual time");
+    println!(
+        "uptime 0: ping -c 3 -i 2 took {virt:?} virtual (uptime at start {:?})\n{}",
+        out.boot_to_command,
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        out.boot_to_command
+            .is_some_and(|u| u < Duration::from_secs(1)),
+        "uptime 0 starts the command right after boot"
+    );
+    Ok(())
+}
+
+#[test]
+fn curl_connect_timeout_to_a_blackhole() -> anyhow::Result<()> {
+    let Some(opts) = opts() else { return Ok(()) };
+    if !have(&[("curl", "curl"), ("nft", "nftables")]) {
+        return Ok(());
+    }
+    let script = format!("{BLACKHOLE}exec curl -sS --connect-timeout 5 http://127.0.0.1:9/");
+    // curl's own timer resolution is 1 ms: it reports "after 5000" or "after 5001 milliseconds".
+    let r = run_timed(&opts, &["sh", "-c", &script], Duration::from_secs(5))?;
+    assert_eq!(r.exit, 28, "curl's timeout exit code; stderr: {}", r.stderr);
+    assert!(r.stderr.contains("timed out after 500"), "{}", r.stderr);
+    Ok(())
+}
+
+#[test]
+fn nc_wait_to_a_blackhole() -> anyhow::Result<()> {
+    let Some(opts) = opts() else { return Ok(()) };
+    if !have(&[("nc", "netcat-openbsd"), ("nft", "nftables")]) {
+        return Ok(());
+    }
+    let script = format!("{BLACKHOLE}exec nc -w 3 127.0.0.1 9");
+    let r = run_timed(&opts, &["sh", "-c", &script], Duration::from_secs(3))?;
+    assert_eq!(r.exit, 1, "nc gives up; stderr: {}", r.stderr);
+    Ok(())
+}
+
+#[test]
+fn python_sleep_select_and_asyncio() -> anyhow::Result<()> {
+    let Some(opts) = opts() else { return Ok(()) };
+    // The system Python: the guest PATH has no version-manager shims.
+    if !Path::new("/usr/bin/python3").is_file() {
+        skip("no /usr/bin/python3 on the host: apt-get install -y python3");
+        return Ok(());
+    }
+    let cases = [
+        "import time; t = time.monotonic(); time.sleep(1.5); print(time.monotonic() - t)",
+        "import select, time; t = time.monotonic(); select.select([], [], [], 1.5); print(time.monotonic() - t)",
+        "import asyncio, time\n\
+         async def main():\n\
+         \x20   loop = asyncio.get_running_loop()\n\
+         \x20   done = loop.create_future()\n\
+         \x20   loop.call_later(1.0, done.set_result, None)\n\
+         \x20   await done\n\
+         \x20   await asyncio.sleep(0.5)\n\
+         t = time.monotonic(); asyncio.run(main()); print(time.monotonic() - t)",
+    ];
+    for code in cases {
+        let r = run_timed(
+            &opts,
+            &["/usr/bin/python3", "-c", code],
+            Duration::from_millis(1500),
+        )?;
+        assert_eq!(r.exit, 0, "{}", r.stderr);
+        let own: f64 = r.stdout.trim().parse()?;
+        assert!(
+            (own - 1.5).abs() < TOLERANCE.as_secs_f64(),
+            "Python measured {own} s itself"
+        );
+    }
+    Ok(())
+}
