@@ -36,13 +36,13 @@ pub mod vt;
 pub use addr::AddrError;
 pub use bpf::{EventKind, TcpEvent};
 pub use error::{Error, Result};
-pub use firewall::{Firewall, FirewallAction, FirewallPolicy};
+pub use firewall::{Firewall, FirewallAction, FirewallPolicy, OutboundPolicy, PortPolicy};
 pub use lab::{
     Device, DeviceBuilder, Direction, FaultGuard, Iface, Lab, LabClock, LabEvent, LabOpts, Node,
-    NodeKind, Router, RouterBuilder,
+    NodeKind, Region, Router, RouterBuilder,
 };
 pub use link::{LinkCondition, LinkError, LinkTiming, Preset};
-pub use nat::{ConntrackTimeouts, CtFlushError, Nat, NatConfig};
+pub use nat::{ConntrackTimeouts, CtFlushError, Nat, NatConfig, RouterPreset};
 pub use sys::cgroup::CgroupError;
 pub use sys::cmd::CmdError;
 pub use sys::netlink::NetlinkError;

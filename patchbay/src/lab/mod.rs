@@ -25,7 +25,10 @@ mod faults;
 mod nat_ops;
 mod node;
 mod opts;
+mod presets;
+mod region;
 mod router;
+mod shaping;
 mod topo;
 
 use std::collections::BTreeMap;
@@ -39,6 +42,7 @@ pub use device::{Device, DeviceBuilder};
 pub use faults::{Direction, FaultGuard};
 pub use node::{Iface, Node, NodeKind};
 pub use opts::LabOpts;
+pub use region::Region;
 pub use router::{Router, RouterBuilder};
 
 use crate::addr;
@@ -66,6 +70,7 @@ pub(crate) struct LabInner {
     comp: compression::Compression,
     next_node: AtomicU32,
     next_ifindex: AtomicU32,
+    regions: Mutex<region::Regions>,
 }
 
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -119,6 +124,7 @@ impl Lab {
             comp,
             next_node: AtomicU32::new(1),
             next_ifindex: AtomicU32::new(FIRST_VETH_INDEX),
+            regions: Mutex::default(),
         });
         inner.prepare_ns(&root, true, "exchange")?;
         let bridge_mac = addr::mac(0, 0);

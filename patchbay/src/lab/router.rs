@@ -20,9 +20,10 @@ pub struct RouterBuilder {
     lab: Arc<LabInner>,
     name: String,
     upstream: Option<String>,
-    lan_kind: Option<LanKind>,
-    nat: crate::nat::NatConfig,
-    firewall: Option<crate::firewall::Firewall>,
+    pub(super) lan_kind: Option<LanKind>,
+    pub(super) nat: crate::nat::NatConfig,
+    pub(super) firewall: Option<crate::firewall::Firewall>,
+    pub(super) extras: super::shaping::RouterExtras,
 }
 
 impl RouterBuilder {
@@ -34,6 +35,7 @@ impl RouterBuilder {
             lan_kind: None,
             nat: crate::nat::NatConfig::default(),
             firewall: None,
+            extras: Default::default(),
         }
     }
 
@@ -96,11 +98,13 @@ impl RouterBuilder {
             lan_kind,
             nat,
             firewall,
+            extras,
         } = self;
         let lan_kind = lan_kind.unwrap_or(nat.nat.lan_kind());
         if name.is_empty() {
             return Err(Error::Invalid("a router needs a non-empty name".into()));
         }
+        extras.validate(&name)?;
         // Validate and allocate under the lock, touch the kernel after.
         let (up, uplink, lan, parent_port) = {
             let mut t = lab.topo();
@@ -292,6 +296,8 @@ impl RouterBuilder {
             node: Node::from_inner(node),
         };
         router.configure(firewall).await?;
+        extras.apply(&router).await?;
+        super::region::router_added(&lab, &name).await?;
         Ok(router)
     }
 }
