@@ -24,7 +24,14 @@ pub struct TestArgs {
 }
 
 /// Debian packages the tests need, with the binary that shows each is there.
-const PACKAGES: &[(&str, &str)] = &[("nftables", "nft"), ("iproute2", "tc")];
+const PACKAGES: &[(&str, &str)] = &[
+    ("nftables", "nft"),
+    ("iproute2", "tc"),
+    ("iputils-ping", "ping"),
+    ("iputils-tracepath", "tracepath"),
+    ("curl", "curl"),
+    ("netcat-openbsd", "nc"),
+];
 
 /// Debian packages the UML kernel build needs.
 const UML_PACKAGES: &[(&str, &str)] = &[

@@ -9,7 +9,7 @@ mod subst;
 
 pub use run::{RunOverrides, RunReport, StepOutcome, run};
 pub use schema::{
-    DeviceSpec, IfaceSpec, LabFile, LabSection, RouterSpec, Step, StepKind, TimeMode,
+    DeviceSpec, IfaceSpec, LabFile, LabSection, RegionSpec, RouterSpec, Step, StepKind, TimeMode,
 };
 pub use subst::{Vars, substitute};
 
