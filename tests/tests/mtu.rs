@@ -35,7 +35,12 @@ async fn start_sink(s: &Device, port: u16) -> anyhow::Result<SocketAddr> {
 }
 
 /// Uploads `bytes` to `to`; `Some(seconds)` when acknowledged within `limit`.
-async fn upload(c: &Device, to: SocketAddr, bytes: usize, limit: Duration) -> anyhow::Result<Option<f64>> {
+async fn upload(
+    c: &Device,
+    to: SocketAddr,
+    bytes: usize,
+    limit: Duration,
+) -> anyhow::Result<Option<f64>> {
     Ok(c.spawn(move |_| async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let t0 = Instant::now();
@@ -60,8 +65,11 @@ async fn tracepath(c: &Device, to: std::net::Ipv4Addr) -> anyhow::Result<String>
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(20), c.spawn_command(cmd)?.wait_with_output())
-        .await??;
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        c.spawn_command(cmd)?.wait_with_output(),
+    )
+    .await??;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -73,7 +81,9 @@ fn have_tracepath() -> bool {
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok {
-        skip("`tracepath` is not installed (apt package iputils-tracepath; `cargo xtask test` installs it)");
+        skip(
+            "`tracepath` is not installed (apt package iputils-tracepath; `cargo xtask test` installs it)",
+        );
     }
     ok
 }
@@ -99,7 +109,10 @@ async fn pmtu_black_hole_stalls_uploads_and_lifting_it_lets_pmtud_work() -> anyh
     assert!(upload(&c, to, 500, Duration::from_secs(3)).await?.is_some());
     let stalled = upload(&c, to, 2_000_000, Duration::from_secs(4)).await?;
     println!("black hole: 2 MB upload through MTU 1400 -> {stalled:?}");
-    assert!(stalled.is_none(), "full-size segments vanish without ICMP feedback");
+    assert!(
+        stalled.is_none(),
+        "full-size segments vanish without ICMP feedback"
+    );
 
     vpn.block_icmp_frag_needed(false).await?;
     let ok = upload(&c, to, 2_000_000, Duration::from_secs(10)).await?;
@@ -107,12 +120,18 @@ async fn pmtu_black_hole_stalls_uploads_and_lifting_it_lets_pmtud_work() -> anyh
     assert!(ok.is_some(), "PMTU discovery makes the upload go through");
     let tp = tracepath(&c, s.ip().unwrap()).await?;
     println!("tracepath:\n{tp}");
-    assert!(tp.contains("pmtu 1400"), "tracepath finds the path MTU: {tp}");
+    assert!(
+        tp.contains("pmtu 1400"),
+        "tracepath finds the path MTU: {tp}"
+    );
 
     // Bad input: below the IPv6 minimum on a link that carries IPv6.
     let e = c.set_mtu("eth0", 1200).await.unwrap_err().to_string();
     println!("mtu 1200: {e}");
-    assert!(e.contains("c.eth0") && e.contains("1280") && e.contains("IPv6"), "{e}");
+    assert!(
+        e.contains("c.eth0") && e.contains("1280") && e.contains("IPv6"),
+        "{e}"
+    );
     let e = lab
         .add_router("tiny")
         .mtu(1000)
@@ -139,6 +158,10 @@ async fn device_mtu_sets_both_ends_of_the_link_and_routers_report_it() -> anyhow
     println!("tracepath s -> c:\n{tp}");
     assert!(tp.contains("pmtu 1300"), "{tp}");
     let to = start_sink(&c, 9201).await?;
-    assert!(upload(&s, to, 1_000_000, Duration::from_secs(10)).await?.is_some());
+    assert!(
+        upload(&s, to, 1_000_000, Duration::from_secs(10))
+            .await?
+            .is_some()
+    );
     Ok(())
 }

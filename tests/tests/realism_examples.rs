@@ -15,7 +15,9 @@ fn tool_missing(tools: &[&str]) -> bool {
             .output()
             .is_ok_and(|o| o.status.success());
         if !ok {
-            skip(&format!("`{t}` is not installed (`cargo xtask test` installs it)"));
+            skip(&format!(
+                "`{t}` is not installed (`cargo xtask test` installs it)"
+            ));
             return true;
         }
     }
@@ -53,7 +55,7 @@ async fn example_regions() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn example_presets() -> anyhow::Result<()> {
-    run_example("presets.toml", &["curl", "python3"]).await
+    run_example("presets.toml", &["curl", "python3", "nc"]).await
 }
 
 #[tokio::test]

@@ -18,7 +18,11 @@ async fn pair(label: &str) -> anyhow::Result<(Lab, Device, Device)> {
 
 /// A sink on `node`: reads each connection to EOF and answers one byte;
 /// with `source`, it instead sends `source` bytes and closes.
-async fn start_server(node: &Device, port: u16, source: Option<usize>) -> anyhow::Result<SocketAddr> {
+async fn start_server(
+    node: &Device,
+    port: u16,
+    source: Option<usize>,
+) -> anyhow::Result<SocketAddr> {
     let addr = SocketAddr::from((node.ip().unwrap(), port));
     let l = node
         .spawn(move |_| async move { std::net::TcpListener::bind(addr) })?
@@ -90,9 +94,11 @@ async fn timing_rate_limit_per_direction() -> anyhow::Result<()> {
     up(&c, sink, 100_000).await?; // warm-up
     let ten = LinkCondition::default().rate(10_000_000);
 
-    c.set_link_condition_dir("eth0", ten.clone(), Direction::Out).await?;
+    c.set_link_condition_dir("eth0", ten.clone(), Direction::Out)
+        .await?;
     let (u_out, d_out) = (up(&c, sink, 1_500_000).await?, down(&c, source).await?);
-    c.set_link_condition_dir("eth0", LinkCondition::default(), Direction::Out).await?;
+    c.set_link_condition_dir("eth0", LinkCondition::default(), Direction::Out)
+        .await?;
     c.set_link_condition_dir("eth0", ten, Direction::In).await?;
     let (u_in, d_in) = (up(&c, sink, 1_500_000).await?, down(&c, source).await?);
     println!(
@@ -102,8 +108,14 @@ async fn timing_rate_limit_per_direction() -> anyhow::Result<()> {
         u_in / 1e6,
         d_in / 1e6
     );
-    assert!((0.7..1.1).contains(&(u_out / 10e6)), "egress limits uploads");
-    assert!((0.7..1.1).contains(&(d_in / 10e6)), "ingress limits downloads");
+    assert!(
+        (0.7..1.1).contains(&(u_out / 10e6)),
+        "egress limits uploads"
+    );
+    assert!(
+        (0.7..1.1).contains(&(d_in / 10e6)),
+        "ingress limits downloads"
+    );
     assert!(d_out > 3.0 * u_out, "egress leaves downloads alone");
     assert!(u_in > 3.0 * d_in, "ingress leaves uploads alone");
     Ok(())
@@ -120,7 +132,9 @@ async fn timing_netem_corruption_one_way_and_upstream_presets() -> anyhow::Resul
     match c.set_link_condition_dir("eth0", cond, Direction::Out).await {
         Ok(()) => {}
         Err(Error::KernelFeature { feature, .. }) => {
-            skip(&format!("corruption needs netem, which this kernel lacks ({feature})"));
+            skip(&format!(
+                "corruption needs netem, which this kernel lacks ({feature})"
+            ));
             return Ok(());
         }
         Err(e) => return Err(e.into()),
@@ -138,8 +152,14 @@ async fn timing_netem_corruption_one_way_and_upstream_presets() -> anyhow::Resul
         }
     }
     let lost = 1.0 - f64::from(got) / f64::from(n);
-    println!("corrupt 30% on c's egress: {got}/{n} echoes, lost {:.1}%", lost * 100.0);
-    assert!((0.18..0.42).contains(&lost), "about 30% corrupted and dropped");
+    println!(
+        "corrupt 30% on c's egress: {got}/{n} echoes, lost {:.1}%",
+        lost * 100.0
+    );
+    assert!(
+        (0.18..0.42).contains(&lost),
+        "about 30% corrupted and dropped"
+    );
     // Upstream's names apply as presets.
     for name in ["wifi-bad", "mobile-4g", "mobile-3g", "satellite-geo"] {
         c.set_link_condition_dir("eth0", LinkCondition::preset(name)?, Direction::Out)

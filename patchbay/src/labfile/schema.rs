@@ -757,6 +757,36 @@ wait = "srv"
     }
 
     #[test]
+    fn realism_keys_validate_with_both_parts_named() {
+        let e = err("[region.eu]\nlinks = { mars = { delay = \"40ms\" } }\n");
+        assert!(
+            e.contains("region \"eu\" links to unknown region \"mars\""),
+            "{e}"
+        );
+        let e =
+            err("[region.eu]\nlinks = { us = \"lan\" }\n[region.us]\nlinks = { eu = \"lan\" }\n");
+        assert!(e.contains("declared in both"), "{e}");
+        let e = err("[[router]]\nname = \"r\"\nregion = \"nowhere\"\n");
+        assert!(e.contains("unknown region \"nowhere\""), "{e}");
+        let e = err("[[router]]\nname = \"r\"\nmtu = 1000\n");
+        assert!(e.contains("router \"r\"") && e.contains("1280"), "{e}");
+        let e = err(
+            "[[router]]\nname = \"r\"\n[[device]]\nname = \"d\"\niface = [{ name = \"eth0\", router = \"r\", mtu = 1200 }]\n",
+        );
+        assert!(e.contains("\"eth0\"") && e.contains("1280"), "{e}");
+        let e = err("[[step]]\nbreak-region-link = [\"eu\", \"us\"]\n");
+        assert!(
+            e.contains("region link eu–us names an unknown region"),
+            "{e}"
+        );
+        let ok = LabFile::parse(
+            "[region.eu]\nlinks = { us = { delay = \"40ms\" } }\n[region.us]\n[[router]]\nname = \"home\"\npreset = \"home\"\nregion = \"eu\"\nmtu = 1400\nblock-icmp-frag-needed = true\nfirewall = { preset = \"corporate\", outbound = { udp = \"block-all\" } }\n[[device]]\nname = \"d\"\niface = [{ name = \"eth0\", router = \"region-us\", link = \"wifi-bad\", link-direction = \"out\" }]\n[[step]]\nlink = \"d.eth0\"\ncondition = { corrupt = \"1%\" }\ndirection = \"in\"\n[[step]]\nbreak-region-link = [\"eu\", \"us\"]\n",
+            Path::new("ok.toml"),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(
             parse_duration("1500us").unwrap(),
