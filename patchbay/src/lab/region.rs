@@ -453,7 +453,9 @@ impl Lab {
 /// links, the linked regions learn to route its networks.
 pub(crate) async fn router_added(lab: &std::sync::Arc<LabInner>, name: &str) -> Result<()> {
     let chain = lab.topo().ancestry(name);
-    let (region_router, routes): (String, Vec<(String, (Ipv4Addr, Ipv6Addr))>) = {
+    // (region router of `name`, [(linked region router, our transit address)])
+    type Transit = (Ipv4Addr, Ipv6Addr);
+    let (region_router, routes): (String, Vec<(String, Transit)>) = {
         let r = lab.regions();
         let Some((region, region_router)) = r
             .names
