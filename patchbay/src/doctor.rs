@@ -16,6 +16,17 @@ pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
     crate::sys::cgroup::cgroup2_mount()
 }
 
+/// Kills and removes what labs of dead processes left behind: every
+/// `patchbay.<pid>.<starttime>` cgroup in the cgroup v2 hierarchy whose
+/// owner is gone (its lab cgroups are killed with `cgroup.kill`, Linux
+/// 5.14+, or a SIGKILL per member before). Normally each process's watchdog
+/// does this when the process dies, and the next lab reaps beside it; this
+/// is the manual sweep (`patchbay doctor --cleanup`). Returns the removed
+/// directories. Needs root.
+pub fn cleanup_stale_labs() -> crate::Result<Vec<std::path::PathBuf>> {
+    Ok(crate::sys::cgroup::reap_dead_everywhere()?)
+}
+
 /// One probe result.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {

@@ -26,6 +26,7 @@ mod nat_ops;
 mod node;
 mod opts;
 mod presets;
+mod prewarm;
 mod region;
 mod router;
 mod shaping;
@@ -68,6 +69,7 @@ pub(crate) struct LabInner {
     topo: Mutex<Topology>,
     cgroup: Option<LabCgroup>,
     comp: compression::Compression,
+    prewarm: prewarm::Prewarm,
     next_node: AtomicU32,
     next_ifindex: AtomicU32,
     regions: Mutex<region::Regions>,
@@ -118,6 +120,7 @@ impl Lab {
         let inner = Arc::new(LabInner {
             id,
             opts,
+            prewarm: prewarm::Prewarm::new(prewarm::budget()),
             root: root.clone(),
             topo: Mutex::new(Topology::new()),
             cgroup,
@@ -264,6 +267,10 @@ impl LabInner {
         Ok(())
     }
 
+    pub(crate) fn prewarm(&self) -> &prewarm::Prewarm {
+        &self.prewarm
+    }
+
     pub(crate) fn compression(&self) -> &compression::Compression {
         &self.comp
     }
@@ -280,11 +287,28 @@ impl Drop for LabInner {
     fn drop(&mut self) {
         // Kill spawned processes first (grandchildren included), then stop
         // the workers; the namespaces vanish with their last reference.
+        let t0 = std::time::Instant::now();
         if let Some(cg) = self.cgroup.take() {
             drop(cg);
         }
-        for ns in self.all_netns().into_iter().rev() {
-            ns.shutdown();
+        let t1 = t0.elapsed();
+        // Every worker is told to stop before any is waited for: they wind
+        // down in parallel, and the caller waits for the slowest, not for
+        // the sum.
+        let all = self.all_netns();
+        for ns in all.iter().rev() {
+            ns.begin_shutdown();
+        }
+        let t2 = t0.elapsed();
+        for ns in all.iter().rev() {
+            ns.join();
+        }
+        if std::env::var_os("PATCHBAY_TRACE_DROP").is_some() {
+            eprintln!(
+                "TRACE-DROP cgroup {t1:?} signal {:?} join {:?}",
+                t2 - t1,
+                t0.elapsed() - t2
+            );
         }
     }
 }

@@ -9,7 +9,9 @@
 //! - [`nft`], [`tc`]: applying rendered rulesets and qdiscs;
 //! - [`sysctl`]: per-namespace `/proc/sys` reads and writes;
 //! - [`cgroup`]: the lab's cgroup v2 subtree (process tracking, eBPF attach
-//!   point, killing a lab's whole process tree).
+//!   point, killing a lab's whole process tree);
+//! - [`watchdog`]: kills a process's labs when the process dies (SIGKILL
+//!   included).
 
 pub(crate) mod cgroup;
 pub(crate) mod cmd;
@@ -19,3 +21,4 @@ pub(crate) mod netns;
 pub(crate) mod nft;
 pub(crate) mod sysctl;
 pub(crate) mod tc;
+pub(crate) mod watchdog;
