@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::sys::nft;
 
+mod outbound;
+pub(crate) use outbound::check_outside;
+pub use outbound::{OutboundPolicy, PortPolicy};
+
 /// The nft table (family `inet`) holding a node's firewall.
 pub const FIREWALL_TABLE: &str = "patchbay-fw";
 
@@ -37,6 +41,13 @@ pub enum FirewallPolicy {
         #[serde(default)]
         udp: BTreeSet<u16>,
     },
+    /// Upstream's corporate firewall: inbound as [`FirewallPolicy::BlockInbound`],
+    /// outbound only TCP 80/443 and UDP 53 ([`OutboundPolicy::corporate`]).
+    Corporate,
+    /// A hotel/airport captive portal: inbound as
+    /// [`FirewallPolicy::BlockInbound`], outbound any TCP but only UDP 53
+    /// ([`OutboundPolicy::captive_portal`]).
+    CaptivePortal,
 }
 
 /// What happens to blocked traffic.
@@ -66,6 +77,10 @@ pub struct Firewall {
     /// for inbound traffic, e.g. `"ip saddr 198.19.0.7 drop"`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<String>,
+    /// What may go out (TCP/UDP destination ports). `None`: the preset's
+    /// (corporate, captive portal), else everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<OutboundPolicy>,
 }
 
 impl Firewall {
@@ -91,6 +106,35 @@ impl Firewall {
         }
     }
 
+    /// Upstream's corporate firewall: blocks inbound, lets out only TCP
+    /// 80/443 and UDP 53.
+    pub fn corporate() -> Firewall {
+        Firewall {
+            policy: FirewallPolicy::Corporate,
+            ..Default::default()
+        }
+    }
+
+    /// A captive-portal firewall: blocks inbound, lets out any TCP and
+    /// only UDP 53.
+    pub fn captive_portal() -> Firewall {
+        Firewall {
+            policy: FirewallPolicy::CaptivePortal,
+            ..Default::default()
+        }
+    }
+
+    /// Replaces the outbound policy (overrides a preset's).
+    pub fn outbound(mut self, outbound: OutboundPolicy) -> Firewall {
+        self.outbound = Some(outbound);
+        self
+    }
+
+    /// The outbound policy in effect (own, else the preset's, else open).
+    pub fn effective_outbound(&self) -> OutboundPolicy {
+        outbound::effective(&self.policy, self.outbound.as_ref())
+    }
+
     /// Sets the action for blocked traffic.
     pub fn action(mut self, action: FirewallAction) -> Firewall {
         self.action = action;
@@ -109,7 +153,8 @@ impl Firewall {
 /// chain when `forward` (routers). An open firewall without custom rules
 /// removes the table. Deterministic.
 pub fn render_firewall(fw: &Firewall, outside: &[String], forward: bool) -> String {
-    if fw.policy == FirewallPolicy::Open && fw.rules.is_empty() {
+    let out = fw.effective_outbound();
+    if fw.policy == FirewallPolicy::Open && fw.rules.is_empty() && out.is_open() {
         return nft::remove_table("inet", FIREWALL_TABLE);
     }
     let set = outside
@@ -158,6 +203,9 @@ pub fn render_firewall(fw: &Firewall, outside: &[String], forward: bool) -> Stri
             }
         }
         w("\t}".into());
+    }
+    for line in outbound::render_out_chain(&out, outside, forward, fw.action) {
+        w(line);
     }
     w("}".into());
     nft::replace_table("inet", FIREWALL_TABLE, &b)

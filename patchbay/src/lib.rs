@@ -38,14 +38,15 @@ pub use addr::{AddrError, IpSupport};
 pub use bpf::{EventKind, TcpEvent};
 pub use dns::{DnsError, DnsRecord, DnsServer, DnsZone};
 pub use error::{Error, Result};
-pub use firewall::{Firewall, FirewallAction, FirewallPolicy};
+pub use firewall::{Firewall, FirewallAction, FirewallPolicy, OutboundPolicy, PortPolicy};
 pub use lab::{
     Device, DeviceBuilder, Direction, FaultGuard, Iface, Lab, LabClock, LabEvent, LabOpts, Node,
-    NodeKind, Router, RouterBuilder,
+    NodeKind, Region, Router, RouterBuilder,
 };
 pub use link::{LinkCondition, LinkError, LinkTiming, Preset};
 pub use nat::{
-    ConntrackTimeouts, CtFlushError, Nat, NatConfig, NatV6Mode, nat64_embed, nat64_extract,
+    ConntrackTimeouts, CtFlushError, Nat, NatConfig, NatV6Mode, RouterPreset, nat64_embed,
+    nat64_extract,
 };
 pub use sys::cgroup::CgroupError;
 pub use sys::cmd::CmdError;

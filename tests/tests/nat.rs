@@ -126,7 +126,9 @@ async fn filtering_per_mode() -> anyhow::Result<()> {
         (Nat::AddressRestricted, [false, true, true]),
         (Nat::PortRestricted, [false, false, true]),
         (Nat::Symmetric, [false, false, true]),
-        (Nat::Cgnat, [false, false, true]),
+        (Nat::Cgnat, [true, true, true]),
+        (Nat::Home, [false, false, true]),
+        (Nat::Corporate, [false, false, true]),
     ];
     for (mode, want) in table {
         let w = world("nat-filter", |b| b.nat(mode)).await?;

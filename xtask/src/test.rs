@@ -33,6 +33,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tayga", "tayga"),
     ("curl", "curl"),
     ("iputils-ping", "ping"),
+    ("iputils-tracepath", "tracepath"),
     ("netcat-openbsd", "nc"),
     ("python3", "python3"),
 ];

@@ -27,8 +27,11 @@ mod nat6_ops;
 mod nat_ops;
 mod node;
 mod opts;
+mod presets;
 mod prewarm;
+mod region;
 mod router;
+mod shaping;
 mod topo;
 
 use std::collections::BTreeMap;
@@ -42,6 +45,7 @@ pub use device::{Device, DeviceBuilder};
 pub use faults::{Direction, FaultGuard};
 pub use node::{Iface, Node, NodeKind};
 pub use opts::LabOpts;
+pub use region::Region;
 pub use router::{Router, RouterBuilder};
 
 use crate::addr;
@@ -75,6 +79,7 @@ pub(crate) struct LabInner {
     state_dir: Mutex<Option<std::path::PathBuf>>,
     /// Names and nameservers (see `dns_ops.rs`).
     pub(crate) dns: Mutex<crate::dns::LabDns>,
+    regions: Mutex<region::Regions>,
 }
 
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -131,6 +136,7 @@ impl Lab {
             next_ifindex: AtomicU32::new(FIRST_VETH_INDEX),
             state_dir: Mutex::new(None),
             dns: Mutex::new(crate::dns::LabDns::default()),
+            regions: Mutex::default(),
         });
         inner.prepare_ns(&root, true, "exchange")?;
         let bridge_mac = addr::mac(0, 0);

@@ -24,8 +24,8 @@ impl Router {
         if let Some(fw) = firewall {
             self.set_firewall(fw).await?;
         }
-        if let Some(t) = &cfg.conntrack {
-            sysctl::write_all(self.netns(), self.scaled_conntrack(t).to_sysctls())?;
+        if let Some(t) = cfg.effective_conntrack() {
+            sysctl::write_all(self.netns(), self.scaled_conntrack(&t).to_sysctls())?;
         }
         Ok(())
     }
@@ -51,7 +51,7 @@ impl Router {
             wan: "wan".into(),
             lan: "lan".into(),
             wan_ip,
-            timeouts: self.scaled_conntrack(&cfg.conntrack.clone().unwrap_or_default()),
+            timeouts: self.scaled_conntrack(&cfg.effective_conntrack().unwrap_or_default()),
         })
     }
 
@@ -86,8 +86,8 @@ impl Router {
     /// [`Router::flush_nat`] is called.
     pub async fn set_nat_config(&self, cfg: NatConfig) -> Result<()> {
         self.apply_nat(&cfg).await?;
-        if let Some(t) = &cfg.conntrack {
-            sysctl::write_all(self.netns(), self.scaled_conntrack(t).to_sysctls())?;
+        if let Some(t) = cfg.effective_conntrack() {
+            sysctl::write_all(self.netns(), self.scaled_conntrack(&t).to_sysctls())?;
         }
         self.store_nat(&cfg)
     }
@@ -117,7 +117,7 @@ impl Router {
         let cfg = self.nat_config()?;
         if cfg.nat != Nat::None {
             let mut cmds = format!("flush map ip {NAT_TABLE} eim\n");
-            if cfg.nat == Nat::AddressRestricted {
+            if cfg.nat.behaviour() == Nat::AddressRestricted {
                 cmds.push_str(&format!("flush set ip {NAT_TABLE} adf_seen\n"));
             }
             let what = format!("NAT flush of router {}", self.name());
@@ -189,6 +189,8 @@ impl Node {
             NodeKind::Router => (vec!["wan".into()], true),
             NodeKind::Device => (self.ifaces().into_iter().map(|i| i.name).collect(), false),
         };
+        crate::firewall::check_outside(self.name(), &firewall.effective_outbound(), &outside)
+            .map_err(Error::Invalid)?;
         let ruleset = render_firewall(&firewall, &outside, forward);
         nft::apply(
             self.netns(),

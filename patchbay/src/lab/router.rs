@@ -21,9 +21,10 @@ pub struct RouterBuilder {
     lab: Arc<LabInner>,
     name: String,
     upstream: Option<String>,
-    lan_kind: Option<LanKind>,
-    nat: crate::nat::NatConfig,
-    firewall: Option<crate::firewall::Firewall>,
+    pub(super) lan_kind: Option<LanKind>,
+    pub(super) nat: crate::nat::NatConfig,
+    pub(super) firewall: Option<crate::firewall::Firewall>,
+    pub(super) extras: super::shaping::RouterExtras,
     ip: IpSupport,
     nat_v6: NatV6Mode,
 }
@@ -39,6 +40,7 @@ impl RouterBuilder {
             firewall: None,
             ip: IpSupport::default(),
             nat_v6: NatV6Mode::None,
+            extras: Default::default(),
         }
     }
 
@@ -118,11 +120,13 @@ impl RouterBuilder {
             firewall,
             ip,
             nat_v6,
+            extras,
         } = self;
         let lan_kind = lan_kind.unwrap_or(nat.nat.lan_kind());
         if name.is_empty() {
             return Err(Error::Invalid("a router needs a non-empty name".into()));
         }
+        extras.validate(&name)?;
         // Validate and allocate under the lock, touch the kernel after.
         let (up, uplink, lan, parent_port, up_ip) = {
             let mut t = lab.topo();
@@ -326,6 +330,8 @@ impl RouterBuilder {
         };
         router.configure(firewall).await?;
         router.configure_v6(nat_v6, lan_v6).await?;
+        extras.apply(&router).await?;
+        super::region::router_added(&lab, &name).await?;
         Ok(router)
     }
 }

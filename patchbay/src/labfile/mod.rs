@@ -11,7 +11,7 @@ mod subst;
 pub use dns::{DnsSection, DnsServerSpec, NameSpec};
 pub use run::{RunOverrides, RunReport, StepOutcome, run};
 pub use schema::{
-    DeviceSpec, IfaceSpec, LabFile, LabSection, RouterSpec, Step, StepKind, TimeMode,
+    DeviceSpec, IfaceSpec, LabFile, LabSection, RegionSpec, RouterSpec, Step, StepKind, TimeMode,
 };
 pub use subst::{Vars, substitute};
 

@@ -95,10 +95,30 @@ fn lab_opts(file: &LabFile, o: RunOverrides) -> LabOpts {
 
 async fn build(file: &LabFile, o: RunOverrides) -> Result<Lab> {
     let lab = Lab::with_opts(lab_opts(file, o)).await?;
+    for name in file.regions.keys() {
+        lab.add_region(name).await?;
+    }
+    for (name, r) in &file.regions {
+        for (other, c) in &r.links {
+            lab.link_regions_by_name(name, other, c.clone()).await?;
+        }
+    }
     for r in &file.routers {
         let mut b = lab.add_router(&r.name);
+        if let Some(p) = r.preset {
+            b = b.preset(p);
+        }
         if let Some(up) = &r.upstream {
             b = b.upstream_name(up);
+        }
+        if let Some(region) = &r.region {
+            b = b.upstream_name(&format!("region-{region}"));
+        }
+        if let Some(m) = r.mtu {
+            b = b.mtu(m);
+        }
+        if r.block_icmp_frag_needed {
+            b = b.block_icmp_frag_needed();
         }
         if let Some(nat) = r.nat {
             b = b.nat(nat);
@@ -134,7 +154,11 @@ async fn build(file: &LabFile, o: RunOverrides) -> Result<Lab> {
         }
         for i in &d.ifaces {
             if let Some(c) = &i.link {
-                dev.set_link_condition(&i.name, c.clone()).await?;
+                let dir = i.link_direction.unwrap_or(crate::Direction::Both);
+                dev.set_link_condition_dir(&i.name, c.clone(), dir).await?;
+            }
+            if let Some(m) = i.mtu {
+                dev.set_mtu(&i.name, m).await?;
             }
         }
     }
@@ -306,6 +330,8 @@ async fn run_step(lab: &Lab, vars: &Vars, n: usize, step: &Step, st: &mut State)
         StepKind::FlushNat(_) => outcome(n, "flush-nat"),
         StepKind::SetLink { up: true, .. } => outcome(n, "link-up"),
         StepKind::SetLink { up: false, .. } => outcome(n, "link-down"),
+        StepKind::RegionLink { broken: true, .. } => outcome(n, "break-region-link"),
+        StepKind::RegionLink { broken: false, .. } => outcome(n, "restore-region-link"),
     };
     let limit = step.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let result: std::result::Result<(), String> = async {
@@ -446,9 +472,19 @@ async fn run_step(lab: &Lab, vars: &Vars, n: usize, step: &Step, st: &mut State)
                 let n = lab
                     .node(&node)
                     .ok_or_else(|| format!("unknown node {node:?}"))?;
-                n.set_link_condition(&iface, condition)
+                let dir = step.direction.unwrap_or(crate::Direction::Both);
+                n.set_link_condition_dir(&iface, condition, dir)
                     .await
                     .map_err(|e| e.to_string())
+            }
+            StepKind::RegionLink { a, b, broken } => {
+                out.node = Some(format!("{a}|{b}"));
+                let r = if broken {
+                    lab.break_region_link_by_name(&a, &b).await
+                } else {
+                    lab.restore_region_link_by_name(&a, &b).await
+                };
+                r.map_err(|e| e.to_string())
             }
             StepKind::FlushNat(r) => {
                 out.node = Some(r.clone());

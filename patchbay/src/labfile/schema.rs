@@ -24,6 +24,19 @@ pub struct LabFile {
     /// Names: hosts entries, nameservers, DNS servers.
     #[serde(default)]
     pub dns: Option<super::dns::DnsSection>,
+    /// Regions (`[region.NAME]`), built before the routers.
+    #[serde(default, rename = "region")]
+    pub regions: std::collections::BTreeMap<String, RegionSpec>,
+}
+
+/// A `[region.NAME]` table.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RegionSpec {
+    /// Links to other regions: region name → link condition (a preset or
+    /// a table such as `{ delay = "40ms" }`, applied to both ends).
+    #[serde(default)]
+    pub links: std::collections::BTreeMap<String, crate::LinkCondition>,
 }
 
 /// The `[lab]` table.
@@ -113,6 +126,18 @@ pub struct RouterSpec {
     /// IPv6 NAT: `none`, `nptv6`, `masquerade`, `nat64`.
     #[serde(default)]
     pub nat_v6: Option<crate::NatV6Mode>,
+    /// A router preset; the other keys override its values.
+    #[serde(default)]
+    pub preset: Option<crate::RouterPreset>,
+    /// The region the router joins (instead of `upstream`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// MTU of the uplink (both ends) and the LAN bridge.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// Drop ICMP "fragmentation needed" / "packet too big" (PMTU black hole).
+    #[serde(default)]
+    pub block_icmp_frag_needed: bool,
 }
 
 /// A `[[device]]` entry.
@@ -146,6 +171,13 @@ pub struct IfaceSpec {
     /// Link condition: a preset name or a table (delay, jitter, loss, rate…).
     #[serde(default)]
     pub link: Option<crate::LinkCondition>,
+    /// Which direction `link` shapes: `out` (egress), `in` (ingress) or
+    /// `both` (default).
+    #[serde(default)]
+    pub link_direction: Option<crate::Direction>,
+    /// MTU of the link (both ends).
+    #[serde(default)]
+    pub mtu: Option<u32>,
 }
 
 /// A `[[step]]` entry: exactly one action key plus modifiers.
@@ -209,6 +241,12 @@ pub struct Step {
     /// Set `node.iface` administratively up.
     #[serde(default)]
     pub link_up: Option<String>,
+    /// Break the link between two regions.
+    #[serde(default)]
+    pub break_region_link: Option<[String; 2]>,
+    /// Restore a broken link between two regions.
+    #[serde(default)]
+    pub restore_region_link: Option<[String; 2]>,
 }
 
 /// A command as a shell string or an argv list.
@@ -284,6 +322,15 @@ pub enum StepKind {
         /// Up or down.
         up: bool,
     },
+    /// Break (`true`) or restore (`false`) a region link.
+    RegionLink {
+        /// One region.
+        a: String,
+        /// The other region.
+        b: String,
+        /// Break or restore.
+        broken: bool,
+    },
 }
 
 fn node_iface(what: &str, v: &str) -> Result<(String, String), String> {
@@ -308,15 +355,17 @@ impl Step {
             self.flush_nat.is_some(),
             self.link_down.is_some(),
             self.link_up.is_some(),
+            self.break_region_link.is_some(),
+            self.restore_region_link.is_some(),
         ];
         if actions.iter().filter(|a| **a).count() != 1 {
-            return Err("each [[step]] needs exactly one of `run`, `sleep`, `wait`, `kill`, `blackhole`, `heal`, `partition`, `link`, `flush-nat`, `link-down`, `link-up`".into());
+            return Err("each [[step]] needs exactly one of `run`, `sleep`, `wait`, `kill`, `blackhole`, `heal`, `partition`, `link`, `flush-nat`, `link-down`, `link-up`, `break-region-link`, `restore-region-link`".into());
         }
         if (self.cmd.is_some() || self.background.is_some()) && self.run.is_none() {
             return Err("`cmd` and `background` belong to a `run` step".into());
         }
-        if self.direction.is_some() && self.blackhole.is_none() {
-            return Err("`direction` belongs to a `blackhole` step".into());
+        if self.direction.is_some() && self.blackhole.is_none() && self.link.is_none() {
+            return Err("`direction` belongs to a `blackhole` or `link` step".into());
         }
         if self.condition.is_some() != self.link.is_some() {
             return Err("a `link` step needs a `condition` (and `condition` needs `link`)".into());
@@ -376,6 +425,18 @@ impl Step {
         if let Some(r) = &self.flush_nat {
             return Ok(StepKind::FlushNat(r.clone()));
         }
+        for (v, broken) in [
+            (&self.break_region_link, true),
+            (&self.restore_region_link, false),
+        ] {
+            if let Some([a, b]) = v {
+                return Ok(StepKind::RegionLink {
+                    a: a.clone(),
+                    b: b.clone(),
+                    broken,
+                });
+            }
+        }
         let (v, up) = match (&self.link_down, &self.link_up) {
             (Some(v), _) => (v, false),
             (_, Some(v)) => (v, true),
@@ -391,7 +452,48 @@ impl LabFile {
     pub fn validate(&self) -> Result<(), String> {
         let mut names = BTreeSet::new();
         let mut routers = BTreeSet::new();
+        for (name, r) in &self.regions {
+            for other in r.links.keys() {
+                if self
+                    .regions
+                    .get(other)
+                    .is_some_and(|o| o.links.contains_key(name))
+                {
+                    return Err(format!(
+                        "the link between regions {name:?} and {other:?} is declared in both; declare it once"
+                    ));
+                }
+                if !self.regions.contains_key(other) {
+                    return Err(format!(
+                        "region {name:?} links to unknown region {other:?}; declare [region.{other}] (known regions: {:?})",
+                        self.regions.keys().collect::<Vec<_>>()
+                    ));
+                }
+            }
+        }
         for r in &self.routers {
+            if let Some(region) = &r.region
+                && !self.regions.contains_key(region)
+            {
+                return Err(format!(
+                    "router {:?} is in unknown region {region:?}; declare [region.{region}]",
+                    r.name
+                ));
+            }
+            if r.region.is_some() && r.upstream.is_some() {
+                return Err(format!(
+                    "router {:?} has both `region` and `upstream`: a region router is its upstream; keep one",
+                    r.name
+                ));
+            }
+            if let Some(m) = r.mtu
+                && m < 1280
+            {
+                return Err(format!(
+                    "router {:?}: mtu = {m} is below 1280, the IPv6 minimum, and its links carry IPv6; use at least 1280",
+                    r.name
+                ));
+            }
             if !names.insert(r.name.as_str()) {
                 return Err(format!(
                     "duplicate node name {:?}: every router and device needs a unique name",
@@ -422,7 +524,19 @@ impl LabFile {
                 ));
             }
             for i in &d.ifaces {
-                if !routers.contains(i.router.as_str()) {
+                if let Some(m) = i.mtu
+                    && m < 1280
+                {
+                    return Err(format!(
+                        "device {:?}: interface {:?} has mtu = {m}, below 1280, the IPv6 minimum, and the link carries IPv6; use at least 1280",
+                        d.name, i.name
+                    ));
+                }
+                let in_region = i
+                    .router
+                    .strip_prefix("region-")
+                    .is_some_and(|r| self.regions.contains_key(r));
+                if !routers.contains(i.router.as_str()) && !in_region {
                     return Err(format!(
                         "device {:?}: interface {:?} is on unknown router {:?}; known routers: {:?}",
                         d.name, i.name, i.router, routers
@@ -486,6 +600,14 @@ impl LabFile {
                     if !faults.insert(f.clone()) =>
                 {
                     return Err(format!("step {n}: fault name {f:?} is used twice"));
+                }
+                StepKind::RegionLink { a, b, .. }
+                    if !self.regions.contains_key(&a) || !self.regions.contains_key(&b) =>
+                {
+                    return Err(format!(
+                        "step {n}: region link {a}–{b} names an unknown region (known regions: {:?})",
+                        self.regions.keys().collect::<Vec<_>>()
+                    ));
                 }
                 StepKind::Heal(f) if !faults.contains(&f) => {
                     return Err(format!(
@@ -658,6 +780,36 @@ wait = "srv"
         assert!(err("[[step]]\nsleep=\"1s\"\nwait=\"x\"\n").contains("exactly one"));
         assert!(err("[[step]]\nsleep=\"-1s\"\n").contains("non-negative"));
         assert!(err("[[step]]\nsleep=\"1 fortnight\"\n").contains("unknown unit"));
+    }
+
+    #[test]
+    fn realism_keys_validate_with_both_parts_named() {
+        let e = err("[region.eu]\nlinks = { mars = { delay = \"40ms\" } }\n");
+        assert!(
+            e.contains("region \"eu\" links to unknown region \"mars\""),
+            "{e}"
+        );
+        let e =
+            err("[region.eu]\nlinks = { us = \"lan\" }\n[region.us]\nlinks = { eu = \"lan\" }\n");
+        assert!(e.contains("declared in both"), "{e}");
+        let e = err("[[router]]\nname = \"r\"\nregion = \"nowhere\"\n");
+        assert!(e.contains("unknown region \"nowhere\""), "{e}");
+        let e = err("[[router]]\nname = \"r\"\nmtu = 1000\n");
+        assert!(e.contains("router \"r\"") && e.contains("1280"), "{e}");
+        let e = err(
+            "[[router]]\nname = \"r\"\n[[device]]\nname = \"d\"\niface = [{ name = \"eth0\", router = \"r\", mtu = 1200 }]\n",
+        );
+        assert!(e.contains("\"eth0\"") && e.contains("1280"), "{e}");
+        let e = err("[[step]]\nbreak-region-link = [\"eu\", \"us\"]\n");
+        assert!(
+            e.contains("region link eu–us names an unknown region"),
+            "{e}"
+        );
+        let ok = LabFile::parse(
+            "[region.eu]\nlinks = { us = { delay = \"40ms\" } }\n[region.us]\n[[router]]\nname = \"home\"\npreset = \"home\"\nregion = \"eu\"\nmtu = 1400\nblock-icmp-frag-needed = true\nfirewall = { preset = \"corporate\", outbound = { udp = \"block-all\" } }\n[[device]]\nname = \"d\"\niface = [{ name = \"eth0\", router = \"region-us\", link = \"wifi-bad\", link-direction = \"out\" }]\n[[step]]\nlink = \"d.eth0\"\ncondition = { corrupt = \"1%\" }\ndirection = \"in\"\n[[step]]\nbreak-region-link = [\"eu\", \"us\"]\n",
+            Path::new("ok.toml"),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

@@ -28,14 +28,14 @@ pub enum LinkError {
     /// A percentage outside 0..=100.
     #[error("{field} = {value}% is out of range: it must be between 0% and 100%")]
     PercentOutOfRange {
-        /// `loss`, `duplicate` or `reorder`.
+        /// `loss`, `duplicate`, `reorder` or `corrupt`.
         field: &'static str,
         /// The value given.
         value: f64,
     },
     /// No preset by that name.
     #[error(
-        "unknown link preset {0:?}: use one of lan, wifi, 4g, 3g, satellite, or a table of values"
+        "unknown link preset {0:?}: use one of lan, wifi, wifi-bad, 4g (mobile-4g, mobile), 3g (mobile-3g), satellite, satellite-geo, or a table of values"
     )]
     UnknownPreset(String),
     /// Jitter or reordering needs a base delay.
@@ -64,16 +64,24 @@ pub enum Preset {
     ThreeG,
     /// Geostationary satellite: 300 ms ± 20 ms, 0.5 % loss, 10 mbit/s.
     Satellite,
+    /// Congested 2.4 GHz Wi-Fi (upstream's `WifiBad`): 40 ms ± 15 ms,
+    /// 2 % loss, 20 mbit/s.
+    WifiBad,
+    /// Upstream's GEO satellite (`SatelliteGeo`): 300 ms ± 20 ms,
+    /// 0.5 % loss, 25 mbit/s.
+    SatelliteGeo,
 }
 
 impl Preset {
     /// Every preset, in a stable order.
-    pub const ALL: [Preset; 5] = [
+    pub const ALL: [Preset; 7] = [
         Preset::Lan,
         Preset::Wifi,
         Preset::FourG,
         Preset::ThreeG,
         Preset::Satellite,
+        Preset::WifiBad,
+        Preset::SatelliteGeo,
     ];
 
     /// The preset's name as written in configuration.
@@ -84,6 +92,8 @@ impl Preset {
             Preset::FourG => "4g",
             Preset::ThreeG => "3g",
             Preset::Satellite => "satellite",
+            Preset::WifiBad => "wifi-bad",
+            Preset::SatelliteGeo => "satellite-geo",
         }
     }
 
@@ -97,6 +107,8 @@ impl Preset {
             Preset::FourG => c.delay(ms(30)).jitter(ms(10)).loss(0.5).rate(30_000_000),
             Preset::ThreeG => c.delay(ms(100)).jitter(ms(30)).loss(1.0).rate(2_000_000),
             Preset::Satellite => c.delay(ms(300)).jitter(ms(20)).loss(0.5).rate(10_000_000),
+            Preset::WifiBad => c.delay(ms(40)).jitter(ms(15)).loss(2.0).rate(20_000_000),
+            Preset::SatelliteGeo => c.delay(ms(300)).jitter(ms(20)).loss(0.5).rate(25_000_000),
         }
     }
 }
@@ -104,9 +116,18 @@ impl Preset {
 impl FromStr for Preset {
     type Err = LinkError;
     fn from_str(s: &str) -> Result<Self, LinkError> {
-        Preset::ALL
-            .into_iter()
-            .find(|p| p.name().eq_ignore_ascii_case(s.trim()))
+        // Upstream patchbay's names are accepted as aliases.
+        let alias = match s.trim().to_ascii_lowercase().as_str() {
+            "mobile-4g" | "mobile" => Some(Preset::FourG),
+            "mobile-3g" => Some(Preset::ThreeG),
+            _ => None,
+        };
+        alias
+            .or_else(|| {
+                Preset::ALL
+                    .into_iter()
+                    .find(|p| p.name().eq_ignore_ascii_case(s.trim()))
+            })
             .ok_or_else(|| LinkError::UnknownPreset(s.to_string()))
     }
 }
@@ -140,6 +161,9 @@ pub struct LinkCondition {
     /// Reordered packets in percent (0..=100): sent at once instead of
     /// after `delay`. Needs `delay`.
     pub reorder: f64,
+    /// Corrupted packets in percent (0..=100): netem flips a random bit, so
+    /// checksums fail and receivers drop the packet.
+    pub corrupt: f64,
     /// Rate limit in bits per second.
     #[serde(with = "units::opt_rate", skip_serializing_if = "Option::is_none")]
     pub rate: Option<u64>,
@@ -211,6 +235,12 @@ impl LinkCondition {
         self
     }
 
+    /// Sets the corruption in percent.
+    pub fn corrupt(mut self, percent: f64) -> Self {
+        self.corrupt = percent;
+        self
+    }
+
     /// Sets the rate limit in bits per second.
     pub fn rate(mut self, bps: u64) -> Self {
         self.rate = Some(bps);
@@ -223,6 +253,7 @@ impl LinkCondition {
             ("loss", self.loss),
             ("duplicate", self.duplicate),
             ("reorder", self.reorder),
+            ("corrupt", self.corrupt),
         ] {
             if !(0.0..=100.0).contains(&value) {
                 return Err(LinkError::PercentOutOfRange { field, value });
@@ -249,6 +280,7 @@ impl LinkCondition {
             || self.loss > 0.0
             || self.duplicate > 0.0
             || self.reorder > 0.0
+            || self.corrupt > 0.0
     }
 
     /// Whether this is a clean link (nothing to shape).
@@ -299,6 +331,8 @@ struct Table {
     duplicate: Option<f64>,
     #[serde(default, deserialize_with = "opt_percent")]
     reorder: Option<f64>,
+    #[serde(default, deserialize_with = "opt_percent")]
+    corrupt: Option<f64>,
     #[serde(default, with = "units::opt_rate")]
     rate: Option<u64>,
 }
@@ -318,6 +352,7 @@ impl Table {
         c.loss = self.loss.unwrap_or(c.loss);
         c.duplicate = self.duplicate.unwrap_or(c.duplicate);
         c.reorder = self.reorder.unwrap_or(c.reorder);
+        c.corrupt = self.corrupt.unwrap_or(c.corrupt);
         c.rate = self.rate.or(c.rate);
         c.validate()?;
         Ok(c)
@@ -330,7 +365,7 @@ impl<'de> Deserialize<'de> for LinkCondition {
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = LinkCondition;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a link preset name (lan, wifi, 4g, 3g, satellite) or a table")
+                f.write_str("a link preset name (lan, wifi, wifi-bad, 4g, 3g, satellite, satellite-geo) or a table")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<LinkCondition, E> {
                 LinkCondition::preset(v).map_err(E::custom)

@@ -63,6 +63,7 @@ pub(crate) fn render_tc(dev: &str, c: &LinkCondition) -> Vec<String> {
         ("loss", c.loss),
         ("duplicate", c.duplicate),
         ("reorder", c.reorder),
+        ("corrupt", c.corrupt),
     ] {
         if v > 0.0 {
             a.extend([name.into(), pct(v)]);
@@ -107,5 +108,23 @@ mod tests {
             "qdisc del dev p3 root"
         );
         assert!(j(render_tc("eth0", &Preset::Satellite.condition())).contains("delay 300ms 20ms"));
+        assert_eq!(
+            j(render_tc("eth0", &LinkCondition::default().corrupt(1.5))),
+            "qdisc replace dev eth0 root netem limit 100000 corrupt 1.5%"
+        );
+        assert!(
+            j(render_tc(
+                "eth0",
+                &"wifi-bad".parse::<Preset>().unwrap().condition()
+            ))
+            .contains("delay 40ms 15ms loss 2% rate 20000000bit")
+        );
+        assert_eq!("mobile-4g".parse::<Preset>().unwrap(), Preset::FourG);
+        assert_eq!("mobile-3g".parse::<Preset>().unwrap(), Preset::ThreeG);
+        assert_eq!(
+            "satellite-geo".parse::<Preset>().unwrap().condition().rate,
+            Some(25_000_000)
+        );
+        assert!(LinkCondition::default().corrupt(101.0).validate().is_err());
     }
 }

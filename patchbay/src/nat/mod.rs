@@ -21,6 +21,7 @@
 //!   the receiver sees the sender's external address (RFC 4787 REQ-9).
 
 mod ctflush;
+mod presets;
 mod render;
 mod timeouts;
 mod v6;
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::addr::LanKind;
 
 pub use ctflush::{CtFlushError, flush_conntrack};
+pub use presets::RouterPreset;
 pub use render::{NAT_TABLE, render_nat};
 pub use timeouts::ConntrackTimeouts;
 pub use v6::{
@@ -60,22 +62,55 @@ pub enum Nat {
     /// Endpoint-dependent mapping ("symmetric", corporate): a new random
     /// external port for each connection; only replies get in.
     Symmetric,
-    /// Carrier-grade NAT: EIM with address-and-port-dependent filtering, and
-    /// a LAN in the shared address space 100.64.0.0/10; home NATs chain
-    /// behind it with `.upstream(&cgnat)`.
+    /// Carrier-grade NAT (RFC 6888): EIM with endpoint-independent
+    /// filtering (UDP), as upstream patchbay and carriers' CGNs do, and a
+    /// LAN in the shared address space 100.64.0.0/10; home NATs chain
+    /// behind it with `.upstream(&cgnat)` (double NAT).
     Cgnat,
+    /// Upstream patchbay's home router: port-restricted behaviour (EIM +
+    /// APDF), with upstream's timeouts (UDP 30 s, UDP stream 300 s, TCP
+    /// established 7200 s) unless the router sets its own.
+    Home,
+    /// Upstream patchbay's corporate firewall NAT: symmetric behaviour
+    /// (EDM + APDF), timeouts UDP 30 s, UDP stream 120 s, TCP established
+    /// 3600 s.
+    Corporate,
+    /// Upstream patchbay's cloud NAT gateway (AWS/Azure/GCP): symmetric
+    /// behaviour, timeouts UDP 30 s, UDP stream 350 s, TCP established
+    /// 3600 s.
+    CloudNat,
 }
 
 impl Nat {
     /// Every mode, in a stable order.
-    pub const ALL: [Nat; 6] = [
+    pub const ALL: [Nat; 9] = [
         Nat::None,
         Nat::FullCone,
         Nat::AddressRestricted,
         Nat::PortRestricted,
         Nat::Symmetric,
         Nat::Cgnat,
+        Nat::Home,
+        Nat::Corporate,
+        Nat::CloudNat,
     ];
+
+    /// The RFC 4787 mode that implements this one (upstream's names map to
+    /// ours: `Home` → `PortRestricted`, `Corporate`/`CloudNat` →
+    /// `Symmetric`; the rest are themselves).
+    pub fn behaviour(self) -> Nat {
+        match self {
+            Nat::Home => Nat::PortRestricted,
+            Nat::Corporate | Nat::CloudNat => Nat::Symmetric,
+            m => m,
+        }
+    }
+
+    /// Conntrack timeouts that come with this mode (upstream's per-preset
+    /// values), used when the router sets none; `None` keeps the kernel's.
+    pub fn preset_timeouts(self) -> Option<ConntrackTimeouts> {
+        presets::nat_timeouts(self)
+    }
 
     /// The address pool a router with this NAT gives its LAN.
     pub fn lan_kind(self) -> LanKind {
@@ -88,7 +123,7 @@ impl Nat {
 
     /// Whether the mapping is endpoint-independent.
     pub fn is_eim(self) -> bool {
-        !matches!(self, Nat::None | Nat::Symmetric)
+        !matches!(self.behaviour(), Nat::None | Nat::Symmetric)
     }
 
     /// The mode's name as written in TOML.
@@ -100,6 +135,9 @@ impl Nat {
             Nat::PortRestricted => "port-restricted",
             Nat::Symmetric => "symmetric",
             Nat::Cgnat => "cgnat",
+            Nat::Home => "home",
+            Nat::Corporate => "corporate",
+            Nat::CloudNat => "cloud-nat",
         }
     }
 }
@@ -112,7 +150,7 @@ impl std::str::FromStr for Nat {
             .find(|n| n.name() == s.trim())
             .ok_or_else(|| {
                 crate::Error::Invalid(format!(
-                    "unknown NAT mode {s:?}: use one of none, full-cone, address-restricted, port-restricted, symmetric, cgnat"
+                    "unknown NAT mode {s:?}: use one of none, full-cone, address-restricted, port-restricted, symmetric, cgnat, home, corporate, cloud-nat"
                 ))
             })
     }

@@ -18,12 +18,13 @@ fn ms(d: Duration) -> String {
 /// table, or removes it for [`Nat::None`]. Deterministic; every timeout
 /// comes from `spec.timeouts`.
 pub fn render_nat(spec: &NatSpec) -> String {
-    if spec.mode == Nat::None {
+    let mode = spec.mode.behaviour();
+    if mode == Nat::None {
         return nft::remove_table("ip", NAT_TABLE);
     }
     let t = ms(spec.timeouts.eim_map());
     let (wan, lan, wan_ip) = (&spec.wan, &spec.lan, spec.wan_ip);
-    let adf = spec.mode == Nat::AddressRestricted;
+    let adf = mode == Nat::AddressRestricted;
     let mut b = String::new();
     // `writeln!` into a String cannot fail.
     let mut w = |line: String| {
@@ -44,8 +45,8 @@ pub fn render_nat(spec: &NatSpec) -> String {
     }
     w("\tchain prerouting {".into());
     w("\t\ttype nat hook prerouting priority dstnat; policy accept;".into());
-    match spec.mode {
-        Nat::FullCone => w(format!(
+    match mode {
+        Nat::FullCone | Nat::Cgnat => w(format!(
             "\t\tiifname \"{wan}\" dnat ip to udp dport map @eim"
         )),
         Nat::AddressRestricted => w(format!(
@@ -61,7 +62,7 @@ pub fn render_nat(spec: &NatSpec) -> String {
     w("\t}".into());
     w("\tchain postrouting {".into());
     w("\t\ttype nat hook postrouting priority srcnat; policy accept;".into());
-    let flags = if spec.mode == Nat::Symmetric {
+    let flags = if mode == Nat::Symmetric {
         " fully-random"
     } else {
         ""

@@ -15,6 +15,7 @@
 
 pub(crate) mod cgroup;
 pub(crate) mod cmd;
+pub(crate) mod linkattr;
 pub(crate) mod netlink;
 pub(crate) mod netns;
 pub(crate) mod nft;

@@ -43,7 +43,7 @@ thread_local! {
 ///
 /// Must be called inside a namespace worker's runtime (it spawns the
 /// connection task with `spawn_local`).
-fn handle() -> Result<Handle, NetlinkError> {
+pub(crate) fn handle() -> Result<Handle, NetlinkError> {
     HANDLE.with(|h| {
         let mut h = h.borrow_mut();
         if let Some(handle) = h.as_ref() {
@@ -69,7 +69,7 @@ impl NetlinkError {
     }
 }
 
-fn req(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+pub(crate) fn req(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     let op = op.into();
     move |source| NetlinkError::Request { op, source }
 }

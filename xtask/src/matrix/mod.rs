@@ -91,6 +91,8 @@ pub const CI_BINS: &[&str] = &[
     "nat",
     "bpf_engine",
     "compression",
+    "regions",
+    "shaping",
 ];
 
 /// Options of [`run_matrix`].

@@ -62,3 +62,16 @@ fn every_timeout_comes_from_the_config() {
     s.timeouts = k;
     assert!(render_nat(&s).contains("timeout 250ms"));
 }
+
+#[test]
+fn upstream_names_render_as_their_rfc_modes_and_cgnat_is_eif() {
+    let r = |m| render_nat(&spec(m, false));
+    assert_eq!(r(Nat::Home), r(Nat::PortRestricted));
+    assert_eq!(r(Nat::Corporate), r(Nat::Symmetric));
+    assert_eq!(r(Nat::CloudNat), r(Nat::Symmetric));
+    assert_eq!(
+        r(Nat::Cgnat),
+        r(Nat::FullCone),
+        "CGNAT is EIM + EIF (RFC 6888)"
+    );
+}

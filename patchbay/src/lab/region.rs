@@ -1,0 +1,493 @@
+//! Regions: named groups of routers with shaped links between them.
+//!
+//! A region is a public router named `region-NAME` on the exchange; routers
+//! join it with [`RouterBuilder::region`] (they become its downstream
+//! routers) and devices may attach to it directly. Two regions are joined
+//! with [`Lab::link_regions`]: a veth pair between the two region routers
+//! (`rg-OTHER` in each), addressed from `198.18.254.0/24` (a /30 per link)
+//! and `2001:db8:fe::/48` (a /64 per link), with a [`LinkCondition`] on both
+//! ends (a 40 ms delay gives an 80 ms round trip between the regions). Each
+//! region router then routes the other region's networks over the link;
+//! everything else still goes through the exchange.
+//!
+//! [`Lab::break_region_link`] takes the direct link out of use: traffic is
+//! rerouted through a third region linked to both (two shaped hops, as
+//! upstream patchbay does), or, when there is none, dropped silently on the
+//! link (a partition). [`Lab::restore_region_link`] puts the direct routes
+//! back.
+//!
+//! Routing stays closed: only lab prefixes are routed over region links.
+//! Delay needs netem (`CONFIG_NET_SCH_NETEM`); without it `link_regions`
+//! fails with [`Error::KernelFeature`], like any link condition.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::addr::{self, LanKind};
+use crate::error::{Error, NetlinkContext, Result};
+use crate::link::{LinkCondition, qdisc_of, render_tc};
+use crate::sys::netlink::{self, VethEnd};
+use crate::sys::{linkattr, nft, tc};
+
+use super::router::{Router, RouterBuilder};
+use super::{Lab, LabInner};
+
+/// Prefix of region router names.
+const ROUTER_PREFIX: &str = "region-";
+/// Longest region name (interface `rg-NAME` must fit in 15 bytes).
+const MAX_NAME: usize = 12;
+
+/// A region of a lab; from [`Lab::add_region`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Region {
+    name: String,
+    router: Router,
+}
+
+impl Region {
+    /// The region's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The region's router (`region-NAME`): devices may attach to it.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+}
+
+#[derive(Debug)]
+struct LinkRec {
+    /// Link number (addresses come from it).
+    n: u8,
+    /// How the pair currently routes: `None` direct, `Some(m)` via region m,
+    /// `Some("")` cut.
+    broken: Option<String>,
+    /// Name of the drop table while cut.
+    cut_table: Option<String>,
+}
+
+/// The lab's regions and links (in `LabInner`).
+#[derive(Debug, Default)]
+pub(crate) struct Regions {
+    names: BTreeMap<String, String>,
+    /// Keyed by the sorted pair.
+    links: BTreeMap<(String, String), LinkRec>,
+}
+
+fn key(a: &str, b: &str) -> (String, String) {
+    if a <= b {
+        (a.to_string(), b.to_string())
+    } else {
+        (b.to_string(), a.to_string())
+    }
+}
+
+/// Transit addresses of link `n`: (lower-named side, higher-named side).
+fn transit(n: u8) -> ((Ipv4Addr, Ipv6Addr), (Ipv4Addr, Ipv6Addr)) {
+    let base = 4 * u32::from(n);
+    let v4 = |h: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 254, 0)) + base + h);
+    let v6 = |h: u16| Ipv6Addr::new(0x2001, 0xdb8, 0xfe, u16::from(n), 0, 0, 0, h);
+    ((v4(1), v6(1)), (v4(2), v6(2)))
+}
+
+impl RouterBuilder {
+    /// Places the router in `region`: its uplink joins the region router's
+    /// LAN (upstream patchbay's `.region(&region)`).
+    pub fn region(self, region: &Region) -> Self {
+        self.upstream_name(region.router.name())
+    }
+}
+
+impl LabInner {
+    fn regions(&self) -> std::sync::MutexGuard<'_, Regions> {
+        self.regions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The networks of a region's subtree that the region router routes:
+/// its own LAN, and the LANs below it reachable without crossing a NAT
+/// (IPv4), every LAN below it (IPv6).
+fn region_prefixes(lab: &LabInner, router: &str) -> Vec<(IpAddr, u8)> {
+    let t = lab.topo();
+    let mut v = vec![];
+    for (name, rec) in &t.routers {
+        let chain = t.ancestry(name);
+        let Some(pos) = chain.iter().position(|c| c == router) else {
+            continue;
+        };
+        // Routers strictly between `name` and the region router, and
+        // `name` itself, must be public for its IPv4 LAN to be routed.
+        let v4_ok = chain[..pos].iter().all(|r| {
+            t.routers
+                .get(r)
+                .is_some_and(|x| x.lan.kind == LanKind::Public)
+        });
+        if v4_ok {
+            v.push((IpAddr::V4(rec.lan.lan.v4), addr::V4_PREFIX));
+        }
+        v.push((IpAddr::V6(rec.lan.lan.v6), addr::V6_PREFIX));
+    }
+    v
+}
+
+/// Points the routes of `router` for `prefixes` at `via4`/`via6`.
+async fn route_via(
+    lab: &LabInner,
+    router: &str,
+    prefixes: Vec<(IpAddr, u8)>,
+    via: (Ipv4Addr, Ipv6Addr),
+) -> Result<()> {
+    let ns = lab
+        .topo()
+        .routers
+        .get(router)
+        .map(|r| r.node.ns().clone())
+        .ok_or_else(|| Error::Invalid(format!("region router {router} vanished")))?;
+    let what = format!("routing region traffic in {router}");
+    ns.run(move || async move {
+        for (p, len) in prefixes {
+            let gw = match p {
+                IpAddr::V4(_) => IpAddr::V4(via.0),
+                IpAddr::V6(_) => IpAddr::V6(via.1),
+            };
+            linkattr::replace_route(p, len, gw).await?;
+        }
+        Ok(())
+    })
+    .await?
+    .ctx(|| what)
+}
+
+impl Lab {
+    /// Adds a region: a public router `region-NAME` on the exchange.
+    /// Names are 1–12 bytes of letters, digits and `-`.
+    pub async fn add_region(&self, name: &str) -> Result<Region> {
+        if name.is_empty()
+            || name.len() > MAX_NAME
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(Error::Invalid(format!(
+                "region name {name:?} must be 1 to {MAX_NAME} bytes of letters, digits and '-' (it names the link interface rg-NAME)"
+            )));
+        }
+        if self.inner.regions().names.contains_key(name) {
+            return Err(Error::Invalid(format!("duplicate region {name:?}")));
+        }
+        let rname = format!("{ROUTER_PREFIX}{name}");
+        let router = self.add_router(&rname).build().await?;
+        self.inner.regions().names.insert(name.to_string(), rname);
+        Ok(Region {
+            name: name.to_string(),
+            router,
+        })
+    }
+
+    /// A region by name.
+    pub fn region(&self, name: &str) -> Option<Region> {
+        let rname = self.inner.regions().names.get(name)?.clone();
+        Some(Region {
+            name: name.to_string(),
+            router: self.router(&rname)?,
+        })
+    }
+
+    fn region_named(&self, link: &str, name: &str) -> Result<Region> {
+        self.region(name).ok_or_else(|| {
+            let known: Vec<String> = self.inner.regions().names.keys().cloned().collect();
+            Error::Invalid(format!(
+                "region link {link}: unknown region {name:?} (known regions: {known:?}); add it with lab.add_region({name:?})"
+            ))
+        })
+    }
+
+    /// Links two regions with `condition` on both ends of a direct link
+    /// (so a 40 ms delay is an 80 ms round trip), and routes each region's
+    /// networks over it. Networks added to a region later are routed too.
+    pub async fn link_regions(
+        &self,
+        a: &Region,
+        b: &Region,
+        condition: LinkCondition,
+    ) -> Result<()> {
+        self.link_regions_by_name(a.name(), b.name(), condition)
+            .await
+    }
+
+    /// [`Lab::link_regions`] by region names; an unknown name is an error
+    /// naming the link and the region.
+    pub async fn link_regions_by_name(
+        &self,
+        a: &str,
+        b: &str,
+        condition: LinkCondition,
+    ) -> Result<()> {
+        let label = format!("{a}–{b}");
+        let (ra, rb) = (self.region_named(&label, a)?, self.region_named(&label, b)?);
+        if a == b {
+            return Err(Error::Invalid(format!(
+                "region link {label}: a region cannot be linked to itself"
+            )));
+        }
+        condition.validate()?;
+        let (lo, hi) = if a < b { (&ra, &rb) } else { (&rb, &ra) };
+        let n = {
+            let mut r = self.inner.regions();
+            if r.links.contains_key(&key(a, b)) {
+                return Err(Error::Invalid(format!(
+                    "region link {label} exists already"
+                )));
+            }
+            let n = u8::try_from(r.links.len())
+                .ok()
+                .filter(|n| *n < 63)
+                .ok_or_else(|| Error::Invalid("at most 63 region links per lab".into()))?;
+            r.links.insert(
+                key(a, b),
+                LinkRec {
+                    n,
+                    broken: None,
+                    cut_table: None,
+                },
+            );
+            n
+        };
+        let (t_lo, t_hi) = transit(n);
+        let lo_ns = lo.router.netns().clone();
+        let hi_ns = hi.router.netns().clone();
+        let (lo_if, hi_if) = (format!("rg-{}", hi.name), format!("rg-{}", lo.name));
+        let (lo_idx, hi_idx) = (self.inner.next_ifindex(), self.inner.next_ifindex());
+        let end_lo = VethEnd {
+            name: lo_if.clone(),
+            index: lo_idx,
+            mac: addr::mac(250, n),
+            netns_fd: lo_ns.raw_fd()?,
+        };
+        let end_hi = VethEnd {
+            name: hi_if.clone(),
+            index: hi_idx,
+            mac: addr::mac(251, n),
+            netns_fd: hi_ns.raw_fd()?,
+        };
+        let ctx = format!("creating region link {label}");
+        lo_ns
+            .run(move || async move { netlink::create_veth(&end_lo, &end_hi).await })
+            .await?
+            .ctx(|| ctx.clone())?;
+        for (ns, idx, me, ifname) in [
+            (&lo_ns, lo_idx, t_lo, lo_if.clone()),
+            (&hi_ns, hi_idx, t_hi, hi_if.clone()),
+        ] {
+            ns.run(move || async move {
+                netlink::set_up(idx, true).await?;
+                super::device::sync_carriers(&[&ifname]);
+                netlink::add_addr(idx, me.0.into(), 30).await?;
+                netlink::add_addr(idx, me.1.into(), 64).await
+            })
+            .await?
+            .ctx(|| ctx.clone())?;
+            self.inner
+                .prepare_iface(ns, if idx == lo_idx { &lo_if } else { &hi_if })?;
+        }
+        let cond = self
+            .inner
+            .compression()
+            .link(&format!("region {label}"), &condition);
+        let q = qdisc_of(&cond);
+        tc::apply(&lo_ns, &render_tc(&lo_if, &cond), q).await?;
+        tc::apply(&hi_ns, &render_tc(&hi_if, &cond), q).await?;
+        route_via(
+            &self.inner,
+            lo.router.name(),
+            region_prefixes(&self.inner, hi.router.name()),
+            t_hi,
+        )
+        .await?;
+        route_via(
+            &self.inner,
+            hi.router.name(),
+            region_prefixes(&self.inner, lo.router.name()),
+            t_lo,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Takes the direct link between two regions out of use: traffic goes
+    /// through a third region linked to both, or is dropped when there is
+    /// none.
+    pub async fn break_region_link(&self, a: &Region, b: &Region) -> Result<()> {
+        self.break_region_link_by_name(a.name(), b.name()).await
+    }
+
+    /// [`Lab::break_region_link`] by names.
+    pub async fn break_region_link_by_name(&self, a: &str, b: &str) -> Result<()> {
+        let label = format!("{a}–{b}");
+        let (ra, rb) = (self.region_named(&label, a)?, self.region_named(&label, b)?);
+        let (n, via) = {
+            let r = self.inner.regions();
+            let rec = r.links.get(&key(a, b)).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "region link {label} does not exist: link the regions first"
+                ))
+            })?;
+            if rec.broken.is_some() {
+                return Err(Error::Invalid(format!(
+                    "region link {label} is broken already"
+                )));
+            }
+            // A third region with intact links to both.
+            let intact =
+                |x: &str, y: &str| r.links.get(&key(x, y)).is_some_and(|l| l.broken.is_none());
+            let via = r
+                .names
+                .keys()
+                .find(|m| m.as_str() != a && m.as_str() != b && intact(a, m) && intact(b, m))
+                .map(|m| (m.clone(), r.links[&key(a, m)].n, r.links[&key(b, m)].n));
+            (rec.n, via)
+        };
+        let mut cut_table = None;
+        match &via {
+            Some((m, n_am, n_bm)) => {
+                // The far side's address on each of the two links.
+                let far = |x: &str, n: u8| {
+                    let (lo, hi) = transit(n);
+                    if x < m.as_str() { hi } else { lo }
+                };
+                route_via(
+                    &self.inner,
+                    ra.router.name(),
+                    region_prefixes(&self.inner, rb.router.name()),
+                    far(a, *n_am),
+                )
+                .await?;
+                route_via(
+                    &self.inner,
+                    rb.router.name(),
+                    region_prefixes(&self.inner, ra.router.name()),
+                    far(b, *n_bm),
+                )
+                .await?;
+            }
+            None => {
+                let table = format!("pbr-{n}");
+                for (r, other) in [(&ra, &rb), (&rb, &ra)] {
+                    let mut chains = BTreeMap::new();
+                    chains.insert(format!("rg-{}", other.name), vec!["drop".to_string()]);
+                    nft::apply(
+                        r.router.netns(),
+                        &format!("cutting region link {label}"),
+                        super::faults::render_drop_table(&table, &chains),
+                    )
+                    .await?;
+                }
+                cut_table = Some(table);
+            }
+        }
+        let mut r = self.inner.regions();
+        if let Some(rec) = r.links.get_mut(&key(a, b)) {
+            rec.broken = Some(via.map(|v| v.0).unwrap_or_default());
+            rec.cut_table = cut_table;
+        }
+        Ok(())
+    }
+
+    /// Puts a broken region link back into use (direct routes again).
+    pub async fn restore_region_link(&self, a: &Region, b: &Region) -> Result<()> {
+        self.restore_region_link_by_name(a.name(), b.name()).await
+    }
+
+    /// [`Lab::restore_region_link`] by names.
+    pub async fn restore_region_link_by_name(&self, a: &str, b: &str) -> Result<()> {
+        let label = format!("{a}–{b}");
+        let (ra, rb) = (self.region_named(&label, a)?, self.region_named(&label, b)?);
+        let (n, cut) = {
+            let r = self.inner.regions();
+            match r.links.get(&key(a, b)) {
+                Some(rec) if rec.broken.is_some() => (rec.n, rec.cut_table.clone()),
+                Some(_) => {
+                    return Err(Error::Invalid(format!("region link {label} is not broken")));
+                }
+                None => {
+                    return Err(Error::Invalid(format!(
+                        "region link {label} does not exist"
+                    )));
+                }
+            }
+        };
+        if let Some(table) = cut {
+            for r in [&ra, &rb] {
+                nft::apply(
+                    r.router.netns(),
+                    &format!("restoring region link {label}"),
+                    nft::remove_table("netdev", &table),
+                )
+                .await?;
+            }
+        }
+        let (lo, hi) = transit(n);
+        let (t_a, t_b) = if a < b { (lo, hi) } else { (hi, lo) };
+        route_via(
+            &self.inner,
+            ra.router.name(),
+            region_prefixes(&self.inner, rb.router.name()),
+            t_b,
+        )
+        .await?;
+        route_via(
+            &self.inner,
+            rb.router.name(),
+            region_prefixes(&self.inner, ra.router.name()),
+            t_a,
+        )
+        .await?;
+        if let Some(rec) = self.inner.regions().links.get_mut(&key(a, b)) {
+            rec.broken = None;
+            rec.cut_table = None;
+        }
+        Ok(())
+    }
+}
+
+/// Called after a router is built: if it sits below a region router with
+/// links, the linked regions learn to route its networks.
+pub(crate) async fn router_added(lab: &std::sync::Arc<LabInner>, name: &str) -> Result<()> {
+    let chain = lab.topo().ancestry(name);
+    // (region router of `name`, [(linked region router, our transit address)])
+    type Transit = (Ipv4Addr, Ipv6Addr);
+    let (region_router, routes): (String, Vec<(String, Transit)>) = {
+        let r = lab.regions();
+        let Some((region, region_router)) = r
+            .names
+            .iter()
+            .find(|(_, rn)| chain.iter().skip(1).any(|c| c == *rn))
+        else {
+            return Ok(());
+        };
+        let mut v = vec![];
+        for ((x, y), rec) in &r.links {
+            let (other, me_lo) = if x == region {
+                (y, true)
+            } else if y == region {
+                (x, false)
+            } else {
+                continue;
+            };
+            if rec.broken.is_some() {
+                continue;
+            }
+            let (lo, hi) = transit(rec.n);
+            let via = if me_lo { lo } else { hi };
+            v.push((r.names[other].clone(), via));
+        }
+        (region_router.clone(), v)
+    };
+    if routes.is_empty() {
+        return Ok(());
+    }
+    let all = region_prefixes(lab, &region_router);
+    for (other_router, via) in routes {
+        route_via(lab, &other_router, all.clone(), via).await?;
+    }
+    Ok(())
+}
