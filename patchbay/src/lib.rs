@@ -38,15 +38,15 @@ pub use bpf::{EventKind, TcpEvent};
 pub use error::{Error, Result};
 pub use firewall::{Firewall, FirewallAction, FirewallPolicy};
 pub use lab::{
-    Device, DeviceBuilder, Direction, FaultGuard, Iface, Lab, LabClock, LabEvent, LabOpts, Node,
-    NodeKind, Router, RouterBuilder,
+    CaptureGuard, Device, DeviceBuilder, Direction, Exchange, FaultGuard, Iface, Lab, LabClock,
+    LabEvent, LabOpts, Node, NodeKind, Router, RouterBuilder,
 };
 pub use link::{LinkCondition, LinkError, LinkTiming, Preset};
 pub use nat::{ConntrackTimeouts, CtFlushError, Nat, NatConfig};
 pub use sys::cgroup::CgroupError;
 pub use sys::cmd::CmdError;
 pub use sys::netlink::NetlinkError;
-pub use sys::netns::NetnsError;
+pub use sys::netns::{NetnsError, Task, ThreadTask};
 pub use sys::nft::NftError;
 pub use sys::sysctl::SysctlError;
 pub use sys::tc::TcError;

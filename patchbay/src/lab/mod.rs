@@ -18,10 +18,14 @@
 //! Requires root (or `CAP_SYS_ADMIN` + `CAP_NET_ADMIN`), Linux 4.19+ with
 //! network namespaces, veth and bridge support.
 
+mod artifacts;
+mod capture;
 mod clock;
+mod cmdlog;
 mod compression;
 mod device;
 mod faults;
+mod handle;
 mod nat_ops;
 mod node;
 mod opts;
@@ -32,11 +36,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use capture::CaptureGuard;
 pub use clock::LabClock;
 pub(crate) use clock::monotonic_now;
 pub use compression::LabEvent;
 pub use device::{Device, DeviceBuilder};
 pub use faults::{Direction, FaultGuard};
+pub use handle::Exchange;
 pub use node::{Iface, Node, NodeKind};
 pub use opts::LabOpts;
 pub use router::{Router, RouterBuilder};
@@ -66,6 +72,7 @@ pub(crate) struct LabInner {
     comp: compression::Compression,
     next_node: AtomicU32,
     next_ifindex: AtomicU32,
+    artifacts: Option<Arc<artifacts::Artifacts>>,
 }
 
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -109,6 +116,7 @@ impl Lab {
             Err(crate::sys::cgroup::CgroupError::NoCgroup2) => None,
             Err(e) => return Err(e.into()),
         };
+        let artifacts = artifacts::for_lab(&opts, &id, &comp)?;
         let root = Netns::new(&format!("{id}-root"))?;
         let inner = Arc::new(LabInner {
             id,
@@ -119,6 +127,7 @@ impl Lab {
             comp,
             next_node: AtomicU32::new(1),
             next_ifindex: AtomicU32::new(FIRST_VETH_INDEX),
+            artifacts,
         });
         inner.prepare_ns(&root, true, "exchange")?;
         let bridge_mac = addr::mac(0, 0);
@@ -258,6 +267,11 @@ impl LabInner {
         Ok(())
     }
 
+    /// The run-artifact writer, when the lab has an output directory.
+    pub(crate) fn artifacts(&self) -> Option<&Arc<artifacts::Artifacts>> {
+        self.artifacts.as_ref()
+    }
+
     pub(crate) fn compression(&self) -> &compression::Compression {
         &self.comp
     }
@@ -272,6 +286,9 @@ impl LabInner {
 
 impl Drop for LabInner {
     fn drop(&mut self) {
+        if let Some(a) = self.artifacts.take() {
+            a.finish(self);
+        }
         // Kill spawned processes first (grandchildren included), then stop
         // the workers; the namespaces vanish with their last reference.
         if let Some(cg) = self.cgroup.take() {

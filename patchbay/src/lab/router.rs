@@ -292,6 +292,11 @@ impl RouterBuilder {
             node: Node::from_inner(node),
         };
         router.configure(firewall).await?;
+        router.record(
+            "node.added",
+            serde_json::json!({"kind": "router", "upstream": upstream, "nat": router.nat_config()?.nat.name()}),
+            true,
+        );
         Ok(router)
     }
 }

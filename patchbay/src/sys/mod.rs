@@ -8,9 +8,11 @@
 //!   records argv, namespace and stderr for every failure;
 //! - [`nft`], [`tc`]: applying rendered rulesets and qdiscs;
 //! - [`sysctl`]: per-namespace `/proc/sys` reads and writes;
+//! - [`capture`]: `AF_PACKET` sockets for pcap captures;
 //! - [`cgroup`]: the lab's cgroup v2 subtree (process tracking, eBPF attach
 //!   point, killing a lab's whole process tree).
 
+pub(crate) mod capture;
 pub(crate) mod cgroup;
 pub(crate) mod cmd;
 pub(crate) mod netlink;
