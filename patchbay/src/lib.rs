@@ -39,7 +39,8 @@ pub use error::{Error, Result};
 pub use firewall::{Firewall, FirewallAction, FirewallPolicy};
 pub use lab::{
     CaptureGuard, Device, DeviceBuilder, Direction, Exchange, FaultGuard, Iface, Lab, LabClock,
-    LabEvent, LabOpts, Node, NodeKind, Router, RouterBuilder,
+    LabEvent, LabOpts, NatBehavior, NatFiltering, NatMapping, Node, NodeKind, Reflector, Router,
+    RouterBuilder,
 };
 pub use link::{LinkCondition, LinkError, LinkTiming, Preset};
 pub use nat::{ConntrackTimeouts, CtFlushError, Nat, NatConfig};

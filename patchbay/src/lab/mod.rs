@@ -26,9 +26,11 @@ mod compression;
 mod device;
 mod faults;
 mod handle;
+mod mobility;
 mod nat_ops;
 mod node;
 mod opts;
+mod probe;
 mod router;
 mod topo;
 
@@ -45,6 +47,7 @@ pub use faults::{Direction, FaultGuard};
 pub use handle::Exchange;
 pub use node::{Iface, Node, NodeKind};
 pub use opts::LabOpts;
+pub use probe::{NatBehavior, NatFiltering, NatMapping, Reflector};
 pub use router::{Router, RouterBuilder};
 
 use crate::addr;
