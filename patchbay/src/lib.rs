@@ -51,3 +51,4 @@ pub use sys::netns::{NetnsError, Task, ThreadTask};
 pub use sys::nft::NftError;
 pub use sys::sysctl::SysctlError;
 pub use sys::tc::TcError;
+pub use sys::userns::{UsernsError, init_userns};

@@ -24,7 +24,12 @@ pub struct TestArgs {
 }
 
 /// Debian packages the tests need, with the binary that shows each is there.
-const PACKAGES: &[(&str, &str)] = &[("nftables", "nft"), ("iproute2", "tc")];
+/// tshark reads back the pcapng captures of the run-artifact tests.
+const PACKAGES: &[(&str, &str)] = &[
+    ("nftables", "nft"),
+    ("iproute2", "tc"),
+    ("tshark", "tshark"),
+];
 
 /// Debian packages the UML kernel build needs.
 const UML_PACKAGES: &[(&str, &str)] = &[

@@ -75,6 +75,8 @@ pub(crate) struct Artifacts {
     /// Per node: the firewall last installed (for topology.json).
     pub(crate) firewalls: Mutex<BTreeMap<String, Value>>,
     pub(crate) captures: Mutex<Vec<super::capture::CaptureGuard>>,
+    /// Stop flags of every capture, including those the user holds.
+    pub(crate) capture_stops: Mutex<Vec<Arc<AtomicBool>>>,
     warned: AtomicBool,
 }
 
@@ -164,6 +166,7 @@ impl Artifacts {
             failed: AtomicBool::new(false),
             firewalls: Mutex::new(BTreeMap::new()),
             captures: Mutex::new(vec![]),
+            capture_stops: Mutex::new(vec![]),
             warned: AtomicBool::new(false),
         };
         a.write_manifest();
@@ -351,6 +354,9 @@ impl Artifacts {
     /// compression report, the final topology and manifest, then applies
     /// the retention rule (keep on failure or when asked; else remove).
     pub fn finish(&self, lab: &super::LabInner) {
+        for s in lock(&self.capture_stops).iter() {
+            s.store(true, Ordering::Relaxed);
+        }
         let caps = std::mem::take(&mut *lock(&self.captures));
         for c in caps {
             let what = c.describe();

@@ -235,6 +235,12 @@ impl Node {
                 context: "starting a capture thread".into(),
                 source,
             })?;
+        // The lab stops every capture when it ends, even one whose guard
+        // outlives it (the socket would keep the namespace alive).
+        art.capture_stops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(stop.clone());
         art.emit(
             Some(self.name()),
             "capture.start",

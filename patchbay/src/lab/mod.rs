@@ -117,6 +117,9 @@ impl Lab {
         let cgroup = match ProcessCgroup::acquire() {
             Ok(pc) => Some(pc.new_lab()?),
             Err(crate::sys::cgroup::CgroupError::NoCgroup2) => None,
+            // In a user namespace the host's cgroups are not ours: lab
+            // processes are then ended by PR_SET_PDEATHSIG alone.
+            Err(_) if crate::sys::userns::in_userns() => None,
             Err(e) => return Err(e.into()),
         };
         let artifacts = artifacts::for_lab(&opts, &id, &comp)?;

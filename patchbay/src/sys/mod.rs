@@ -9,6 +9,7 @@
 //! - [`nft`], [`tc`]: applying rendered rulesets and qdiscs;
 //! - [`sysctl`]: per-namespace `/proc/sys` reads and writes;
 //! - [`capture`]: `AF_PACKET` sockets for pcap captures;
+//! - [`userns`]: entering a user namespace for labs without root;
 //! - [`cgroup`]: the lab's cgroup v2 subtree (process tracking, eBPF attach
 //!   point, killing a lab's whole process tree).
 
@@ -20,3 +21,4 @@ pub(crate) mod netns;
 pub(crate) mod nft;
 pub(crate) mod sysctl;
 pub(crate) mod tc;
+pub(crate) mod userns;
