@@ -190,10 +190,13 @@ fn patchbay_run_outdir_leaves_logs_events_and_a_pcap() -> anyhow::Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap();
-    // The CLI lives in another package: build it (a no-op when it is fresh).
+    // The CLI lives in another package: build it (a no-op when it is
+    // fresh). Selecting this package too gives the features of the test
+    // build (`cargo nextest run --workspace` builds the same binary), so
+    // nothing is rebuilt for it.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let built = std::process::Command::new(cargo)
-        .args(["build", "-q", "-p", "patchbay", "--bin", "patchbay"])
+        .args(["build", "-q", "-p", "patchbay", "-p", "patchbay-tests", "--bins"])
         .current_dir(root)
         .status()?;
     assert!(
