@@ -366,7 +366,7 @@ impl Artifacts {
         }
         for ev in lab.compression().events() {
             let (w, v) = (ms(ev.at), ms(ev.virtual_at));
-            let data = serde_json::to_value(&ev.tcp).unwrap_or(Value::Null);
+            let data = serde_json::to_value(ev.tcp).unwrap_or(Value::Null);
             self.emit_at(w, v, Some(&ev.node), "tcp", data);
         }
         if lab.compression().scale() > 1.0 {

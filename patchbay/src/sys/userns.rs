@@ -7,9 +7,9 @@
 //! `main`, or from an ELF constructor (`.init_array`) in test binaries,
 //! before libtest and tokio start their threads.
 //!
-//! Requires unprivileged user namespaces (`/proc/sys/user/max_user_namespaces`
-//! > 0; some distributions also gate them with
-//! `kernel.unprivileged_userns_clone` or AppArmor), Linux 3.8+.
+//! Requires unprivileged user namespaces (a positive
+//! `/proc/sys/user/max_user_namespaces`; some distributions also gate them
+//! with `kernel.unprivileged_userns_clone` or AppArmor), Linux 3.8+.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
