@@ -201,6 +201,14 @@ pub fn rto_min_unavailable(rto_min_us: u32) -> anyhow::Result<Option<String>> {
     )))
 }
 
+/// The cgroup v2 path (`/lab-…`) in the `0::PATH` line of a `/proc/PID/cgroup` text.
+pub fn cgroup_v2_path(proc_cgroup: &str) -> Option<String> {
+    proc_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
 #[cfg(test)]
 mod tests {
     use super::rto_min_accepted;
@@ -216,12 +224,4 @@ mod tests {
         assert!(rto_min_accepted(1000, 2_000));
         assert!(!rto_min_accepted(1000, 1_000));
     }
-}
-
-/// The cgroup v2 path (`/lab-…`) in the `0::PATH` line of a `/proc/PID/cgroup` text.
-pub fn cgroup_v2_path(proc_cgroup: &str) -> Option<String> {
-    proc_cgroup
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(str::to_string)
 }

@@ -196,7 +196,15 @@ fn patchbay_run_outdir_leaves_logs_events_and_a_pcap() -> anyhow::Result<()> {
     // nothing is rebuilt for it.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let built = std::process::Command::new(cargo)
-        .args(["build", "-q", "-p", "patchbay", "-p", "patchbay-tests", "--bins"])
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "patchbay",
+            "-p",
+            "patchbay-tests",
+            "--bins",
+        ])
         .current_dir(root)
         .status()?;
     assert!(
