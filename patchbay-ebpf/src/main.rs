@@ -5,7 +5,9 @@
 //! * `timer_setsockopt` (`cgroup/setsockopt`): scales timers that applications set themselves.
 //!
 //! Both look up a per-namespace config keyed by `bpf_get_netns_cookie`; sockets of namespaces
-//! that userspace did not register are left untouched. See docs/ebpf.md.
+//! that userspace did not register are left untouched. Rare decisions (a namespace not
+//! registered, a deadline left to the SYN retries, a `bpf_setsockopt` refused) go to aya-log, gated by the
+//! run-time level in `PB_LOG` (off by default: no record is built). See docs/ebpf.md.
 #![no_std]
 #![no_main]
 
@@ -21,15 +23,16 @@ use aya_ebpf::{
         bpf_get_netns_cookie, bpf_ktime_get_ns, bpf_setsockopt, bpf_sk_storage_get,
     },
     macros::{btf_map, cgroup_sockopt, map, sock_ops},
-    maps::{HashMap, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuHashMap, RingBuf},
     programs::{SockOpsContext, SockoptContext},
 };
+use aya_log_ebpf::{debug, warn};
 use patchbay_ebpf_common::{
     EVENTS_BYTES, FLAG_SCALE_SOCKOPTS, FLAG_TELEMETRY, KIND_ACTIVE_ESTABLISHED, KIND_CONNECT,
     KIND_PASSIVE_ESTABLISHED, KIND_RETRANS, KIND_RTO, KIND_SOCKOPT_REWRITE, KIND_STATE,
-    KIND_TIMEOUT_INIT, MAX_NETNS, NetnsConfig, NetnsStats, OPT_DELACK_MAX, OPT_RTO_MAX,
-    OPT_RTO_MIN, OPT_USER_TIMEOUT, REWRITE_KEEPIDLE, REWRITE_KEEPINTVL, REWRITE_USER_TIMEOUT,
-    TcpEvent, scale_app_timer,
+    KIND_TIMEOUT_INIT, LOG_DEBUG, LOG_WARN, MAX_NETNS, NetnsConfig, NetnsStats, OPT_DELACK_MAX,
+    OPT_RTO_MAX, OPT_RTO_MIN, OPT_USER_TIMEOUT, REWRITE_KEEPIDLE, REWRITE_KEEPINTVL,
+    REWRITE_USER_TIMEOUT, TcpEvent, scale_app_timer,
 };
 
 // sock_ops operations (include/uapi/linux/bpf.h).
@@ -65,9 +68,20 @@ static PB_STATS: PerCpuHashMap<u64, NetnsStats> = PerCpuHashMap::with_max_entrie
 #[map(name = "PB_EVENTS")]
 static PB_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
+/// Log level (`LOG_*`, 0 = off), written by userspace; checked before any aya-log record is
+/// built, so logging costs one array load when off.
+#[map(name = "PB_LOG")]
+static PB_LOG: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Per-socket flag: nonzero when the application set its own `TCP_USER_TIMEOUT`.
 #[btf_map]
 static PB_APP_UT: SkStorage<u32> = SkStorage::new();
+
+/// Whether records of `level` (`LOG_*`) are wanted.
+#[inline(always)]
+fn log_on(level: u32) -> bool {
+    PB_LOG.get(0).is_some_and(|l| *l >= level)
+}
 
 #[inline(always)]
 fn stats(cookie: u64) -> Option<&'static mut NetnsStats> {
@@ -139,11 +153,25 @@ pub fn timer_sockops(ctx: SockOpsContext) -> u32 {
     // SAFETY: the context pointer is valid for this helper in sock_ops (kernel 5.15+).
     let cookie = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };
     // SAFETY: read-only lookup; the value is copied out.
+    let op = ctx.op();
     let Some(cfg) = (unsafe { PB_CONFIG.get(cookie) }).copied() else {
+        // Once per connection, not per callback.
+        if matches!(
+            op,
+            OP_TCP_CONNECT_CB | OP_ACTIVE_ESTABLISHED_CB | OP_PASSIVE_ESTABLISHED_CB
+        ) && log_on(LOG_DEBUG)
+        {
+            debug!(
+                &ctx,
+                "netns {}: not registered, socket to port {} left alone (op {})",
+                cookie,
+                u32::from_be(ctx.remote_port()) as u16,
+                op
+            );
+        }
         return 1;
     };
     let telemetry = cfg.flags & FLAG_TELEMETRY != 0;
-    let op = ctx.op();
     match op {
         OP_TIMEOUT_INIT => {
             if cfg.timeout_init_jiffies != 0 {
@@ -220,6 +248,16 @@ fn set_tcp_raw(ctx: &SockOpsContext, cookie: u64, idx: usize, optname: i32, valu
             s.last_err[idx] = ret as i32;
         }
     }
+    if ret != 0 && log_on(LOG_WARN) {
+        warn!(
+            ctx,
+            "netns {}: bpf_setsockopt(SOL_TCP, {}, {}) refused: errno {}",
+            cookie,
+            optname,
+            value,
+            -(ret as i32)
+        );
+    }
 }
 
 /// Sets the planned give-up deadline on an established socket whose
@@ -227,8 +265,19 @@ fn set_tcp_raw(ctx: &SockOpsContext, cookie: u64, idx: usize, optname: i32, valu
 fn set_user_timeout(ctx: &SockOpsContext, cookie: u64, cfg: &NetnsConfig) {
     // SAFETY: reading the context.
     let (full, state) = unsafe { ((*ctx.ops).is_fullsock, (*ctx.ops).state) };
+    if full == 0 {
+        return;
+    }
     // SYN_SENT (2) and SYN_RECV (3) have their own retry limits.
-    if full == 0 || state == 2 || state == 3 {
+    if state == 2 || state == 3 {
+        if log_on(LOG_DEBUG) {
+            debug!(
+                ctx,
+                "netns {}: first RTO in state {}: give-up deadline left to the SYN retry count",
+                cookie,
+                state
+            );
+        }
         return;
     }
     // SAFETY: reading the context's socket pointer.
@@ -238,6 +287,13 @@ fn set_user_timeout(ctx: &SockOpsContext, cookie: u64, cfg: &NetnsConfig) {
     if !app.is_null() && unsafe { *app } != 0 {
         if let Some(s) = stats(cookie) {
             s.app_user_timeout_kept += 1;
+        }
+        if log_on(LOG_DEBUG) {
+            debug!(
+                ctx,
+                "netns {}: application set TCP_USER_TIMEOUT itself; kept",
+                cookie
+            );
         }
         return;
     }

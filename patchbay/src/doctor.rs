@@ -16,6 +16,17 @@ pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
     crate::sys::cgroup::cgroup2_mount()
 }
 
+/// Kills and removes what labs of dead processes left behind: every
+/// `patchbay.<pid>.<starttime>` cgroup in the cgroup v2 hierarchy whose
+/// owner is gone (its lab cgroups are killed with `cgroup.kill`, Linux
+/// 5.14+, or a SIGKILL per member before). Normally each process's watchdog
+/// does this when the process dies, and the next lab reaps beside it; this
+/// is the manual sweep (`patchbay doctor --cleanup`). Returns the removed
+/// directories. Needs root.
+pub fn cleanup_stale_labs() -> crate::Result<Vec<std::path::PathBuf>> {
+    Ok(crate::sys::cgroup::reap_dead_everywhere()?)
+}
+
 /// One probe result.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
@@ -45,6 +56,79 @@ pub struct DoctorReport {
     pub compression: Option<crate::compress::CompressionReport>,
     /// Why the compression section is missing, if it is.
     pub compression_error: Option<String>,
+    /// The virtual-time backend: the UML kernel `patchbay vt` would boot and what it can do
+    /// (absent in the lab-only probe).
+    pub virtual_time: Option<VirtualTimeReport>,
+}
+
+/// What the virtual-time backend would run with.
+#[derive(Debug, Clone, Serialize)]
+pub struct VirtualTimeReport {
+    /// The UML kernel found (`PATCHBAY_UML`, else the default build), as probed.
+    pub kernel: Option<crate::vt::UmlKernel>,
+    /// Why there is none, or why it cannot run virtual time.
+    pub error: Option<String>,
+    /// How guest processes run: `seccomp`, or `ptrace` with the reason.
+    pub processes: Option<String>,
+}
+
+impl VirtualTimeReport {
+    /// Finds and probes the kernel (two short exec's of the binary, no boot).
+    pub fn probe() -> Self {
+        use crate::vt::{GuestProcesses, VtError};
+        let kernel = crate::vt::find_uml_binary().and_then(|p| crate::vt::probe_kernel(&p));
+        match kernel {
+            Ok(k) => {
+                let error = (!k.time_travel).then(|| {
+                    VtError::NoTimeTravel {
+                        binary: k.path.clone(),
+                        release: k.release.clone(),
+                    }
+                    .to_string()
+                });
+                let processes = Some(match k.ptrace_reason(GuestProcesses::Auto) {
+                    None => "seccomp (seccomp=on)".to_string(),
+                    Some(why) => format!("ptrace: {why}"),
+                });
+                Self {
+                    kernel: Some(k),
+                    error,
+                    processes,
+                }
+            }
+            Err(e) => Self {
+                kernel: None,
+                error: Some(e.to_string()),
+                processes: None,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for VirtualTimeReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let yes = |b: bool| if b { "yes" } else { "NO" };
+        match &self.kernel {
+            Some(k) => {
+                writeln!(
+                    f,
+                    "  kernel       UML {} at {}",
+                    k.release,
+                    k.path.display()
+                )?;
+                writeln!(f, "  time-travel  {}", yes(k.time_travel))?;
+                writeln!(f, "  seccomp      {}", yes(k.seccomp))?;
+            }
+            None => writeln!(f, "  kernel       none")?,
+        }
+        if let Some(p) = &self.processes {
+            writeln!(f, "  processes    {p}")?;
+        }
+        match &self.error {
+            Some(e) => write!(f, "virtual time: NOT available: {e}"),
+            None => write!(f, "virtual time: available"),
+        }
+    }
 }
 
 impl DoctorReport {
@@ -62,6 +146,7 @@ impl DoctorReport {
             bpf: None,
             compression: None,
             compression_error: None,
+            virtual_time: None,
         }
     }
 
@@ -125,6 +210,15 @@ pub fn compression(
 /// Runs every probe, including the compression plan at time scale `k`.
 pub async fn probe_with_scale(k: f64) -> DoctorReport {
     let mut r = probe().await;
+    r.virtual_time = Some(
+        tokio::task::spawn_blocking(VirtualTimeReport::probe)
+            .await
+            .unwrap_or_else(|e| VirtualTimeReport {
+                kernel: None,
+                error: Some(format!("the kernel probe task failed: {e}")),
+                processes: None,
+            }),
+    );
     if r.root {
         let (b, report) = tokio::task::spawn_blocking(move || compression(k))
             .await
@@ -320,6 +414,9 @@ impl std::fmt::Display for DoctorReport {
             write!(f, "\n\ntimer compression\n{c}")?;
         } else if let Some(e) = &self.compression_error {
             write!(f, "\n\ntimer compression: not available: {e}")?;
+        }
+        if let Some(v) = &self.virtual_time {
+            write!(f, "\n\nvirtual time (User-Mode Linux)\n{v}")?;
         }
         Ok(())
     }

@@ -718,3 +718,144 @@ fn timing_established_blackhole_user_timeout() -> Result<()> {
     );
     Ok(())
 }
+
+/// eBPF log records forwarded to `tracing` (target `patchbay::bpf`): (level, message).
+type Records = Arc<std::sync::Mutex<Vec<(tracing::Level, String)>>>;
+
+struct Capture(Records);
+
+struct Message<'a>(&'a mut String);
+
+impl tracing::field::Visit for Message<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            use std::fmt::Write;
+            let _ = write!(self.0, "{value:?}"); // writing to a String cannot fail
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() != "patchbay::bpf" {
+            return;
+        }
+        let mut msg = String::new();
+        event.record(&mut Message(&mut msg));
+        let level = *event.metadata().level();
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((level, msg));
+    }
+}
+
+/// The records captured by the process-wide subscriber (installed on first use).
+fn capture() -> Result<Records> {
+    use tracing_subscriber::layer::SubscriberExt;
+    static RECORDS: std::sync::OnceLock<Records> = std::sync::OnceLock::new();
+    if let Some(r) = RECORDS.get() {
+        return Ok(Arc::clone(r));
+    }
+    let records = Records::default();
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(Capture(Arc::clone(&records))),
+    )
+    .context("installing the capturing tracing subscriber")?;
+    Ok(Arc::clone(RECORDS.get_or_init(|| records)))
+}
+
+/// Waits up to 3 s until a record contains every one of `wanted`; returns the records.
+fn wait_for_records(records: &Records, wanted: &[String]) -> Vec<(tracing::Level, String)> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let got = records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let all = wanted
+            .iter()
+            .all(|w| got.iter().any(|(_, m)| m.contains(w.as_str())));
+        if all || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// aya-log: with the engine's log level at debug, the programs' rare decisions reach `tracing`
+/// with target `patchbay::bpf`: a `bpf_setsockopt` the kernel refused (RTO min 1 us, -EINVAL,
+/// as a warning) and a socket of an unregistered namespace left alone. With the guard dropped the same run
+/// emits no record.
+#[test]
+fn bpf_log_records_reach_tracing() -> Result<()> {
+    let Some(engine) = engine_or_skip()? else {
+        return Ok(());
+    };
+    let records = capture()?;
+    let cfg = NetnsConfig {
+        flags: FLAG_SCALE_SOCKOPTS,
+        scale_milli: 20_000,
+        rto_min_us: 1,
+        ..NetnsConfig::default()
+    };
+    let run = |e: Arc<Engine>| {
+        in_new_netns(move || {
+            let cookie = netns_cookie_of_current_thread()?;
+            let _reg = e.register(cookie, cfg)?;
+            app_timers_over_loopback()?;
+            Ok(cookie)
+        })
+    };
+    let unregistered = || {
+        in_new_netns(|| {
+            let cookie = netns_cookie_of_current_thread()?;
+            app_timers_over_loopback()?;
+            Ok(cookie)
+        })
+    };
+
+    let guard = engine.log(tracing::Level::DEBUG)?;
+    let cookie = run(Arc::clone(&engine))?;
+    let other = unregistered()?;
+    let wanted = [
+        format!(
+            "netns {cookie}: bpf_setsockopt(SOL_TCP, 1004, 1) refused: errno {}",
+            libc::EINVAL
+        ),
+        format!("netns {other}: not registered"),
+    ];
+    let got = wait_for_records(&records, &wanted);
+    for (level, msg) in &got {
+        println!("{level} {msg}");
+    }
+    for w in &wanted {
+        ensure!(
+            got.iter().any(|(_, m)| m.contains(w.as_str())),
+            "no eBPF log record containing {w:?}; got {got:?}"
+        );
+    }
+    ensure!(
+        got.iter()
+            .any(|(l, m)| *l == tracing::Level::WARN && m.contains("refused")),
+        "the refused bpf_setsockopt is not a warning: {got:?}"
+    );
+
+    drop(guard);
+    let quiet_cookie = run(Arc::clone(&engine))?;
+    let quiet_other = unregistered()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let got = records
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let leaked: Vec<_> = got
+        .iter()
+        .filter(|(_, m)| {
+            m.contains(&format!("netns {quiet_cookie}:"))
+                || m.contains(&format!("netns {quiet_other}:"))
+        })
+        .collect();
+    ensure!(leaked.is_empty(), "records with logging off: {leaked:?}");
+    Ok(())
+}

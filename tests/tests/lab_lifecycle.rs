@@ -170,6 +170,28 @@ async fn child_lab_main() -> anyhow::Result<()> {
             }
             println!("CHILD-OK");
         }
+        "tree" => {
+            // A background shell line and a foreground one (spawned and
+            // waited for on another thread), each starting further
+            // processes that are not their direct children's business.
+            let mut bg = tokio::process::Command::new("sh");
+            bg.args(["-c", "sleep 4242; echo done"]);
+            let _bg = a.spawn_command(bg)?;
+            let b2 = b.clone();
+            std::thread::spawn(move || {
+                let mut fg = Command::new("sh");
+                fg.args(["-c", "sleep 4243 & sleep 4244; echo done"]);
+                match b2.spawn_command_sync(fg) {
+                    Ok(mut c) => {
+                        let st = c.wait();
+                        println!("CHILD-FOREGROUND-ENDED {st:?}");
+                    }
+                    Err(e) => println!("CHILD-FOREGROUND-FAILED {e}"),
+                }
+            });
+            println!("CHILD-READY {}", std::process::id());
+            tokio::time::sleep(Duration::from_secs(1000)).await;
+        }
         _ => {
             let mut c = tokio::process::Command::new("sleep");
             c.arg("1000");
@@ -236,12 +258,7 @@ fn sigkill_leaves_nothing_that_outlives_the_process() -> anyhow::Result<()> {
     let sleeper: i32 = line.trim().rsplit(' ').next().unwrap().parse()?;
     let held = netns_of(pid);
     assert!(held.len() >= 4, "child holds its lab namespaces: {held:?}");
-    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    let owner_dir = patchbay::doctor::cgroup2_mount().unwrap().join(
-        patchbay_tests::cgroup_v2_path(&cg)
-            .unwrap()
-            .trim_start_matches('/'),
-    );
+    let owner_dir = owner_cgroup_dir(pid)?;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -273,5 +290,173 @@ fn sigkill_leaves_nothing_that_outlives_the_process() -> anyhow::Result<()> {
         "dead lab's cgroup {} was not reaped",
         owner_dir.display()
     );
+    Ok(())
+}
+
+/// The `patchbay.<pid>.<starttime>` cgroup of process `pid`: beside the
+/// cgroup the process runs in (labs alone do not move their owner), or the
+/// one it runs in (the BPF engine moves it there).
+fn owner_cgroup_dir(pid: u32) -> anyhow::Result<std::path::PathBuf> {
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let mount = patchbay::doctor::cgroup2_mount().unwrap();
+    let own = mount.join(cgroup_v2_path(&cg).unwrap().trim_start_matches('/'));
+    let prefix = format!("patchbay.{pid}.");
+    if own
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+    {
+        return Ok(own);
+    }
+    std::fs::read_dir(&own)?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .ok_or_else(|| anyhow::anyhow!("no {prefix}* cgroup in {}", own.display()))
+}
+
+/// Pids whose cgroup v2 path lies under `dir` (relative to the mount).
+fn pids_in_cgroup(dir: &std::path::Path) -> Vec<i32> {
+    let mut out = vec![];
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false)
+            && let Ok(procs) = std::fs::read_to_string(e.path().join("cgroup.procs"))
+        {
+            out.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Live processes whose threads or fds use one of `held` namespaces.
+fn procs_in_netns(held: &BTreeSet<String>) -> Vec<(i32, String)> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if alive(pid as i32) && !netns_of(pid).is_disjoint(held) {
+            let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .replace('\0', " ");
+            out.push((pid as i32, cmd));
+        }
+    }
+    out
+}
+
+fn cmdline(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .replace('\0', " ")
+}
+
+#[test]
+fn sigkill_of_the_owner_kills_every_lab_process_and_their_descendants() -> anyhow::Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    if patchbay::doctor::cgroup2_mount().is_none() {
+        skip("no cgroup v2 mount: a lab's process tree is held by its cgroup");
+        return Ok(());
+    }
+    use std::io::BufRead;
+    let mut c = child("tree").stdout(std::process::Stdio::piped()).spawn()?;
+    let pid = c.id();
+    let mut reader = std::io::BufReader::new(c.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("CHILD-READY") {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            anyhow::bail!("child exited before building its lab");
+        }
+    }
+    let owner_dir = owner_cgroup_dir(pid)?;
+    let base = owner_dir.parent().unwrap().to_path_buf();
+    // Both shells and their three sleeps, in the lab's cgroup.
+    let mut members = vec![];
+    let seen = wait_until(Duration::from_secs(10), || {
+        members = pids_in_cgroup(&owner_dir);
+        let cmds: Vec<String> = members.iter().map(|p| cmdline(*p)).collect();
+        ["sleep 4242", "sleep 4243", "sleep 4244"]
+            .iter()
+            .all(|s| cmds.iter().any(|c| c.contains(s)))
+    });
+    assert!(
+        seen,
+        "the lab's processes did not all start: {:?}",
+        members.iter().map(|p| cmdline(*p)).collect::<Vec<_>>()
+    );
+    assert!(
+        members.len() >= 5,
+        "two shells and three sleeps: {members:?}"
+    );
+    let held: BTreeSet<String> = netns_of(pid).difference(&own_netns()).cloned().collect();
+    assert!(held.len() >= 4, "child holds its lab namespaces: {held:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    c.wait()?;
+    let t = Instant::now();
+    let mut left = vec![];
+    let gone = wait_until(Duration::from_secs(5), || {
+        left = procs_in_netns(&held);
+        left.is_empty() && members.iter().all(|p| !alive(*p))
+    });
+    assert!(
+        gone,
+        "lab processes survived SIGKILL of their owner: {left:?}, of {:?}: {:?}",
+        members,
+        members
+            .iter()
+            .filter(|p| alive(**p))
+            .map(|p| cmdline(*p))
+            .collect::<Vec<_>>()
+    );
+    println!(
+        "every lab process was gone {:?} after the SIGKILL",
+        t.elapsed()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || !owner_dir.exists()),
+        "the watchdog did not remove the dead owner's cgroup {}",
+        owner_dir.display()
+    );
+    println!(
+        "the owner's cgroup was gone {:?} after the SIGKILL",
+        t.elapsed()
+    );
+    let lab = tokio::runtime::Runtime::new()?.block_on(Lab::new())?;
+    let stale: Vec<String> = std::fs::read_dir(&base)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("patchbay."))
+        .filter(|n| {
+            let mut it = n.split('.').skip(1);
+            let (Some(p), Some(st)) = (it.next(), it.next()) else {
+                return false;
+            };
+            // The owner is gone when its pid is gone or belongs to another
+            // process (another start time).
+            let now = std::fs::read_to_string(format!("/proc/{p}/stat")).ok();
+            let st_now = now.as_deref().and_then(|s| {
+                s.rsplit(')')
+                    .next()?
+                    .split_whitespace()
+                    .nth(19)
+                    .map(str::to_string)
+            });
+            st_now.as_deref() != Some(st)
+        })
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "stale lab cgroups after Lab::new: {stale:?}"
+    );
+    drop(lab);
     Ok(())
 }

@@ -108,3 +108,102 @@ async fn lab_traffic_cannot_reach_the_host() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The host namespace's neighbour entries (all families), as `dst dev`.
+fn host_neighbours() -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let out = std::process::Command::new("ip")
+        .args(["neigh", "show"])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "ip neigh show failed: {out:?}");
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .collect())
+}
+
+/// Neighbour entries in every namespace of the lab: (IPv4, IPv6).
+fn lab_neighbours(lab: &Lab) -> anyhow::Result<(usize, usize)> {
+    let (mut v4, mut v6) = (0, 0);
+    for name in lab.node_names() {
+        let node = lab.node(&name).unwrap();
+        let mut c = std::process::Command::new("ip");
+        c.args(["neigh", "show"])
+            .stdout(std::process::Stdio::piped());
+        let out = node.spawn_command_sync(c)?.wait_with_output()?;
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            match l.split_whitespace().next() {
+                Some(dst) if dst.contains(':') => v6 += 1,
+                Some(_) => v4 += 1,
+                None => {}
+            }
+        }
+    }
+    Ok((v4, v6))
+}
+
+/// Builds `routers` routers on the exchange and `devices` devices spread
+/// over them, with default options; checks that pre-warming stays within
+/// its budget, that TCP works across the lab, and that the host's own
+/// neighbour table gained nothing.
+async fn big_lab(routers: usize, devices: usize) -> anyhow::Result<()> {
+    let host_before = host_neighbours()?;
+    let t = std::time::Instant::now();
+    let lab = Lab::new().await?;
+    let mut rs = vec![];
+    for i in 0..routers {
+        rs.push(lab.add_router(&format!("r{i}")).build().await?);
+    }
+    let mut ds = vec![];
+    for i in 0..devices {
+        ds.push(
+            lab.add_device(&format!("d{i}"))
+                .iface("eth0", &rs[i % routers])
+                .build()
+                .await?,
+        );
+    }
+    let built = t.elapsed();
+    let (v4, v6) = lab_neighbours(&lab)?;
+    println!(
+        "{routers} routers + {devices} devices built in {built:?}; pre-warmed neighbour entries in the lab: {v4} IPv4, {v6} IPv6"
+    );
+    assert!(v4 > 0, "pre-warming is on by default");
+    assert!(
+        v4 <= 256 && v6 <= 256,
+        "pre-warming stays within its per-lab budget of 256 entries per family: {v4} IPv4, {v6} IPv6"
+    );
+    // Across the lab: the first device to the last (another router's LAN
+    // when there are several routers).
+    let (client, server) = (&ds[0], &ds[devices - 1]);
+    let sip = server.ip().unwrap();
+    start_tcp_echo(server, (sip, 7000).into()).await?;
+    let got = client
+        .spawn(move |_| tcp_roundtrip((sip, 7000).into(), b"across the lab", T))?
+        .await??;
+    assert_eq!(got, b"across the lab");
+    drop((rs, ds));
+    drop(lab);
+    let host_after = host_neighbours()?;
+    let added: Vec<_> = host_after.difference(&host_before).collect();
+    assert!(
+        added.is_empty(),
+        "the host's neighbour table gained entries: {added:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_router_and_a_hundred_devices_with_default_options() -> anyhow::Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    big_lab(1, 100).await
+}
+
+#[tokio::test]
+async fn ten_routers_and_two_hundred_devices_with_default_options() -> anyhow::Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    big_lab(10, 200).await
+}

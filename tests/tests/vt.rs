@@ -405,3 +405,36 @@ fn processes_in_group(pgid: i32) -> anyhow::Result<Vec<i32>> {
     }
     Ok(pids)
 }
+
+/// A binary that answers `--version`/`--help` like a UML kernel built without
+/// `CONFIG_UML_TIME_TRAVEL_SUPPORT` is refused before anything boots (no root or kernel needed).
+#[test]
+fn a_kernel_without_time_travel_is_refused() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("patchbay-fake-uml-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let fake = dir.join("linux");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ncase \"$1\" in\n--version) echo 6.1.0;;\n\
+         --help) printf 'User Mode Linux v6.1.0\\n\\nmem=<Amount of desired ram>\\n    x\\n';;\n\
+         *) exit 1;;\nesac\n",
+    )?;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755))?;
+    let opts = VtOpts {
+        uml_binary: Some(fake.clone()),
+        ..VtOpts::default()
+    };
+    let err = vt::run(&argv(&["true"]), &opts).expect_err("no time travel");
+    std::fs::remove_dir_all(&dir)?;
+    match err {
+        VtError::NoTimeTravel { binary, release } => {
+            assert_eq!(binary, fake);
+            assert_eq!(release, "6.1.0");
+        }
+        other => panic!("expected NoTimeTravel, got {other}"),
+    }
+    let kernel = vt::probe_kernel(Path::new("/bin/true")).expect_err("not UML");
+    assert!(matches!(kernel, VtError::NotUml { .. }), "{kernel}");
+    Ok(())
+}

@@ -1,13 +1,21 @@
 //! `cargo xtask bench`: the benchmarks (never timed tests).
+//!
+//! With `--json`, stdout carries exactly one JSON object: the lab build
+//! benchmark's figures at the top level (small lab) and under `scale`, and
+//! one key per further section (`scenarios` with `--scenarios`). Progress
+//! goes to stderr.
 
-use anyhow::Result;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
 
 use crate::test::{cargo, step, workspace_root};
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Print JSON lines instead of text.
+    /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
     /// Also run the scenario benchmark (`patchbay bench`, minutes).
@@ -15,33 +23,97 @@ pub struct BenchArgs {
     pub scenarios: bool,
 }
 
+/// A further section of the JSON report: its key and how to produce it.
+/// Benchmarks of other areas add theirs in [`sections`].
+type Section = (&'static str, fn(&BenchArgs) -> Result<Option<Value>>);
+
+/// The sections after the lab build benchmark, in report order. A section
+/// returning `None` is left out (not asked for).
+const SECTIONS: &[Section] = &[("scenarios", scenarios_json)];
+
 pub fn run(args: BenchArgs) -> Result<()> {
     let root = workspace_root()?;
-    let mut c = cargo(&root);
-    c.args(["bench", "-p", "patchbay", "--bench", "lab_build"]);
-    if args.json {
-        c.args(["--", "--json"]);
-    }
-    step(
-        "lab build benchmark (1 router + 10 devices, first TCP connect)",
-        &mut c,
-    )?;
-    if args.scenarios {
+    if !args.json {
         let mut c = cargo(&root);
-        c.args([
-            "run",
-            "--release",
-            "-p",
-            "patchbay",
-            "--",
-            "bench",
-            "--out",
-            "target/bench",
-        ]);
-        if args.json {
-            c.arg("--json");
+        c.args(["bench", "-p", "patchbay", "--bench", "lab_build"]);
+        step(
+            "lab build benchmark (1 router + 10 devices, and 10 routers + 200 devices; first TCP connect)",
+            &mut c,
+        )?;
+        if args.scenarios {
+            let mut c = cargo(&root);
+            c.args([
+                "run",
+                "--release",
+                "-p",
+                "patchbay",
+                "--",
+                "bench",
+                "--out",
+                "target/bench",
+            ]);
+            step("scenario benchmark (patchbay bench)", &mut c)?;
         }
-        step("scenario benchmark (patchbay bench)", &mut c)?;
+        return Ok(());
     }
+    let mut c = cargo(&root);
+    c.args([
+        "bench",
+        "-q",
+        "-p",
+        "patchbay",
+        "--bench",
+        "lab_build",
+        "--",
+        "--json",
+    ]);
+    let mut report = json_of("lab build benchmark", &mut c)?;
+    let obj = report
+        .as_object_mut()
+        .context("the lab build benchmark printed JSON that is not an object")?;
+    for (key, produce) in SECTIONS {
+        if let Some(v) = produce(&args)? {
+            obj.insert(key.to_string(), v);
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+fn scenarios_json(args: &BenchArgs) -> Result<Option<Value>> {
+    if !args.scenarios {
+        return Ok(None);
+    }
+    let root = workspace_root()?;
+    let mut c = cargo(&root);
+    c.args([
+        "run",
+        "-q",
+        "--release",
+        "-p",
+        "patchbay",
+        "--",
+        "bench",
+        "--out",
+        "target/bench",
+        "--json",
+    ]);
+    json_of("scenario benchmark", &mut c).map(Some)
+}
+
+/// Runs `cmd` with stdout captured (stderr passes through) and parses its
+/// stdout as one JSON value.
+fn json_of(name: &str, cmd: &mut Command) -> Result<Value> {
+    eprintln!("xtask: ==> {name}");
+    let out = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start {name}"))?;
+    if !out.status.success() {
+        bail!("{name} failed ({})", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim())
+        .with_context(|| format!("{name} did not print one JSON value: {text}"))
 }

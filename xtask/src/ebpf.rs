@@ -3,9 +3,12 @@
 //! The programs in `patchbay-ebpf/` need nightly (`-Z build-std=core`, target
 //! `bpfel-unknown-none`) and bpf-linker. Their output is committed as
 //! `patchbay/src/bpf/patchbay.bpf.o`, so ordinary builds need only stable. `check-ebpf`
-//! rebuilds into a temporary directory and byte-compares with the committed object.
+//! rebuilds into a temporary directory and byte-compares with the committed object; on a
+//! mismatch it names the ELF sections that differ. Under `CI=true` it installs bpf-linker
+//! (as `setup-ebpf` does) instead of skipping.
 
 use std::{
+    collections::BTreeMap,
     env, fs,
     path::{Path, PathBuf},
     process::Command,
@@ -224,14 +227,27 @@ pub fn build_ebpf() -> Result<()> {
     Ok(())
 }
 
+/// Whether this is a CI run (`CI=true`, as CI services set it).
+fn in_ci() -> bool {
+    env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
 /// `cargo xtask check-ebpf`: fresh build into a temporary target dir, byte-compared with the
-/// committed object. Prints `SKIPPED: <reason>` (and succeeds) when nightly or bpf-linker are
-/// missing; fails on a mismatch.
+/// committed object. When nightly or bpf-linker are missing it prints `SKIPPED: <reason>` and
+/// succeeds, except under `CI=true`, where it installs bpf-linker first (`setup-ebpf`) and
+/// fails if the toolchain still cannot run. Fails on a mismatch, naming the sections.
 pub fn check_ebpf() -> Result<()> {
     let root = repo_root()?;
     if let Some(why) = toolchain_missing() {
-        println!("check-ebpf SKIPPED: {why}");
-        return Ok(());
+        if !in_ci() {
+            println!("check-ebpf SKIPPED: {why} (under CI=true it is installed instead)");
+            return Ok(());
+        }
+        println!("check-ebpf: {why}; CI=true, so installing it (cargo xtask setup-ebpf)");
+        setup_ebpf().context("CI=true: installing the eBPF toolchain for check-ebpf")?;
+        if let Some(why) = toolchain_missing() {
+            bail!("CI=true: the eBPF toolchain still cannot run after setup-ebpf: {why}");
+        }
     }
     let tmp = env::temp_dir().join(format!("patchbay-check-ebpf-{}", std::process::id()));
     let result = build_into(&root, &tmp).and_then(|built| {
@@ -240,8 +256,13 @@ pub fn check_ebpf() -> Result<()> {
         let committed = fs::read(&committed_path)
             .with_context(|| format!("reading {}", committed_path.display()))?;
         if fresh != committed {
+            let sections = match section_diff(&committed, &fresh) {
+                Ok(d) if d.is_empty() => "no section differs (headers or layout do)".to_string(),
+                Ok(d) => d.join("; "),
+                Err(e) => format!("could not compare sections: {e:#}"),
+            };
             bail!(
-                "{OBJECT_PATH} ({} bytes) differs from a fresh build ({} bytes); \
+                "{OBJECT_PATH} ({} bytes) differs from a fresh build ({} bytes): {sections}; \
                  run `cargo xtask build-ebpf` and commit the result",
                 committed.len(),
                 fresh.len()
@@ -259,9 +280,111 @@ pub fn check_ebpf() -> Result<()> {
     result
 }
 
+/// The sections of an ELF object by name, with their contents (`SHT_NOBITS` sections have
+/// none; their size is kept). Repeated names get a `#n` suffix.
+fn sections(elf: &[u8]) -> Result<BTreeMap<String, (u64, Vec<u8>)>> {
+    use object::{Object, ObjectSection};
+    let file = object::File::parse(elf).context("parsing the ELF object")?;
+    let mut out = BTreeMap::new();
+    for section in file.sections() {
+        let name = section.name().unwrap_or("<unnamed>").to_string();
+        let data = section.data().unwrap_or_default().to_vec();
+        let mut key = name.clone();
+        let mut n = 1;
+        while out.contains_key(&key) {
+            n += 1;
+            key = format!("{name}#{n}");
+        }
+        out.insert(key, (section.size(), data));
+    }
+    Ok(out)
+}
+
+/// The sections that differ between two ELF objects, described one per entry
+/// (`.BTF.ext: 1200 -> 1210 bytes`, `.text: content differs`, `only in fresh: maps`).
+fn section_diff(committed: &[u8], fresh: &[u8]) -> Result<Vec<String>> {
+    let (a, b) = (sections(committed)?, sections(fresh)?);
+    let mut out = vec![];
+    for (name, (size_a, data_a)) in &a {
+        match b.get(name) {
+            None => out.push(format!("only in the committed object: {name}")),
+            Some((size_b, _)) if size_b != size_a => {
+                out.push(format!("{name}: {size_a} -> {size_b} bytes"));
+            }
+            Some((_, data_b)) if data_b != data_a => {
+                out.push(format!("{name}: content differs ({size_a} bytes)"));
+            }
+            Some(_) => {}
+        }
+    }
+    for name in b.keys().filter(|n| !a.contains_key(*n)) {
+        out.push(format!("only in the fresh build: {name}"));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_llvm_major;
+    use super::{parse_llvm_major, section_diff};
+
+    /// A minimal ELF64 little-endian relocatable object with one `PROGBITS` section `name`
+    /// holding `data`, plus `.shstrtab`.
+    fn elf(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut shstr = b"\0.shstrtab\0".to_vec();
+        let name_off = shstr.len() as u32;
+        shstr.extend_from_slice(name.as_bytes());
+        shstr.push(0);
+        let data_off = 64u64;
+        let shstr_off = data_off + data.len() as u64;
+        let sh_off = (shstr_off + shstr.len() as u64).next_multiple_of(8);
+        let mut out = vec![0u8; 64];
+        out[..4].copy_from_slice(b"\x7fELF");
+        out[4] = 2; // ELFCLASS64
+        out[5] = 1; // little endian
+        out[6] = 1; // EV_CURRENT
+        out[16..18].copy_from_slice(&1u16.to_le_bytes()); // ET_REL
+        out[18..20].copy_from_slice(&247u16.to_le_bytes()); // EM_BPF
+        out[20..24].copy_from_slice(&1u32.to_le_bytes());
+        out[40..48].copy_from_slice(&sh_off.to_le_bytes());
+        out[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+        out[58..60].copy_from_slice(&64u16.to_le_bytes()); // e_shentsize
+        out[60..62].copy_from_slice(&3u16.to_le_bytes()); // e_shnum
+        out[62..64].copy_from_slice(&2u16.to_le_bytes()); // e_shstrndx
+        out.extend_from_slice(data);
+        out.extend_from_slice(&shstr);
+        out.resize(sh_off as usize, 0);
+        let header = |name: u32, kind: u32, off: u64, size: u64| {
+            let mut h = vec![0u8; 64];
+            h[..4].copy_from_slice(&name.to_le_bytes());
+            h[4..8].copy_from_slice(&kind.to_le_bytes());
+            h[24..32].copy_from_slice(&off.to_le_bytes());
+            h[32..40].copy_from_slice(&size.to_le_bytes());
+            h[48..56].copy_from_slice(&1u64.to_le_bytes());
+            h
+        };
+        out.extend(vec![0u8; 64]);
+        out.extend(header(name_off, 1, data_off, data.len() as u64));
+        out.extend(header(1, 3, shstr_off, shstr.len() as u64));
+        out
+    }
+
+    #[test]
+    fn names_differing_sections() {
+        let a = elf("license", b"GPL\0");
+        assert_eq!(section_diff(&a, &a).unwrap(), Vec::<String>::new());
+        let b = elf("license", b"MIT\0");
+        assert_eq!(
+            section_diff(&a, &b).unwrap(),
+            ["license: content differs (4 bytes)"]
+        );
+        let c = elf("license", b"GPLv2\0");
+        assert_eq!(section_diff(&a, &c).unwrap(), ["license: 4 -> 6 bytes"]);
+        let d = elf("maps", b"GPL\0");
+        let diff = section_diff(&a, &d).unwrap();
+        assert!(diff.contains(&"only in the committed object: license".to_string()));
+        assert!(diff.contains(&"only in the fresh build: maps".to_string()));
+        assert!(section_diff(b"not elf", &a).is_err());
+    }
 
     #[test]
     fn parses_llvm_major() {

@@ -1,6 +1,7 @@
 //! Project automation: `cargo xtask <command>`.
 
 mod bench;
+mod bench_uml;
 mod cache;
 mod ebpf;
 mod matrix;
@@ -35,8 +36,15 @@ enum Cmd {
     /// List the library's public API from rustdoc JSON (nightly) and compare it with
     /// patchbay/public-api.txt; --bless rewrites the listing.
     PublicApi(public_api::PublicApiArgs),
-    /// Build the User-Mode-Linux kernel for the virtual-time backend (cached in target/uml).
+    /// Build the User-Mode-Linux kernel for the virtual-time backend (`--kernel 7.3`, 6.1, ...;
+    /// cached in ~/.cache/patchbay/uml).
     BuildUml(uml::BuildUmlArgs),
+    /// Profile every cached UML kernel side by side (`patchbay vt --profile`).
+    BenchUml {
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,7 +55,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::BuildEbpf => ebpf::build_ebpf(),
         Cmd::SetupEbpf => ebpf::setup_ebpf(),
         Cmd::CheckEbpf => ebpf::check_ebpf(),
-        Cmd::BuildUml(args) => uml::build_uml(args),
+        Cmd::BuildUml(args) => uml::build_uml(args).map(drop),
+        Cmd::BenchUml { json } => bench_uml::run(json),
         Cmd::PublicApi(args) => public_api::run(&args),
     }
 }

@@ -13,6 +13,11 @@ pub const MAP_CONFIG: &str = "PB_CONFIG";
 pub const MAP_STATS: &str = "PB_STATS";
 /// Name of the telemetry ring buffer map (records are [`TcpEvent`]).
 pub const MAP_EVENTS: &str = "PB_EVENTS";
+/// Name of the log-level map (`Array<u32>`, one entry): the most verbose aya-log level the
+/// programs emit, `LOG_OFF` (0) to `LOG_TRACE` (5). Written by userspace at run time.
+pub const MAP_LOG: &str = "PB_LOG";
+/// Name of the aya-log record ring buffer (created by `aya-log-ebpf`).
+pub const MAP_AYA_LOGS: &str = "AYA_LOGS";
 /// Name of the `sock_ops` program in the object.
 pub const PROG_SOCKOPS: &str = "timer_sockops";
 /// Name of the `cgroup/setsockopt` program in the object.
@@ -22,6 +27,20 @@ pub const PROG_SETSOCKOPT: &str = "timer_setsockopt";
 pub const MAX_NETNS: u32 = 1024;
 /// Size of the telemetry ring buffer in bytes (a power of two and a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 1 << 20;
+
+/// `PB_LOG` value: the programs emit no log records (the default).
+pub const LOG_OFF: u32 = 0;
+/// `PB_LOG` value: errors only (aya-log's `Level::Error`).
+pub const LOG_ERROR: u32 = 1;
+/// `PB_LOG` value: warnings and above (a `bpf_setsockopt` the kernel refused).
+pub const LOG_WARN: u32 = 2;
+/// `PB_LOG` value: info and above.
+pub const LOG_INFO: u32 = 3;
+/// `PB_LOG` value: debug and above (sockets of unregistered namespaces skipped, give-up
+/// deadline left to SYN retries, application timeouts kept).
+pub const LOG_DEBUG: u32 = 4;
+/// `PB_LOG` value: everything.
+pub const LOG_TRACE: u32 = 5;
 
 /// [`NetnsConfig::flags`]: emit RTO/retransmit/state telemetry into the ring buffer.
 pub const FLAG_TELEMETRY: u32 = 1 << 0;

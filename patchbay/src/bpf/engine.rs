@@ -19,6 +19,7 @@ use patchbay_ebpf_common as common;
 use super::{
     BpfError, NetnsConfig, OBJECT,
     events::{self, EventStream, Subscribers},
+    logging::{self, LogGuard, Logging},
     stats::Stats,
 };
 
@@ -55,7 +56,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// `CAP_BPF`+`CAP_NET_ADMIN` (or `CAP_SYS_ADMIN`).
 pub struct Engine {
     /// Holds the programs and their links.
-    _ebpf: Mutex<Ebpf>,
+    ebpf: Mutex<Ebpf>,
+    logging: Arc<Mutex<Logging>>,
+    /// The level `PATCHBAY_BPF_LOG` asked for when the engine was created.
+    _env_log: Option<LogGuard>,
     maps: Arc<Mutex<Maps>>,
     subs: Subscribers,
     cgroup: PathBuf,
@@ -210,12 +214,15 @@ impl Engine {
             .map_err(map_err("open", common::MAP_STATS))?;
         let ring = RingBuf::try_from(take_map(&mut ebpf, common::MAP_EVENTS)?)
             .map_err(map_err("open", common::MAP_EVENTS))?;
+        let logging = Arc::new(Mutex::new(Logging::new(&mut ebpf)?));
         let nr_cpus = aya::util::nr_cpus()
             .map_err(|(what, e)| BpfError::io(format!("counting CPUs ({what})"), e))?;
         // The lead changed the process cgroup to be shared by whoever holds it
         // (labs, this engine); the engine keeps it alive while it exists.
         let process_cgroup =
             crate::sys::cgroup::ProcessCgroup::acquire().map_err(BpfError::Cgroup)?;
+        // The programs must cover this process's own sockets too.
+        process_cgroup.join().map_err(BpfError::Cgroup)?;
         let cgroup = process_cgroup.path().to_path_buf();
         attach(&mut ebpf, &cgroup)?;
         let subs = Subscribers::default();
@@ -227,8 +234,10 @@ impl Engine {
             .spawn(move || events::reader_loop(ring, reader_subs, reader_stop))
             .map_err(|e| BpfError::io("spawning the telemetry reader thread", e))?;
         tracing::debug!(cgroup = %cgroup.display(), ?load_time, "eBPF engine attached");
-        Ok(Engine {
-            _ebpf: Mutex::new(ebpf),
+        let mut engine = Engine {
+            ebpf: Mutex::new(ebpf),
+            logging,
+            _env_log: None,
             maps: Arc::new(Mutex::new(Maps {
                 config,
                 stats,
@@ -241,7 +250,24 @@ impl Engine {
             stop,
             load_time,
             verified_insns,
-        })
+        };
+        if let Some(level) = logging::env_level() {
+            engine._env_log = Some(engine.log(level)?);
+        }
+        Ok(engine)
+    }
+
+    /// Turns on the programs' log records of `level` and more severe ones while the returned
+    /// guard lives, and forwards them to `tracing` (target `patchbay::bpf`, one event per
+    /// record). The records are rare decisions: a socket of an unregistered namespace left
+    /// alone (debug), a give-up deadline left to the SYN retries (debug), a `bpf_setsockopt` the kernel refused,
+    /// with its errno (warn). The level is engine-wide, the most verbose any guard holds, so a
+    /// lab sees the records of other labs of the process too (each names its netns cookie).
+    ///
+    /// Off (no guard, `PATCHBAY_BPF_LOG` unset) the programs build no record and no reader
+    /// runs. The first guard attaches the reader (a thread, until the engine is dropped).
+    pub fn log(&self, level: tracing::Level) -> Result<LogGuard, BpfError> {
+        logging::hold(&self.logging, &self.ebpf, &self.stop, level)
     }
 
     /// The cgroup directory the programs are attached to (and this process lives in).

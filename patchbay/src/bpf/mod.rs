@@ -10,9 +10,14 @@
 //!
 //! Use [`probe`] to learn what the running kernel accepts; see `docs/ebpf.md` for the programs,
 //! maps and event format.
+//!
+//! The programs log rare decisions through aya-log; [`Engine::log`] (or the environment
+//! variable `PATCHBAY_BPF_LOG=debug`) turns the records on and forwards them to `tracing` with
+//! target `patchbay::bpf`. Off by default, and then the programs build no records.
 
 mod engine;
 mod events;
+mod logging;
 mod probe;
 mod stats;
 
@@ -20,6 +25,7 @@ use std::{io, os::fd::AsRawFd, path::PathBuf};
 
 pub use engine::{Engine, Registration};
 pub use events::{EventKind, EventStream, TcpEvent};
+pub use logging::{LOG_ENV, LogGuard};
 pub use patchbay_ebpf_common::{FLAG_SCALE_SOCKOPTS, FLAG_TELEMETRY, NetnsConfig};
 pub use probe::{BpfCaps, probe};
 pub use stats::{AppSockopt, BpfSockopt, OptionStats, Stats};

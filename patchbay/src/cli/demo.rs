@@ -22,6 +22,11 @@ pub struct DemoArgs {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    if !args.quick {
+        // The headline scenarios drive nft; set the host up first, as
+        // `cargo xtask test` does, instead of failing halfway through.
+        super::setup::ensure("demo", super::setup::DEMO_TOOLS)?;
+    }
     let t0 = Instant::now();
     let lab = Lab::with_opts(LabOpts::default().label("demo")).await?;
     let isp = lab.add_router("isp").build().await?;

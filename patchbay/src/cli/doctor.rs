@@ -10,9 +10,26 @@ pub struct DoctorArgs {
     /// The time scale to show the compression plan for.
     #[arg(long, default_value_t = 20.0)]
     time_scale: f64,
+    /// Kill and remove what labs of dead processes left behind (stale
+    /// `patchbay.*` cgroups and their processes), then exit.
+    #[arg(long)]
+    cleanup: bool,
 }
 
 pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
+    if args.cleanup {
+        let reaped = patchbay::doctor::cleanup_stale_labs()?;
+        if args.json {
+            println!("{}", serde_json::json!({ "reaped": reaped }));
+        } else if reaped.is_empty() {
+            println!("no stale lab cgroups");
+        } else {
+            for p in &reaped {
+                println!("reaped {}", p.display());
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = patchbay::doctor::probe_with_scale(args.time_scale).await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

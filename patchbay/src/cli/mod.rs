@@ -8,9 +8,11 @@ mod doctor;
 mod progress;
 mod run;
 mod scenario;
+mod setup;
 mod table;
 mod verify;
 mod vt;
+mod vt_profile;
 
 use std::process::ExitCode;
 
@@ -53,6 +55,7 @@ pub fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -82,6 +85,39 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints `tracing` events to stderr when asked: `RUST_LOG` (an env-filter
+/// spec) and `PATCHBAY_BPF_LOG=<level>` (the eBPF programs' log records,
+/// target `patchbay::bpf`). Without either, nothing is installed and the
+/// output stays as it is.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let rust_log = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let bpf_log = std::env::var(patchbay::bpf::LOG_ENV)
+        .ok()
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty() && v != "off" && v != "0");
+    if rust_log.is_none() && bpf_log.is_none() {
+        return;
+    }
+    let mut spec = rust_log.unwrap_or_else(|| "warn".into());
+    if let Some(level) = bpf_log {
+        spec.push_str(&format!(",patchbay::bpf={level}"));
+    }
+    let filter = match EnvFilter::try_new(&spec) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("warning: ignoring the log filter {spec:?}: {e}");
+            return;
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// The error and its causes, skipping a cause whose text the message before

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::bpf::{
-    self, Engine, FLAG_SCALE_SOCKOPTS, FLAG_TELEMETRY, NetnsConfig, Registration, TcpEvent,
+    self, Engine, FLAG_SCALE_SOCKOPTS, FLAG_TELEMETRY, LogGuard, NetnsConfig, Registration,
+    TcpEvent,
 };
 use crate::compress::{
     BpfFeatures, CompressionReport, KernelCaps, Plan, SysctlDefaults, TimeScale, TimerInputs, probe,
@@ -60,6 +61,8 @@ pub(crate) struct Compression {
     inputs: TimerInputs,
     plan: Option<Plan>,
     engine: Option<Arc<Engine>>,
+    /// Keeps the engine's eBPF log level up while the lab lives.
+    _bpf_log: Option<LogGuard>,
     bpf_cfg: Option<NetnsConfig>,
     regs: Mutex<Vec<Registration>>,
     names: Mutex<BTreeMap<u64, String>>,
@@ -127,6 +130,7 @@ impl Compression {
             inputs,
             plan: None,
             engine: None,
+            _bpf_log: None,
             bpf_cfg: None,
             regs: Mutex::new(vec![]),
             names: Mutex::new(BTreeMap::new()),
@@ -158,6 +162,12 @@ impl Compression {
                     });
                 }
             }
+        }
+        if let (Some(engine), Some(level)) = (&c.engine, opts.bpf_log) {
+            c._bpf_log = Some(engine.log(level).map_err(|e| Error::KernelFeature {
+                feature: "eBPF logging (aya-log)".into(),
+                hint: e.to_string(),
+            })?);
         }
         let mut caps = k.caps.clone();
         if c.engine.is_none() || opts.sysctl_only {

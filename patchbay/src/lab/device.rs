@@ -1,9 +1,7 @@
 //! Devices: end hosts with one or more interfaces, each on a router's LAN.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
-
-use futures::future::try_join_all;
 
 use crate::addr;
 use crate::error::{Error, NetlinkContext, Result};
@@ -34,7 +32,6 @@ struct Planned {
     bridge_index: u32,
     router_ns: Netns,
     port: u32,
-    siblings: Vec<Member>,
 }
 
 impl DeviceBuilder {
@@ -129,7 +126,6 @@ impl DeviceBuilder {
                     bridge_index: rec.lan.bridge_index,
                     router_ns: rec.node.ns().clone(),
                     port: rec.lan.next_port,
-                    siblings: rec.lan.members.clone(),
                 });
             }
             planned
@@ -215,15 +211,9 @@ impl DeviceBuilder {
         }
         if lab.opts().prewarm_neighbors {
             for (p, m) in planned.iter().zip(&members) {
-                prewarm(
-                    m,
-                    p.router_ns.clone(),
-                    p.bridge_index,
-                    p.gw,
-                    p.bridge_mac,
-                    &p.siblings,
-                )
-                .await?;
+                lab.prewarm()
+                    .member(m, &p.router_ns, p.bridge_index, p.gw, p.bridge_mac)
+                    .await?;
             }
         }
         let dev = Device {
@@ -251,46 +241,6 @@ pub(crate) fn sync_carriers(names: &[&str]) {
             tracing::debug!("ETHTOOL_GLINK on {n} failed: {e}");
         }
     }
-}
-
-/// Installs neighbour entries between a new LAN member and its gateway and
-/// siblings, in both directions, concurrently.
-pub(crate) async fn prewarm(
-    me: &Member,
-    gw_ns: Netns,
-    gw_bridge: u32,
-    gw: (Ipv4Addr, Ipv6Addr),
-    gw_mac: [u8; 6],
-    siblings: &[Member],
-) -> Result<()> {
-    let what = || format!("pre-warming neighbour entries of {}", me.node.name);
-    let mut mine: Vec<(IpAddr, [u8; 6])> = vec![(gw.0.into(), gw_mac), (gw.1.into(), gw_mac)];
-    for s in siblings {
-        mine.push((s.v4.into(), s.mac));
-        mine.push((s.v6.into(), s.mac));
-    }
-    let my_index = me.index;
-    let mut jobs = vec![me.node.ns().spawn(move || async move {
-        for (ip, mac) in mine {
-            netlink::add_neigh(my_index, ip, mac).await?;
-        }
-        Ok(())
-    })?];
-    let entries = move |index: u32, ns: &Netns, me: &Member| {
-        let (v4, v6, mac) = (me.v4, me.v6, me.mac);
-        ns.spawn(move || async move {
-            netlink::add_neigh(index, v4.into(), mac).await?;
-            netlink::add_neigh(index, v6.into(), mac).await
-        })
-    };
-    jobs.push(entries(gw_bridge, &gw_ns, me)?);
-    for s in siblings {
-        jobs.push(entries(s.index, s.node.ns(), me)?);
-    }
-    for r in try_join_all(jobs).await? {
-        r.ctx(what)?;
-    }
-    Ok(())
 }
 
 /// A device of a lab. Cheap to clone; dereferences to [`Node`].

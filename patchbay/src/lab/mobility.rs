@@ -14,7 +14,7 @@ use crate::addr;
 use crate::error::{Error, NetlinkContext, Result};
 use crate::sys::netlink::{self, VethEnd};
 
-use super::device::{Device, prewarm, sync_carriers};
+use super::device::{Device, sync_carriers};
 use super::node::{Iface, NodeKind};
 use super::topo::{Member, check_ifname};
 use super::{Lab, LabInner};
@@ -184,7 +184,7 @@ async fn attach(
     router: &str,
     default: bool,
 ) -> Result<Iface> {
-    let (v4, v6, gw, bridge_mac, bridge_index, router_ns, port, siblings) = {
+    let (v4, v6, gw, bridge_mac, bridge_index, router_ns, port) = {
         let mut t = lab.topo();
         let rec = t.router_mut(router)?;
         let (v4, v6) = rec.lan.lan.alloc()?;
@@ -197,7 +197,6 @@ async fn attach(
             rec.lan.bridge_index,
             rec.node.ns().clone(),
             rec.lan.next_port,
-            rec.lan.members.clone(),
         )
     };
     let ns = dev.netns().clone();
@@ -262,7 +261,9 @@ async fn attach(
     };
     lab.topo().router_mut(router)?.lan.members.push(me.clone());
     if lab.opts().prewarm_neighbors {
-        prewarm(&me, router_ns, bridge_index, gw, bridge_mac, &siblings).await?;
+        lab.prewarm()
+            .member(&me, &router_ns, bridge_index, gw, bridge_mac)
+            .await?;
     }
     Ok(iface)
 }

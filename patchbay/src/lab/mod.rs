@@ -30,6 +30,7 @@ mod mobility;
 mod nat_ops;
 mod node;
 mod opts;
+mod prewarm;
 mod probe;
 mod router;
 mod topo;
@@ -73,6 +74,7 @@ pub(crate) struct LabInner {
     topo: Mutex<Topology>,
     cgroup: Option<LabCgroup>,
     comp: compression::Compression,
+    prewarm: prewarm::Prewarm,
     next_node: AtomicU32,
     next_ifindex: AtomicU32,
     artifacts: Option<Arc<artifacts::Artifacts>>,
@@ -127,6 +129,7 @@ impl Lab {
         let inner = Arc::new(LabInner {
             id,
             opts,
+            prewarm: prewarm::Prewarm::new(prewarm::budget()),
             root: root.clone(),
             topo: Mutex::new(Topology::new()),
             cgroup,
@@ -278,6 +281,10 @@ impl LabInner {
         self.artifacts.as_ref()
     }
 
+    pub(crate) fn prewarm(&self) -> &prewarm::Prewarm {
+        &self.prewarm
+    }
+
     pub(crate) fn compression(&self) -> &compression::Compression {
         &self.comp
     }
@@ -297,11 +304,28 @@ impl Drop for LabInner {
         }
         // Kill spawned processes first (grandchildren included), then stop
         // the workers; the namespaces vanish with their last reference.
+        let t0 = std::time::Instant::now();
         if let Some(cg) = self.cgroup.take() {
             drop(cg);
         }
-        for ns in self.all_netns().into_iter().rev() {
-            ns.shutdown();
+        let t1 = t0.elapsed();
+        // Every worker is told to stop before any is waited for: they wind
+        // down in parallel, and the caller waits for the slowest, not for
+        // the sum.
+        let all = self.all_netns();
+        for ns in all.iter().rev() {
+            ns.begin_shutdown();
+        }
+        let t2 = t0.elapsed();
+        for ns in all.iter().rev() {
+            ns.join();
+        }
+        if std::env::var_os("PATCHBAY_TRACE_DROP").is_some() {
+            eprintln!(
+                "TRACE-DROP cgroup {t1:?} signal {:?} join {:?}",
+                t2 - t1,
+                t0.elapsed() - t2
+            );
         }
     }
 }

@@ -13,6 +13,7 @@ pub struct LabOpts {
     pub(crate) virtual_time: bool,
     pub(crate) outdir: Option<std::path::PathBuf>,
     pub(crate) keep_artifacts: bool,
+    pub(crate) bpf_log: Option<tracing::Level>,
 }
 
 impl Default for LabOpts {
@@ -28,6 +29,7 @@ impl Default for LabOpts {
             virtual_time: false,
             outdir: None,
             keep_artifacts: false,
+            bpf_log: None,
         }
     }
 }
@@ -40,10 +42,16 @@ impl LabOpts {
         self
     }
 
-    /// Whether to install neighbour (ARP/NDP) entries for directly connected
-    /// lab peers at build time (default: on). The entries are ordinary
-    /// `REACHABLE` ones, not permanent: they age, and a peer that vanishes
-    /// still fails resolution. Turn this off to test resolution itself.
+    /// Whether to install neighbour (ARP/NDP) entries at build time, so the
+    /// first packet does not wait for resolution (default: on). Each LAN
+    /// member (device interface or chained router uplink) and its gateway
+    /// learn each other: linear in the lab's size, and bounded per lab to a
+    /// quarter of the host's `gc_thresh3` (at most 256 entries per family),
+    /// because the kernel's neighbour tables are shared by every namespace
+    /// of the host. Siblings on a LAN, and members beyond the budget,
+    /// resolve by ARP/NDP. The entries are ordinary `REACHABLE` ones, not
+    /// permanent: they age, and a peer that vanishes still fails
+    /// resolution. Turn this off to test resolution itself.
     pub fn prewarm_neighbors(mut self, on: bool) -> Self {
         self.prewarm_neighbors = on;
         self
@@ -91,6 +99,17 @@ impl LabOpts {
     /// creating the lab fails with a message that says how to get there.
     pub fn virtual_time(mut self, on: bool) -> Self {
         self.virtual_time = on;
+        self
+    }
+
+    /// Turns on the eBPF programs' log records at `level` while the lab lives
+    /// and forwards them to `tracing` with target `patchbay::bpf` (see
+    /// [`crate::bpf::Engine::log`]): sockets of unregistered namespaces left
+    /// alone, `bpf_setsockopt` refused by the kernel (with its errno). Takes
+    /// effect only when the lab uses eBPF (k > 1 or telemetry). Default: off,
+    /// unless `PATCHBAY_BPF_LOG` is set (e.g. `PATCHBAY_BPF_LOG=debug`).
+    pub fn bpf_log(mut self, level: tracing::Level) -> Self {
+        self.bpf_log = Some(level);
         self
     }
 

@@ -260,32 +260,17 @@ impl RouterBuilder {
                 },
             );
         }
-        let siblings = {
+        {
             let mut t = lab.topo();
             match &up {
-                Upstream::Exchange => {
-                    let s = t.exchange.clone();
-                    t.exchange.push(me.clone());
-                    s
-                }
-                Upstream::Router(p) => {
-                    let rec = t.router_mut(p)?;
-                    let s = rec.lan.members.clone();
-                    rec.lan.members.push(me.clone());
-                    s
-                }
+                Upstream::Exchange => t.exchange.push(me.clone()),
+                Upstream::Router(p) => t.router_mut(p)?.lan.members.push(me.clone()),
             }
-        };
+        }
         if lab.opts().prewarm_neighbors {
-            super::device::prewarm(
-                &me,
-                parent_ns.clone(),
-                port_index,
-                parent_gw,
-                parent_bridge_mac,
-                &siblings,
-            )
-            .await?;
+            lab.prewarm()
+                .member(&me, &parent_ns, port_index, parent_gw, parent_bridge_mac)
+                .await?;
         }
         routes_to_lan(&lab, &name, lan_kind, lan_v4, lan_v6).await?;
         let router = Router {

@@ -1,20 +1,27 @@
 //! cgroup v2 bookkeeping: one cgroup per process, one child per lab.
 //!
 //! The first lab of a process creates `patchbay.<pid>.<starttime>` under the
-//! process's current cgroup v2 cgroup and moves the process into it (the
-//! BPF engine attaches its programs there, so they apply to every socket the
-//! process and its children create). Each lab gets a child `lab-<n>` for
+//! process's current cgroup v2 cgroup. The BPF engine moves the process into
+//! it and attaches its programs there, so they apply to every socket the
+//! process and its children create; labs without it leave the process where
+//! it is (a move costs an RCU grace period each way). Each lab gets a child `lab-<n>` for
 //! the commands it spawns, so dropping the lab can kill them all at once,
 //! grandchildren included (`cgroup.kill`, Linux 5.14+; older kernels get a
 //! per-pid SIGKILL sweep).
 //!
-//! A SIGKILLed process cannot remove its cgroup; the next process that
-//! creates a lab reaps every `patchbay.*` cgroup whose owner is dead, and
-//! only those. The cgroup2 mount is found through `/proc/self/mountinfo`
+//! A SIGKILLed process cannot remove its cgroup: the process's watchdog
+//! (see [`super::watchdog`], started before the process joins its cgroup)
+//! kills the lab cgroups and removes them when the process dies. As a
+//! fallback, the next process that creates a lab reaps every `patchbay.*`
+//! cgroup beside its own whose owner is dead, and only those, and
+//! [`reap_dead_everywhere`] (`patchbay doctor --cleanup`) does the same in
+//! the whole hierarchy. The cgroup2 mount is found through `/proc/self/mountinfo`
 //! (hybrid layouts mount it at `/sys/fs/cgroup/unified`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
+
+use super::watchdog::Watchdog;
 
 /// cgroup errors.
 #[derive(Debug, thiserror::Error)]
@@ -81,13 +88,19 @@ pub fn parse_owner(name: &str) -> Option<(u32, u64)> {
 }
 
 /// This process's own cgroup, shared by every lab (and the BPF engine) of
-/// the process while any of them exists. When the last holder drops it, the
-/// process moves back to its original cgroup and the directory is removed.
+/// the process while any of them exists: the parent of the lab cgroups.
+/// The process itself moves in only when asked ([`ProcessCgroup::join`]).
+/// When the last holder drops it, the process moves back to its original
+/// cgroup (if it had joined) and the directory is removed.
 #[derive(Debug)]
 pub struct ProcessCgroup {
     path: PathBuf,
     base: PathBuf,
     next_lab: Mutex<u32>,
+    /// Whether this process moved itself in ([`ProcessCgroup::join`]).
+    joined: Mutex<bool>,
+    /// Kills the labs if this process dies without dropping them.
+    watchdog: Mutex<Option<Watchdog>>,
 }
 
 static PROCESS: Mutex<Weak<ProcessCgroup>> = Mutex::new(Weak::new());
@@ -123,17 +136,38 @@ impl ProcessCgroup {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io("create", &path)(e)),
         }
-        let procs = path.join("cgroup.procs");
-        if let Err(e) = std::fs::write(&procs, pid.to_string()) {
-            // Leave nothing behind on failure.
-            let _ = std::fs::remove_dir(&path);
-            return Err(io("join", &procs)(e));
-        }
+        // Started before this process can join the cgroup, so the watchdog
+        // stays outside it (and outside every lab cgroup below it).
+        let watchdog = match Watchdog::start(&path, &base) {
+            Ok(w) => w,
+            Err(e) => {
+                remove_quietly(&path);
+                return Err(io("start the owner watchdog for", &path)(e));
+            }
+        };
         Ok(ProcessCgroup {
             path,
             base,
             next_lab: Mutex::new(0),
+            joined: Mutex::new(false),
+            watchdog: Mutex::new(Some(watchdog)),
         })
+    }
+
+    /// Moves this process into the cgroup (once), so programs attached to
+    /// it (the BPF engine) cover the process's own sockets. Labs alone do
+    /// not need this: their commands join their lab cgroup, and the process
+    /// stays where it is. Moving a process costs an RCU grace period in the
+    /// kernel (`cgroup_threadgroup_rwsem`, 12–45 ms measured here), once on
+    /// the way in and once on the way out.
+    pub fn join(&self) -> Result<(), CgroupError> {
+        let mut joined = self.joined.lock().unwrap_or_else(|p| p.into_inner());
+        if !*joined {
+            let procs = self.path.join("cgroup.procs");
+            std::fs::write(&procs, std::process::id().to_string()).map_err(io("join", &procs))?;
+            *joined = true;
+        }
+        Ok(())
     }
 
     /// The cgroup directory.
@@ -160,23 +194,59 @@ impl ProcessCgroup {
 
 impl Drop for ProcessCgroup {
     fn drop(&mut self) {
+        // Held throughout, so no new process cgroup (same path) can be
+        // created while this one is being removed.
         let slot = PROCESS.lock().unwrap_or_else(|p| p.into_inner());
-        // A new process cgroup may already have replaced this one (a lab was
-        // created while the last one was being dropped); then the process is
-        // already there and must stay.
-        if slot.upgrade().is_none() {
+        let watchdog = self
+            .watchdog
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if slot.upgrade().is_some() {
+            // A new one was created for the same path before this drop got
+            // the lock: the directory is its now.
+            if let Some(w) = watchdog {
+                w.disarm();
+            }
+            return;
+        }
+        let t = std::time::Instant::now();
+        if *self.joined.get_mut().unwrap_or_else(|p| p.into_inner()) {
             let procs = self.base.join("cgroup.procs");
             if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
+                // The watchdog is left armed: dropping it closes its pipe,
+                // and it retries the move and the removal itself.
                 tracing::warn!(
-                    "cannot move back to {}: {e}; the next lab will reap {}",
+                    "cannot move back to {}: {e}; the watchdog retries, and the next lab reaps {}",
                     procs.display(),
                     self.path.display()
                 );
                 return;
             }
         }
-        drop(slot);
+        let t1 = t.elapsed();
         release(&self.path, &self.base);
+        drop(slot);
+        if std::env::var_os("PATCHBAY_TRACE_DROP").is_some() {
+            eprintln!(
+                "TRACE-DROP process cgroup move-back {t1:?} release {:?}",
+                t.elapsed() - t1
+            );
+        }
+        if let Some(w) = watchdog {
+            w.disarm();
+        }
+    }
+}
+
+/// Removes a cgroup directory on a failure path, where the error being
+/// returned matters more than this one (logged).
+fn remove_quietly(path: &Path) {
+    if let Err(e) = std::fs::remove_dir(path) {
+        tracing::warn!(
+            "cannot remove {}: {e}; the next lab will reap it",
+            path.display()
+        );
     }
 }
 
@@ -229,7 +299,11 @@ impl LabCgroup {
 
 impl Drop for LabCgroup {
     fn drop(&mut self) {
+        let t = std::time::Instant::now();
         kill_and_remove(&self.path);
+        if std::env::var_os("PATCHBAY_TRACE_DROP").is_some() {
+            eprintln!("TRACE-DROP lab cgroup kill+rmdir {:?}", t.elapsed());
+        }
     }
 }
 
@@ -287,6 +361,33 @@ pub fn reap_dead(base: &Path) -> Vec<PathBuf> {
         reaped.push(e.path());
     }
     reaped
+}
+
+/// Reaps stale process cgroups anywhere in the cgroup2 hierarchy, not only
+/// beside this process's own (their owners may have run in another cgroup,
+/// e.g. another login session). Returns the directories it removed.
+pub fn reap_dead_everywhere() -> Result<Vec<PathBuf>, CgroupError> {
+    let mount = cgroup2_mount().ok_or(CgroupError::NoCgroup2)?;
+    let mut reaped = Vec::new();
+    let mut stack = vec![(mount, 0u32)];
+    while let Some((dir, depth)) = stack.pop() {
+        reaped.extend(reap_dead(&dir));
+        if depth >= 16 {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            let ours = e.file_name().to_string_lossy().starts_with("patchbay.");
+            if is_dir && !ours {
+                stack.push((e.path(), depth + 1));
+            }
+        }
+    }
+    reaped.sort();
+    Ok(reaped)
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@
 //! - [`capture`]: `AF_PACKET` sockets for pcap captures;
 //! - [`userns`]: entering a user namespace for labs without root;
 //! - [`cgroup`]: the lab's cgroup v2 subtree (process tracking, eBPF attach
-//!   point, killing a lab's whole process tree).
+//!   point, killing a lab's whole process tree);
+//! - [`watchdog`]: kills a process's labs when the process dies (SIGKILL
+//!   included).
 
 pub(crate) mod capture;
 pub(crate) mod cgroup;
@@ -22,3 +24,4 @@ pub(crate) mod nft;
 pub(crate) mod sysctl;
 pub(crate) mod tc;
 pub(crate) mod userns;
+pub(crate) mod watchdog;

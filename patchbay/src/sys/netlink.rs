@@ -56,6 +56,19 @@ fn handle() -> Result<Handle, NetlinkError> {
     })
 }
 
+impl NetlinkError {
+    /// The errno the kernel answered with, if the kernel refused a request.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Request {
+                source: rtnetlink::Error::NetlinkError(m),
+                ..
+            } => Some(-m.raw_code()),
+            _ => None,
+        }
+    }
+}
+
 fn req(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     let op = op.into();
     move |source| NetlinkError::Request { op, source }

@@ -360,6 +360,14 @@ impl Netns {
     /// (through `PR_SET_PDEATHSIG`) and waits for the thread to end. The
     /// namespace disappears once every handle is dropped.
     pub fn shutdown(&self) {
+        self.begin_shutdown();
+        self.join();
+    }
+
+    /// Tells the worker to stop and releases the namespace fd, without
+    /// waiting: to stop many workers at once, call this on each, then
+    /// [`Netns::join`] on each, so they wind down in parallel.
+    pub fn begin_shutdown(&self) {
         let tx = self
             .inner
             .tx
@@ -374,6 +382,11 @@ impl Netns {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         drop(fd);
+    }
+
+    /// Waits for the worker thread to end (after [`Netns::begin_shutdown`]);
+    /// returns at once on the worker itself.
+    pub fn join(&self) {
         if self.is_current() {
             return;
         }

@@ -23,6 +23,28 @@ pub enum VtError {
         /// The value of `PATCHBAY_UML`.
         path: PathBuf,
     },
+    /// The binary does not answer `--version` and `--help` like a UML kernel.
+    #[error(
+        "{binary} is not a User-Mode-Linux kernel (`--version` / `--help` gave no UML answer); \
+         build one with `cargo xtask build-uml` or point PATCHBAY_UML at a UML `linux` binary"
+    )]
+    NotUml {
+        /// The binary.
+        binary: PathBuf,
+    },
+    /// The kernel was built without `CONFIG_UML_TIME_TRAVEL_SUPPORT`, so it cannot run in
+    /// virtual time.
+    #[error(
+        "the UML kernel {binary} (release {release}) has no time-travel support (no \
+         `time-travel` in `linux --help`): virtual time needs CONFIG_UML_TIME_TRAVEL_SUPPORT=y; \
+         build one with `cargo xtask build-uml` (Debian's user-mode-linux package lacks it)"
+    )]
+    NoTimeTravel {
+        /// The binary.
+        binary: PathBuf,
+        /// Its release.
+        release: String,
+    },
     /// The caller passed something the runner cannot express in the guest.
     #[error("invalid virtual-time run: {0}")]
     InvalidArgument(String),

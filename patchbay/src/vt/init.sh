@@ -5,9 +5,12 @@
 
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
+# Profiling marks (console lines the host timestamps; `echo` is a builtin, no exec).
+echo "PATCHBAY-VT-MARK init"
 
 vt_off() {
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+    echo "PATCHBAY-VT-MARK off"
     sync
     echo o > /proc/sysrq-trigger
     # sysrq 'o' powers off asynchronously; PID 1 must not exit meanwhile.
@@ -23,7 +26,8 @@ vt_die() {
 mount -n -t proc -o nosuid,nodev,noexec proc /proc || vt_die "mount proc on /proc"
 mount -n -a -T "$VT_FSTAB" || vt_die "mount -a -T $VT_FSTAB (see the mount error above)"
 vt_expose
-mkdir -p "$VT_RESULTS" || vt_die "mkdir $VT_RESULTS"
+# The results dir normally exists (the host created it): skip the exec of mkdir.
+[ -d "$VT_RESULTS" ] || mkdir -p "$VT_RESULTS" || vt_die "mkdir $VT_RESULTS"
 mount -n -t hostfs -o "$VT_RESULTS" hostfs "$VT_RESULTS" || vt_die "mount hostfs $VT_RESULTS (writable results dir)"
 ip link set lo up || vt_die "ip link set lo up"
 

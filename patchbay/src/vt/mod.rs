@@ -25,6 +25,7 @@
 //! command or working directory is missing.
 
 mod error;
+mod kernel;
 mod process;
 mod script;
 
@@ -33,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use error::VtError;
+pub use kernel::{GuestProcesses, UmlKernel, probe as probe_kernel};
 
 /// Environment variable naming the UML `linux` binary; overrides the search.
 pub const UML_ENV: &str = "PATCHBAY_UML";
@@ -74,6 +76,8 @@ pub struct VtOpts {
     pub uml_binary: Option<PathBuf>,
     /// Virtual (default) or real guest time.
     pub clock: VtClock,
+    /// Seccomp-based (default, where the kernel has it) or ptrace-based guest processes.
+    pub processes: GuestProcesses,
 }
 
 impl Default for VtOpts {
@@ -86,6 +90,7 @@ impl Default for VtOpts {
             mem: "512M".to_string(),
             uml_binary: None,
             clock: VtClock::InfCpu,
+            processes: GuestProcesses::Auto,
         }
     }
 }
@@ -107,7 +112,22 @@ pub struct VtOutcome {
     pub boot_to_command_wall: Option<Duration>,
     /// Virtual time the command took (guest `/proc/uptime`, 10 ms resolution).
     pub virtual_elapsed: Option<Duration>,
+    /// Host wall-clock time from spawning UML to the guest reporting the command's end (the
+    /// rest of [`VtOutcome::wall`] is power-off).
+    pub command_end_wall: Option<Duration>,
+    /// `PATCHBAY-VT-MARK <name>` lines the guest wrote to `/dev/console`, with the host
+    /// wall-clock time since spawning UML at which each arrived (for profiling).
+    pub marks: Vec<(String, Duration)>,
+    /// The kernel that ran, as probed.
+    pub kernel: UmlKernel,
+    /// Whether guest processes ran under seccomp (else ptrace).
+    pub seccomp: bool,
 }
+
+/// Set once a host refused UML's seccomp filter: later runs go straight to ptrace.
+static SECCOMP_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// What UML prints when `seccomp=on` was asked for but the host does not allow the filter.
+const SECCOMP_FATAL: &str = "SECCOMP userspace requested but not functional";
 
 /// Runs `argv` inside a UML guest in `time-travel=inf-cpu` mode and returns its exit code and
 /// output. The UML kernel always exits 0; the exit code comes from the results directory.
@@ -126,11 +146,48 @@ pub struct VtOutcome {
 /// # }
 /// ```
 pub fn run(argv: &[OsString], opts: &VtOpts) -> Result<VtOutcome, VtError> {
+    use std::sync::atomic::Ordering;
     validate_mem(&opts.mem)?;
     let binary = match &opts.uml_binary {
         Some(b) => b.clone(),
         None => find_uml_binary()?,
     };
+    let kernel = kernel::probe(&binary)?;
+    if opts.clock == VtClock::InfCpu && !kernel.time_travel {
+        return Err(VtError::NoTimeTravel {
+            binary,
+            release: kernel.release,
+        });
+    }
+    let mut seccomp = opts.processes == GuestProcesses::Auto
+        && kernel.seccomp
+        && !SECCOMP_REFUSED.load(Ordering::Relaxed);
+    loop {
+        match run_once(argv, opts, &kernel, seccomp) {
+            Err(VtError::NoResult { console_tail, .. })
+            | Err(VtError::GuestSetup { console_tail, .. })
+                if seccomp && console_tail.contains(SECCOMP_FATAL) =>
+            {
+                tracing::warn!(
+                    "this host refused UML's seccomp filter ({SECCOMP_FATAL}); running guest \
+                     processes under ptrace from now on"
+                );
+                SECCOMP_REFUSED.store(true, Ordering::Relaxed);
+                seccomp = false;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One boot of `kernel` running `argv`.
+fn run_once(
+    argv: &[OsString],
+    opts: &VtOpts,
+    kernel: &UmlKernel,
+    seccomp: bool,
+) -> Result<VtOutcome, VtError> {
+    let binary = kernel.path.clone();
     let rundir = RunDir::create()?;
     let results = match &opts.results_dir {
         Some(dir) => prepare_results(dir)?,
@@ -166,7 +223,9 @@ pub fn run(argv: &[OsString], opts: &VtOpts) -> Result<VtOutcome, VtError> {
         std::fs::create_dir(d).map_err(io("creating a run directory", d))?;
     }
 
-    let args = kernel_args(&opts.mem, opts.clock, &uml_dir, &init);
+    // Kernels without the option (6.1) get none: they always use ptrace.
+    let procs = kernel.seccomp.then_some(seccomp);
+    let args = kernel_args(&opts.mem, opts.clock, procs, &uml_dir, &init);
     let mut writable = vec![rundir.path.clone()];
     if !results.starts_with(&rundir.path) {
         writable.push(results.clone());
@@ -207,15 +266,27 @@ pub fn run(argv: &[OsString], opts: &VtOpts) -> Result<VtOutcome, VtError> {
         boot_to_command: uptime.map(|(start, _)| start),
         boot_to_command_wall: finished.command_start,
         virtual_elapsed: uptime.map(|(start, end)| end.saturating_sub(start)),
+        command_end_wall: finished.command_end,
+        marks: finished.marks,
+        kernel: kernel.clone(),
+        seccomp,
     })
 }
 
-/// The UML kernel command line.
-fn kernel_args(mem: &str, clock: VtClock, uml_dir: &Path, init: &Path) -> Vec<OsString> {
+/// The UML kernel command line. `seccomp`: `Some(on)` for kernels that know the `seccomp=`
+/// option, `None` for older ones (ptrace only).
+fn kernel_args(
+    mem: &str,
+    clock: VtClock,
+    seccomp: Option<bool>,
+    uml_dir: &Path,
+    init: &Path,
+) -> Vec<OsString> {
     let clock = match clock {
         VtClock::InfCpu => Some("time-travel=inf-cpu"),
         VtClock::Real => None,
     };
+    let procs = seccomp.map(|on| if on { "seccomp=on" } else { "seccomp=off" });
     let fixed = [
         // Host root over hostfs, read-only (the host side is read-only too, see process.rs).
         "root=/dev/root",
@@ -229,7 +300,13 @@ fn kernel_args(mem: &str, clock: VtClock, uml_dir: &Path, init: &Path) -> Vec<Os
         "ssl=null",
     ];
     std::iter::once(OsString::from(format!("mem={mem}")))
-        .chain(clock.into_iter().chain(fixed).map(OsString::from))
+        .chain(
+            clock
+                .into_iter()
+                .chain(procs)
+                .chain(fixed)
+                .map(OsString::from),
+        )
         .chain([os_concat("uml_dir=", uml_dir), os_concat("init=", init)])
         .collect()
 }
@@ -312,9 +389,10 @@ pub fn find_uml_binary() -> Result<PathBuf, VtError> {
     if let Some(c) = cache {
         dirs.push(c.join("uml"));
     }
-    // The most recent build anywhere: an older one left in target/uml (an
+    // The highest kernel version anywhere (the default kernel of `cargo xtask build-uml` is
+    // the newest series), then the most recent build: an older one left in target/uml (an
     // earlier config) must not shadow a newer cached one.
-    if let Some((_, found)) = dirs.iter().filter_map(|d| newest_linux_in(d)).max() {
+    if let Some((_, _, found)) = dirs.iter().filter_map(|d| newest_linux_in(d)).max() {
         return Ok(found);
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -328,17 +406,24 @@ pub fn find_uml_binary() -> Result<PathBuf, VtError> {
     })
 }
 
-/// The most recently built `DIR/<version>-<hash>/linux` with its build time, if any (ties
-/// broken by path, for determinism); xtask's `build-*` work directories do not count.
-fn newest_linux_in(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+/// The `DIR/<version>-<hash>/linux` of the highest kernel version, then the most recently
+/// built, with both keys (ties broken by path, for determinism); xtask's `build-*` work
+/// directories do not count.
+fn newest_linux_in(dir: &Path) -> Option<((u32, u32, u32), std::time::SystemTime, PathBuf)> {
     // A missing or unreadable directory simply holds no kernel.
     let entries = std::fs::read_dir(dir).ok()?;
     entries
         .flatten()
         .filter(|e| !e.file_name().to_string_lossy().starts_with("build-"))
-        .map(|e| e.path().join("linux"))
-        .filter_map(|p| {
+        .map(|e| {
+            (
+                kernel::entry_version(&e.file_name().to_string_lossy()),
+                e.path().join("linux"),
+            )
+        })
+        .filter_map(|(v, p)| {
             Some((
+                v,
                 std::fs::metadata(&p)
                     .ok()
                     .filter(|m| m.is_file())?
@@ -546,6 +631,7 @@ mod tests {
         let args = kernel_args(
             "256M",
             VtClock::InfCpu,
+            Some(true),
             Path::new("/r/uml"),
             Path::new("/r/init.sh"),
         );
@@ -553,13 +639,24 @@ mod tests {
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        assert_eq!(args[..2], ["mem=256M", "time-travel=inf-cpu"]);
+        assert_eq!(args[..3], ["mem=256M", "time-travel=inf-cpu", "seccomp=on"]);
         assert!(args.contains(&"ro".to_string()));
         assert_eq!(
             args[args.len() - 2..],
             ["uml_dir=/r/uml", "init=/r/init.sh"]
         );
-        let real = kernel_args("256M", VtClock::Real, Path::new("/u"), Path::new("/i"));
+        let real = kernel_args(
+            "256M",
+            VtClock::Real,
+            None,
+            Path::new("/u"),
+            Path::new("/i"),
+        );
+        assert!(
+            !real
+                .iter()
+                .any(|a| a.to_string_lossy().starts_with("seccomp"))
+        );
         assert!(
             !real
                 .iter()

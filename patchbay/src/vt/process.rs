@@ -21,6 +21,12 @@ use super::{VtError, io};
 
 /// The console line the guest init prints right before running the command.
 const START_MARKER: &[u8] = b"PATCHBAY-VT: command-start";
+/// The console line the guest init prints right after the command.
+const END_MARKER: &[u8] = b"PATCHBAY-VT: command-end";
+/// Prefix of profiling marks the guest writes to `/dev/console` (`PATCHBAY-VT-MARK name`).
+const MARK_PREFIX: &str = "PATCHBAY-VT-MARK ";
+/// At most this many marks are kept.
+const MARKS_KEEP: usize = 4096;
 /// The console text of a guest kernel panic.
 const PANIC_MARKER: &[u8] = b"Kernel panic";
 /// How long the console may keep printing after a panic before UML is killed.
@@ -43,12 +49,18 @@ pub(crate) struct Finished {
     pub console: Vec<u8>,
     /// Wall time from spawn to the guest's start marker.
     pub command_start: Option<Duration>,
+    /// Wall time from spawn to the guest's end marker.
+    pub command_end: Option<Duration>,
+    /// Profiling marks with their wall time since spawn.
+    pub marks: Vec<(String, Duration)>,
 }
 
 #[derive(Debug, Default)]
 struct Console {
     tail: VecDeque<u8>,
     command_start: Option<Instant>,
+    command_end: Option<Instant>,
+    marks: Vec<(String, Instant)>,
     /// When the guest printed "Kernel panic" (UML may hang afterwards instead of exiting).
     panic: Option<Instant>,
 }
@@ -265,6 +277,12 @@ pub(crate) fn run_uml(
         pid: uml_pid.unwrap_or(pid),
         console: console.tail.into(),
         command_start: console.command_start.map(|t| t.duration_since(started)),
+        command_end: console.command_end.map(|t| t.duration_since(started)),
+        marks: console
+            .marks
+            .into_iter()
+            .map(|(name, t)| (name, t.duration_since(started)))
+            .collect(),
     })
 }
 
@@ -282,18 +300,35 @@ fn read_console(reader: std::io::PipeReader, console: &Mutex<Console>) {
                 return;
             }
         }
+        let now = Instant::now();
         let mut c = console.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(name) = mark_name(&line)
+            && c.marks.len() < MARKS_KEEP
+        {
+            c.marks.push((name, now));
+        }
+        if c.command_end.is_none() && line.windows(END_MARKER.len()).any(|w| w == END_MARKER) {
+            c.command_end = Some(now);
+        }
         if c.command_start.is_none() && line.windows(START_MARKER.len()).any(|w| w == START_MARKER)
         {
-            c.command_start = Some(Instant::now());
+            c.command_start = Some(now);
         }
         if c.panic.is_none() && line.windows(PANIC_MARKER.len()).any(|w| w == PANIC_MARKER) {
-            c.panic = Some(Instant::now());
+            c.panic = Some(now);
         }
         c.tail.extend(line.iter().copied().filter(|&b| b != b'\r'));
         let excess = c.tail.len().saturating_sub(CONSOLE_KEEP);
         c.tail.drain(..excess);
     }
+}
+
+/// The name of a `PATCHBAY-VT-MARK name` console line (kernel messages may precede it).
+fn mark_name(line: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(line);
+    let (_, rest) = text.split_once(MARK_PREFIX)?;
+    let name = rest.trim();
+    (!name.is_empty()).then(|| name.to_string())
 }
 
 fn kill_group(pgid: i32) -> Result<(), VtError> {
@@ -378,6 +413,16 @@ fn parse_stat(stat: &str) -> Option<(char, i32, i32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn marks_are_parsed() {
+        assert_eq!(
+            mark_name(b"PATCHBAY-VT-MARK spawn-start\r\n").as_deref(),
+            Some("spawn-start")
+        );
+        assert_eq!(mark_name(b"PATCHBAY-VT-MARK \n"), None);
+        assert_eq!(mark_name(b"other\n"), None);
+    }
 
     #[test]
     fn stat_parsing_handles_odd_comm() {

@@ -5,7 +5,7 @@
 //! Cache: kernels live in `$PATCHBAY_KERNEL_CACHE` (default `target/kernels`), results of
 //! each run in `target/kernels/results/<run>/<kernel>/`.
 
-mod apt;
+pub(crate) mod apt;
 mod build;
 mod initramfs;
 mod kernels;
@@ -29,7 +29,7 @@ use build::{build_patchbay, build_test_bins, select_bins};
 pub use results::KernelReport;
 use runner::{Job, Target, prepare_guest, run_jobs};
 use script::Stage2;
-pub use uml::{UML, newest_linux_in};
+pub use uml::UML;
 
 /// Environment variable overriding the kernel cache directory.
 pub const CACHE_ENV: &str = "PATCHBAY_KERNEL_CACHE";

@@ -70,13 +70,13 @@ with `--test-threads=1`. `host` runs the same binaries natively.\n\n";
 /// What the `uml` column is and what it shows.
 fn uml_paragraph() -> String {
     format!(
-        "`uml` runs the same binaries and probe inside the project's User-Mode-Linux 6.1 kernel \
-(`cargo xtask build-uml`) booted with `time-travel=inf-cpu`, through `patchbay vt`: one short \
+        "`uml` runs the same binaries and probe inside the project's User-Mode-Linux kernel \
+(`cargo xtask build-uml`; its Debian version is in the package row) booted with `time-travel=inf-cpu`, through `patchbay vt`: one short \
 guest per binary, each with a {} s wall-clock guard (a busy loop never advances virtual time), \
 the host root read-only over hostfs and only the results directory writable. Every timer in the \
 guest, the kernel's and the tests', runs in virtual time: its binary run times are virtual, with \
 the host wall time beside them. The column shows that the labs, links, faults, NAT and the eBPF \
-timer engine work unchanged under virtual time, and what a second 6.1 build changes: UML fixes \
+timer engine work unchanged under virtual time, and what a UML build changes: UML fixes \
 `CONFIG_HZ` at 100 (10 ms jiffies; the Debian kernels have 250) and has no modules, no SMP and \
 no BTF. Tests that need a finer jiffy skip there with the reason; the `6.1` column runs them.\n\n",
         super::uml::GUARD.as_secs()
@@ -105,9 +105,9 @@ cargo xtask kernel-matrix --kernels uml        # only the UML kernel, in virtual
   directory it caches between runs (about 0.55 GB for three kernels, modules pruned of hardware drivers; not under /run or /dev, which the guest mounts over). Results of the last five
   runs stay in `target/kernels/results/<run>/<kernel>/` (serial log, stage-2 script and log,
   per-binary stdout/stderr/exit code, probe output).
-- `uml` needs a UML kernel: `PATCHBAY_UML`, else the newest one `cargo xtask build-uml` put in
-  `target/uml` or `cargo xtask test` in `~/.cache/patchbay/uml`; without one the column is
-  skipped, naming `cargo xtask build-uml`.
+- `uml` needs a UML kernel: `PATCHBAY_UML`, else the highest-version one (then the newest)
+  `cargo xtask build-uml` put in `~/.cache/patchbay/uml` (or `target/uml`); without one the
+  column is skipped, naming `cargo xtask build-uml`.
 - `PATCHBAY_QEMU_ACCEL=kvm|tcg` skips the KVM probe. Other `PATCHBAY_*` variables are passed
   to the tests (e.g. `PATCHBAY_MATRIX_SELFTEST_FAIL=1` makes `matrix_guest` fail on purpose).
 ";

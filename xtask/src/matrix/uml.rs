@@ -1,4 +1,4 @@
-//! The `uml` kernel: the project's User-Mode-Linux 6.1 kernel in time-travel mode
+//! The `uml` kernel: the project's User-Mode-Linux kernel (`cargo xtask build-uml`) in time-travel mode
 //! (`time-travel=inf-cpu`), driven through `patchbay vt`. Unlike the QEMU guests, which boot
 //! once for the whole stage 2, it boots one short guest per step (the probe, then each test
 //! binary): a boot costs well under a second, and each binary gets its own wall-clock guard,
@@ -78,11 +78,6 @@ pub fn find_kernel(
     ))
 }
 
-/// The most recently modified `<dir>/<entry>/linux`, skipping `build-*` work directories.
-pub fn newest_linux_in(dir: &Path) -> Option<PathBuf> {
-    newest(candidates(dir))
-}
-
 /// `(entry name, mtime, path)` of every `<dir>/<entry>/linux` file.
 fn candidates(dir: &Path) -> Vec<(String, SystemTime, PathBuf)> {
     // A missing or unreadable directory simply holds no kernel.
@@ -100,13 +95,26 @@ fn candidates(dir: &Path) -> Vec<(String, SystemTime, PathBuf)> {
         .collect()
 }
 
-/// The newest of `(entry name, mtime, path)` candidates, `build-*` work directories aside;
-/// ties go to the larger path. Pure.
+/// The kernel version at the start of a cache entry name (`7.3.4-1~bpo13+1-<hash>` gives
+/// `(7, 3, 4)`); `(0, 0, 0)` for names that do not start with one.
+fn entry_version(name: &str) -> (u32, u32, u32) {
+    let head = name.split(['-', '~', '+']).next().unwrap_or("");
+    let mut n = head.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (
+        n.next().unwrap_or(0),
+        n.next().unwrap_or(0),
+        n.next().unwrap_or(0),
+    )
+}
+
+/// The default of `(entry name, mtime, path)` candidates, `build-*` work directories aside:
+/// the highest kernel version (as `patchbay::vt::find_uml_binary` picks), then the most
+/// recently built; ties go to the larger path. Pure.
 fn newest(mut found: Vec<(String, SystemTime, PathBuf)>) -> Option<PathBuf> {
     found.retain(|(name, _, _)| !name.starts_with("build-"));
     found
         .into_iter()
-        .max_by(|a, b| (a.1, &a.2).cmp(&(b.1, &b.2)))
+        .max_by(|a, b| (entry_version(&a.0), a.1, &a.2).cmp(&(entry_version(&b.0), b.1, &b.2)))
         .map(|(_, _, p)| p)
 }
 
@@ -271,8 +279,19 @@ mod tests {
             ),
             ("6.1-bbb".into(), t(20), PathBuf::from("/c/6.1-bbb/linux")),
         ];
-        assert_eq!(newest(found), Some(PathBuf::from("/c/6.1-bbb/linux")));
+        assert_eq!(
+            newest(found.clone()),
+            Some(PathBuf::from("/c/6.1-bbb/linux"))
+        );
         assert_eq!(newest(Vec::new()), None);
+        let mut more = found;
+        more.push((
+            "7.3.4-1~bpo13+1-ccc".into(),
+            t(5),
+            PathBuf::from("/c/7.3/linux"),
+        ));
+        assert_eq!(newest(more), Some(PathBuf::from("/c/7.3/linux")));
+        assert_eq!(entry_version("6.12.117-1~deb12u1-x"), (6, 12, 117));
     }
 
     #[test]
