@@ -40,8 +40,9 @@ pub use dns::{DnsError, DnsRecord, DnsServer, DnsZone};
 pub use error::{Error, Result};
 pub use firewall::{Firewall, FirewallAction, FirewallPolicy, OutboundPolicy, PortPolicy};
 pub use lab::{
-    Device, DeviceBuilder, Direction, FaultGuard, Iface, Lab, LabClock, LabEvent, LabOpts, Node,
-    NodeKind, Region, Router, RouterBuilder,
+    CaptureGuard, Device, DeviceBuilder, Direction, Exchange, FaultGuard, Iface, Lab, LabClock,
+    LabEvent, LabOpts, NatBehavior, NatFiltering, NatMapping, Node, NodeKind, Reflector, Region,
+    Router, RouterBuilder,
 };
 pub use link::{LinkCondition, LinkError, LinkTiming, Preset};
 pub use nat::{
@@ -51,7 +52,8 @@ pub use nat::{
 pub use sys::cgroup::CgroupError;
 pub use sys::cmd::CmdError;
 pub use sys::netlink::NetlinkError;
-pub use sys::netns::NetnsError;
+pub use sys::netns::{NetnsError, Task, ThreadTask};
 pub use sys::nft::NftError;
 pub use sys::sysctl::SysctlError;
 pub use sys::tc::TcError;
+pub use sys::userns::{UsernsError, init_userns};

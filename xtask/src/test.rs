@@ -36,6 +36,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iputils-tracepath", "tracepath"),
     ("netcat-openbsd", "nc"),
     ("python3", "python3"),
+    ("tshark", "tshark"),
 ];
 
 /// The test binaries of `patchbay-tests` that `cargo xtask test` also runs in virtual time,

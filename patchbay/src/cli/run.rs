@@ -20,6 +20,10 @@ pub struct RunArgs {
     /// same as `[lab] time = "virtual"`).
     #[arg(long = "virtual")]
     virtual_time: bool,
+    /// Write run artifacts (logs, events.jsonl, topology, captures) into
+    /// this directory and keep it (see docs/artifacts.md).
+    #[arg(long)]
+    outdir: Option<PathBuf>,
     /// Wall-clock limit for a virtual-time run, in seconds.
     #[arg(long, default_value_t = 600)]
     guard: u64,
@@ -36,6 +40,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let o = patchbay::labfile::RunOverrides {
         time_scale: args.time_scale,
         virtual_time: wants_virtual,
+        outdir: args.outdir.clone(),
     };
     let report = patchbay::labfile::run(&file, o, |s| {
         if !json {
@@ -115,6 +120,10 @@ fn reexec_in_vt(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut argv: Vec<std::ffi::OsString> = vec![exe.into(), "run".into(), file.into()];
     if args.json {
         argv.push("--json".into());
+    }
+    if let Some(d) = &args.outdir {
+        argv.push("--outdir".into());
+        argv.push(d.clone().into());
     }
     argv.push("--virtual".into());
     let opts = patchbay::vt::VtOpts {

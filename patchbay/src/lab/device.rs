@@ -231,9 +231,19 @@ impl DeviceBuilder {
                     .await?;
             }
         }
-        Ok(Device {
+        let dev = Device {
             node: Node::from_inner(node),
-        })
+        };
+        let ifaces: Vec<_> = planned
+            .iter()
+            .map(|p| (p.iface.clone(), p.router.clone()))
+            .collect();
+        dev.record(
+            "node.added",
+            serde_json::json!({"kind": "device", "ifaces": ifaces}),
+            true,
+        );
+        Ok(dev)
     }
 }
 

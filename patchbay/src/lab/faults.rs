@@ -44,6 +44,21 @@ pub struct FaultGuard {
     what: String,
     /// (namespace, netdev table) pairs to delete.
     tables: Vec<(Netns, String)>,
+    /// For the `fault.end` event.
+    lab: std::sync::Weak<super::LabInner>,
+}
+
+impl FaultGuard {
+    fn ended(&self) {
+        if let Some(lab) = self.lab.upgrade() {
+            super::artifacts::emit(
+                &lab,
+                None,
+                "fault.end",
+                serde_json::json!({"fault": self.what}),
+            );
+        }
+    }
 }
 
 impl FaultGuard {
@@ -54,7 +69,11 @@ impl FaultGuard {
 
     /// Removes the fault and waits until every drop rule is gone.
     pub async fn heal(mut self) -> Result<()> {
-        for (ns, table) in std::mem::take(&mut self.tables) {
+        let tables = std::mem::take(&mut self.tables);
+        if !tables.is_empty() {
+            self.ended();
+        }
+        for (ns, table) in tables {
             nft::apply(
                 &ns,
                 &format!("heal of {}", self.what),
@@ -68,7 +87,11 @@ impl FaultGuard {
 
 impl Drop for FaultGuard {
     fn drop(&mut self) {
-        for (ns, table) in std::mem::take(&mut self.tables) {
+        let tables = std::mem::take(&mut self.tables);
+        if !tables.is_empty() {
+            self.ended();
+        }
+        for (ns, table) in tables {
             let ns2 = ns.clone();
             // Drop cannot wait or fail: the deletion is queued on the
             // worker. If the namespace is already gone (lab dropped), so
@@ -150,18 +173,29 @@ fn next_table() -> String {
 }
 
 async fn install(
+    lab: std::sync::Weak<super::LabInner>,
     what: String,
     plan: Vec<(Netns, BTreeMap<String, Vec<String>>)>,
 ) -> Result<FaultGuard> {
     let mut guard = FaultGuard {
         what,
         tables: vec![],
+        lab: std::sync::Weak::new(),
     };
     for (ns, chains) in plan {
         let table = next_table();
         nft::apply(&ns, &guard.what, render_drop_table(&table, &chains)).await?;
         guard.tables.push((ns, table));
     }
+    if let Some(lab) = lab.upgrade() {
+        super::artifacts::emit(
+            &lab,
+            None,
+            "fault.start",
+            serde_json::json!({"fault": guard.what}),
+        );
+    }
+    guard.lab = lab;
     Ok(guard)
 }
 
@@ -200,7 +234,7 @@ impl Node {
             plan_add(&mut plan, &peer_ns, peer_dev, drop());
         }
         let what = format!("blackhole {}.{iface} ({direction:?})", self.name());
-        install(what, plan).await
+        install(self.inner.lab.clone(), what, plan).await
     }
 
     /// Every address of the node's interfaces.
@@ -268,7 +302,12 @@ impl Lab {
                 plan_add(&mut plan, &peer_ns, peer_dev, addr_rules("daddr", &theirs));
             }
         }
-        install(format!("partition {} | {}", a.name(), b.name()), plan).await
+        install(
+            std::sync::Arc::downgrade(&self.inner),
+            format!("partition {} | {}", a.name(), b.name()),
+            plan,
+        )
+        .await
     }
 }
 

@@ -18,17 +18,23 @@
 //! Requires root (or `CAP_SYS_ADMIN` + `CAP_NET_ADMIN`), Linux 4.19+ with
 //! network namespaces, veth and bridge support.
 
+mod artifacts;
+mod capture;
 mod clock;
+mod cmdlog;
 mod compression;
 mod device;
 mod dns_ops;
 mod faults;
+mod handle;
+mod mobility;
 mod nat6_ops;
 mod nat_ops;
 mod node;
 mod opts;
 mod presets;
 mod prewarm;
+mod probe;
 mod region;
 mod router;
 mod shaping;
@@ -38,13 +44,16 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use capture::CaptureGuard;
 pub use clock::LabClock;
 pub(crate) use clock::monotonic_now;
 pub use compression::LabEvent;
 pub use device::{Device, DeviceBuilder};
 pub use faults::{Direction, FaultGuard};
+pub use handle::Exchange;
 pub use node::{Iface, Node, NodeKind};
 pub use opts::LabOpts;
+pub use probe::{NatBehavior, NatFiltering, NatMapping, Reflector};
 pub use region::Region;
 pub use router::{Router, RouterBuilder};
 
@@ -80,6 +89,7 @@ pub(crate) struct LabInner {
     /// Names and nameservers (see `dns_ops.rs`).
     pub(crate) dns: Mutex<crate::dns::LabDns>,
     regions: Mutex<region::Regions>,
+    artifacts: Option<Arc<artifacts::Artifacts>>,
 }
 
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -121,8 +131,12 @@ impl Lab {
         let cgroup = match ProcessCgroup::acquire() {
             Ok(pc) => Some(pc.new_lab()?),
             Err(crate::sys::cgroup::CgroupError::NoCgroup2) => None,
+            // In a user namespace the host's cgroups are not ours: lab
+            // processes are then ended by PR_SET_PDEATHSIG alone.
+            Err(_) if crate::sys::userns::in_userns() => None,
             Err(e) => return Err(e.into()),
         };
+        let artifacts = artifacts::for_lab(&opts, &id, &comp)?;
         let root = Netns::new(&format!("{id}-root"))?;
         let inner = Arc::new(LabInner {
             id,
@@ -137,6 +151,7 @@ impl Lab {
             state_dir: Mutex::new(None),
             dns: Mutex::new(crate::dns::LabDns::default()),
             regions: Mutex::default(),
+            artifacts,
         });
         inner.prepare_ns(&root, true, "exchange")?;
         let bridge_mac = addr::mac(0, 0);
@@ -276,6 +291,11 @@ impl LabInner {
         Ok(())
     }
 
+    /// The run-artifact writer, when the lab has an output directory.
+    pub(crate) fn artifacts(&self) -> Option<&Arc<artifacts::Artifacts>> {
+        self.artifacts.as_ref()
+    }
+
     pub(crate) fn prewarm(&self) -> &prewarm::Prewarm {
         &self.prewarm
     }
@@ -311,6 +331,9 @@ impl LabInner {
 
 impl Drop for LabInner {
     fn drop(&mut self) {
+        if let Some(a) = self.artifacts.take() {
+            a.finish(self);
+        }
         // Kill spawned processes first (grandchildren included), then stop
         // the workers; the namespaces vanish with their last reference.
         let t0 = std::time::Instant::now();

@@ -89,7 +89,13 @@ impl Router {
         if let Some(t) = cfg.effective_conntrack() {
             sysctl::write_all(self.netns(), self.scaled_conntrack(&t).to_sysctls())?;
         }
-        self.store_nat(&cfg)
+        self.store_nat(&cfg)?;
+        self.record(
+            "nat.changed",
+            serde_json::to_value(&cfg).unwrap_or_default(),
+            true,
+        );
+        Ok(())
     }
 
     /// Changes the NAT mode at runtime (see [`Router::set_nat_config`]).
@@ -124,6 +130,7 @@ impl Router {
             nft::apply(self.netns(), &what, cmds).await?;
         }
         nat::flush_conntrack(self.netns())?;
+        self.record("nat.flushed", serde_json::Value::Null, false);
         Ok(())
     }
 }
@@ -198,6 +205,7 @@ impl Node {
             ruleset,
         )
         .await?;
+        self.firewall_changed(&firewall);
         Ok(())
     }
 
@@ -227,6 +235,11 @@ impl Node {
         let qdisc = crate::link::qdisc_of(&condition);
         tc::apply(self.netns(), &render_tc(iface, &condition), qdisc).await?;
         tc::apply(&peer_ns, &render_tc(&peer_dev, &condition), qdisc).await?;
+        self.record(
+            "link.condition",
+            serde_json::json!({"iface": iface, "applied": condition}),
+            false,
+        );
         Ok(())
     }
 }

@@ -238,9 +238,16 @@ impl Node {
         self.prepare_std(cmd.as_std_mut())?;
         let program = cmd.as_std().get_program().to_string_lossy().into_owned();
         let node = self.inner.name.clone();
+        let log = self.cmd_log(cmd.as_std_mut());
         self.inner
             .ns()
-            .run_sync(move || cmd.spawn())?
+            .run_sync(move || {
+                let mut child = cmd.spawn()?;
+                if let Some((l, w)) = &log {
+                    super::cmdlog::attach_tokio(&mut child, l, *w);
+                }
+                Ok(child)
+            })?
             .map_err(|source| Error::Spawn {
                 program,
                 node,
@@ -256,9 +263,16 @@ impl Node {
         self.prepare_std(&mut cmd)?;
         let program = cmd.get_program().to_string_lossy().into_owned();
         let node = self.inner.name.clone();
+        let log = self.cmd_log(&mut cmd);
         self.inner
             .ns()
-            .run_sync(move || cmd.spawn())?
+            .run_sync(move || {
+                let mut child = cmd.spawn()?;
+                if let Some((l, w)) = &log {
+                    super::cmdlog::attach_std(&mut child, l, *w);
+                }
+                Ok(child)
+            })?
             .map_err(|source| Error::Spawn {
                 program,
                 node,
@@ -304,7 +318,10 @@ impl Node {
             .ns()
             .run(move || netlink::set_up(index, up))
             .await?
-            .ctx(|| what)
+            .ctx(|| what)?;
+        let kind = if up { "link.up" } else { "link.down" };
+        self.record(kind, serde_json::json!({"iface": iface}), false);
+        Ok(())
     }
 }
 

@@ -11,6 +11,8 @@ pub struct LabOpts {
     pub(crate) syn_retries: Option<u8>,
     pub(crate) retries2: Option<u8>,
     pub(crate) virtual_time: bool,
+    pub(crate) outdir: Option<std::path::PathBuf>,
+    pub(crate) keep_artifacts: bool,
     pub(crate) bpf_log: Option<tracing::Level>,
 }
 
@@ -25,6 +27,8 @@ impl Default for LabOpts {
             syn_retries: None,
             retries2: None,
             virtual_time: false,
+            outdir: None,
+            keep_artifacts: false,
             bpf_log: None,
         }
     }
@@ -113,6 +117,26 @@ impl LabOpts {
     /// it fixes the established give-up deadline the plan compresses.
     pub fn tcp_retries2(mut self, n: u8) -> Self {
         self.retries2 = Some(n);
+        self
+    }
+
+    /// Writes the lab's run artifacts into `dir` (format in
+    /// `docs/artifacts.md`): `run.json`, `topology.json`, `events.jsonl`,
+    /// per-node logs of every spawned command, the compression report, and
+    /// pcapng captures requested with [`crate::Node::capture`]. A previous
+    /// run in `dir` is replaced; a non-empty directory that holds no run is
+    /// refused. Retention: the directory is kept when the lab fails (dropped
+    /// while panicking, or [`crate::Lab::fail`]), and removed on success
+    /// unless [`LabOpts::keep_artifacts`] or `PATCHBAY_KEEP_ARTIFACTS` is set.
+    pub fn outdir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.outdir = Some(dir.into());
+        self
+    }
+
+    /// Keeps the output directory after a successful run too (default:
+    /// only after a failure).
+    pub fn keep_artifacts(mut self, on: bool) -> Self {
+        self.keep_artifacts = on;
         self
     }
 }

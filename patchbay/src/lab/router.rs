@@ -332,6 +332,11 @@ impl RouterBuilder {
         router.configure_v6(nat_v6, lan_v6).await?;
         extras.apply(&router).await?;
         super::region::router_added(&lab, &name).await?;
+        router.record(
+            "node.added",
+            serde_json::json!({"kind": "router", "upstream": upstream, "nat": router.nat_config()?.nat.name()}),
+            true,
+        );
         Ok(router)
     }
 }

@@ -63,15 +63,17 @@ struct Bg {
 }
 
 /// Overrides of a lab file's settings from the command line.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOverrides {
     /// Replaces `[lab] time-scale`.
     pub time_scale: Option<f64>,
     /// Forces virtual time.
     pub virtual_time: bool,
+    /// Replaces `[lab] outdir`; a directory given here is always kept.
+    pub outdir: Option<std::path::PathBuf>,
 }
 
-fn lab_opts(file: &LabFile, o: RunOverrides) -> LabOpts {
+fn lab_opts(file: &LabFile, o: &RunOverrides) -> LabOpts {
     let l = &file.lab;
     let mut opts = LabOpts::default()
         .prewarm_neighbors(l.prewarm_neighbors)
@@ -90,10 +92,15 @@ fn lab_opts(file: &LabFile, o: RunOverrides) -> LabOpts {
     if let Some(n) = l.tcp_retries2 {
         opts = opts.tcp_retries2(n);
     }
+    match (&o.outdir, &l.outdir) {
+        (Some(d), _) => opts = opts.outdir(d.clone()).keep_artifacts(true),
+        (None, Some(d)) => opts = opts.outdir(d.clone()).keep_artifacts(l.keep),
+        (None, None) => {}
+    }
     opts
 }
 
-async fn build(file: &LabFile, o: RunOverrides) -> Result<Lab> {
+async fn build(file: &LabFile, o: &RunOverrides) -> Result<Lab> {
     let lab = Lab::with_opts(lab_opts(file, o)).await?;
     for name in file.regions.keys() {
         lab.add_region(name).await?;
@@ -182,6 +189,20 @@ async fn build(file: &LabFile, o: RunOverrides) -> Result<Lab> {
             dev.set_nameservers(&servers)?;
         }
     }
+    // Captures go into the output directory; without one there is nowhere
+    // to put them, and the file runs as it would without `capture`.
+    let captures = if lab.outdir().is_some() {
+        file.lab.capture.as_slice()
+    } else {
+        &[]
+    };
+    for c in captures {
+        let (node, iface) = c.split_once('.').unwrap_or((c.as_str(), ""));
+        let n = lab.node(node).ok_or_else(|| {
+            crate::Error::Invalid(format!("[lab] capture {c:?}: unknown node {node:?}"))
+        })?;
+        n.capture_until_end(iface).await?;
+    }
     Ok(lab)
 }
 
@@ -193,14 +214,28 @@ pub async fn run(
     mut on_step: impl FnMut(&StepOutcome),
 ) -> Result<RunReport> {
     let t0 = Instant::now();
-    let lab = build(file, o).await?;
+    let lab = build(file, &o).await?;
     let build_s = t0.elapsed().as_secs_f64();
     let vars = Vars::from_lab(&lab);
     let mut st = State::default();
     let mut steps = vec![];
     for (i, step) in file.steps.iter().enumerate() {
+        lab.emit(None, "step.start", serde_json::json!({"step": i + 1}));
         let mut out = run_step(&lab, &vars, i + 1, step, &mut st).await;
         out.virtual_s = out.wall_s * lab.time_scale();
+        lab.emit(
+            out.node.as_deref(),
+            "step.end",
+            serde_json::to_value(&out).unwrap_or_default(),
+        );
+        if !out.ok {
+            lab.fail(format!(
+                "step {} ({}) failed: {}",
+                out.step,
+                out.kind,
+                out.error.as_deref().unwrap_or("?")
+            ));
+        }
         on_step(&out);
         let ok = out.ok;
         steps.push(out);
@@ -358,6 +393,11 @@ async fn run_step(lab: &Lab, vars: &Vars, n: usize, step: &Step, st: &mut State)
                         return Err(format!("timed out after {limit:?}"));
                     }
                 };
+                lab.emit(
+                    Some(&node),
+                    "cmd.exit",
+                    serde_json::json!({"step": out.step, "exit_code": status.code()}),
+                );
                 let stdout = so.await.unwrap_or_default();
                 let stderr = se.await.unwrap_or_default();
                 check(&mut out, step, vars, status.code(), &stdout);
@@ -372,12 +412,15 @@ async fn run_step(lab: &Lab, vars: &Vars, n: usize, step: &Step, st: &mut State)
                 let (mut cmd, line) = command_of(step.cmd.as_ref().ok_or("no cmd")?, vars)?;
                 out.command = Some(line);
                 cmd.stdout(Stdio::piped())
-                    .stderr(Stdio::null())
+                    .stderr(Stdio::piped())
                     .stdin(Stdio::null())
                     .kill_on_drop(true);
                 let n = lab.node(&node).ok_or("node vanished")?;
                 let mut child = n.spawn_command(cmd).map_err(|e| e.to_string())?;
                 let out_task = tokio::spawn(read_all(child.stdout.take().ok_or("no stdout")?));
+                // Drained so a chatty background command never blocks (and,
+                // with an output directory, is logged).
+                drop(tokio::spawn(read_all(child.stderr.take().ok_or("no stderr")?)));
                 st.bgs.insert(
                     name,
                     Bg {
@@ -407,6 +450,11 @@ async fn run_step(lab: &Lab, vars: &Vars, n: usize, step: &Step, st: &mut State)
                         ));
                     }
                 };
+                lab.emit(
+                    Some(&bg.node),
+                    "cmd.exit",
+                    serde_json::json!({"step": out.step, "background": name, "exit_code": status.code()}),
+                );
                 let stdout = bg.out.await.unwrap_or_default();
                 check(&mut out, step, vars, status.code(), &stdout);
                 Ok(())

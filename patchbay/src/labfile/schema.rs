@@ -68,6 +68,16 @@ pub struct LabSection {
     /// `tcp_retries2` in every namespace.
     #[serde(default)]
     pub tcp_retries2: Option<u8>,
+    /// Output directory for run artifacts (see `docs/artifacts.md`).
+    #[serde(default)]
+    pub outdir: Option<std::path::PathBuf>,
+    /// Keep the output directory after a passing run too.
+    #[serde(default)]
+    pub keep: bool,
+    /// Interfaces (`node.iface`) captured to pcapng for the whole run
+    /// (needs `outdir`).
+    #[serde(default)]
+    pub capture: Vec<String>,
 }
 
 impl Default for LabSection {
@@ -81,6 +91,9 @@ impl Default for LabSection {
             sysctl_only: false,
             tcp_syn_retries: None,
             tcp_retries2: None,
+            outdir: None,
+            keep: false,
+            capture: vec![],
         }
     }
 }
@@ -556,6 +569,12 @@ impl LabFile {
                     "device {:?}: nameserver {ns:?} is neither an IP address nor a node of this lab",
                     d.name
                 ));
+            }
+        }
+        for c in &self.lab.capture {
+            let (node, _) = node_iface("capture", c)?;
+            if !names.contains(node.as_str()) {
+                return Err(format!("[lab] capture {c:?}: unknown node {node:?}"));
             }
         }
         let mut bg = BTreeSet::new();

@@ -8,11 +8,14 @@
 //!   records argv, namespace and stderr for every failure;
 //! - [`nft`], [`tc`]: applying rendered rulesets and qdiscs;
 //! - [`sysctl`]: per-namespace `/proc/sys` reads and writes;
+//! - [`capture`]: `AF_PACKET` sockets for pcap captures;
+//! - [`userns`]: entering a user namespace for labs without root;
 //! - [`cgroup`]: the lab's cgroup v2 subtree (process tracking, eBPF attach
 //!   point, killing a lab's whole process tree);
 //! - [`watchdog`]: kills a process's labs when the process dies (SIGKILL
 //!   included).
 
+pub(crate) mod capture;
 pub(crate) mod cgroup;
 pub(crate) mod cmd;
 pub(crate) mod linkattr;
@@ -21,4 +24,5 @@ pub(crate) mod netns;
 pub(crate) mod nft;
 pub(crate) mod sysctl;
 pub(crate) mod tc;
+pub(crate) mod userns;
 pub(crate) mod watchdog;

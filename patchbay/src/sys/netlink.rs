@@ -361,3 +361,67 @@ pub async fn add_route_dev_v6(dst: Ipv6Addr, prefix: u8, index: u32) -> Result<(
         .await
         .map_err(req(format!("ip -6 route add {dst}/{prefix} dev #{index}")))
 }
+
+/// `ip link del dev IDX` (deleting one end of a veth deletes both).
+pub async fn del_link(index: u32) -> Result<(), NetlinkError> {
+    handle()?
+        .link()
+        .del(index)
+        .execute()
+        .await
+        .map_err(req(format!("ip link del dev #{index}")))
+}
+
+/// `ip addr del ADDR/PREFIX dev IDX`.
+pub async fn del_addr(index: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
+    let mut msg = rtnetlink::packet_route::address::AddressMessage::default();
+    msg.header.index = index;
+    msg.header.prefix_len = prefix;
+    msg.header.family = match addr {
+        IpAddr::V4(_) => rtnetlink::packet_route::AddressFamily::Inet,
+        IpAddr::V6(_) => rtnetlink::packet_route::AddressFamily::Inet6,
+    };
+    msg.attributes
+        .push(rtnetlink::packet_route::address::AddressAttribute::Address(
+            addr,
+        ));
+    if addr.is_ipv4() {
+        msg.attributes
+            .push(rtnetlink::packet_route::address::AddressAttribute::Local(
+                addr,
+            ));
+    }
+    handle()?
+        .address()
+        .del(msg)
+        .execute()
+        .await
+        .map_err(req(format!("ip addr del {addr}/{prefix} dev #{index}")))
+}
+
+/// `ip route replace default via GW` and `ip -6 route replace default via
+/// GW6`: points the default routes at a new gateway.
+pub async fn replace_default(gw: Ipv4Addr, gw6: Ipv6Addr) -> Result<(), NetlinkError> {
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+        .gateway(gw)
+        .build();
+    handle()?
+        .route()
+        .add(msg)
+        .replace()
+        .execute()
+        .await
+        .map_err(req(format!("ip route replace default via {gw}")))?;
+    let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
+        .gateway(gw6)
+        .build();
+    handle()?
+        .route()
+        .add(msg)
+        .replace()
+        .execute()
+        .await
+        .map_err(req(format!("ip -6 route replace default via {gw6}")))
+}

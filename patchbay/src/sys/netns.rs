@@ -59,6 +59,29 @@ pub enum NetnsError {
         /// Namespace name.
         name: String,
     },
+    /// The task was aborted through its handle ([`Task::abort`]).
+    #[error("the task on {name} was aborted")]
+    Aborted {
+        /// Namespace name.
+        name: String,
+    },
+    /// A thread started with [`Netns::spawn_thread`] panicked.
+    #[error("a thread in {name} panicked: {message}")]
+    Panicked {
+        /// Namespace name.
+        name: String,
+        /// The panic message.
+        message: String,
+    },
+    /// `setns` into the namespace failed (a [`Netns::spawn_thread`] thread).
+    #[error("cannot enter namespace {name} with setns(CLONE_NEWNET): {source}")]
+    Setns {
+        /// Namespace name.
+        name: String,
+        /// The errno.
+        #[source]
+        source: nix::Error,
+    },
 }
 
 type Job = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
@@ -224,17 +247,81 @@ impl Netns {
         T: Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        let (abort, reg) = futures::future::AbortHandle::new_pair();
         self.send(Box::new(move || {
             Box::pin(async move {
-                let out = f().await;
-                // The receiver may have been dropped: the caller detached.
-                let _ = tx.send(out);
+                // An aborted task drops `tx`; the handle reports `Aborted`.
+                if let Ok(out) =
+                    futures::future::Abortable::new(async move { f().await }, reg).await
+                {
+                    // The receiver may have been dropped: the caller detached.
+                    let _ = tx.send(out);
+                }
             })
         }))?;
         Ok(Task {
             rx,
             name: self.inner.name.clone(),
+            abort,
+            abort_on_drop: false,
         })
+    }
+
+    /// Runs a blocking closure on a new OS thread that has entered the
+    /// namespace (`setns(CLONE_NEWNET)`); sockets and processes it creates
+    /// belong to the namespace. For blocking code that must not stall the
+    /// namespace's worker. Needs `CAP_SYS_ADMIN` over the namespace.
+    pub fn spawn_thread<F, T>(&self, f: F) -> Result<ThreadTask<T>, NetnsError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let fd = {
+            let g = self.inner.fd.lock().unwrap_or_else(|p| p.into_inner());
+            let gone = || NetnsError::Gone {
+                name: self.inner.name.clone(),
+            };
+            g.as_ref()
+                .ok_or_else(gone)?
+                .try_clone()
+                .map_err(|source| NetnsError::OpenNs {
+                    name: self.inner.name.clone(),
+                    source,
+                })?
+        };
+        let (tx, rx) = oneshot::channel();
+        let name = self.inner.name.clone();
+        let tname = name.clone();
+        std::thread::Builder::new()
+            .name(thread_name(&format!("t-{name}")))
+            .spawn(move || {
+                if let Err(source) = nix::sched::setns(&fd, CloneFlags::CLONE_NEWNET) {
+                    let _ = tx.send(Err(NetnsError::Setns {
+                        name: tname,
+                        source,
+                    }));
+                    return;
+                }
+                drop(fd);
+                let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+                    let message = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "non-string panic".into());
+                    NetnsError::Panicked {
+                        name: tname,
+                        message,
+                    }
+                });
+                // A dropped receiver means the caller detached.
+                let _ = tx.send(out);
+            })
+            .map_err(|source| NetnsError::Thread {
+                name: name.clone(),
+                source,
+            })?;
+        Ok(ThreadTask { rx, name })
     }
 
     /// Runs a closure on the worker thread, inside the namespace, and waits
@@ -344,11 +431,45 @@ fn thread_name(name: &str) -> String {
     n
 }
 
-/// The result of [`Netns::spawn`]: a future resolving to the task's output.
+/// A task running on a node's worker (from `spawn`): a future resolving to
+/// the task's output. Dropping it detaches the task (it keeps running until
+/// it ends or the lab is dropped) unless [`Task::abort_on_drop`] was chosen;
+/// [`Task::abort`] cancels it at its next `.await`.
 #[derive(Debug)]
 pub struct Task<T> {
     rx: oneshot::Receiver<T>,
     name: String,
+    abort: futures::future::AbortHandle,
+    abort_on_drop: bool,
+}
+
+impl<T> Task<T> {
+    /// Cancels the task: its future is dropped at its next suspension
+    /// point, on the worker. Awaiting the handle then gives
+    /// [`NetnsError::Aborted`].
+    pub fn abort(&self) {
+        self.abort.abort();
+    }
+
+    /// Makes dropping this handle abort the task (default: detach).
+    pub fn abort_on_drop(mut self) -> Self {
+        self.abort_on_drop = true;
+        self
+    }
+
+    /// Drops the handle and lets the task run on (the default on drop,
+    /// stated explicitly).
+    pub fn detach(mut self) {
+        self.abort_on_drop = false;
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        if self.abort_on_drop {
+            self.abort.abort();
+        }
+    }
 }
 
 impl<T> Future for Task<T> {
@@ -357,10 +478,49 @@ impl<T> Future for Task<T> {
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
+        let aborted = self.abort.is_aborted();
+        let name = self.name.clone();
+        Pin::new(&mut self.rx).poll(cx).map(|r| {
+            r.map_err(|_| {
+                if aborted {
+                    NetnsError::Aborted { name }
+                } else {
+                    NetnsError::Gone { name }
+                }
+            })
+        })
+    }
+}
+
+/// A thread started in a namespace with [`Netns::spawn_thread`]: await it,
+/// or [`ThreadTask::join`] it from blocking code.
+#[derive(Debug)]
+pub struct ThreadTask<T> {
+    rx: oneshot::Receiver<Result<T, NetnsError>>,
+    name: String,
+}
+
+impl<T> ThreadTask<T> {
+    /// Blocks until the thread ends and returns its result. Must not be
+    /// called from inside an async runtime (use `.await` there).
+    pub fn join(self) -> Result<T, NetnsError> {
+        let name = self.name;
+        self.rx
+            .blocking_recv()
+            .map_err(|_| NetnsError::Gone { name })?
+    }
+}
+
+impl<T> Future for ThreadTask<T> {
+    type Output = Result<T, NetnsError>;
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
         let name = self.name.clone();
         Pin::new(&mut self.rx)
             .poll(cx)
-            .map(|r| r.map_err(|_| NetnsError::Gone { name }))
+            .map(|r| r.map_err(|_| NetnsError::Gone { name }).and_then(|x| x))
     }
 }
 

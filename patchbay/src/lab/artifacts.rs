@@ -1,0 +1,560 @@
+//! Run artifacts: what a lab leaves in its output directory (format v1,
+//! documented in `docs/artifacts.md`).
+//!
+//! ```text
+//! <outdir>/run.json         manifest (written at start, rewritten at the end)
+//! <outdir>/topology.json    rewritten on every topology change
+//! <outdir>/events.jsonl     one JSON object per line, flushed per event
+//! <outdir>/logs/<node>/<n>-<prog>.stdout|.stderr
+//! <outdir>/logs/<node>.jsonl
+//! <outdir>/compression.json, compression.txt   (k > 1 only)
+//! <outdir>/pcap/<node>-<iface>.pcapng           (on request)
+//! ```
+//!
+//! Every write here is best effort after creation: a full disk must not
+//! fail the lab under test, so write errors are logged (`tracing::warn`)
+//! once per file and the run goes on.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+
+use super::topo::{Topology, Upstream};
+
+/// Version of the run-directory format.
+pub const FORMAT_VERSION: u32 = 1;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { context, source }
+}
+
+/// The `run.json` manifest.
+#[derive(Debug, Clone, Serialize)]
+struct Manifest {
+    format: &'static str,
+    version: u32,
+    kind: &'static str,
+    name: String,
+    id: String,
+    time_mode: &'static str,
+    time_scale: f64,
+    seed: Option<u64>,
+    started_unix_ms: f64,
+    ended_unix_ms: Option<f64>,
+    status: &'static str,
+    failure: Option<String>,
+    patchbay_version: &'static str,
+}
+
+/// One lab's artifact writer.
+#[derive(Debug)]
+pub(crate) struct Artifacts {
+    dir: PathBuf,
+    keep: bool,
+    start: Instant,
+    scale: f64,
+    seq: AtomicU64,
+    events: Mutex<Option<File>>,
+    manifest: Mutex<Manifest>,
+    node_logs: Mutex<BTreeMap<String, Arc<Mutex<File>>>>,
+    cmd_seq: AtomicU32,
+    failed: AtomicBool,
+    /// Per node: the firewall last installed (for topology.json).
+    pub(crate) firewalls: Mutex<BTreeMap<String, Value>>,
+    pub(crate) captures: Mutex<Vec<super::capture::CaptureGuard>>,
+    /// Stop flags of every capture, including those the user holds.
+    pub(crate) capture_stops: Mutex<Vec<Arc<AtomicBool>>>,
+    warned: AtomicBool,
+}
+
+/// Milliseconds as f64.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn unix_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(ms)
+        .unwrap_or(0.0)
+}
+
+/// Whether `dir` may be (re)used: missing, empty, or a previous run
+/// (it holds a `run.json` of format `patchbay-run`).
+fn check_reusable(dir: &Path) -> Result<bool> {
+    let Ok(mut rd) = std::fs::read_dir(dir) else {
+        return Ok(false);
+    };
+    if rd.next().is_none() {
+        return Ok(false);
+    }
+    let prev = std::fs::read_to_string(dir.join("run.json")).unwrap_or_default();
+    let is_run = serde_json::from_str::<Value>(&prev)
+        .ok()
+        .and_then(|v| v.get("format").and_then(Value::as_str).map(str::to_string))
+        .is_some_and(|f| f == "patchbay-run");
+    if !is_run {
+        return Err(Error::Invalid(format!(
+            "output directory {} is not empty and holds no previous patchbay run (run.json); choose a fresh or empty directory",
+            dir.display()
+        )));
+    }
+    Ok(true)
+}
+
+impl Artifacts {
+    /// Creates the run directory (replacing a previous run in it) and
+    /// writes `run.json` with status `running`.
+    pub fn create(
+        dir: &Path,
+        keep: bool,
+        id: &str,
+        name: &str,
+        time_mode: &'static str,
+        scale: f64,
+        start: Instant,
+    ) -> Result<Artifacts> {
+        if check_reusable(dir)? {
+            std::fs::remove_dir_all(dir).map_err(io_err(format!(
+                "removing the previous run in {}",
+                dir.display()
+            )))?;
+        }
+        std::fs::create_dir_all(dir.join("logs")).map_err(io_err(format!(
+            "creating output directory {}",
+            dir.display()
+        )))?;
+        let events = File::create(dir.join("events.jsonl"))
+            .map_err(io_err(format!("creating {}/events.jsonl", dir.display())))?;
+        let a = Artifacts {
+            dir: dir.to_path_buf(),
+            keep,
+            start,
+            scale,
+            seq: AtomicU64::new(0),
+            events: Mutex::new(Some(events)),
+            manifest: Mutex::new(Manifest {
+                format: "patchbay-run",
+                version: FORMAT_VERSION,
+                kind: "lab",
+                name: name.to_string(),
+                id: id.to_string(),
+                time_mode,
+                time_scale: scale,
+                seed: None,
+                started_unix_ms: unix_ms(),
+                ended_unix_ms: None,
+                status: "running",
+                failure: None,
+                patchbay_version: env!("CARGO_PKG_VERSION"),
+            }),
+            node_logs: Mutex::new(BTreeMap::new()),
+            cmd_seq: AtomicU32::new(0),
+            failed: AtomicBool::new(false),
+            firewalls: Mutex::new(BTreeMap::new()),
+            captures: Mutex::new(vec![]),
+            capture_stops: Mutex::new(vec![]),
+            warned: AtomicBool::new(false),
+        };
+        a.write_manifest();
+        a.emit(None, "lab.start", json!({ "id": id, "time_scale": scale }));
+        Ok(a)
+    }
+
+    /// The run directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// (wall_ms, virtual_ms) of now.
+    pub fn now(&self) -> (f64, f64) {
+        self.at(self.start.elapsed())
+    }
+
+    /// (wall_ms, virtual_ms) of a wall offset since the lab start.
+    pub fn at(&self, since_start: Duration) -> (f64, f64) {
+        let w = ms(since_start);
+        (w, w * self.scale)
+    }
+
+    fn warn_once(&self, what: &str, e: &dyn std::fmt::Display) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!("patchbay artifacts: {what} in {}: {e}", self.dir.display());
+        }
+    }
+
+    /// Appends one event to events.jsonl, stamped now.
+    pub fn emit(&self, node: Option<&str>, kind: &str, data: Value) {
+        let (w, v) = self.now();
+        self.emit_at(w, v, node, kind, data);
+    }
+
+    /// Appends one event with explicit times.
+    pub fn emit_at(
+        &self,
+        wall_ms: f64,
+        virtual_ms: f64,
+        node: Option<&str>,
+        kind: &str,
+        data: Value,
+    ) {
+        let mut g = lock(&self.events);
+        let Some(f) = g.as_mut() else { return };
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let line = json!({
+            "seq": seq,
+            "wall_ms": wall_ms,
+            "virtual_ms": virtual_ms,
+            "node": node,
+            "kind": kind,
+            "data": data,
+        });
+        if let Err(e) = writeln!(f, "{line}").and_then(|_| f.flush()) {
+            self.warn_once("cannot append to events.jsonl", &e);
+        }
+    }
+
+    fn write_json(&self, name: &str, v: &impl Serialize) {
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let r = serde_json::to_vec_pretty(v)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = r {
+            self.warn_once(&format!("cannot write {name}"), &e);
+        }
+    }
+
+    fn write_manifest(&self) {
+        let m = lock(&self.manifest).clone();
+        self.write_json("run.json", &m);
+    }
+
+    /// Rewrites topology.json from the lab's bookkeeping.
+    pub fn write_topology(&self, t: &Topology) {
+        let fws = lock(&self.firewalls).clone();
+        let ifaces = |n: &super::node::NodeInner| -> Vec<Value> {
+            n.ifaces
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .map(|i| {
+                    json!({
+                        "name": i.name,
+                        "peer": i.peer,
+                        "mac": crate::sys::netlink::fmt_mac(&i.mac),
+                        "ipv4": i.ip.map(|a| vec![format!("{a}/{}", i.prefix)]).unwrap_or_default(),
+                        "ipv6": i.ip6.map(|a| vec![format!("{a}/{}", crate::addr::V6_PREFIX)]).unwrap_or_default(),
+                    })
+                })
+                .collect()
+        };
+        let routers: Vec<Value> = t
+            .routers
+            .iter()
+            .map(|(name, r)| {
+                json!({
+                    "name": name,
+                    "upstream": match &r.upstream { Upstream::Exchange => None, Upstream::Router(p) => Some(p.clone()) },
+                    "nat": r.nat.nat.name(),
+                    "firewall": fws.get(name),
+                    "region": Value::Null,
+                    "ifaces": ifaces(&r.node),
+                })
+            })
+            .collect();
+        let devices: Vec<Value> = t
+            .nodes
+            .iter()
+            .filter(|(n, _)| !t.routers.contains_key(*n))
+            .map(|(name, n)| {
+                let default_via = n.primary.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                json!({
+                    "name": name,
+                    "default_via": default_via,
+                    "firewall": fws.get(name),
+                    "ifaces": ifaces(n),
+                })
+            })
+            .collect();
+        self.write_json(
+            "topology.json",
+            &json!({ "version": FORMAT_VERSION, "routers": routers, "devices": devices }),
+        );
+    }
+
+    /// Marks the run failed (kept on drop whatever `keep` says).
+    pub fn fail(&self, why: Option<String>) {
+        self.failed.store(true, Ordering::Relaxed);
+        if why.is_some() {
+            lock(&self.manifest).failure = why;
+        }
+    }
+
+    /// Paths and a number for a node's next command.
+    pub fn next_cmd(&self, node: &str, program: &str) -> (u32, PathBuf, Option<Arc<Mutex<File>>>) {
+        let n = self.cmd_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let prog: String = Path::new(program)
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| program.to_string())
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(40)
+            .collect();
+        let dir = self.dir.join("logs").join(node);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            self.warn_once("cannot create a log directory", &e);
+        }
+        let base = dir.join(format!("{n}-{prog}"));
+        let jsonl = {
+            let mut g = lock(&self.node_logs);
+            match g.get(node) {
+                Some(f) => Some(f.clone()),
+                None => {
+                    let path = self.dir.join("logs").join(format!("{node}.jsonl"));
+                    match File::options().create(true).append(true).open(&path) {
+                        Ok(f) => {
+                            let f = Arc::new(Mutex::new(f));
+                            g.insert(node.to_string(), f.clone());
+                            Some(f)
+                        }
+                        Err(e) => {
+                            self.warn_once("cannot open a node log", &e);
+                            None
+                        }
+                    }
+                }
+            }
+        };
+        (n, base, jsonl)
+    }
+
+    /// Ends the run: stops captures, writes the TCP telemetry, the
+    /// compression report, the final topology and manifest, then applies
+    /// the retention rule (keep on failure or when asked; else remove).
+    pub fn finish(&self, lab: &super::LabInner) {
+        for s in lock(&self.capture_stops).iter() {
+            s.store(true, Ordering::Relaxed);
+        }
+        let caps = std::mem::take(&mut *lock(&self.captures));
+        for c in caps {
+            let what = c.describe();
+            if let Err(e) = c.stop() {
+                self.warn_once(&format!("cannot finish capture {what}"), &e);
+            }
+        }
+        for ev in lab.compression().events() {
+            let (w, v) = (ms(ev.at), ms(ev.virtual_at));
+            let data = serde_json::to_value(ev.tcp).unwrap_or(Value::Null);
+            self.emit_at(w, v, Some(&ev.node), "tcp", data);
+        }
+        if lab.compression().scale() > 1.0 {
+            match lab.compression().report() {
+                Ok(r) => {
+                    self.write_json("compression.json", &r);
+                    if let Err(e) = std::fs::write(self.dir.join("compression.txt"), r.to_string())
+                    {
+                        self.warn_once("cannot write compression.txt", &e);
+                    }
+                }
+                Err(e) => self.warn_once("cannot compute the compression report", &e),
+            }
+        }
+        self.write_topology(&lab.topo());
+        let failed = self.failed.load(Ordering::Relaxed) || std::thread::panicking();
+        let status = if failed { "failed" } else { "passed" };
+        self.emit(None, "lab.end", json!({ "status": status }));
+        {
+            let mut m = lock(&self.manifest);
+            m.status = status;
+            m.ended_unix_ms = Some(unix_ms());
+        }
+        self.write_manifest();
+        *lock(&self.events) = None;
+        let keep = self.keep || failed || std::env::var_os("PATCHBAY_KEEP_ARTIFACTS").is_some();
+        if !keep && let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!("cannot remove {}: {e}", self.dir.display());
+        } else if failed {
+            // Say where to look: this is what the directory is for.
+            eprintln!(
+                "patchbay: lab {} failed; artifacts kept in {}",
+                lock(&self.manifest).id,
+                self.dir.display()
+            );
+        }
+    }
+}
+
+impl super::Lab {
+    /// The lab's output directory, if it has one ([`super::LabOpts::outdir`]).
+    pub fn outdir(&self) -> Option<PathBuf> {
+        self.inner.artifacts().map(|a| a.dir().to_path_buf())
+    }
+
+    /// Marks the run failed: `run.json` says `failed` (with `why`) and the
+    /// output directory is kept. A lab dropped while its thread panics (a
+    /// failed assertion) is marked failed on its own; call this when a test
+    /// fails by returning an error.
+    pub fn fail(&self, why: impl Into<String>) {
+        if let Some(a) = self.inner.artifacts() {
+            a.fail(Some(why.into()));
+        }
+    }
+
+    /// Appends an event to `events.jsonl` (no-op without an outdir).
+    pub(crate) fn emit(&self, node: Option<&str>, kind: &str, data: Value) {
+        emit(&self.inner, node, kind, data);
+    }
+
+    /// Writes a user mark into `events.jsonl` (kind `mark`), e.g. to label
+    /// the phases of a test on the web view's timeline.
+    pub fn mark(&self, label: &str, data: Value) {
+        emit(
+            &self.inner,
+            None,
+            "mark",
+            json!({"label": label, "data": data}),
+        );
+    }
+}
+
+impl super::node::Node {
+    /// Records a firewall change (event and topology.json).
+    pub(crate) fn firewall_changed(&self, fw: &crate::Firewall) {
+        let v = serde_json::to_value(fw).unwrap_or_default();
+        if let Some(lab) = self.inner.lab.upgrade()
+            && let Some(a) = lab.artifacts()
+        {
+            lock(&a.firewalls).insert(self.name().to_string(), v.clone());
+        }
+        self.record("firewall.changed", v, true);
+    }
+
+    /// Records an event about this node (no-op without an outdir); with
+    /// `topology`, rewrites topology.json too.
+    pub(crate) fn record(&self, kind: &str, data: Value, topology: bool) {
+        if let Some(lab) = self.inner.lab.upgrade() {
+            emit(&lab, Some(self.name()), kind, data);
+            if topology {
+                topology_changed(&lab);
+            }
+        }
+    }
+}
+
+/// The artifact writer for a new lab, if its options ask for one.
+pub(crate) fn for_lab(
+    opts: &super::LabOpts,
+    id: &str,
+    comp: &super::compression::Compression,
+) -> Result<Option<Arc<Artifacts>>> {
+    let Some(dir) = &opts.outdir else {
+        return Ok(None);
+    };
+    let mode = if opts.virtual_time {
+        "virtual"
+    } else if comp.scale() > 1.0 {
+        "compressed"
+    } else {
+        "real"
+    };
+    let name = opts.label.clone().unwrap_or_else(|| "lab".into());
+    let a = Artifacts::create(
+        dir,
+        opts.keep_artifacts,
+        id,
+        &name,
+        mode,
+        comp.scale(),
+        comp.clock().start(),
+    )?;
+    Ok(Some(Arc::new(a)))
+}
+
+/// The node name of an event source, as written into `events.jsonl`.
+pub(crate) fn emit(lab: &super::LabInner, node: Option<&str>, kind: &str, data: Value) {
+    if let Some(a) = lab.artifacts() {
+        a.emit(node, kind, data);
+    }
+}
+
+/// Rewrites topology.json, if the lab has an output directory.
+pub(crate) fn topology_changed(lab: &super::LabInner) {
+    if let Some(a) = lab.artifacts() {
+        a.write_topology(&lab.topo());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuses_previous_runs_and_refuses_foreign_directories() {
+        let base = std::env::temp_dir().join(format!("pb-art-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        assert!(!check_reusable(&base).unwrap(), "missing dir");
+        std::fs::create_dir_all(&base).unwrap();
+        assert!(!check_reusable(&base).unwrap(), "empty dir");
+        std::fs::write(base.join("x"), "1").unwrap();
+        let e = check_reusable(&base).unwrap_err().to_string();
+        assert!(e.contains("not empty"), "{e}");
+        std::fs::write(
+            base.join("run.json"),
+            r#"{"format":"patchbay-run","version":1}"#,
+        )
+        .unwrap();
+        assert!(check_reusable(&base).unwrap());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn events_carry_seq_and_both_times() {
+        let base = std::env::temp_dir().join(format!("pb-art-ev-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let start = Instant::now() - Duration::from_millis(100);
+        let a = Artifacts::create(&base, true, "t-1-0", "t", "compressed", 10.0, start).unwrap();
+        a.emit(Some("n"), "mark", json!({"x": 1}));
+        let text = std::fs::read_to_string(base.join("events.jsonl")).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["kind"], "lab.start");
+        assert_eq!(lines[1]["seq"], 1);
+        assert_eq!(lines[1]["node"], "n");
+        let (w, v) = (
+            lines[1]["wall_ms"].as_f64().unwrap(),
+            lines[1]["virtual_ms"].as_f64().unwrap(),
+        );
+        assert!(w >= 100.0 && (v / w - 10.0).abs() < 1e-9, "{w} {v}");
+        let run: Value =
+            serde_json::from_str(&std::fs::read_to_string(base.join("run.json")).unwrap()).unwrap();
+        assert_eq!(run["format"], "patchbay-run");
+        assert_eq!(run["status"], "running");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}
