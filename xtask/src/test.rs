@@ -24,7 +24,12 @@ pub struct TestArgs {
 }
 
 /// Debian packages the tests need, with the binary that shows each is there.
-const PACKAGES: &[(&str, &str)] = &[("nftables", "nft"), ("iproute2", "tc")];
+/// `chromium` runs the devtools page tests (tests/tests/devtools.rs) headless.
+const PACKAGES: &[(&str, &str)] = &[
+    ("nftables", "nft"),
+    ("iproute2", "tc"),
+    ("chromium", "chromium"),
+];
 
 /// Debian packages the UML kernel build needs.
 const UML_PACKAGES: &[(&str, &str)] = &[
