@@ -124,11 +124,11 @@ async fn events(
         let d = &s.runs[id];
         let mut log = d.events.lock().unwrap_or_else(|p| p.into_inner());
         log.refresh()?;
-        Ok::<_, std::io::Error>(log.window(&w))
+        serde_json::to_vec(&log.window(&w)).map_err(std::io::Error::other)
     })
     .await;
     match res {
-        Ok(Ok(reply)) => Json(reply).into_response(),
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Ok(Err(e)) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("reading events.jsonl: {e}"),

@@ -3,7 +3,7 @@
 //! there are at most `max`, otherwise one event per (node, kind, time bin)
 //! with the count and span it stands for. The page asks with one bin per
 //! pixel, where a kind's row shows one mark anyway, so what is drawn looks
-//! the same; bins widen while that is still more than 20 000 marks. A 100k-
+//! the same; bins widen while that could be more than 8000 marks. A 100k-
 //! event run ships a bounded number of marks per zoom level.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -53,8 +53,14 @@ pub(crate) struct EventLog {
     /// Bytes consumed (up to the last complete line).
     offset: u64,
     /// Lines that are not JSON events (reported, not fatal).
-    pub bad_lines: usize,
-    pub events: Vec<(String, Event)>,
+    bad_lines: usize,
+    /// Each event with its drawn kind.
+    events: Vec<(String, Event)>,
+    /// Over the whole file, kept up to date on ingest.
+    t_min: f64,
+    t_max: f64,
+    node_kinds: BTreeMap<String, BTreeSet<String>>,
+    last_seq: Option<u64>,
 }
 
 /// A window query.
@@ -72,9 +78,9 @@ pub(crate) struct Window {
     pub after: Option<u64>,
 }
 
-/// A window's answer.
+/// A window's answer (borrowing the log: serialise it under the lock).
 #[derive(Debug, Serialize)]
-pub(crate) struct WindowReply {
+pub(crate) struct WindowReply<'a> {
     /// Events in the file.
     pub total: usize,
     /// Unparsable lines skipped.
@@ -83,12 +89,12 @@ pub(crate) struct WindowReply {
     pub t_min: f64,
     pub t_max: f64,
     /// Every node of the file (`lab` for events without one), sorted.
-    pub nodes: Vec<String>,
+    pub nodes: Vec<&'a str>,
     /// The kinds each node has in the whole file (the page gives each a
     /// row inside the node's lane, stable across zoom levels).
-    pub node_kinds: BTreeMap<String, BTreeSet<String>>,
+    pub node_kinds: &'a BTreeMap<String, BTreeSet<String>>,
     /// Events per kind inside the window (before binning).
-    pub kinds: BTreeMap<String, usize>,
+    pub kinds: BTreeMap<&'a str, usize>,
     /// Events inside the window.
     pub in_window: usize,
     /// Whether `events` is binned.
@@ -96,16 +102,21 @@ pub(crate) struct WindowReply {
     /// Highest `seq` in the file.
     pub last_seq: Option<u64>,
     /// The events (binned: `n` is how many each stands for).
-    pub events: Vec<Shown>,
+    pub events: Vec<Shown<'a>>,
 }
 
 /// An event as sent to the page.
 #[derive(Debug, Serialize)]
-pub(crate) struct Shown {
-    #[serde(flatten)]
-    pub ev: Event,
+pub(crate) struct Shown<'a> {
+    pub seq: u64,
+    pub wall_ms: f64,
+    pub virtual_ms: f64,
+    pub node: Option<&'a str>,
+    pub kind: &'a str,
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub data: &'a serde_json::Value,
     /// The drawn kind (see [`Event::label`]).
-    pub label: String,
+    pub label: &'a str,
     /// Events this one stands for (1 unless binned).
     pub n: usize,
     /// Binned: the bin's time span, virtual ms.
@@ -120,6 +131,10 @@ impl EventLog {
             offset: 0,
             bad_lines: 0,
             events: vec![],
+            t_min: f64::INFINITY,
+            t_max: f64::NEG_INFINITY,
+            node_kinds: BTreeMap::new(),
+            last_seq: None,
         }
     }
 
@@ -158,37 +173,36 @@ impl EventLog {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match serde_json::from_slice::<Event>(line) {
-                Ok(e) => self.events.push((e.label(), e)),
-                Err(_) => self.bad_lines += 1,
+            let Ok(e) = serde_json::from_slice::<Event>(line) else {
+                self.bad_lines += 1;
+                continue;
+            };
+            let label = e.label();
+            self.t_min = self.t_min.min(e.virtual_ms);
+            self.t_max = self.t_max.max(e.virtual_ms);
+            self.last_seq = self.last_seq.max(Some(e.seq));
+            let node = e.node.as_deref().unwrap_or("lab");
+            match self.node_kinds.get_mut(node) {
+                Some(k) if k.contains(&label) => {}
+                Some(k) => {
+                    k.insert(label.clone());
+                }
+                None => {
+                    self.node_kinds
+                        .insert(node.to_string(), BTreeSet::from([label.clone()]));
+                }
             }
+            self.events.push((label, e));
         }
     }
 
     /// Answers a window query.
-    pub fn window(&self, w: &Window) -> WindowReply {
-        let (mut t_min, mut t_max) = (f64::INFINITY, f64::NEG_INFINITY);
-        let mut node_kinds: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        let mut last_seq = None;
-        for (l, e) in &self.events {
-            t_min = t_min.min(e.virtual_ms);
-            t_max = t_max.max(e.virtual_ms);
-            let n = e.node.as_deref().unwrap_or("lab");
-            match node_kinds.get_mut(n) {
-                Some(k) => {
-                    if !k.contains(l) {
-                        k.insert(l.clone());
-                    }
-                }
-                None => {
-                    node_kinds.insert(n.to_string(), BTreeSet::from([l.clone()]));
-                }
-            }
-            last_seq = last_seq.max(Some(e.seq));
-        }
-        if self.events.is_empty() {
-            (t_min, t_max) = (0.0, 0.0);
-        }
+    pub fn window(&self, w: &Window) -> WindowReply<'_> {
+        let (t_min, t_max) = if self.events.is_empty() {
+            (0.0, 0.0)
+        } else {
+            (self.t_min, self.t_max)
+        };
         let from = w.from.unwrap_or(t_min);
         let to = w.to.unwrap_or(t_max);
         let inside: Vec<&(String, Event)> = self
@@ -200,7 +214,7 @@ impl EventLog {
             .collect();
         let mut kinds = BTreeMap::new();
         for (l, _) in &inside {
-            *kinds.entry(l.clone()).or_insert(0) += 1;
+            *kinds.entry(l.as_str()).or_insert(0) += 1;
         }
         let max = w.max.unwrap_or(5000).clamp(1, 50_000);
         let binned = inside.len() > max;
@@ -208,7 +222,7 @@ impl EventLog {
             // One mark per node, kind and bin, at a bin per pixel; wider bins
             // when (node, kind) rows x bins could exceed MARKS (many kinds on
             // many nodes everywhere).
-            const MARKS: usize = 20_000;
+            const MARKS: usize = 8_000;
             let rows: BTreeSet<(Option<&str>, &str)> = inside
                 .iter()
                 .map(|(l, e)| (e.node.as_deref(), l.as_str()))
@@ -228,21 +242,26 @@ impl EventLog {
             bad_lines: self.bad_lines,
             t_min,
             t_max,
-            nodes: node_kinds.keys().cloned().collect(),
-            node_kinds,
+            nodes: self.node_kinds.keys().map(String::as_str).collect(),
+            node_kinds: &self.node_kinds,
             kinds,
             in_window: inside.len(),
             binned,
-            last_seq,
+            last_seq: self.last_seq,
             events,
         }
     }
 }
 
-fn shown(label: &str, e: &Event) -> Shown {
+fn shown<'a>(label: &'a str, e: &'a Event) -> Shown<'a> {
     Shown {
-        ev: e.clone(),
-        label: label.to_string(),
+        seq: e.seq,
+        wall_ms: e.wall_ms,
+        virtual_ms: e.virtual_ms,
+        node: e.node.as_deref(),
+        kind: &e.kind,
+        data: &e.data,
+        label,
         n: 1,
         bin: None,
     }
@@ -250,12 +269,12 @@ fn shown(label: &str, e: &Event) -> Shown {
 
 /// The first event of each (node, kind, bin) of `[from, to]`, with the
 /// count and span of its bin.
-fn bin(inside: &[&(String, Event)], from: f64, to: f64, bins: usize) -> Vec<Shown> {
+fn bin<'a>(inside: &[&'a (String, Event)], from: f64, to: f64, bins: usize) -> Vec<Shown<'a>> {
     let width = (to - from).max(1e-9) / bins as f64;
     // Output order is the events' order; the map only finds the slot.
     let mut slot: HashMap<(Option<&str>, &str, usize), usize> = HashMap::new();
     let mut out: Vec<Shown> = vec![];
-    for (l, e) in inside {
+    for (l, e) in inside.iter().map(|x| (&x.0, &x.1)) {
         let b = (((e.virtual_ms - from) / width) as usize).min(bins - 1);
         match slot.entry((e.node.as_deref(), l.as_str(), b)) {
             std::collections::hash_map::Entry::Occupied(o) => out[*o.get()].n += 1,
