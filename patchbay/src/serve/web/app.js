@@ -195,7 +195,7 @@ function comparisonView(scenario, c) {
   const f = c.fidelity;
   const box = el('div', { class: 'cmp', 'data-scenario': scenario });
   const detail = el('div', { class: 'detail muted', text: 'Click an event for its detail.' });
-  box.append(el('h3', { text: `${scenario} — ${c.label}` }),
+  addKids(box, [el('h3', { text: `${scenario} — ${c.label}` }),
     el('div', { class: 'figures' },
       figure(`fid-pass ${f.pass ? 'pass' : 'fail'}`, 'fidelity', f.pass ? 'PASS' : 'FAIL', f.pass),
       figure('fid-median', 'median error', pct(f.median), f.median),
@@ -214,7 +214,7 @@ function comparisonView(scenario, c) {
     el('details', {}, el('summary', { text: `per-event errors (${(f.events || []).length})` }),
       table(['kind', 'node', 'baseline s', 'run s', 'relative error'], (f.events || []).map(e =>
         [e.kind, e.node, e.baseline_s.toFixed(3), e.compressed_s.toFixed(3), e.rel_error === null ? 'anchor' : pct(e.rel_error)]))),
-    c.svg ? el('p', {}, el('a', { href: fileUrl(c.svg), target: '_blank', text: `SVG timeline (${c.svg})` })) : null);
+    c.svg ? el('p', {}, el('a', { href: fileUrl(c.svg), target: '_blank', text: `SVG timeline (${c.svg})` })) : null]);
   return box;
 }
 // The fidelity check of scenario/fidelity.rs, for two lab runs.
@@ -282,14 +282,15 @@ async function renderLogs() {
   node.value = S.logNode;
   node.addEventListener('change', () => { S.logNode = node.value; renderLogs(); });
   width.addEventListener('change', () => { S.logWidth = Math.max(1, Number(width.value) || 2000); renderLogs(); });
-  p.replaceChildren(head,
+  p.replaceChildren();
+  addKids(p, [head,
     el('div', { class: 'toolbar' }, node, el('label', {}, 'window ', width, ' ms around the cursor'),
       el('span', { class: 'muted', text: S.cursor === null ? 'no cursor: the whole run (set one on the Timeline)' : `cursor ${fmtTime(S.cursor, 1)}: ${fmtTime(from, 1)} – ${fmtTime(to, 1)}` }),
       S.cursor === null ? null : el('button', { text: 'clear cursor', onclick: () => { S.cursor = null; if (S.timeline) S.timeline.setCursor(null); } })),
     table(['virtual', 'wall', 'node', 'cmd', 'stream', 'line'], d.lines.map(l => [fmtTime(l.virtual_ms, 1), fmtTime(l.wall_ms, 1), l.node, l.cmd, l.stream, l.line])),
     d.dropped ? muted(`${d.dropped} more lines in the window: narrow it`) : null,
     raw.length ? el('details', {}, el('summary', { text: `raw output files (${raw.length})` }),
-      el('ul', {}, raw.map(f => el('li', {}, el('a', { href: fileUrl(f.path), target: '_blank', text: `${f.path} (${f.size} B)` }))))) : null);
+      el('ul', {}, raw.map(f => el('li', {}, el('a', { href: fileUrl(f.path), target: '_blank', text: `${f.path} (${f.size} B)` }))))) : null]);
   p.querySelector('table').classList.add('log');
   p.querySelectorAll('table tr').forEach(tr => { if (tr.children[4] && tr.children[4].textContent === 'stderr') tr.classList.add('stderr'); });
 }
@@ -308,7 +309,7 @@ function renderReports() {
   const matrix = S.run.files.filter(f => /kernel-matrix/.test(f.path));
   matrix.forEach(f => { p.append(el('h3', { text: `Kernel matrix: ${f.path}` })); const pre = el('pre', { class: 'matrix' }); p.append(pre); fetch(fileUrl(f.path)).then(r => r.text()).then(t => { pre.textContent = t; }); });
   const svgs = S.run.files.filter(f => f.path.endsWith('.svg'));
-  if (svgs.length) p.append(el('h3', { text: 'SVG timelines' }), svgs.map(f => el('p', {}, el('div', { class: 'muted', text: f.path }), el('img', { class: 'svg', src: fileUrl(f.path), alt: f.path }))));
+  if (svgs.length) addKids(p, [el('h3', { text: 'SVG timelines' }), svgs.map(f => el('p', {}, el('div', { class: 'muted', text: f.path }), el('img', { class: 'svg', src: fileUrl(f.path), alt: f.path })))]);
   p.append(el('details', {}, el('summary', { text: `all files (${S.run.files.length})` }),
     el('ul', {}, S.run.files.map(f => el('li', {}, el('a', { href: fileUrl(f.path), target: '_blank', text: `${f.path} (${f.size} B)` }))))));
 }

@@ -149,10 +149,11 @@ class Timeline {
 
   select(ev) {
     this.detail.className = 'detail';
-    this.detail.replaceChildren(
+    this.detail.replaceChildren();
+    addKids(this.detail, [
       el('b', { text: `${ev.label} on ${ev.node || 'lab'} at ${fmtTime(ev.virtual_ms, 1)} (virtual; wall ${fmtTime(ev.wall_ms || 0, 1)})` }),
       ev.n > 1 ? el('span', { class: 'muted', text: ` — stands for ${ev.n} events in this pixel; zoom in to see them` }) : null,
-      el('pre', { text: JSON.stringify(ev, null, 2) }));
+      el('pre', { text: JSON.stringify(ev, null, 2) })]);
     this.setCursor(ev.virtual_ms);
   }
 
@@ -226,7 +227,7 @@ class Timeline {
 // Two runs on one virtual axis, a lane each, one band per kind inside the
 // lane (as in the SVG timelines), matched events joined by a thin line.
 function twoLanes(lanes, pairs, onSelect) {
-  const W = 1100, LEFT = 170, RIGHT = 20, TOP = 26, LANE = 64;
+  const W = Math.max(700, (document.querySelector('main').clientWidth || 1130) - 30), LEFT = 170, RIGHT = 20, TOP = 26, LANE = 64;
   const kinds = [...new Set(lanes.flatMap(l => l.events.map(e => e.kind)))];
   const span = Math.max(1000, ...lanes.flatMap(l => l.events.map(e => e.virtual_ms))) * 1.04;
   const x = t => LEFT + (W - LEFT - RIGHT) * t / span;
