@@ -181,11 +181,11 @@ pub fn rto_min_accepted(hz: u32, rto_min_us: u32) -> bool {
 }
 
 /// Why this kernel cannot lower the RTO minimum to `rto_min_us`, if it cannot: its jiffy is
-/// too coarse (two jiffies are longer). HZ is measured (`patchbay::compress::probe::probe_hz`),
+/// too coarse (two jiffies are longer). HZ is measured (`patchbay::compress::probe_hz`),
 /// not guessed. This happens in User-Mode Linux, whose HZ is fixed at 100 (20 ms floor); the
 /// Debian kernels (HZ=250) accept 8 ms.
 pub fn rto_min_unavailable(rto_min_us: u32) -> anyhow::Result<Option<String>> {
-    let (hz, _) = patchbay::compress::probe::probe_hz()?;
+    let (hz, _) = patchbay::compress::probe_hz()?;
     if rto_min_accepted(hz, rto_min_us) {
         return Ok(None);
     }

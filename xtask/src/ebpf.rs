@@ -33,7 +33,7 @@ pub fn repo_root() -> Result<PathBuf> {
 
 /// A `Command` with the environment of the outer (stable) cargo removed, so the nested nightly
 /// build is not steered by it.
-fn clean_command(program: &str) -> Command {
+pub(crate) fn clean_command(program: &str) -> Command {
     let mut cmd = Command::new(program);
     for (key, _) in env::vars_os() {
         let Some(key) = key.to_str() else { continue };

@@ -4,6 +4,7 @@ mod bench;
 mod cache;
 mod ebpf;
 mod matrix;
+mod public_api;
 mod test;
 mod uml;
 
@@ -31,6 +32,9 @@ enum Cmd {
     SetupEbpf,
     /// Rebuild the eBPF object into a temp dir and byte-compare it with the committed one.
     CheckEbpf,
+    /// List the library's public API from rustdoc JSON (nightly) and compare it with
+    /// patchbay/public-api.txt; --bless rewrites the listing.
+    PublicApi(public_api::PublicApiArgs),
     /// Build the User-Mode-Linux kernel for the virtual-time backend (cached in target/uml).
     BuildUml(uml::BuildUmlArgs),
 }
@@ -44,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::SetupEbpf => ebpf::setup_ebpf(),
         Cmd::CheckEbpf => ebpf::check_ebpf(),
         Cmd::BuildUml(args) => uml::build_uml(args),
+        Cmd::PublicApi(args) => public_api::run(&args),
     }
 }

@@ -59,6 +59,9 @@ pub fn run(args: TestArgs) -> Result<()> {
             ]),
         )?;
     }
+    step_fn("public API (patchbay/public-api.txt vs rustdoc)", || {
+        crate::public_api::run(&crate::public_api::PublicApiArgs { bless: false })
+    })?;
     step_fn(
         "check-ebpf (committed object vs a fresh build)",
         crate::ebpf::check_ebpf,

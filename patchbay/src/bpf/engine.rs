@@ -186,7 +186,7 @@ fn attach(ebpf: &mut Ebpf, cgroup: &Path) -> Result<(), BpfError> {
 
 impl Engine {
     /// The process's engine, created on first use: loads the object, gets this process's
-    /// cgroup `patchbay.<pid>.<starttime>` ([`crate::sys::cgroup::ProcessCgroup`]: created on first
+    /// cgroup `patchbay.<pid>.<starttime>` (created on first
     /// use, reaping those of dead processes, with the whole process moved into it), attaches `sock_ops` and `cgroup/setsockopt` in single mode and starts
     /// the telemetry reader thread. Sockets created afterwards by this process and its
     /// children are covered; only sockets of registered namespaces are touched.

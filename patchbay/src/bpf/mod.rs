@@ -31,7 +31,7 @@ pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!("patchbay.bpf.o");
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BpfError {
-    /// The process cgroup (see [`crate::sys::cgroup::ProcessCgroup`]) could not be set up.
+    /// The process cgroup (`patchbay.<pid>.<starttime>`) could not be set up.
     #[error("setting up this process's cgroup for the eBPF engine: {0}")]
     Cgroup(#[source] crate::sys::cgroup::CgroupError),
     /// Opening the process cgroup directory for attaching failed.

@@ -21,22 +21,22 @@
 //! # let _ = bpf; Ok(()) }
 //! ```
 
-pub mod caps;
-pub mod external;
-pub mod model;
-pub mod plan;
-pub mod probe;
-pub mod report;
-pub mod scale;
-pub mod schedule;
-pub mod tcp;
-pub mod timers;
+mod caps;
+mod external;
+mod model;
+mod plan;
+pub(crate) mod probe;
+mod report;
+mod scale;
+mod schedule;
+mod tcp;
+mod timers;
 
 pub use caps::{BpfFeatures, HzSource, KernelCaps, NeighFamily, NetnsSysctlCaps, SysctlDefaults};
 pub use external::{ScaledConntrack, ScaledLink, scale_conntrack, scale_link};
 pub use model::{ArmContext, JiffyModel, ModelError};
 pub use plan::{BpfTargets, FaithfulK, LADDER, LadderPoint, Plan, PlanError, TcpFidelity};
-pub use probe::ProbeError;
+pub use probe::{ProbeError, probe_hz};
 pub use report::{CompressionReport, FaithfulSummary};
 pub use scale::{MAX_TIME_SCALE, ScaleError, TimeScale};
 pub use schedule::{Fidelity, Prediction};

@@ -4,10 +4,9 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::caps::{KernelCaps, SysctlDefaults};
-use super::plan::{FaithfulK, Plan, PlanError, TcpFidelity};
-use super::scale::TimeScale;
-use super::timers::{Status, TimerEntry, TimerInputs, Unit};
+use super::caps::KernelCaps;
+use super::plan::{FaithfulK, Plan, TcpFidelity};
+use super::timers::{Status, TimerEntry, Unit};
 
 /// Summary of the largest faithful k.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -74,53 +73,6 @@ impl CompressionReport {
             .map(|t| t.name.as_str())
             .collect()
     }
-}
-
-/// A markdown table of predicted errors at several k (used by `docs/compression.md`):
-/// chosen TCP values, predicted SYN/established fidelity (median/max %), and the predicted
-/// error of a few whole-unit timers.
-pub fn prediction_table(
-    caps: &KernelCaps,
-    defaults: &SysctlDefaults,
-    inputs: &TimerInputs,
-    ks: &[f64],
-) -> Result<String, PlanError> {
-    let mut out = String::from(
-        "| k | initial RTO | SYN median/max (1-run bound) | rto_min | user timeout \
-         | established median/max (1-run bound) | keepalive_intvl | udp conntrack \
-         | neigh retrans |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
-    );
-    for &k in ks {
-        let Ok(scale) = TimeScale::new(k) else {
-            continue;
-        };
-        let plan = Plan::compute(scale, caps, defaults, inputs)?;
-        let applied = |name: &str| plan.entry(name).map_or(0, |e| e.applied);
-        let err = |name: &str| {
-            plan.entry(name)
-                .and_then(|e| e.predicted_error_pct)
-                .map_or("-".to_string(), |p| format!("{p:.1}%"))
-        };
-        let (s, e) = (&plan.tcp_fidelity().syn, &plan.tcp_fidelity().established);
-        out.push_str(&format!(
-            "| {k} | {} j | {:.1}% / {:.1}% ({:.1}%) | {} us | {} ms | {:.1}% / {:.1}% ({:.1}%) \
-             | {} | {} | {} |\n",
-            applied("tcp.initial_rto"),
-            s.median_pct,
-            s.max_pct,
-            s.worst_max_pct,
-            applied("tcp.rto_min"),
-            applied("tcp.user_timeout"),
-            e.median_pct,
-            e.max_pct,
-            e.worst_max_pct,
-            err("ipv4.tcp_keepalive_intvl"),
-            err("netfilter.nf_conntrack_udp_timeout"),
-            err("neigh.ipv4.retrans_time_ms (per interface)"),
-        ));
-    }
-    Ok(out)
 }
 
 /// Formats a value with its unit; floats lose trailing zeros.
@@ -266,6 +218,58 @@ impl fmt::Display for CompressionReport {
 
 #[cfg(test)]
 mod tests {
+    use super::super::caps::SysctlDefaults;
+    use super::super::plan::PlanError;
+    use super::super::scale::TimeScale;
+    use super::super::timers::TimerInputs;
+
+    /// A markdown table of predicted errors at several k (used by `docs/compression.md`):
+    /// chosen TCP values, predicted SYN/established fidelity (median/max %), and the predicted
+    /// error of a few whole-unit timers.
+    fn prediction_table(
+        caps: &KernelCaps,
+        defaults: &SysctlDefaults,
+        inputs: &TimerInputs,
+        ks: &[f64],
+    ) -> Result<String, PlanError> {
+        let mut out = String::from(
+            "| k | initial RTO | SYN median/max (1-run bound) | rto_min | user timeout \
+             | established median/max (1-run bound) | keepalive_intvl | udp conntrack \
+             | neigh retrans |\n\
+             |---|---|---|---|---|---|---|---|---|\n",
+        );
+        for &k in ks {
+            let Ok(scale) = TimeScale::new(k) else {
+                continue;
+            };
+            let plan = Plan::compute(scale, caps, defaults, inputs)?;
+            let applied = |name: &str| plan.entry(name).map_or(0, |e| e.applied);
+            let err = |name: &str| {
+                plan.entry(name)
+                    .and_then(|e| e.predicted_error_pct)
+                    .map_or("-".to_string(), |p| format!("{p:.1}%"))
+            };
+            let (s, e) = (&plan.tcp_fidelity().syn, &plan.tcp_fidelity().established);
+            out.push_str(&format!(
+                "| {k} | {} j | {:.1}% / {:.1}% ({:.1}%) | {} us | {} ms | {:.1}% / {:.1}% ({:.1}%) \
+                 | {} | {} | {} |\n",
+                applied("tcp.initial_rto"),
+                s.median_pct,
+                s.max_pct,
+                s.worst_max_pct,
+                applied("tcp.rto_min"),
+                applied("tcp.user_timeout"),
+                e.median_pct,
+                e.max_pct,
+                e.worst_max_pct,
+                err("ipv4.tcp_keepalive_intvl"),
+                err("netfilter.nf_conntrack_udp_timeout"),
+                err("neigh.ipv4.retrans_time_ms (per interface)"),
+            ));
+        }
+        Ok(out)
+    }
+
     use super::*;
     use crate::compress::caps::BpfFeatures;
 

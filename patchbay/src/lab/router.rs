@@ -57,7 +57,7 @@ impl RouterBuilder {
     }
 
     /// The router's NAT mode (default: [`crate::Nat::None`]). See
-    /// [`crate::nat`] for what each mode does and what it needs.
+    /// [`crate::Nat`] for what each mode does and what it needs.
     pub fn nat(mut self, nat: crate::Nat) -> Self {
         self.nat.nat = nat;
         self
