@@ -7,7 +7,7 @@
 //!
 //! The crate is layered (see `docs/architecture.md`):
 //! - **the lab and the time modes** (this module's re-exports, [`vt`],
-//!   [`labfile`]) on top;
+//!   [`labfile`]) on top, and the devtools web view ([`serve`]);
 //! - **kernel-free logic** in the middle: the compression plan ([`compress`]),
 //!   scenarios and fidelity checking ([`scenario`]), NAT, firewall and link
 //!   models, the address plan;
@@ -31,6 +31,7 @@ pub mod labfile;
 mod link;
 mod nat;
 pub mod scenario;
+pub mod serve;
 mod sys;
 pub mod vt;
 

@@ -37,6 +37,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("netcat-openbsd", "nc"),
     ("python3", "python3"),
     ("tshark", "tshark"),
+    // The devtools page is tested in headless Chromium (tests/tests/devtools.rs).
+    ("chromium", "chromium"),
 ];
 
 /// The test binaries of `patchbay-tests` that `cargo xtask test` also runs in virtual time,

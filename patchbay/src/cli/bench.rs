@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use patchbay::scenario::bench::{BenchEntry, LADDER, RUNS, Step, bench_scenario};
-use patchbay::scenario::{Mode, Scenario, Size, check, svg};
+use patchbay::scenario::bench_dir;
+use patchbay::scenario::{Mode, Scenario, Size};
 
 use super::progress::bar;
 use super::table;
@@ -22,7 +23,8 @@ pub struct BenchArgs {
     /// Print `{"results": [...]}` as JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// Directory for the SVG timelines (one per scenario).
+    /// Directory for bench.json, run.json and the SVG timelines (one per
+    /// comparison); `patchbay serve DIR` shows it.
     #[arg(long, default_value = "target/patchbay-bench")]
     out: PathBuf,
     /// Only these scenarios (repeatable; default: all).
@@ -56,14 +58,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .map(|s| s.parse())
             .collect::<Result<_, _>>()?
     };
+    let started = std::time::SystemTime::now();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating the output directory {}", args.out.display()))?;
     if !args.modes.is_empty() {
         let mut modes = args.modes.clone();
         modes.sort();
         modes.dedup();
-        return super::bench_modes::run(&scenarios, &modes, args.scale, size, &args.out, args.json)
-            .await;
+        return super::bench_modes::run(
+            &scenarios, &modes, args.scale, size, &args.out, args.json, started,
+        )
+        .await;
     }
     let rungs = LADDER.iter().filter(|&&k| k <= args.max_k).count();
     let per = 2 + rungs * RUNS;
@@ -78,18 +83,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         // Runs skipped after a failing rung still count as done.
         let done = 2 + e.ladder.iter().map(|r| r.runs.len()).sum::<usize>();
         pb.inc((per - done.min(per)) as u64);
-        let [b, c] = &e.verify.traces;
-        let path = args.out.join(format!("{s}.svg"));
-        std::fs::write(&path, svg::timeline(b, c, &e.verify.fidelity))
-            .with_context(|| format!("writing {}", path.display()))?;
-        if let (Some(t), Some(k)) = (&e.faithful_trace, e.largest_faithful_k) {
-            let path = args.out.join(format!("{s}-k{k}.svg"));
-            std::fs::write(&path, svg::timeline(b, t, &check(b, t)))
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
         entries.push(e);
     }
     pb.finish_and_clear();
+    bench_dir::write_ladder(&args.out, &entries, args.scale, size, started)?;
     if args.json {
         println!(
             "{}",
@@ -142,7 +139,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 println!("{}: clamped/unsupported: {t}", e.verify.scenario);
             }
         }
-        println!("SVG timelines in {}", args.out.display());
+        println!(
+            "bench.json and SVG timelines in {} (`patchbay serve {}` shows them)",
+            args.out.display(),
+            args.out.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

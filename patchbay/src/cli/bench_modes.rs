@@ -5,10 +5,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use patchbay::scenario::bench_dir;
 use patchbay::scenario::modes::{
     ModeStep, ModesEntry, SuiteTotals, bench_modes, runs_per_scenario, totals,
 };
-use patchbay::scenario::{Mode, Scenario, Size, VerifyResult, svg};
+use patchbay::scenario::{Mode, Scenario, Size, VerifyResult};
 
 use super::progress::bar;
 use super::table;
@@ -21,6 +22,7 @@ pub async fn run(
     size: Size,
     out: &Path,
     json: bool,
+    started: std::time::SystemTime,
 ) -> anyhow::Result<ExitCode> {
     let cli = std::env::current_exe().context("locating the patchbay binary")?;
     let per = runs_per_scenario(modes);
@@ -32,34 +34,24 @@ pub async fn run(
             pb.inc(1);
         };
         let e = bench_modes(&cli, *s, k, size, modes, &mut progress).await?;
-        write_svgs(out, *s, &e)?;
         entries.push(e);
     }
     pb.finish_and_clear();
     let suite = totals(&entries);
+    bench_dir::write_modes(out, &entries, modes, k, size, &suite, started)?;
     if json {
         let v =
             serde_json::json!({ "modes": modes, "scale": k, "results": entries, "suite": suite });
         println!("{}", serde_json::to_string(&v)?);
     } else {
         print_table(&entries, &suite, k);
-        println!("SVG timelines in {}", out.display());
+        println!(
+            "bench.json and SVG timelines in {} (`patchbay serve {}` shows them)",
+            out.display(),
+            out.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn write_svgs(out: &Path, s: Scenario, e: &ModesEntry) -> anyhow::Result<()> {
-    for (v, name) in [
-        (&e.compressed, format!("{s}.svg")),
-        (&e.virtual_, format!("{s}-virtual.svg")),
-    ] {
-        if let Some(v) = v {
-            let path = out.join(name);
-            std::fs::write(&path, svg::timeline_of(v))
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-    }
-    Ok(())
 }
 
 fn cell_s(v: Option<f64>) -> String {

@@ -8,6 +8,7 @@ mod doctor;
 mod progress;
 mod run;
 mod scenario;
+mod serve;
 mod setup;
 mod table;
 mod verify;
@@ -45,6 +46,8 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Run a command in virtual time inside a User-Mode-Linux kernel.
     Vt(vt::VtArgs),
+    /// Serve run directories to a local web page (topology, timeline, logs).
+    Serve(serve::ServeArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -76,6 +79,7 @@ pub fn main() -> ExitCode {
             Cmd::Verify(a) => verify::run(a).await,
             Cmd::Bench(a) => bench::run(a).await,
             Cmd::Vt(a) => vt::run(a),
+            Cmd::Serve(a) => serve::run(a).await,
         }
     });
     match result {

@@ -27,14 +27,34 @@ pub struct RunArgs {
     /// Wall-clock limit for a virtual-time run, in seconds.
     #[arg(long, default_value_t = 600)]
     guard: u64,
+    /// Serve the run directory live on the devtools page while the lab runs
+    /// (as `patchbay serve`; the page follows events.jsonl as it grows), and
+    /// keep serving after the run until Ctrl-C.
+    #[arg(long)]
+    serve: bool,
+    /// Port for --serve; 0 picks a free one.
+    #[arg(long, default_value_t = 8717, requires = "serve")]
+    serve_port: u16,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let file = LabFile::load(&args.file)?;
+    let live = match args.serve {
+        true => Some(super::serve::live(None, args.serve_port).await?),
+        false => None,
+    };
+    let code = run_lab(&args, &file).await?;
+    if let Some(live) = live {
+        live.wait().await?;
+    }
+    Ok(code)
+}
+
+async fn run_lab(args: &RunArgs, file: &LabFile) -> anyhow::Result<ExitCode> {
     let wants_virtual =
         args.virtual_time || file.lab.time == Some(patchbay::labfile::TimeMode::Virtual);
     if wants_virtual && std::env::var_os("PATCHBAY_VT").is_none() {
-        return reexec_in_vt(&args);
+        return reexec_in_vt(args);
     }
     let json = args.json;
     let o = patchbay::labfile::RunOverrides {
@@ -42,7 +62,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         virtual_time: wants_virtual,
         outdir: args.outdir.clone(),
     };
-    let report = patchbay::labfile::run(&file, o, |s| {
+    let report = patchbay::labfile::run(file, o, |s| {
         if !json {
             eprintln!(
                 "  step {:>2} {:<5} {}",

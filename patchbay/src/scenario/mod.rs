@@ -22,6 +22,7 @@
 //! NAT.
 
 pub mod bench;
+pub mod bench_dir;
 mod diag;
 pub mod fidelity;
 pub mod modes;
