@@ -37,12 +37,16 @@ pub struct RunArgs {
     serve_port: u16,
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
     let file = LabFile::load(&args.file)?;
     let live = match args.serve {
-        true => Some(super::serve::live(None, args.serve_port).await?),
+        true => Some(super::serve::live(args.outdir.clone(), args.serve_port).await?),
         false => None,
     };
+    if let Some(live) = &live {
+        // The lab writes its artifacts where the page reads them.
+        args.outdir = Some(live.dir.clone());
+    }
     let code = run_lab(&args, &file).await?;
     if let Some(live) = live {
         live.wait().await?;

@@ -71,7 +71,8 @@ fn open_browser(url: &str) {
 
 /// A run served live by `patchbay run --serve`.
 pub struct Live {
-    dir: PathBuf,
+    /// The served run directory; the lab writes its artifacts there.
+    pub dir: PathBuf,
     url: String,
     task: tokio::task::JoinHandle<Result<(), patchbay::serve::ServeError>>,
 }
