@@ -40,9 +40,29 @@ async fn every_nat_mode_classifies_as_documented() -> anyhow::Result<()> {
             F::AddressAndPortDependent,
             true,
         ),
+        // Carrier-grade NAT is EIM + EIF (RFC 6888 REQ-1, as upstream's Cgnat).
         (
             Nat::Cgnat,
             M::EndpointIndependent,
+            F::EndpointIndependent,
+            true,
+        ),
+        // Upstream patchbay's names: the RFC modes that implement them.
+        (
+            Nat::Home,
+            M::EndpointIndependent,
+            F::AddressAndPortDependent,
+            true,
+        ),
+        (
+            Nat::Corporate,
+            M::AddressAndPortDependent,
+            F::AddressAndPortDependent,
+            true,
+        ),
+        (
+            Nat::CloudNat,
+            M::AddressAndPortDependent,
             F::AddressAndPortDependent,
             true,
         ),

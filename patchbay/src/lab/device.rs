@@ -217,17 +217,20 @@ impl DeviceBuilder {
         }
         // The default route's interface is the primary one.
         *node.primary.lock().unwrap_or_else(|p| p.into_inner()) = Some(default_via);
+        let mut siblings = vec![];
         {
             let mut t = lab.topo();
             t.nodes.insert(name.clone(), node.clone());
             for (p, m) in planned.iter().zip(&members) {
-                t.router_mut(&p.router)?.lan.members.push(m.clone());
+                let lan = &mut t.router_mut(&p.router)?.lan.members;
+                siblings.push(lan.clone());
+                lan.push(m.clone());
             }
         }
         if lab.opts().prewarm_neighbors {
-            for (p, m) in planned.iter().zip(&members) {
+            for ((p, m), sibs) in planned.iter().zip(&members).zip(&siblings) {
                 lab.prewarm()
-                    .member(m, &p.router_ns, p.bridge_index, p.gw, p.bridge_mac)
+                    .member(m, &p.router_ns, p.bridge_index, p.gw, p.bridge_mac, sibs)
                     .await?;
             }
         }

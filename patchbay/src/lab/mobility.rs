@@ -259,10 +259,16 @@ async fn attach(
         mac,
         index,
     };
-    lab.topo().router_mut(router)?.lan.members.push(me.clone());
+    let siblings = {
+        let mut t = lab.topo();
+        let lan = &mut t.router_mut(router)?.lan.members;
+        let siblings = lan.clone();
+        lan.push(me.clone());
+        siblings
+    };
     if lab.opts().prewarm_neighbors {
         lab.prewarm()
-            .member(&me, &router_ns, bridge_index, gw, bridge_mac)
+            .member(&me, &router_ns, bridge_index, gw, bridge_mac, &siblings)
             .await?;
     }
     Ok(iface)

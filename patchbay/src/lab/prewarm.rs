@@ -8,9 +8,12 @@
 //! So pre-warming is linear and bounded:
 //!
 //! - each LAN member (a device interface, or a chained router's uplink) and
-//!   its gateway learn each other: 2 entries per family per member, none
-//!   between siblings (a full mesh is n² and filled the table at 50
-//!   devices);
+//!   its gateway learn each other: 2 entries per family per member;
+//! - siblings learn each other only on small LANs (fewer than
+//!   [`SIBLING_MESH_MAX`] members): a full mesh is n² and filled the table at
+//!   50 devices, but on a small LAN it keeps what tests of a few nodes
+//!   expect, e.g. that a blackholed sibling silently drops a SYN instead of
+//!   failing ARP resolution with `EHOSTUNREACH`;
 //! - a lab pre-warms at most [`budget`] entries per family (a quarter of
 //!   `gc_thresh3`, at most 256: 128 members); members beyond it resolve by
 //!   ARP/NDP as they would without pre-warming;
@@ -29,6 +32,9 @@ use crate::sys::netlink::{self, NetlinkError};
 use crate::sys::netns::Netns;
 
 use super::topo::Member;
+
+/// LANs with fewer members than this pre-warm between siblings too.
+pub(crate) const SIBLING_MESH_MAX: usize = 8;
 
 /// Upper bound of entries one lab pre-warms per family.
 pub(crate) const MAX_BUDGET: u32 = 256;
@@ -62,10 +68,11 @@ impl Prewarm {
         }
     }
 
-    /// Takes one member's share of the budget, if any is left.
-    fn take(&self) -> bool {
+    /// Takes `n` members' shares of the budget (one per neighbour pair), if
+    /// that much is left.
+    fn take_n(&self, n: u32) -> bool {
         self.members_left
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| m.checked_sub(n))
             .is_ok()
     }
 
@@ -75,7 +82,8 @@ impl Prewarm {
     }
 
     /// Installs neighbour entries between `me` and its gateway, both ways
-    /// and concurrently, if the budget allows.
+    /// and concurrently, if the budget allows; on a small LAN also between
+    /// `me` and its `siblings` (the LAN's other members).
     pub(crate) async fn member(
         &self,
         me: &Member,
@@ -83,8 +91,15 @@ impl Prewarm {
         gw_index: u32,
         gw: (Ipv4Addr, Ipv6Addr),
         gw_mac: [u8; 6],
+        siblings: &[Member],
     ) -> Result<()> {
-        if !self.take() {
+        let siblings = if siblings.len() + 1 < SIBLING_MESH_MAX {
+            siblings
+        } else {
+            &[]
+        };
+        let pairs = u32::try_from(siblings.len()).unwrap_or(u32::MAX);
+        if !self.take_n(pairs.saturating_add(1)) {
             return Ok(());
         }
         let what = || format!("pre-warming neighbour entries of {}", me.node.name);
@@ -100,13 +115,26 @@ impl Prewarm {
             }
             v
         };
-        let mine = pairs(gw.0, gw.1, gw_mac);
+        let mut mine = pairs(gw.0, gw.1, gw_mac);
         let theirs = pairs(me.v4, me.v6, me.mac);
+        let mut jobs = vec![gw_ns.spawn({
+            let theirs = theirs.clone();
+            move || add_all(gw_index, theirs)
+        })?];
+        for s in siblings {
+            // A sibling's unspecified address is a family its LAN lacks.
+            mine.extend(
+                pairs(s.v4, s.v6, s.mac)
+                    .into_iter()
+                    .filter(|(ip, _)| !ip.is_unspecified()),
+            );
+            let (index, theirs) = (s.index, theirs.clone());
+            jobs.push(s.node.ns().spawn(move || add_all(index, theirs))?);
+        }
         let my_index = me.index;
-        let a = me.node.ns().spawn(move || add_all(my_index, mine))?;
-        let b = gw_ns.spawn(move || add_all(gw_index, theirs))?;
-        let (a, b) = futures::future::join(a, b).await;
-        for r in [a?, b?] {
+        jobs.push(me.node.ns().spawn(move || add_all(my_index, mine))?);
+        for r in futures::future::join_all(jobs).await {
+            let r = r?;
             match r {
                 Err(e) if e.errno() == Some(libc::ENOBUFS) => {
                     tracing::warn!(
@@ -143,10 +171,10 @@ mod tests {
     #[test]
     fn budget_is_counted_in_members() {
         let p = Prewarm::new(6);
-        assert!(p.take() && p.take() && p.take());
-        assert!(!p.take(), "3 members use 6 entries per family");
+        assert!(p.take_n(1) && p.take_n(1) && p.take_n(1));
+        assert!(!p.take_n(1), "3 members use 6 entries per family");
         let p = Prewarm::new(10);
         p.exhaust();
-        assert!(!p.take());
+        assert!(!p.take_n(1));
     }
 }

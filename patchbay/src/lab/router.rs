@@ -312,16 +312,26 @@ impl RouterBuilder {
                 },
             );
         }
-        {
+        let siblings = {
             let mut t = lab.topo();
-            match &up {
-                Upstream::Exchange => t.exchange.push(me.clone()),
-                Upstream::Router(p) => t.router_mut(p)?.lan.members.push(me.clone()),
-            }
-        }
+            let lan = match &up {
+                Upstream::Exchange => &mut t.exchange,
+                Upstream::Router(p) => &mut t.router_mut(p)?.lan.members,
+            };
+            let siblings = lan.clone();
+            lan.push(me.clone());
+            siblings
+        };
         if lab.opts().prewarm_neighbors {
             lab.prewarm()
-                .member(&me, &parent_ns, port_index, parent_gw, parent_bridge_mac)
+                .member(
+                    &me,
+                    &parent_ns,
+                    port_index,
+                    parent_gw,
+                    parent_bridge_mac,
+                    &siblings,
+                )
                 .await?;
         }
         routes_to_lan(&lab, &name, lan_kind, lan_v4, lan_v6).await?;
