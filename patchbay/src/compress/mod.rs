@@ -1,7 +1,7 @@
 //! Timer compression planning: which kernel timers a lab at time scale `k` runs `k` times
 //! faster, through which mechanism, and how faithfully.
 //!
-//! Everything here except [`probe`] is pure and needs no root: a plan is computed from
+//! Everything here except [`probe_kernel`] and [`probe_hz`] is pure and needs no root: a plan is computed from
 //! plain data ([`KernelCaps`], [`SysctlDefaults`], [`TimerInputs`]) with a jiffy-aware
 //! model of the kernel's timer wheel ([`JiffyModel`]), so applied values reproduce the
 //! real-time behaviour (including the kernel's own rounding and lateness) rather than
@@ -9,9 +9,9 @@
 //!
 //! Building a plan for a lab:
 //! ```no_run
-//! use patchbay::compress::{BpfFeatures, CompressionReport, Plan, TimeScale, TimerInputs, probe};
+//! use patchbay::compress::{BpfFeatures, CompressionReport, Plan, TimeScale, TimerInputs, probe_kernel};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let (caps, defaults) = probe::probe_kernel(BpfFeatures::default())?; // once per process
+//! let (caps, defaults) = probe_kernel(BpfFeatures::default())?; // once per process
 //! let plan = Plan::compute(TimeScale::new(20.0)?, &caps, &defaults, &TimerInputs::default())?;
 //! for (key, value) in plan.sysctls_for_netns() { /* write in each lab namespace */ }
 //! for (key, value) in plan.sysctls_for_iface("eth0") { /* after the interface exists */ }
@@ -36,7 +36,7 @@ pub use caps::{BpfFeatures, HzSource, KernelCaps, NeighFamily, NetnsSysctlCaps, 
 pub use external::{ScaledConntrack, ScaledLink, scale_conntrack, scale_link};
 pub use model::{ArmContext, JiffyModel, ModelError};
 pub use plan::{BpfTargets, FaithfulK, LADDER, LadderPoint, Plan, PlanError, TcpFidelity};
-pub use probe::{ProbeError, probe_hz};
+pub use probe::{ProbeError, probe_hz, probe_kernel};
 pub use report::{CompressionReport, FaithfulSummary};
 pub use scale::{MAX_TIME_SCALE, ScaleError, TimeScale};
 pub use schedule::{Fidelity, Prediction};
