@@ -24,31 +24,20 @@ pub(crate) async fn set_mtu(index: u32, mtu: u32) -> Result<(), NetlinkError> {
 /// must be of the same family).
 pub(crate) async fn replace_route(dst: IpAddr, prefix: u8, gw: IpAddr) -> Result<(), NetlinkError> {
     let op = format!("ip route replace {dst}/{prefix} via {gw}");
-    let h = handle()?;
     match (dst, gw) {
         (IpAddr::V4(d), IpAddr::V4(g)) => {
             let msg = RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(d, prefix)
                 .gateway(g)
                 .build();
-            h.route()
-                .add(msg)
-                .replace()
-                .execute()
-                .await
-                .map_err(req(op))
+            super::netlink::send_route(msg, true, op).await
         }
         (IpAddr::V6(d), IpAddr::V6(g)) => {
             let msg = RouteMessageBuilder::<Ipv6Addr>::new()
                 .destination_prefix(d, prefix)
                 .gateway(g)
                 .build();
-            h.route()
-                .add(msg)
-                .replace()
-                .execute()
-                .await
-                .map_err(req(op))
+            super::netlink::send_route(msg, true, op).await
         }
         _ => Ok(()),
     }

@@ -172,18 +172,24 @@ pub async fn add_addr(index: u32, addr: IpAddr, prefix: u8) -> Result<(), Netlin
         .map_err(req(format!("ip addr add {addr}/{prefix} dev #{index}")))
 }
 
+/// Sends one route request: `ip route add` (or `replace`), named `op` in errors.
+pub(crate) async fn send_route(
+    msg: rtnetlink::packet_route::route::RouteMessage,
+    replace: bool,
+    op: String,
+) -> Result<(), NetlinkError> {
+    let req_ = handle()?.route().add(msg);
+    let req_ = if replace { req_.replace() } else { req_ };
+    req_.execute().await.map_err(req(op))
+}
+
 /// `ip route add DST/PREFIX via GW` (IPv4). A prefix of 0 is the default route.
 pub async fn add_route_v4(dst: Ipv4Addr, prefix: u8, gw: Ipv4Addr) -> Result<(), NetlinkError> {
     let msg = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(dst, prefix)
         .gateway(gw)
         .build();
-    handle()?
-        .route()
-        .add(msg)
-        .execute()
-        .await
-        .map_err(req(format!("ip route add {dst}/{prefix} via {gw}")))
+    send_route(msg, false, format!("ip route add {dst}/{prefix} via {gw}")).await
 }
 
 /// `ip -6 route add DST/PREFIX via GW`.
@@ -192,12 +198,12 @@ pub async fn add_route_v6(dst: Ipv6Addr, prefix: u8, gw: Ipv6Addr) -> Result<(),
         .destination_prefix(dst, prefix)
         .gateway(gw)
         .build();
-    handle()?
-        .route()
-        .add(msg)
-        .execute()
-        .await
-        .map_err(req(format!("ip -6 route add {dst}/{prefix} via {gw}")))
+    send_route(
+        msg,
+        false,
+        format!("ip -6 route add {dst}/{prefix} via {gw}"),
+    )
+    .await
 }
 
 /// `ip neigh replace ADDR lladdr MAC dev IDX nud reachable`: an ordinary
@@ -340,12 +346,12 @@ pub async fn add_route_dev_v4(dst: Ipv4Addr, prefix: u8, index: u32) -> Result<(
         .destination_prefix(dst, prefix)
         .output_interface(index)
         .build();
-    handle()?
-        .route()
-        .add(msg)
-        .execute()
-        .await
-        .map_err(req(format!("ip route add {dst}/{prefix} dev #{index}")))
+    send_route(
+        msg,
+        false,
+        format!("ip route add {dst}/{prefix} dev #{index}"),
+    )
+    .await
 }
 
 /// `ip -6 route add DST/PREFIX dev IDX` (on-link).
@@ -354,12 +360,12 @@ pub async fn add_route_dev_v6(dst: Ipv6Addr, prefix: u8, index: u32) -> Result<(
         .destination_prefix(dst, prefix)
         .output_interface(index)
         .build();
-    handle()?
-        .route()
-        .add(msg)
-        .execute()
-        .await
-        .map_err(req(format!("ip -6 route add {dst}/{prefix} dev #{index}")))
+    send_route(
+        msg,
+        false,
+        format!("ip -6 route add {dst}/{prefix} dev #{index}"),
+    )
+    .await
 }
 
 /// `ip link del dev IDX` (deleting one end of a veth deletes both).
@@ -406,22 +412,10 @@ pub async fn replace_default(gw: Ipv4Addr, gw6: Ipv6Addr) -> Result<(), NetlinkE
         .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
         .gateway(gw)
         .build();
-    handle()?
-        .route()
-        .add(msg)
-        .replace()
-        .execute()
-        .await
-        .map_err(req(format!("ip route replace default via {gw}")))?;
+    send_route(msg, true, format!("ip route replace default via {gw}")).await?;
     let msg = RouteMessageBuilder::<Ipv6Addr>::new()
         .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
         .gateway(gw6)
         .build();
-    handle()?
-        .route()
-        .add(msg)
-        .replace()
-        .execute()
-        .await
-        .map_err(req(format!("ip -6 route replace default via {gw6}")))
+    send_route(msg, true, format!("ip -6 route replace default via {gw6}")).await
 }
