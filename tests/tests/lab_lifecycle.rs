@@ -381,9 +381,11 @@ fn sigkill_of_the_owner_kills_every_lab_process_and_their_descendants() -> anyho
     let seen = wait_until(Duration::from_secs(10), || {
         members = pids_in_cgroup(&owner_dir);
         let cmds: Vec<String> = members.iter().map(|p| cmdline(*p)).collect();
+        // Exact matches: a shell's own command line also contains
+        // "sleep 424x" between its fork and the sleeps' exec.
         ["sleep 4242", "sleep 4243", "sleep 4244"]
             .iter()
-            .all(|s| cmds.iter().any(|c| c.contains(s)))
+            .all(|s| cmds.iter().any(|c| c.trim() == *s))
     });
     assert!(
         seen,
