@@ -122,16 +122,46 @@ fn a_seeded_lab_repeats_its_report_events_and_packet_capture() -> Result<()> {
     Ok(())
 }
 
+/// Replays `seed` ten times: the same verdict as the sweep's and the same output every time.
+fn replay_ten_times(bin: &Path, cmd: &str, seed: u64, passes: bool) -> Result<()> {
+    let first = vt(bin, seed, &["sh", "-c", cmd])?;
+    ensure!(
+        first.status.success() == passes,
+        "seed {seed}: the replay's verdict differs from the sweep's: {}",
+        text(&first.stderr)
+    );
+    for i in 1..10 {
+        let again = vt(bin, seed, &["sh", "-c", cmd])?;
+        ensure!(
+            again.status.code() == first.status.code(),
+            "seed {seed}, replay {i}: exit {:?}, first run {:?}",
+            again.status.code(),
+            first.status.code()
+        );
+        ensure!(
+            again.stdout == first.stdout,
+            "seed {seed}, replay {i}: report, events or capture differ:\n{}\n---\n{}",
+            text(&first.stdout),
+            text(&again.stdout)
+        );
+    }
+    println!(
+        "seed {seed} ({}): 10 identical replays",
+        if passes { "passes" } else { "fails" }
+    );
+    Ok(())
+}
+
 #[test]
 fn a_flaky_test_fails_on_some_seeds_and_every_seed_replays_exactly() -> Result<()> {
     let Some(bin) = setup()? else { return Ok(()) };
-    let file = workspace().join("examples/flaky-loss.toml");
+    // The sweep runs exactly the command the replays run: a seed repeats a run of the same
+    // command, environment and files (any other workload draws differently from the stream).
+    let cmd = lab_command(&bin);
     let out = Command::new(&bin)
-        .args(["vt", "--seeds", "1..100", "--json", "--"])
-        .arg(&bin)
-        .arg("run")
-        .arg(&file)
+        .args(["vt", "--seeds", "1..100", "--json", "--", "sh", "-c", &cmd])
         .current_dir(workspace())
+        .env_remove(patchbay::vt::SEED_ENV)
         .output()?;
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("sweep report: {}\n{}", text(&out.stdout), text(&out.stderr)))?;
@@ -167,32 +197,127 @@ fn a_flaky_test_fails_on_some_seeds_and_every_seed_replays_exactly() -> Result<(
         .map(|&s| (s, false))
         .chain(passing.into_iter().map(|s| (s, true)))
         .collect();
-    let cmd = lab_command(&bin);
-    for (seed, passes) in chosen {
-        let first = vt(&bin, seed, &["sh", "-c", &cmd])?;
-        assert_eq!(
-            first.status.success(),
-            passes,
-            "seed {seed}: the replay's verdict differs from the sweep's: {}",
-            text(&first.stderr)
-        );
-        for i in 1..10 {
-            let again = vt(&bin, seed, &["sh", "-c", &cmd])?;
-            assert_eq!(
-                again.status.code(),
-                first.status.code(),
-                "seed {seed}, replay {i}"
-            );
-            assert_eq!(
-                text(&again.stdout),
-                text(&first.stdout),
-                "seed {seed}, replay {i}: report, events or capture differ"
-            );
+    // Two replay threads (one guest per core), two seeds each.
+    std::thread::scope(|sc| -> Result<()> {
+        let handles: Vec<_> = chosen
+            .chunks(2)
+            .map(|part| {
+                let (bin, cmd) = (&bin, &cmd);
+                sc.spawn(move || -> Result<()> {
+                    for &(seed, passes) in part {
+                        replay_ten_times(bin, cmd, seed, passes)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a replay thread panicked"))??;
         }
-        println!(
-            "seed {seed} ({}): 10 identical replays",
-            if passes { "passes" } else { "fails" }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+#[test]
+fn bad_sweep_input_is_one_clear_line() -> Result<()> {
+    // Parsed before any guest starts: no root or kernel needed.
+    let bin = patchbay_bin()?;
+    for (args, needle) in [
+        (&["--seeds", "10..1"][..], "empty"),
+        (&["--seeds", "1..x"][..], "is not a seed"),
+        (
+            &["--seeds", "1..10", "--partition", "3/2"][..],
+            "out of range",
+        ),
+        (
+            &["--seeds", "1..10", "--partition", "1-2"][..],
+            "expected M/N",
+        ),
+        (&["--seeds", "1..10", "--jobs", "0"][..], "--jobs 0"),
+    ] {
+        let out = Command::new(&bin)
+            .arg("vt")
+            .args(args)
+            .args(["--", "true"])
+            .output()?;
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(
+            err.trim().lines().count() <= 2,
+            "{args:?}: not one clear line: {err}"
         );
     }
+    Ok(())
+}
+
+/// The run dirs of the runner with pid `pid` (`<tmp>/patchbay-vt.<uid>/<pid>-<n>-<nanos>`). A
+/// runner removes a run dir only after its UML process group is gone, so none left means no
+/// guest left either.
+fn run_dirs_of(pid: u32) -> Vec<String> {
+    let parent = std::env::temp_dir().join(format!("patchbay-vt.{}", nix::unistd::geteuid()));
+    std::fs::read_dir(&parent)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("{pid}-"))
+                })
+                .map(|e| e.path().display().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn ctrl_c_stops_a_sweep_and_leaves_no_guest_behind() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let Some(bin) = setup()? else { return Ok(()) };
+    let file = workspace().join("examples/flaky-loss.toml");
+    let child = Command::new(&bin)
+        .args(["vt", "--seeds", "1..200", "--jobs", "2", "--json", "--"])
+        .arg(&bin)
+        .arg("run")
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    assert!(
+        !run_dirs_of(child.id()).is_empty(),
+        "no guest was running when the test pressed Ctrl-C"
+    );
+    // What a terminal's Ctrl-C does: SIGINT to the foreground process group.
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )?;
+    let pid = child.id();
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output()?;
+    let waited = started.elapsed();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("report: {}\n{}", text(&out.stdout), text(&out.stderr)))?;
+    println!(
+        "interrupted after 6 s: {} of {} seeds run, exit {:?}, stopped in {waited:?}",
+        report["run"],
+        report["planned"],
+        out.status.code()
+    );
+    assert_eq!(report["interrupted"], true, "{report}");
+    assert_eq!(out.status.code(), Some(1));
+    let run = report["run"].as_u64().unwrap_or(0);
+    assert!(run > 0 && run < 200, "{run} seeds ran");
+    assert!(
+        waited < std::time::Duration::from_secs(5),
+        "the running guests were not stopped at once ({waited:?})"
+    );
+    let left = run_dirs_of(pid);
+    assert!(left.is_empty(), "left behind: {left:?}");
     Ok(())
 }

@@ -146,11 +146,12 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigint(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
+    vt::interrupt();
 }
 
-/// Ctrl-C stops the sweep from starting further seeds; the guests running then got the same
-/// SIGINT through their `unshare` parents (same process group) and end at once, their run
-/// directories removed by the runner.
+/// Ctrl-C (SIGINT) stops the sweep from starting further seeds and kills the running guests
+/// (`vt::interrupt`), whose runners remove their run directories; the report then shows the
+/// seeds that had finished.
 fn catch_sigint() -> anyhow::Result<()> {
     use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
     let act = SigAction::new(
@@ -270,8 +271,8 @@ pub fn run(sweep: Sweep) -> anyhow::Result<std::process::ExitCode> {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some(&seed) = planned.get(i) else { return };
                     let r = run_seed(seed, &sweep);
-                    if INTERRUPTED.load(Ordering::SeqCst) && !r.passed() {
-                        // Killed by the Ctrl-C, not a verdict on the seed.
+                    if INTERRUPTED.load(Ordering::SeqCst) && r.exit_code.is_none() {
+                        // Killed by the Ctrl-C: not a verdict on the seed.
                         return;
                     }
                     if !r.passed() {

@@ -45,6 +45,9 @@ pub enum VtError {
         /// Its release.
         release: String,
     },
+    /// [`super::interrupt`] stopped the run (its guest was killed).
+    #[error("the virtual-time run was interrupted (its guest was killed)")]
+    Interrupted,
     /// A seed was asked for but the kernel cannot take one.
     #[error(
         "the UML kernel {binary} ({release}) cannot take a seed (no `patchbay_seed=` in \

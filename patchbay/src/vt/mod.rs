@@ -164,6 +164,13 @@ static SECCOMP_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::Atomi
 /// What UML prints when `seccomp=on` was asked for but the host does not allow the filter.
 const SECCOMP_FATAL: &str = "SECCOMP userspace requested but not functional";
 
+/// Stops every virtual-time run of this process, for good: each running guest is killed (its
+/// run directory removed) and its [`run`] returns [`VtError::Interrupted`], as does every later
+/// [`run`]. For a Ctrl-C handler: it is async-signal-safe (one atomic store).
+pub fn interrupt() {
+    process::interrupt();
+}
+
 /// Runs `argv` inside a UML guest in `time-travel=inf-cpu` mode and returns its exit code and
 /// output. The UML kernel always exits 0; the exit code comes from the results directory.
 ///
@@ -182,6 +189,9 @@ const SECCOMP_FATAL: &str = "SECCOMP userspace requested but not functional";
 /// ```
 pub fn run(argv: &[OsString], opts: &VtOpts) -> Result<VtOutcome, VtError> {
     use std::sync::atomic::Ordering;
+    if process::interrupted() {
+        return Err(VtError::Interrupted);
+    }
     validate_mem(&opts.mem)?;
     let binary = match &opts.uml_binary {
         Some(b) => b.clone(),
@@ -314,6 +324,9 @@ fn run_once(
     let started = Instant::now();
     let finished = process::run_uml(&binary, &args, &sandbox, opts.guard)?;
     let wall = started.elapsed();
+    if finished.interrupted {
+        return Err(VtError::Interrupted);
+    }
     let console_tail = tail_lines(&finished.console, 40);
     let read = |name: &str| read_optional(&results.join(name));
 

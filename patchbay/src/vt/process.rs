@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,8 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 pub(crate) struct Finished {
     /// The guard expired and the group was killed.
     pub timed_out: bool,
+    /// [`interrupt`] was called and the group was killed.
+    pub interrupted: bool,
     /// The UML pid (= its process group id; it runs as PID 1 of its own PID namespace).
     pub pid: i32,
     /// Console output (tail).
@@ -53,6 +56,20 @@ pub(crate) struct Finished {
     pub command_end: Option<Duration>,
     /// Profiling marks with their wall time since spawn.
     pub marks: Vec<(String, Duration)>,
+}
+
+/// Set by [`interrupt`]: every run of this process kills its guest.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Stops every virtual-time run of this process for good (see [`super::interrupt`]).
+/// Async-signal-safe: one atomic store.
+pub(crate) fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Whether [`interrupt`] was called.
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
 }
 
 #[derive(Debug, Default)]
@@ -119,6 +136,16 @@ fn enter_sandbox(
         // If the runner's thread dies, `unshare` dies, which kills UML (--kill-child), which
         // tears down its PID namespace with every guest process in it.
         check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL).into())?;
+        // No host ASLR for UML (inherited through `unshare`'s exec): interrupt entropy mixes
+        // in the host instruction pointer an IRQ interrupted, often in libc, whose address
+        // would otherwise differ from run to run and make seeded runs diverge.
+        let current = libc::personality(0xffff_ffff);
+        check(
+            libc::personality(
+                (current as libc::c_ulong) | libc::ADDR_NO_RANDOMIZE as libc::c_ulong,
+            )
+            .into(),
+        )?;
         check(libc::unshare(libc::CLONE_NEWNS).into())?;
         let none = std::ptr::null();
         check(
@@ -201,10 +228,25 @@ pub(crate) fn run_uml(
     let alias = (cstring(&sandbox.alias.0)?, cstring(&sandbox.alias.1)?);
     let userns = super::userns::plan();
     let unprivileged = userns.is_some();
-    let (reader, writer) = std::io::pipe().map_err(io("creating the console pipe", binary))?;
+    // The console goes to a regular file, not a pipe: every read of a pipe sends SIGIO to its
+    // writer (O_ASYNC, which UML sets on its console fd), and that SIGIO would interrupt the
+    // guest at a moment set by the host's scheduling, making seeded runs diverge. A file has
+    // no such signal; the reader tails it.
+    let console_path = sandbox.alias.0.join("console");
+    let writer = std::fs::OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&console_path)
+        .map_err(io("creating the console file", &console_path))?;
     let writer2 = writer
         .try_clone()
-        .map_err(io("duplicating the console pipe", binary))?;
+        .map_err(io("duplicating the console file", &console_path))?;
+    let reader = Tail {
+        file: std::fs::File::open(&console_path)
+            .map_err(io("opening the console file", &console_path))?,
+        done: Arc::new(AtomicBool::new(false)),
+    };
+    let _done_on_return = SetOnDrop(Arc::clone(&reader.done));
     let unshare = ["/usr/bin/unshare", "/bin/unshare"]
         .iter()
         .map(Path::new)
@@ -257,6 +299,7 @@ pub(crate) fn run_uml(
     // UML itself is the child of `unshare` and calls setsid(): its process group (holding all
     // its helper and guest processes) is its own pid.
     let mut uml_pid = None;
+    let mut interrupted = false;
     let timed_out = loop {
         if uml_pid.is_none() {
             uml_pid = children_of(pid)?.first().copied();
@@ -279,6 +322,10 @@ pub(crate) fn run_uml(
         if Instant::now() >= deadline {
             break true;
         }
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            interrupted = true;
+            break false;
+        }
         let panicked = console.lock().unwrap_or_else(PoisonError::into_inner).panic;
         if panicked.is_some_and(|t| t.elapsed() >= PANIC_GRACE) {
             break false;
@@ -300,12 +347,14 @@ pub(crate) fn run_uml(
     if let Some(u) = uml_pid {
         wait_group_gone(u)?;
     }
+    _done_on_return.0.store(true, Ordering::SeqCst);
     if reader_thread.join().is_err() {
         tracing::warn!("the UML console reader thread panicked; console output may be incomplete");
     }
     let console = std::mem::take(&mut *console.lock().unwrap_or_else(PoisonError::into_inner));
     Ok(Finished {
         timed_out,
+        interrupted,
         pid: uml_pid.unwrap_or(pid),
         console: console.tail.into(),
         command_start: console.command_start.map(|t| t.duration_since(started)),
@@ -318,7 +367,36 @@ pub(crate) fn run_uml(
     })
 }
 
-fn read_console(reader: std::io::PipeReader, console: &Mutex<Console>) {
+/// Reads a file that UML appends to: at its end it waits for more until `done` is set.
+struct Tail {
+    file: std::fs::File,
+    done: Arc<AtomicBool>,
+}
+
+impl std::io::Read for Tail {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            // Read `done` before the file: data written before UML exited is read after.
+            let done = self.done.load(Ordering::SeqCst);
+            let n = self.file.read(buf)?;
+            if n > 0 || done {
+                return Ok(n);
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+/// Sets the flag when dropped (the console reader then stops at the end of the file).
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn read_console(reader: Tail, console: &Mutex<Console>) {
     let mut reader = BufReader::new(reader);
     let mut line = Vec::new();
     loop {
