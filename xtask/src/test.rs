@@ -120,16 +120,13 @@ pub fn run(args: TestArgs) -> Result<()> {
             c.env("PATCHBAY_UML", uml);
         }
         step("cargo nextest run", &mut c)?;
-        // The partition has not passed end to end yet (issue #13): it runs on request only.
-        match (&uml_env, std::env::var_os(VT_PARTITION_ENV)) {
-            (Some(uml), Some(_)) => {
+        match &uml_env {
+            Some(uml) => {
                 step_fn("virtual-time partition (one UML guest per test)", || {
                     run_vt_partition(&root, uml)
                 })?;
             }
-            _ => println!(
-                "xtask: virtual-time partition skipped: set {VT_PARTITION_ENV}=1 to run it (not yet passing end to end, issue #13)"
-            ),
+            None => println!("xtask: virtual-time partition skipped (--no-uml)"),
         }
     } else {
         println!(
@@ -161,9 +158,6 @@ pub fn run(args: TestArgs) -> Result<()> {
     }
     Ok(())
 }
-
-/// Set to run [`VT_PARTITION`] in `cargo xtask test`.
-const VT_PARTITION_ENV: &str = "PATCHBAY_VT_PARTITION";
 
 /// Runs [`VT_PARTITION`] with every test process in its own UML guest, in parallel up to the
 /// core count, and prints the wall time.

@@ -34,6 +34,11 @@ ip link set lo up || vt_die "ip link set lo up"
 # The host's name is not the guest's business (and would differ between machines).
 echo patchbay-vt > /proc/sys/kernel/hostname || vt_die "setting the hostname"
 
+# The runner's open-file limits (a test building hundreds of namespaces needs more than the
+# guest kernel's default 1024).
+ulimit -H -n "$VT_NOFILE_HARD" 2>/dev/null || vt_die "ulimit -H -n $VT_NOFILE_HARD"
+ulimit -S -n "$VT_NOFILE_SOFT" 2>/dev/null || vt_die "ulimit -S -n $VT_NOFILE_SOFT"
+
 PATH=$VT_PATH
 if ! cd "$VT_CWD"; then
     echo "cwd" > "$VT_RESULTS/error"

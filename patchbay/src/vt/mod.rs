@@ -295,6 +295,7 @@ fn run_once(
         &g.join("fstab"),
         &expose,
         &uptime,
+        nofile_limits(),
     )?;
     write_executable(&init, &text)?;
     for d in ["mem", "uml"] {
@@ -397,6 +398,13 @@ fn parse_clock(text: &str) -> Option<Duration> {
     let mut it = text.split_whitespace().map(|s| s.parse::<u64>().ok());
     let (a, b) = (it.next()??, it.next()??);
     Some(Duration::from_nanos(b.checked_sub(a)?))
+}
+
+/// The runner's open-file limits (soft, hard), which the command gets in the guest too (test
+/// runners such as nextest raise the soft limit; the guest kernel's default is 1024).
+fn nofile_limits() -> (u64, u64) {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .unwrap_or((1024, 4096))
 }
 
 /// A random seed for a run without one (small enough to type when replaying).

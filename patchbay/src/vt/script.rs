@@ -75,6 +75,7 @@ pub(crate) fn render(
     fstab: &Path,
     expose: &[Exposed],
     uptime: &str,
+    nofile: (u64, u64),
 ) -> Result<Vec<u8>, VtError> {
     let Some(argv0) = argv.first() else {
         return Err(VtError::InvalidArgument("the command line is empty".into()));
@@ -110,6 +111,9 @@ pub(crate) fn render(
     s.extend(shell_quote(argv0.as_bytes()));
     s.extend_from_slice(b"\nVT_UPTIME=");
     s.extend_from_slice(uptime.as_bytes());
+    s.extend_from_slice(
+        format!("\nVT_NOFILE_SOFT={}\nVT_NOFILE_HARD={}", nofile.0, nofile.1).as_bytes(),
+    );
     s.push(b'\n');
     s.extend(render_expose(expose));
     s.extend_from_slice(b"\nvt_run() {\n    ");
@@ -239,6 +243,7 @@ mod tests {
             Path::new("/f"),
             &[],
             "0",
+            (1024, 4096),
         )
         .expect("render");
         let s = String::from_utf8(s).expect("utf8");
@@ -256,6 +261,7 @@ mod tests {
                 Path::new("/f"),
                 &[],
                 "0",
+                (1024, 4096),
             )
             .is_err()
         );
@@ -270,6 +276,7 @@ mod tests {
                 Path::new("/f"),
                 &[],
                 "0",
+                (1024, 4096),
             )
             .is_err()
         );
@@ -315,6 +322,7 @@ mod tests {
             Path::new("/f"),
             &[],
             "0",
+            (1024, 4096),
         )
         .expect("render");
         let dir =
