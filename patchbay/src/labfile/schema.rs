@@ -260,6 +260,27 @@ pub struct Step {
     /// Restore a broken link between two regions.
     #[serde(default)]
     pub restore_region_link: Option<[String; 2]>,
+    /// Move `device.iface` to the router `to` (mobility; see `docs/toml.md`).
+    #[serde(default)]
+    pub replug: Option<String>,
+    /// Add `device.iface` on the router `to`.
+    #[serde(default)]
+    pub add_iface: Option<String>,
+    /// Remove `device.iface` (not the one carrying the default route).
+    #[serde(default)]
+    pub remove_iface: Option<String>,
+    /// Point the default routes of a device at `device.iface`.
+    #[serde(default)]
+    pub default_route: Option<String>,
+    /// Give `device.iface` a new address on its LAN.
+    #[serde(default)]
+    pub renew: Option<String>,
+    /// Remove a device, or a router with nothing on its LAN.
+    #[serde(default)]
+    pub remove_node: Option<String>,
+    /// The router of a `replug` or `add-iface` step.
+    #[serde(default)]
+    pub to: Option<String>,
 }
 
 /// A command as a shell string or an argv list.
@@ -344,6 +365,8 @@ pub enum StepKind {
         /// Break or restore.
         broken: bool,
     },
+    /// Move, add or remove interfaces, routes, addresses and nodes.
+    Mobility(super::steps_mobility::MobilityStep),
 }
 
 fn node_iface(what: &str, v: &str) -> Result<(String, String), String> {
@@ -371,8 +394,9 @@ impl Step {
             self.break_region_link.is_some(),
             self.restore_region_link.is_some(),
         ];
-        if actions.iter().filter(|a| **a).count() != 1 {
-            return Err("each [[step]] needs exactly one of `run`, `sleep`, `wait`, `kill`, `blackhole`, `heal`, `partition`, `link`, `flush-nat`, `link-down`, `link-up`, `break-region-link`, `restore-region-link`".into());
+        let mobility = super::steps_mobility::count(self);
+        if actions.iter().filter(|a| **a).count() + mobility != 1 {
+            return Err("each [[step]] needs exactly one of `run`, `sleep`, `wait`, `kill`, `blackhole`, `heal`, `partition`, `link`, `flush-nat`, `link-down`, `link-up`, `break-region-link`, `restore-region-link`, `replug`, `add-iface`, `remove-iface`, `default-route`, `renew`, `remove-node`".into());
         }
         if (self.cmd.is_some() || self.background.is_some()) && self.run.is_none() {
             return Err("`cmd` and `background` belong to a `run` step".into());
@@ -385,6 +409,9 @@ impl Step {
         }
         if self.name.is_some() && self.blackhole.is_none() && self.partition.is_none() {
             return Err("`name` belongs to a `blackhole` or `partition` step".into());
+        }
+        if let Some(m) = super::steps_mobility::kind(self)? {
+            return Ok(StepKind::Mobility(m));
         }
         if let Some(node) = &self.run {
             if self.cmd.is_none() {
@@ -636,7 +663,7 @@ impl LabFile {
                 _ => {}
             }
         }
-        Ok(())
+        super::steps_mobility::validate(self)
     }
 }
 
