@@ -25,8 +25,8 @@ pub struct RouterBuilder {
     pub(super) nat: crate::nat::NatConfig,
     pub(super) firewall: Option<crate::firewall::Firewall>,
     pub(super) extras: super::shaping::RouterExtras,
-    ip: IpSupport,
-    nat_v6: NatV6Mode,
+    pub(super) ip: IpSupport,
+    pub(super) nat_v6: NatV6Mode,
 }
 
 impl RouterBuilder {
