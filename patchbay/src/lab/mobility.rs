@@ -301,9 +301,9 @@ impl Lab {
     /// Removes a node at run time. A device loses every link, its
     /// processes are killed (they die with its worker) and its namespace
     /// goes away. A router can be removed only when nothing hangs off its
-    /// LAN (remove or move its devices and routers first); routes to its
-    /// LAN in the routers above it are left pointing at an address that
-    /// no longer answers.
+    /// LAN (remove or move its devices and routers first); the routes to
+    /// its LAN that the routers above it and the exchange held are removed
+    /// too.
     pub async fn remove_node(&self, name: &str) -> Result<()> {
         let node = self.node(name).ok_or_else(|| {
             Error::Invalid(format!(
@@ -331,6 +331,7 @@ impl Lab {
                     "router {name} still has {members:?} on its LAN; remove or replug them first"
                 )));
             }
+            remove_routes_to_lan(&lab, name).await?;
         }
         for i in node.ifaces() {
             if node.kind() == NodeKind::Router && i.name == "lan" {
@@ -356,4 +357,46 @@ impl Lab {
         super::artifacts::topology_changed(&lab);
         Ok(())
     }
+}
+
+/// Deletes the routes towards router `name`'s LAN that its ancestors and
+/// the exchange hold (installed by `routes_to_lan` in router.rs): each
+/// namespace up the chain routes the LAN's prefixes via the uplink address
+/// of the router below it. Routes a NAT hid were never installed; their
+/// deletion finds nothing and is skipped.
+async fn remove_routes_to_lan(lab: &Arc<LabInner>, name: &str) -> Result<()> {
+    let (dst4, dst6, hops) = {
+        let t = lab.topo();
+        let Some(me) = t.routers.get(name) else {
+            return Ok(());
+        };
+        let dst6 = match me.nat_v6 {
+            crate::nat::NatV6Mode::Nptv6 => addr::nptv6_external_of(me.lan.lan.v6),
+            _ => me.lan.lan.v6,
+        };
+        let chain = t.ancestry(name);
+        let mut hops = vec![];
+        for pair in chain.windows(2) {
+            let (c4, c6) = super::router::uplink_of(&t, &pair[0]);
+            hops.push((t.routers[&pair[1]].node.ns().clone(), c4, c6));
+        }
+        let top = chain.last().map(String::as_str).unwrap_or(name);
+        let (c4, c6) = super::router::uplink_of(&t, top);
+        hops.push((lab.root().clone(), c4, c6));
+        (me.lan.lan.v4, dst6, hops)
+    };
+    for (ns, via4, via6) in hops {
+        ns.run(move || async move {
+            if !via4.is_unspecified() {
+                netlink::del_route_via(dst4.into(), addr::V4_PREFIX, via4.into()).await?;
+            }
+            if !via6.is_unspecified() {
+                netlink::del_route_via(dst6.into(), addr::V6_PREFIX, via6.into()).await?;
+            }
+            Ok(())
+        })
+        .await?
+        .ctx(|| format!("removing the routes to the LAN of {name} (via {via4} / {via6})"))?;
+    }
+    Ok(())
 }

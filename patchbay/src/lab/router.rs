@@ -416,7 +416,7 @@ async fn routes_to_lan(
 /// IPv6 next hop, route IPv4?, route IPv6?).
 type Hop = (Netns, Ipv4Addr, Ipv6Addr, bool, bool);
 
-fn uplink_of(t: &super::topo::Topology, router: &str) -> (Ipv4Addr, Ipv6Addr) {
+pub(super) fn uplink_of(t: &super::topo::Topology, router: &str) -> (Ipv4Addr, Ipv6Addr) {
     let i = t.routers[router]
         .node
         .ifaces
