@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::steps_mobility::MobilityStep;
+
 /// A whole lab file.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -366,7 +368,7 @@ pub enum StepKind {
         broken: bool,
     },
     /// Move, add or remove interfaces, routes, addresses and nodes.
-    Mobility(super::steps_mobility::MobilityStep),
+    Mobility(MobilityStep),
 }
 
 fn node_iface(what: &str, v: &str) -> Result<(String, String), String> {
