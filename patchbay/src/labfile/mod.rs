@@ -4,6 +4,7 @@
 //! pure; [`run`] builds the lab and executes the steps.
 
 mod dns;
+mod duration;
 mod run;
 mod schema;
 mod steps_mobility;
