@@ -118,6 +118,18 @@ impl std::fmt::Display for VirtualTimeReport {
                 )?;
                 writeln!(f, "  time-travel  {}", yes(k.time_travel))?;
                 writeln!(f, "  seccomp      {}", yes(k.seccomp))?;
+                if k.seed {
+                    writeln!(
+                        f,
+                        "  seeds        yes (patchbay_seed=, docs/determinism.md)"
+                    )?;
+                } else {
+                    writeln!(
+                        f,
+                        "  seeds        NO: built without xtask/uml-seed.patch; runs are not \
+                         repeatable (rebuild with `cargo xtask build-uml`)"
+                    )?;
+                }
             }
             None => writeln!(f, "  kernel       none")?,
         }

@@ -7,6 +7,40 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// The workspace root.
+pub fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The `patchbay` binary of this build (target/<profile>/patchbay), built
+/// (or found up to date) by cargo first, so a stale binary never runs.
+pub fn patchbay_bin() -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test>-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .context("test binary outside target/<profile>/deps")?;
+    let bin = profile_dir.join("patchbay");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .args(["build", "-p", "patchbay", "--bin", "patchbay"])
+        .current_dir(workspace());
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let st = build.status()?;
+    if !st.success() || !bin.exists() {
+        anyhow::bail!("cannot build the patchbay binary at {}", bin.display());
+    }
+    Ok(bin)
+}
+
 /// Prints the skip line for the current test.
 pub fn skip(reason: &str) {
     let name = std::thread::current().name().unwrap_or("?").to_string();

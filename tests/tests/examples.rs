@@ -2,43 +2,11 @@
 //! pass: the examples check themselves with expect-output steps.
 //! `cargo xtask test` runs this, so a new example is tested by existing.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use patchbay_tests::*;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-/// The `patchbay` binary of this build (target/<profile>/patchbay), built
-/// (or found up to date) by cargo first, so a stale binary never runs.
-fn patchbay_bin() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    // target/<profile>/deps/examples-<hash>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary outside target/<profile>/deps")?;
-    let bin = profile_dir.join("patchbay");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .args(["build", "-p", "patchbay", "--bin", "patchbay"])
-        .current_dir(workspace());
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        build.arg("--release");
-    }
-    let st = build.status()?;
-    if !st.success() || !bin.exists() {
-        bail!("cannot build the patchbay binary at {}", bin.display());
-    }
-    Ok(bin)
-}
 
 /// Tools the examples call; an example needing a missing one is skipped
 /// with the reason printed.
@@ -75,6 +43,15 @@ fn every_example_passes() -> Result<()> {
         let text = std::fs::read_to_string(f)?;
         if let Some(tool) = missing_tool(&text) {
             skip(&format!("{}: `{tool}` is not installed", f.display()));
+            continue;
+        }
+        if text.contains("time = \"virtual\"")
+            && let Err(e) = patchbay::vt::find_uml_binary()
+        {
+            skip(&format!(
+                "{}: runs in virtual time and there is no UML kernel ({e}); run `cargo xtask build-uml`",
+                f.display()
+            ));
             continue;
         }
         let out = Command::new(&bin).arg("run").arg(f).output()?;

@@ -10,7 +10,9 @@
 //! 2. `dpkg-deb -x` the package, untar the source tarball into `<out>/src-<version>/` and,
 //!    only when the source still hard-codes the host's XSAVE size (6.1: no `host_fp_size`),
 //!    apply `xtask/uml-xstate.patch` (hosts with AMX have 11008 bytes instead of 2696 and every
-//!    guest process then dies with `ptrace set fp regs failed`);
+//!    guest process then dies with `ptrace set fp regs failed`); then, always,
+//!    `xtask/uml-seed.patch` (the `patchbay_seed=N` boot option: the guest's randomness from a
+//!    stream depending on N alone, docs/determinism.md);
 //! 3. `make ARCH=um defconfig` in an out-of-tree build directory, merge `xtask/uml.config`
 //!    with `scripts/kconfig/merge_config.sh -m`, `make olddefconfig`, and check that every line
 //!    of the fragment is in the resulting `.config`;
@@ -38,6 +40,10 @@ pub const DEFAULT_KERNEL: &str = "6.1";
 const FRAGMENT: &str = include_str!("../uml.config");
 /// Source patch applied after unpacking where needed (see the module docs).
 const PATCH: &str = include_str!("../uml-xstate.patch");
+/// Source patch applied to every kernel: the `patchbay_seed=N` boot option, which replaces the
+/// host's `getrandom()` behind the guest's random pool with a stream depending on N alone
+/// (docs/determinism.md).
+const SEED_PATCH: &str = include_str!("../uml-seed.patch");
 /// Host tools the kernel build needs, with the Debian package providing each.
 const HOST_TOOLS: &[(&str, &str)] = &[
     ("apt-get", "apt"),
@@ -70,13 +76,28 @@ pub struct BuildUmlArgs {
     pub force: bool,
 }
 
-/// The cache key of a build: Debian version plus a hash of the fragment and the patch, when
+/// The patches a source gets: the seed patch always, the xstate patch where needed.
+fn patches(xstate: bool) -> Vec<(&'static str, &'static str)> {
+    let mut v = Vec::new();
+    if xstate {
+        v.push(("uml-xstate.patch", PATCH));
+    }
+    v.push(("uml-seed.patch", SEED_PATCH));
+    v
+}
+
+/// A hash of the patches applied to a source (the unpacked source's stamp).
+fn patches_id(xstate: bool) -> String {
+    let all: String = patches(xstate).iter().map(|(_, p)| *p).collect();
+    format!("{:016x}", fnv1a64(all.as_bytes()))
+}
+
+/// The cache key of a build: Debian version plus a hash of the fragment and the patches
 /// applied.
-fn cache_key(version: &str, patched: bool) -> String {
-    let patch = if patched { PATCH } else { "" };
+fn cache_key(version: &str, xstate: bool) -> String {
     format!(
         "{version}-{:016x}",
-        fnv1a64(format!("{FRAGMENT}\0{patch}").as_bytes())
+        fnv1a64(format!("{FRAGMENT}\0{}", patches_id(xstate)).as_bytes())
     )
 }
 

@@ -24,6 +24,10 @@ pub struct RunArgs {
     /// this directory and keep it (see docs/artifacts.md).
     #[arg(long)]
     outdir: Option<PathBuf>,
+    /// Seed of the virtual-time run (overrides `[lab] seed`): the same seed
+    /// repeats the run byte for byte (docs/determinism.md).
+    #[arg(long)]
+    seed: Option<u64>,
     /// Wall-clock limit for a virtual-time run, in seconds.
     #[arg(long, default_value_t = 600)]
     guard: u64,
@@ -57,8 +61,14 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
 async fn run_lab(args: &RunArgs, file: &LabFile) -> anyhow::Result<ExitCode> {
     let wants_virtual =
         args.virtual_time || file.lab.time == Some(patchbay::labfile::TimeMode::Virtual);
+    let seed = args.seed.or(file.lab.seed);
+    anyhow::ensure!(
+        seed.is_none() || wants_virtual,
+        "a seed (--seed or [lab] seed) applies to virtual time only: add --virtual or \
+         [lab] time = \"virtual\", or drop the seed"
+    );
     if wants_virtual && std::env::var_os("PATCHBAY_VT").is_none() {
-        return reexec_in_vt(args);
+        return reexec_in_vt(args, seed);
     }
     let json = args.json;
     let o = patchbay::labfile::RunOverrides {
@@ -134,14 +144,14 @@ fn row(s: &StepOutcome) -> Vec<String> {
 
 /// Runs this same command inside the UML kernel (which sets PATCHBAY_VT, so
 /// the inner run does not re-execute again).
-fn reexec_in_vt(args: &RunArgs) -> anyhow::Result<ExitCode> {
+fn reexec_in_vt(args: &RunArgs, seed: Option<u64>) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let exe = std::env::current_exe()?;
     // The absolute path: the guest exposes it read-only even under /tmp, /run or /var/tmp
     // (which it otherwise covers with a fresh tmpfs).
     let file = std::path::absolute(&args.file)
         .with_context(|| format!("resolving {}", args.file.display()))?;
-    let mut argv: Vec<std::ffi::OsString> = vec![exe.into(), "run".into(), file.into()];
+    let mut argv: Vec<std::ffi::OsString> = vec![exe.clone().into(), "run".into(), file.into()];
     if args.json {
         argv.push("--json".into());
     }
@@ -152,12 +162,21 @@ fn reexec_in_vt(args: &RunArgs) -> anyhow::Result<ExitCode> {
     argv.push("--virtual".into());
     let opts = patchbay::vt::VtOpts {
         guard: std::time::Duration::from_secs(args.guard),
-        env: std::env::vars().collect(),
+        env: super::vt::forwarded_env(),
+        seed,
         ..Default::default()
     };
     let out = patchbay::vt::run(&argv, &opts)?;
     std::io::stdout().write_all(&out.stdout)?;
     std::io::stderr().write_all(&out.stderr)?;
+    if let Some(s) = out.seed {
+        let replay = format!(
+            "{} run {} --virtual --seed {s}",
+            exe.display(),
+            args.file.display()
+        );
+        super::vt::print_replay(Some(s), seed.is_none(), out.exit_code != 0, &replay);
+    }
     Ok(ExitCode::from(
         u8::try_from(out.exit_code.clamp(0, 255)).unwrap_or(1),
     ))

@@ -1,5 +1,8 @@
 //! `patchbay vt [--guard SECS] [--real-clock] [--uptime SECS] [--ptrace] [--uml PATH] -- COMMAND...`:
 //! run a command inside a User-Mode-Linux kernel in time-travel mode (virtual time).
+//! `patchbay vt --seed N -- COMMAND...` repeats a run; `patchbay vt --seeds A..B [--jobs N]
+//! [--partition M/N] [--stop-after-failures K] [--json] -- COMMAND...` sweeps seeds
+//! (docs/determinism.md).
 //! `patchbay vt --profile [--json] [--uml PATH]... [--both-modes]`: measure the guest's costs.
 
 use std::ffi::OsString;
@@ -41,12 +44,71 @@ pub struct VtArgs {
     /// With --profile: also profile seccomp kernels under ptrace.
     #[arg(long, requires = "profile")]
     both_modes: bool,
-    /// With --profile: print JSON lines, one per kernel and mode.
-    #[arg(long, requires = "profile")]
+    /// The run's seed: the same seed repeats the run byte for byte (docs/determinism.md).
+    /// Default: PATCHBAY_VT_SEED, else a random one, printed so that the run can be replayed.
+    #[arg(long, env = patchbay::vt::SEED_ENV, conflicts_with_all = ["seeds", "profile"])]
+    seed: Option<u64>,
+    /// Sweep: run the command once per seed of an inclusive range `A..B` (e.g. `1..1000`), one
+    /// guest per seed, and report the failing seeds with a command replaying each.
+    #[arg(long, conflicts_with_all = ["profile", "real_clock", "results_dir"])]
+    seeds: Option<String>,
+    /// With --seeds: guests run in parallel (default: the number of cores).
+    #[arg(long, short, requires = "seeds")]
+    jobs: Option<usize>,
+    /// With --seeds: run only this machine's share `M/N` of the seeds (round robin), as
+    /// nextest's `--partition count:M/N`.
+    #[arg(long, requires = "seeds")]
+    partition: Option<String>,
+    /// With --seeds: stop starting seeds after this many failures.
+    #[arg(long, requires = "seeds")]
+    stop_after_failures: Option<usize>,
+    /// With --profile: print JSON lines, one per kernel and mode; with --seeds: print the
+    /// sweep's report as one JSON object.
+    #[arg(long)]
     json: bool,
     /// The command and its arguments.
     #[arg(last = true, required_unless_present = "profile")]
     command: Vec<OsString>,
+}
+
+/// Host environment variables that differ from one invocation to the next (a test runner's
+/// run id, the terminal's session, the previous command): not forwarded, so that the same
+/// seed sees the same environment.
+const VOLATILE_ENV: &[&str] = &[
+    "_",
+    "OLDPWD",
+    "NEXTEST_RUN_ID",
+    "NEXTEST_ATTEMPT",
+    "NEXTEST_ATTEMPT_ID",
+    "NEXTEST_STRESS_CURRENT",
+    "INVOCATION_ID",
+    "JOURNAL_STREAM",
+    "SSH_CLIENT",
+    "SSH_CONNECTION",
+    "SSH_AUTH_SOCK",
+    "SSH_TTY",
+    "TERM_SESSION_ID",
+    "WINDOWID",
+    "XDG_SESSION_ID",
+    "SECURITYSESSIONID",
+    patchbay::vt::SEED_ENV,
+];
+
+/// The host environment forwarded into the guest: everything but [`VOLATILE_ENV`].
+pub fn forwarded_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| !VOLATILE_ENV.contains(&k.as_str()))
+        .collect()
+}
+
+/// Prints how to replay a run (always when the seed was chosen at random, else on failure).
+pub fn print_replay(seed: Option<u64>, chosen: bool, failed: bool, replay: &str) {
+    let Some(seed) = seed else { return };
+    if failed {
+        eprintln!("patchbay vt: failed with seed {seed}; replay: {replay}");
+    } else if chosen {
+        eprintln!("patchbay vt: seed {seed} (replay: {replay})");
+    }
 }
 
 pub fn run(args: VtArgs) -> anyhow::Result<ExitCode> {
@@ -65,18 +127,46 @@ pub fn run(args: VtArgs) -> anyhow::Result<ExitCode> {
         uml_binary: args.uml.first().cloned(),
         processes: super::vt_profile::processes(args.ptrace),
         guard: Duration::from_secs(args.guard),
-        results_dir: args.results_dir,
-        env: std::env::vars().collect(),
+        results_dir: args.results_dir.clone(),
+        env: forwarded_env(),
         clock: if args.real_clock {
             VtClock::Real
         } else {
             VtClock::InfCpu
         },
+        seed: args.seed,
         ..VtOpts::default()
     };
+    if let Some(range) = &args.seeds {
+        let jobs = args.jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        return super::vt_sweep::run(super::vt_sweep::Sweep {
+            range: super::vt_sweep::SeedRange::parse(range)?,
+            partition: args
+                .partition
+                .as_deref()
+                .map(super::vt_sweep::Partition::parse)
+                .transpose()?,
+            jobs,
+            stop_after_failures: args.stop_after_failures,
+            json: args.json,
+            verbose: args.verbose,
+            opts,
+            command: args.command,
+        });
+    }
     let out = vt::run(&args.command, &opts)?;
     std::io::stdout().write_all(&out.stdout)?;
     std::io::stderr().write_all(&out.stderr)?;
+    if let Some(seed) = out.seed {
+        print_replay(
+            Some(seed),
+            args.seed.is_none(),
+            out.exit_code != 0,
+            &super::vt_sweep::replay_command(seed, &args.command),
+        );
+    }
     if args.verbose {
         let mode = if out.seccomp {
             "seccomp".to_string()

@@ -59,6 +59,10 @@ pub struct LabSection {
     /// (the CLI runs the lab inside a User-Mode-Linux kernel).
     #[serde(default)]
     pub time: Option<TimeMode>,
+    /// Seed of a virtual-time run: the same seed repeats the run byte for byte
+    /// (docs/determinism.md); default a random one, printed for replay.
+    #[serde(default)]
+    pub seed: Option<u64>,
     /// Collect eBPF TCP telemetry (default: on when k > 1).
     #[serde(default)]
     pub telemetry: Option<bool>,
@@ -90,6 +94,7 @@ impl Default for LabSection {
             prewarm_neighbors: true,
             time_scale: None,
             time: None,
+            seed: None,
             telemetry: None,
             sysctl_only: false,
             tcp_syn_retries: None,

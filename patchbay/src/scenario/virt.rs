@@ -20,6 +20,10 @@ use crate::vt::{self, VtClock, VtOpts};
 /// minutes; a busy loop in virtual time never ends on its own).
 pub const GUARD: Duration = Duration::from_secs(900);
 
+/// The seed of every guest run (docs/determinism.md): two virtual runs of a scenario repeat
+/// each other exactly, which `repeat_max_abs_ms` shows.
+pub const SEED: u64 = 1;
+
 /// One scenario run inside the guest.
 #[derive(Debug, Clone)]
 pub struct GuestRun {
@@ -65,6 +69,7 @@ pub fn run_in_guest(
         clock,
         env: forwarded_env(),
         cwd: Some(PathBuf::from("/")),
+        seed: Some(SEED),
         ..VtOpts::default()
     };
     let what = format!("running it in the UML guest ({} clock)", clock_name(clock));

@@ -45,6 +45,18 @@ pub enum VtError {
         /// Its release.
         release: String,
     },
+    /// A seed was asked for but the kernel cannot take one.
+    #[error(
+        "the UML kernel {binary} ({release}) cannot take a seed (no `patchbay_seed=` in \
+         `linux --help`): rebuild it with `cargo xtask build-uml`, which applies \
+         xtask/uml-seed.patch"
+    )]
+    NoSeed {
+        /// The binary.
+        binary: PathBuf,
+        /// Its release.
+        release: String,
+    },
     /// The caller passed something the runner cannot express in the guest.
     #[error("invalid virtual-time run: {0}")]
     InvalidArgument(String),

@@ -31,6 +31,8 @@ vt_expose
 [ -d "$VT_RESULTS" ] || mkdir -p "$VT_RESULTS" || vt_die "mkdir $VT_RESULTS"
 mount -n -t hostfs -o "$VT_RESULTS" hostfs "$VT_RESULTS" || vt_die "mount hostfs $VT_RESULTS (writable results dir)"
 ip link set lo up || vt_die "ip link set lo up"
+# The host's name is not the guest's business (and would differ between machines).
+echo patchbay-vt > /proc/sys/kernel/hostname || vt_die "setting the hostname"
 
 PATH=$VT_PATH
 if ! cd "$VT_CWD"; then

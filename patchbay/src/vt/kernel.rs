@@ -27,6 +27,9 @@ pub struct UmlKernel {
     /// caught by a seccomp filter and a signal handler in each guest process instead of ptrace
     /// stops, which makes page faults and process start-up much cheaper.
     pub seccomp: bool,
+    /// Takes `patchbay_seed=N` (`xtask/uml-seed.patch`): the guest's randomness comes from a
+    /// stream depending on N alone, so a seeded run repeats (docs/determinism.md).
+    pub seed: bool,
 }
 
 impl UmlKernel {
@@ -121,6 +124,7 @@ fn parse(binary: &Path, version: &str, help: &str) -> Result<UmlKernel, VtError>
         release,
         time_travel: has("time-travel"),
         seccomp: has("seccomp="),
+        seed: has("patchbay_seed="),
     })
 }
 
@@ -143,18 +147,21 @@ mod tests {
     const HELP_73: &str = "User Mode Linux v7.3.4\n\tavailable at http://user-mode-linux.sourceforge.net/\n\n\
         mem=<Amount of desired ram>\n    This controls how much ...\n\n\
         time-travel\n    This option just enables basic time travel mode...\n\n\
-        seccomp=<on/auto/off>\n    Configure whether or not SECCOMP is used.\n";
+        seccomp=<on/auto/off>\n    Configure whether or not SECCOMP is used.\n\n\
+        patchbay_seed=<n>\n    Take the kernel's randomness from a deterministic stream.\n";
 
     #[test]
     fn options_are_read_from_help() {
         let k = parse(Path::new("/k"), "7.3.4\n", HELP_73).expect("parses");
         assert_eq!(k.release, "7.3.4");
-        assert!(k.time_travel && k.seccomp);
+        assert!(k.time_travel && k.seccomp && k.seed);
         assert_eq!(k.ptrace_reason(GuestProcesses::Auto), None);
         assert!(k.ptrace_reason(GuestProcesses::Ptrace).is_some());
-        let help_61 = HELP_73.replace("seccomp=", "nosysemu");
+        let help_61 = HELP_73
+            .replace("seccomp=", "nosysemu")
+            .replace("patchbay_seed=", "uml_dir=");
         let k = parse(Path::new("/k"), "6.1.192\n", &help_61).expect("parses");
-        assert!(k.time_travel && !k.seccomp);
+        assert!(k.time_travel && !k.seccomp && !k.seed);
         let why = k.ptrace_reason(GuestProcesses::Auto).expect("ptrace");
         assert!(why.contains("6.1.192") && why.contains("seccomp"), "{why}");
         let plain = HELP_73.replace("time-travel", "xterm");

@@ -45,6 +45,14 @@ pub const UML_ENV: &str = "PATCHBAY_UML";
 /// Files the guest writes into the results directory; stale ones are removed before a run.
 const RESULT_FILES: &[&str] = &["stdout", "stderr", "exit_code", "uptime", "clock", "error"];
 
+/// The guest's wall clock at boot in seeded virtual-time runs (`time-travel-start`):
+/// 2026-01-01T00:00:00Z, in seconds since the Unix epoch.
+pub const GUEST_EPOCH: u64 = 1_767_225_600;
+
+/// The environment variable that carries the seed: set in the guest for the command (tests can
+/// seed their own generators from it), and read by `patchbay vt` as the default of `--seed`.
+pub const SEED_ENV: &str = "PATCHBAY_VT_SEED";
+
 /// The default virtual uptime at which the command starts ([`VtOpts::uptime`]).
 pub const DEFAULT_UPTIME: Duration = Duration::from_secs(300);
 
@@ -90,6 +98,14 @@ pub struct VtOpts {
     /// the command, which under [`VtClock::InfCpu`] is one jump of the clock and costs no wall
     /// time. Ignored with [`VtClock::Real`] (it would cost real time).
     pub uptime: Duration,
+    /// The seed of the run (docs/determinism.md): the guest kernel's randomness (and so every
+    /// TCP ISN, ephemeral port, `getrandom()` of the workload, netem's loss and jitter) comes
+    /// from a stream depending on it alone, and under [`VtClock::InfCpu`] the guest's wall
+    /// clock starts at [`GUEST_EPOCH`]: the same seed repeats a run, byte for byte.
+    /// `None`: a random seed, reported in [`VtOutcome::seed`] for replay. Needs a kernel with
+    /// `xtask/uml-seed.patch` ([`UmlKernel::seed`]); with an older one `Some` is an error
+    /// and `None` runs unseeded.
+    pub seed: Option<u64>,
 }
 
 impl Default for VtOpts {
@@ -104,6 +120,7 @@ impl Default for VtOpts {
             clock: VtClock::InfCpu,
             processes: GuestProcesses::Auto,
             uptime: DEFAULT_UPTIME,
+            seed: None,
         }
     }
 }
@@ -137,6 +154,9 @@ pub struct VtOutcome {
     pub kernel: UmlKernel,
     /// Whether guest processes ran under seccomp (else ptrace).
     pub seccomp: bool,
+    /// The seed the run used ([`VtOpts::seed`], or the random one chosen); `None` when the
+    /// kernel cannot take one.
+    pub seed: Option<u64>,
 }
 
 /// Set once a host refused UML's seccomp filter: later runs go straight to ptrace.
@@ -174,11 +194,22 @@ pub fn run(argv: &[OsString], opts: &VtOpts) -> Result<VtOutcome, VtError> {
             release: kernel.release,
         });
     }
+    let seed = match (opts.seed, kernel.seed) {
+        (Some(s), true) => Some(s),
+        (None, true) => Some(random_seed()),
+        (None, false) => None,
+        (Some(_), false) => {
+            return Err(VtError::NoSeed {
+                binary,
+                release: kernel.release,
+            });
+        }
+    };
     let mut seccomp = opts.processes == GuestProcesses::Auto
         && kernel.seccomp
         && !SECCOMP_REFUSED.load(Ordering::Relaxed);
     loop {
-        match run_once(argv, opts, &kernel, seccomp) {
+        match run_once(argv, opts, &kernel, seccomp, seed) {
             Err(VtError::NoResult { console_tail, .. })
             | Err(VtError::GuestSetup { console_tail, .. })
                 if seccomp && console_tail.contains(SECCOMP_FATAL) =>
@@ -201,15 +232,20 @@ fn run_once(
     opts: &VtOpts,
     kernel: &UmlKernel,
     seccomp: bool,
+    seed: Option<u64>,
 ) -> Result<VtOutcome, VtError> {
     let binary = kernel.path.clone();
     let rundir = rundir::RunDir::create()?;
-    let results = match &opts.results_dir {
-        Some(dir) => rundir::prepare_results(dir, RESULT_FILES)?,
+    // `results` is where the host reads them, `guest_results` where UML sees them.
+    let (results, guest_results) = match &opts.results_dir {
+        Some(dir) => {
+            let d = rundir::prepare_results(dir, RESULT_FILES)?;
+            (d.clone(), d)
+        }
         None => {
             let dir = rundir.path.join("results");
             std::fs::create_dir(&dir).map_err(io("creating the results dir", &dir))?;
-            dir
+            (dir, rundir.guest.join("results"))
         }
     };
     let cwd = match &opts.cwd {
@@ -225,33 +261,56 @@ fn run_once(
         .ok_or_else(|| {
             VtError::InvalidArgument("no `env` binary at /usr/bin/env or /bin/env".into())
         })?;
-    let env = script::command_env(&results, &opts.env)?;
+    let mut user_env = opts.env.clone();
+    user_env.retain(|(k, _)| k != SEED_ENV);
+    if let Some(s) = seed {
+        user_env.push((SEED_ENV.to_string(), s.to_string()));
+    }
+    let env = script::command_env(&guest_results, &user_env)?;
     let init = rundir.path.join("init.sh");
     let fstab = rundir.path.join("fstab");
     std::fs::write(&fstab, script::FSTAB).map_err(io("writing the guest fstab", &fstab))?;
+    let g = &rundir.guest;
     let expose = paths::exposed(argv, &cwd);
     let uptime = match opts.clock {
         VtClock::InfCpu => format!("{:.9}", opts.uptime.as_secs_f64()),
         VtClock::Real => "0".to_string(),
     };
     let text = script::render(
-        argv, &env, &cwd, &results, env_binary, &fstab, &expose, &uptime,
+        argv,
+        &env,
+        &cwd,
+        &guest_results,
+        env_binary,
+        &g.join("fstab"),
+        &expose,
+        &uptime,
     )?;
     write_executable(&init, &text)?;
-    let mem_dir = rundir.path.join("mem");
-    let uml_dir = rundir.path.join("uml");
-    for d in [&mem_dir, &uml_dir] {
-        std::fs::create_dir(d).map_err(io("creating a run directory", d))?;
+    for d in ["mem", "uml"] {
+        let d = rundir.path.join(d);
+        std::fs::create_dir(&d).map_err(io("creating a run directory", &d))?;
     }
 
     // Kernels without the option (6.1) get none: they always use ptrace.
     let procs = kernel.seccomp.then_some(seccomp);
-    let args = kernel_args(&opts.mem, opts.clock, procs, &uml_dir, &init);
-    let mut writable = vec![rundir.path.clone()];
+    let args = kernel_args(
+        &opts.mem,
+        opts.clock,
+        procs,
+        seed,
+        &g.join("uml"),
+        &g.join("init.sh"),
+    );
+    let mut writable = vec![g.clone()];
     if !results.starts_with(&rundir.path) {
         writable.push(results.clone());
     }
-    let sandbox = process::Sandbox { writable, mem_dir };
+    let sandbox = process::Sandbox {
+        alias: (rundir.path.clone(), g.clone()),
+        writable,
+        mem_dir: g.join("mem"),
+    };
     let started = Instant::now();
     let finished = process::run_uml(&binary, &args, &sandbox, opts.guard)?;
     let wall = started.elapsed();
@@ -293,6 +352,7 @@ fn run_once(
         marks: finished.marks,
         kernel: kernel.clone(),
         seccomp,
+        seed,
     })
 }
 
@@ -326,15 +386,39 @@ fn parse_clock(text: &str) -> Option<Duration> {
     Some(Duration::from_nanos(b.checked_sub(a)?))
 }
 
+/// A random seed for a run without one (small enough to type when replaying).
+fn random_seed() -> u64 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 4 {
+        u64::from(u32::from_ne_bytes(b))
+    } else {
+        // No getrandom (never on a supported host): the clock's nanoseconds will do.
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()))
+    }
+}
+
 /// The UML kernel command line. `seccomp`: `Some(on)` for kernels that know the `seccomp=`
-/// option, `None` for older ones (ptrace only).
+/// option, `None` for older ones (ptrace only). `seed`: `patchbay_seed=` and, in virtual
+/// time, the guest's wall clock pinned to [`GUEST_EPOCH`].
 fn kernel_args(
     mem: &str,
     clock: VtClock,
     seccomp: Option<bool>,
+    seed: Option<u64>,
     uml_dir: &Path,
     init: &Path,
 ) -> Vec<OsString> {
+    let mut pinned = Vec::new();
+    if let Some(s) = seed {
+        pinned.push(format!("patchbay_seed={s}"));
+        if clock == VtClock::InfCpu {
+            pinned.push(format!("time-travel-start={}", GUEST_EPOCH * 1_000_000_000));
+        }
+    }
     let clock = match clock {
         VtClock::InfCpu => Some("time-travel=inf-cpu"),
         VtClock::Real => None,
@@ -360,6 +444,7 @@ fn kernel_args(
                 .chain(fixed)
                 .map(OsString::from),
         )
+        .chain(pinned.into_iter().map(OsString::from))
         .chain([os_concat("uml_dir=", uml_dir), os_concat("init=", init)])
         .collect()
 }
@@ -573,6 +658,7 @@ mod tests {
             "256M",
             VtClock::InfCpu,
             Some(true),
+            Some(42),
             Path::new("/r/uml"),
             Path::new("/r/init.sh"),
         );
@@ -583,13 +669,19 @@ mod tests {
         assert_eq!(args[..3], ["mem=256M", "time-travel=inf-cpu", "seccomp=on"]);
         assert!(args.contains(&"ro".to_string()));
         assert_eq!(
-            args[args.len() - 2..],
-            ["uml_dir=/r/uml", "init=/r/init.sh"]
+            args[args.len() - 4..],
+            [
+                "patchbay_seed=42",
+                "time-travel-start=1767225600000000000",
+                "uml_dir=/r/uml",
+                "init=/r/init.sh"
+            ]
         );
         let real = kernel_args(
             "256M",
             VtClock::Real,
             None,
+            Some(7),
             Path::new("/u"),
             Path::new("/i"),
         );
@@ -602,6 +694,21 @@ mod tests {
             !real
                 .iter()
                 .any(|a| a.to_string_lossy().starts_with("time-travel"))
+        );
+        // A seed without virtual time still fixes the randomness, not the clock.
+        assert!(real.iter().any(|a| a == "patchbay_seed=7"));
+        let unseeded = kernel_args(
+            "1G",
+            VtClock::InfCpu,
+            None,
+            None,
+            Path::new("/u"),
+            Path::new("/i"),
+        );
+        assert!(
+            !unseeded
+                .iter()
+                .any(|a| a.to_string_lossy().starts_with("patchbay_seed"))
         );
     }
 

@@ -68,7 +68,9 @@ struct Console {
 /// Paths the UML process may write to; everything else is read-only in its mount namespace.
 #[derive(Debug)]
 pub(crate) struct Sandbox {
-    /// Directories that stay writable (bind-mounted on themselves).
+    /// The run dir, bind-mounted over the fixed path UML sees it at: `(run dir, fixed path)`.
+    pub alias: (PathBuf, PathBuf),
+    /// Directories that stay writable (bind-mounted on themselves), as UML sees them.
     pub writable: Vec<PathBuf>,
     /// An empty directory that gets a fresh private tmpfs (UML's memory file, via TMPDIR).
     pub mem_dir: PathBuf,
@@ -82,6 +84,7 @@ fn cstring(p: &Path) -> Result<CString, VtError> {
 /// Runs in the forked child before exec: only async-signal-safe syscalls, no allocation.
 /// Unprivileged callers first enter a user namespace in which they are root.
 fn enter_sandbox(
+    alias: &(CString, CString),
     writable: &[CString],
     mem_dir: &CString,
     userns: Option<&super::userns::Maps>,
@@ -124,6 +127,16 @@ fn enter_sandbox(
                 root.as_ptr(),
                 none,
                 libc::MS_REC | libc::MS_PRIVATE,
+                none.cast(),
+            )
+            .into(),
+        )?;
+        check(
+            libc::mount(
+                alias.0.as_ptr(),
+                alias.1.as_ptr(),
+                none,
+                libc::MS_BIND | libc::MS_REC,
                 none.cast(),
             )
             .into(),
@@ -185,6 +198,7 @@ pub(crate) fn run_uml(
         .map(|p| cstring(p))
         .collect::<Result<Vec<_>, _>>()?;
     let mem_dir = cstring(&sandbox.mem_dir)?;
+    let alias = (cstring(&sandbox.alias.0)?, cstring(&sandbox.alias.1)?);
     let userns = super::userns::plan();
     let unprivileged = userns.is_some();
     let (reader, writer) = std::io::pipe().map_err(io("creating the console pipe", binary))?;
@@ -214,7 +228,7 @@ pub(crate) fn run_uml(
         .process_group(0);
     // SAFETY: the closure only makes raw syscalls on data prepared before the fork.
     unsafe {
-        cmd.pre_exec(move || enter_sandbox(&writable, &mem_dir, userns.as_ref()));
+        cmd.pre_exec(move || enter_sandbox(&alias, &writable, &mem_dir, userns.as_ref()));
     }
     let started = Instant::now();
     let mut child = match cmd.spawn() {

@@ -24,9 +24,16 @@ pub(crate) fn prepare_results(dir: &Path, result_files: &[&str]) -> Result<PathB
 
 /// A private per-run directory (guest init, UML's `uml_dir`, memory file mount point, default
 /// results), removed on drop.
+///
+/// Its host path (`<tmp>/patchbay-vt.<uid>/<pid>-<n>-<nanos>`) is unique; the UML process sees
+/// it at [`RunDir::guest`] (`<tmp>/patchbay-vt.<uid>`, the parent, with the run dir
+/// bind-mounted over it in UML's private mount namespace). Every path on the kernel command
+/// line and in the guest's environment is therefore the same from run to run, and so is the
+/// guest's random pool, which mixes in the command line (docs/determinism.md).
 #[derive(Debug)]
 pub(crate) struct RunDir {
     pub(crate) path: PathBuf,
+    pub(crate) guest: PathBuf,
 }
 
 impl RunDir {
@@ -38,37 +45,54 @@ impl RunDir {
         let tmp = tmp
             .canonicalize()
             .map_err(io("resolving the temp dir", &tmp))?;
-        remove_stale_run_dirs(&tmp)?;
+        let parent = tmp.join(format!("patchbay-vt.{}", nix::unistd::geteuid().as_raw()));
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let name = format!(
-            "patchbay-vt-{}-{}-{nanos}",
+            "{}-{}-{nanos}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let path = tmp.join(name);
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .map_err(io("creating the run dir", &path))?;
-        Ok(Self { path })
+        let path = parent.join(name);
+        // Another runner may remove the (then empty) parent between our two mkdirs: retry.
+        let mut attempts = 0;
+        loop {
+            match std::fs::DirBuilder::new().mode(0o700).create(&parent) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io("creating the run dirs' parent", &parent)(e)),
+            }
+            if attempts == 0 {
+                remove_stale_run_dirs(&parent)?;
+            }
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 10 => {
+                    attempts += 1;
+                }
+                Err(e) => return Err(io("creating the run dir", &path)(e)),
+            }
+        }
+        Ok(Self {
+            path,
+            guest: parent,
+        })
     }
 }
 
-/// Removes run dirs left by runners that were killed (their pid no longer exists). Only this
-/// user's: another user's run dir in a shared temp dir is theirs to clean up.
-fn remove_stale_run_dirs(tmp: &Path) -> Result<(), VtError> {
+/// Removes run dirs left by runners that were killed (their pid no longer exists). The parent
+/// is this user's alone.
+fn remove_stale_run_dirs(parent: &Path) -> Result<(), VtError> {
     use std::os::unix::fs::MetadataExt;
     let me = nix::unistd::geteuid().as_raw();
-    let entries = std::fs::read_dir(tmp).map_err(io("listing the temp dir", tmp))?;
+    let entries = std::fs::read_dir(parent).map_err(io("listing the run dirs", parent))?;
     // Unreadable entries are not ours to judge.
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
             .to_str()
-            .and_then(|n| n.strip_prefix("patchbay-vt-"))
-            .and_then(|rest| rest.split('-').next())
+            .and_then(|n| n.split('-').next())
             .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;
@@ -91,6 +115,18 @@ impl Drop for RunDir {
             tracing::warn!(
                 "removing the virtual-time run dir {} failed: {e}",
                 self.path.display()
+            );
+        }
+        // The parent goes when the last run ends; another run's dir keeps it (ENOTEMPTY).
+        if let Err(e) = std::fs::remove_dir(&self.guest)
+            && !matches!(
+                e.raw_os_error(),
+                Some(libc::ENOTEMPTY | libc::EEXIST | libc::ENOENT)
+            )
+        {
+            tracing::warn!(
+                "removing the virtual-time run dirs' parent {} failed: {e}",
+                self.guest.display()
             );
         }
     }

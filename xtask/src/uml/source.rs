@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::{PATCH, fmt_dur, fnv1a64, run_quiet};
+use super::{fmt_dur, patches, patches_id, run_quiet};
 use crate::matrix::apt::{MIRROR, PrivateApt, SECURITY_MIRROR};
 
 /// The keyring the private sources are signed by (package debian-archive-keyring).
@@ -176,17 +176,21 @@ pub fn needs_xstate_patch(src: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// Unpacks the package and its tarball into `dir` and applies the xstate patch when the source
-/// needs it. Returns the source directory and whether the patch was applied.
+/// Unpacks the package and its tarball into `dir` and applies the patches (the seed patch
+/// always, the xstate patch when the source needs it). Returns the source directory and
+/// whether the xstate patch was applied.
 pub fn unpack_source(deb: &Path, series: &str, dir: &Path) -> Result<(PathBuf, bool)> {
     let package = format!("linux-source-{series}");
     let src = dir.join(&package);
     let stamp = dir.join(".unpacked");
-    let patch_id = format!("{:016x}", fnv1a64(PATCH.as_bytes()));
     match fs::read_to_string(&stamp) {
-        Ok(s) if s.trim() == "none" => return Ok((src, false)),
-        Ok(s) if s.trim() == patch_id => return Ok((src, true)),
-        Ok(_) => println!("[uml] the patch changed; unpacking the source again"),
+        Ok(s) => {
+            let xstate = needs_xstate_patch(&src)?;
+            if s.trim() == patches_id(xstate) {
+                return Ok((src, xstate));
+            }
+            println!("[uml] the patches changed; unpacking the source again");
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", stamp.display())),
     }
@@ -216,26 +220,24 @@ pub fn unpack_source(deb: &Path, series: &str, dir: &Path) -> Result<(PathBuf, b
         tarball.display()
     );
     fs::remove_dir_all(&deb_root)?;
-    let patched = needs_xstate_patch(&src)?;
-    if patched {
-        let file = dir.join("uml-xstate.patch");
-        fs::write(&file, PATCH)?;
+    let xstate = needs_xstate_patch(&src)?;
+    if !xstate {
+        println!("[uml] no xstate patch: this kernel sizes the host FP state at runtime");
+    }
+    for (name, text) in patches(xstate) {
+        let file = dir.join(name);
+        fs::write(&file, text)?;
         let mut patch = Command::new("patch");
         patch
             .args(["-p1", "--forward", "--batch", "-i"])
             .arg(&file)
             .current_dir(&src);
-        run_quiet(patch).context(
-            "applying xtask/uml-xstate.patch (this kernel hard-codes the host's XSAVE size)",
-        )?;
-        fs::write(&stamp, &patch_id)?;
-        println!("[uml] applied xtask/uml-xstate.patch (the source has no host_fp_size)");
-    } else {
-        fs::write(&stamp, "none")?;
-        println!("[uml] no xstate patch: this kernel sizes the host FP state at runtime");
+        run_quiet(patch).with_context(|| format!("applying xtask/{name} to {package}"))?;
+        println!("[uml] applied xtask/{name}");
     }
+    fs::write(&stamp, patches_id(xstate))?;
     println!("[uml] unpacked in {}", fmt_dur(t.elapsed()));
-    Ok((src, patched))
+    Ok((src, xstate))
 }
 
 #[cfg(test)]

@@ -1,0 +1,198 @@
+//! Deterministic virtual time (docs/determinism.md): a seed fixes every random choice of the
+//! guest kernel and of the programs in it, so a seeded run repeats byte for byte.
+//!
+//! Needs root and a UML kernel that takes `patchbay_seed=` (`cargo xtask build-uml` applies
+//! xtask/uml-seed.patch); skips with the reason printed otherwise. Every test drives the real
+//! `patchbay` binary, as a user would.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result, ensure};
+use patchbay_tests::{patchbay_bin, skip, skip_unless_root, workspace};
+
+/// The `patchbay` binary, or `None` (after printing the skip line).
+fn setup() -> Result<Option<PathBuf>> {
+    if skip_unless_root() {
+        return Ok(None);
+    }
+    let kernel = match patchbay::vt::find_uml_binary() {
+        Ok(k) => patchbay::vt::probe_kernel(&k)?,
+        Err(e) => {
+            skip(&format!("no UML kernel ({e}); run `cargo xtask build-uml`"));
+            return Ok(None);
+        }
+    };
+    if !kernel.seed {
+        skip(&format!(
+            "the UML kernel {} was built without xtask/uml-seed.patch (no `patchbay_seed=`); \
+             rebuild it with `cargo xtask build-uml`",
+            kernel.path.display()
+        ));
+        return Ok(None);
+    }
+    Ok(Some(patchbay_bin()?))
+}
+
+/// `patchbay vt --seed SEED -- ARGS...`, from the workspace root.
+fn vt(bin: &Path, seed: u64, args: &[&str]) -> Result<Output> {
+    let out = Command::new(bin)
+        .args(["vt", "--seed", &seed.to_string(), "--"])
+        .args(args)
+        .current_dir(workspace())
+        .env_remove(patchbay::vt::SEED_ENV)
+        .output()
+        .context("running patchbay vt")?;
+    Ok(out)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// What a guest shows of its randomness, clock, name and seed.
+const PROBE: &str = "cat /proc/sys/kernel/random/boot_id; head -c 16 /dev/urandom | od -An -tx1; \
+                     date +%s.%N; hostname; cat /proc/uptime; echo \"seed=$PATCHBAY_VT_SEED\"";
+
+#[test]
+fn the_same_seed_repeats_a_guest_byte_for_byte_and_another_seed_does_not() -> Result<()> {
+    let Some(bin) = setup()? else { return Ok(()) };
+    let a = vt(&bin, 7, &["sh", "-c", PROBE])?;
+    let b = vt(&bin, 7, &["sh", "-c", PROBE])?;
+    let c = vt(&bin, 8, &["sh", "-c", PROBE])?;
+    for o in [&a, &b, &c] {
+        ensure!(o.status.success(), "probe failed: {}", text(&o.stderr));
+    }
+    println!("seed 7:\n{}seed 8:\n{}", text(&a.stdout), text(&c.stdout));
+    assert_eq!(text(&a.stdout), text(&b.stdout), "seed 7 twice");
+    assert_eq!(text(&a.stderr), text(&b.stderr), "seed 7 twice (stderr)");
+    let (la, lc): (Vec<&str>, Vec<&str>) = (
+        text(&a.stdout).leak().lines().collect(),
+        text(&c.stdout).leak().lines().collect(),
+    );
+    assert_ne!(la[0], lc[0], "boot ids of seeds 7 and 8");
+    assert_ne!(la[1], lc[1], "random bytes of seeds 7 and 8");
+    // The guest's wall clock starts at the pinned epoch; the command runs after the default
+    // 300 s of virtual uptime.
+    let date: f64 = la[2].parse().context("date +%s.%N")?;
+    let epoch = patchbay::vt::GUEST_EPOCH as f64;
+    assert!(
+        (epoch + 300.0..epoch + 302.0).contains(&date),
+        "guest date {date}, epoch {epoch}"
+    );
+    assert_eq!(la[3], "patchbay-vt", "hostname");
+    assert_eq!(la[5], "seed=7");
+    Ok(())
+}
+
+/// Runs `examples/flaky-loss.toml` in the guest and prints its report, its events and the hash
+/// of its capture (ISNs, ports and timestamps of every packet); exits with the run's status.
+fn lab_command(bin: &Path) -> String {
+    let file = workspace().join("examples/flaky-loss.toml");
+    format!(
+        "{bin} run {file} --json --outdir /tmp/o > /tmp/report.json; rc=$?; cat /tmp/report.json; \
+         cat /tmp/o/events.jsonl; sha256sum /tmp/o/pcap/*.pcapng; exit $rc",
+        bin = bin.display(),
+        file = file.display()
+    )
+}
+
+#[test]
+fn a_seeded_lab_repeats_its_report_events_and_packet_capture() -> Result<()> {
+    let Some(bin) = setup()? else { return Ok(()) };
+    let cmd = lab_command(&bin);
+    let a = vt(&bin, 3, &["sh", "-c", &cmd])?;
+    let b = vt(&bin, 3, &["sh", "-c", &cmd])?;
+    let c = vt(&bin, 4, &["sh", "-c", &cmd])?;
+    let (sa, sb, sc) = (text(&a.stdout), text(&b.stdout), text(&c.stdout));
+    ensure!(
+        sa.contains("\"steps\"") && sa.contains("pcapng"),
+        "no report or capture: {sa}\n{}",
+        text(&a.stderr)
+    );
+    assert_eq!(a.status.code(), b.status.code());
+    assert_eq!(sa, sb, "seed 3 twice");
+    let hash = |s: &str| s.lines().last().unwrap_or("").to_string();
+    assert_ne!(
+        hash(&sa),
+        hash(&sc),
+        "seeds 3 and 4 captured the same packets"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_flaky_test_fails_on_some_seeds_and_every_seed_replays_exactly() -> Result<()> {
+    let Some(bin) = setup()? else { return Ok(()) };
+    let file = workspace().join("examples/flaky-loss.toml");
+    let out = Command::new(&bin)
+        .args(["vt", "--seeds", "1..100", "--json", "--"])
+        .arg(&bin)
+        .arg("run")
+        .arg(&file)
+        .current_dir(workspace())
+        .output()?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("sweep report: {}\n{}", text(&out.stdout), text(&out.stderr)))?;
+    let num = |k: &str| report[k].as_u64().unwrap_or(u64::MAX);
+    let failing_list = report["failing"].as_array().cloned().unwrap_or_default();
+    let failing: BTreeSet<u64> = failing_list
+        .iter()
+        .filter_map(|f| f["seed"].as_u64())
+        .collect();
+    println!(
+        "sweep 1..100: {} passed, {} failed, {:.1} seeds/min; failing: {failing:?}",
+        num("passed"),
+        num("failed"),
+        report["seeds_per_minute"].as_f64().unwrap_or(f64::NAN),
+    );
+    assert_eq!(num("run"), 100, "{report}");
+    assert!(num("failed") >= 2, "fewer than two failing seeds");
+    assert!(num("passed") >= 2, "fewer than two passing seeds");
+    for f in &failing_list {
+        let seed = f["seed"].as_u64().unwrap_or(u64::MAX);
+        assert!(
+            f["exit_code"].is_i64()
+                && f["replay"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(&format!("--seed {seed}"))),
+            "every failure is the command's own, with its replay command: {f}"
+        );
+    }
+    let passing: Vec<u64> = (1..=100).filter(|s| !failing.contains(s)).take(2).collect();
+    let chosen: Vec<(u64, bool)> = failing
+        .iter()
+        .take(2)
+        .map(|&s| (s, false))
+        .chain(passing.into_iter().map(|s| (s, true)))
+        .collect();
+    let cmd = lab_command(&bin);
+    for (seed, passes) in chosen {
+        let first = vt(&bin, seed, &["sh", "-c", &cmd])?;
+        assert_eq!(
+            first.status.success(),
+            passes,
+            "seed {seed}: the replay's verdict differs from the sweep's: {}",
+            text(&first.stderr)
+        );
+        for i in 1..10 {
+            let again = vt(&bin, seed, &["sh", "-c", &cmd])?;
+            assert_eq!(
+                again.status.code(),
+                first.status.code(),
+                "seed {seed}, replay {i}"
+            );
+            assert_eq!(
+                text(&again.stdout),
+                text(&first.stdout),
+                "seed {seed}, replay {i}: report, events or capture differ"
+            );
+        }
+        println!(
+            "seed {seed} ({}): 10 identical replays",
+            if passes { "passes" } else { "fails" }
+        );
+    }
+    Ok(())
+}
