@@ -163,12 +163,35 @@ fn observe(server: &UdpSocket) -> Option<SocketAddr> {
 fn seen_by(client: &UdpSocket, server: &UdpSocket) -> Option<SocketAddr> {
     let to = server.local_addr().ok()?;
     for _ in 0..PROBE_TRIES {
-        client.send_to(b"m", to).ok()?;
+        // A fresh IPv6 address can still be tentative (see `bind_when_ready`):
+        // no source address yet, so try again after a wait.
+        if client.send_to(b"m", to).is_err() {
+            std::thread::sleep(PROBE_WAIT);
+            continue;
+        }
         if let Some(from) = observe(server) {
             return Some(from);
         }
     }
     None
+}
+
+/// Binds `addr`, waiting up to 2 s while the address is not yet usable:
+/// Linux keeps a new IPv6 address tentative (EADDRNOTAVAIL) until its link
+/// has carrier, which a loaded machine can report late, even with DAD off.
+fn bind_when_ready(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match UdpSocket::bind(addr) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrNotAvailable
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Whether `client` receives a datagram `from` sends to `mapped`.
@@ -221,7 +244,7 @@ impl Lab {
                 ))
             })?;
             let s = n
-                .run_sync(move || UdpSocket::bind((ip, p)))?
+                .run_sync(move || bind_when_ready((ip, p).into()))?
                 .map_err(io_ctx(format!(
                     "binding probe port {ip}:{p} in {}",
                     n.name()
