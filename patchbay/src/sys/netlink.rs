@@ -406,18 +406,27 @@ pub async fn del_addr(index: u32, addr: IpAddr, prefix: u8) -> Result<(), Netlin
 }
 
 /// `ip route replace default via GW` and `ip -6 route replace default via
-/// GW6`: points the default routes at a new gateway.
-pub async fn replace_default(gw: Ipv4Addr, gw6: Ipv6Addr) -> Result<(), NetlinkError> {
-    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-        .gateway(gw)
-        .build();
-    send_route(msg, true, format!("ip route replace default via {gw}")).await?;
-    let msg = RouteMessageBuilder::<Ipv6Addr>::new()
-        .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
-        .gateway(gw6)
-        .build();
-    send_route(msg, true, format!("ip -6 route replace default via {gw6}")).await
+/// GW6`: points the default routes at a new gateway, for each family given
+/// (a family without a gateway keeps its routes).
+pub async fn replace_default(
+    gw: Option<Ipv4Addr>,
+    gw6: Option<Ipv6Addr>,
+) -> Result<(), NetlinkError> {
+    if let Some(gw) = gw {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .gateway(gw)
+            .build();
+        send_route(msg, true, format!("ip route replace default via {gw}")).await?;
+    }
+    if let Some(gw6) = gw6 {
+        let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
+            .gateway(gw6)
+            .build();
+        send_route(msg, true, format!("ip -6 route replace default via {gw6}")).await?;
+    }
+    Ok(())
 }
 
 /// `ip route del DST/PREFIX via GW` (either family). `Ok(false)` when there
