@@ -214,3 +214,142 @@ async fn add_remove_default_route_renew_and_remove_node() -> anyhow::Result<()> 
     d.probe_udp_mapping(refl.addr()).await?;
     Ok(())
 }
+
+/// Both routing tables of the calling thread's namespace, as `ip` prints them.
+fn routes() -> String {
+    let show = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("ip failed: {e}"))
+    };
+    show(&["-4", "route"]) + &show(&["-6", "route"])
+}
+
+#[tokio::test]
+async fn removing_a_router_removes_the_routes_to_its_lan_everywhere() -> anyhow::Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    let lab = Lab::with_opts(LabOpts::default().label("rm-routes")).await?;
+    // No NAT anywhere: every ancestor and the exchange route the leaf's LAN.
+    let isp = lab.add_router("isp").build().await?;
+    let mid = lab.add_router("mid").upstream(&isp).build().await?;
+    let leaf = lab.add_router("leaf").upstream(&mid).build().await?;
+    let (l4, l6) = (leaf.lan_ip().unwrap().octets(), leaf.lan_ip6().unwrap());
+    let p4 = format!("{}.{}.{}.0/24", l4[0], l4[1], l4[2]);
+    let s = l6.segments();
+    let p6 = format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3]);
+    let all = |lab: &Lab| -> anyhow::Result<Vec<(String, String)>> {
+        let mut v = vec![("exchange".to_string(), lab.exchange().run_sync(routes)?)];
+        for n in lab.node_names() {
+            let node = lab.node(&n).unwrap();
+            v.push((n, node.run_sync(routes)?));
+        }
+        Ok(v)
+    };
+    let before = all(&lab)?;
+    for ns in ["exchange", "isp", "mid"] {
+        let (_, r) = before.iter().find(|(n, _)| n == ns).unwrap();
+        assert!(
+            r.contains(&p4) && r.contains(&p6),
+            "{ns} routes {p4} and {p6} before: {r}"
+        );
+    }
+    lab.remove_node("leaf").await?;
+    for (ns, r) in all(&lab)? {
+        assert!(
+            !r.contains(&p4) && !r.contains(&p6),
+            "{ns} still routes to the removed LAN {p4} / {p6}:\n{r}"
+        );
+    }
+    println!("after removing leaf, no namespace routes {p4} or {p6}");
+    // The rest still works: a router added under mid routes as before.
+    let again = lab.add_router("again").upstream(&mid).build().await?;
+    let d = lab.add_device("d").iface("eth0", &again).build().await?;
+    let top = lab.add_device("top").iface("eth0", &isp).build().await?;
+    let addr = SocketAddr::new(top.ip().unwrap().into(), 7000);
+    start_tcp_echo(&top, addr).await?;
+    let echo = d
+        .spawn(move |_| async move { tcp_roundtrip(addr, b"up", Duration::from_secs(5)).await })?
+        .await??;
+    assert_eq!(echo, b"up");
+    Ok(())
+}
+
+/// Global addresses of `iface` in the calling thread's namespace, per `ip`.
+fn global_addrs(iface: &'static str) -> String {
+    std::process::Command::new("ip")
+        .args(["-o", "addr", "show", "dev", iface, "scope", "global"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| format!("ip failed: {e}"))
+}
+
+#[tokio::test]
+async fn moved_and_added_interfaces_get_only_the_families_of_their_new_lan() -> anyhow::Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    let lab = Lab::with_opts(LabOpts::default().label("mob-ip")).await?;
+    let isp = lab.add_router("isp").build().await?;
+    let home = lab.add_router("home").upstream(&isp).build().await?;
+    // Hotel Wi-Fi is v4-only; the v6-only LAN is plain routed IPv6.
+    lab.add_router("hotel")
+        .upstream(&isp)
+        .preset(patchbay::RouterPreset::Hotel)
+        .build()
+        .await?;
+    lab.add_router("v6")
+        .upstream(&isp)
+        .ip_support(patchbay::IpSupport::V6Only)
+        .build()
+        .await?;
+    let server = lab.add_device("server").iface("eth0", &isp).build().await?;
+    let phone = lab.add_device("phone").iface("eth0", &home).build().await?;
+    assert!(
+        phone.iface("eth0").unwrap().ip6.is_some(),
+        "dual-stack at home"
+    );
+    let moved = phone.replug_iface("eth0", "hotel").await?;
+    assert!(moved.ip.is_some() && moved.ip6.is_none(), "{moved:?}");
+    let addrs = phone.run_sync(|| global_addrs("eth0"))?;
+    println!("eth0 at the hotel: {}", addrs.trim());
+    assert!(
+        addrs.contains("inet ") && !addrs.contains("inet6"),
+        "{addrs}"
+    );
+    // IPv4 works over the moved interface (TCP 80 passes the captive portal).
+    let addr = SocketAddr::new(server.ip().unwrap().into(), 80);
+    start_tcp_echo(&server, addr).await?;
+    let echo = phone
+        .spawn(move |_| async move { tcp_roundtrip(addr, b"v4", Duration::from_secs(5)).await })?
+        .await??;
+    assert_eq!(echo, b"v4");
+    let added = phone.add_iface("wwan0", "v6").await?;
+    assert!(added.ip.is_none() && added.ip6.is_some(), "{added:?}");
+    let addrs = phone.run_sync(|| global_addrs("wwan0"))?;
+    assert!(
+        addrs.contains("inet6") && !addrs.contains("inet "),
+        "{addrs}"
+    );
+    let renewed = phone.renew_addr("wwan0").await?;
+    assert!(
+        renewed.ip.is_none() && renewed.ip6 != added.ip6,
+        "{renewed:?}"
+    );
+    // Only IPv6 defaults move: IPv4 keeps going via the hotel.
+    phone.set_default_route("wwan0").await?;
+    let addr6 = SocketAddr::new(server.ip6().unwrap().into(), 7006);
+    start_tcp_echo(&server, addr6).await?;
+    let echo = phone
+        .spawn(move |_| async move { tcp_roundtrip(addr6, b"v6", Duration::from_secs(5)).await })?
+        .await??;
+    assert_eq!(echo, b"v6");
+    let echo = phone
+        .spawn(move |_| async move { tcp_roundtrip(addr, b"v4", Duration::from_secs(5)).await })?
+        .await??;
+    assert_eq!(echo, b"v4");
+    Ok(())
+}

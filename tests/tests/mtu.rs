@@ -165,3 +165,77 @@ async fn device_mtu_sets_both_ends_of_the_link_and_routers_report_it() -> anyhow
     );
     Ok(())
 }
+
+/// Runs `ping -M do` (don't fragment) with `size` payload bytes from `c`.
+async fn ping_df(c: &Device, to: std::net::Ipv4Addr, size: u32) -> anyhow::Result<(bool, String)> {
+    let mut cmd = tokio::process::Command::new("ping");
+    cmd.args(["-n", "-M", "do", "-c", "1", "-W", "2", "-s"])
+        .arg(size.to_string())
+        .arg(to.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.spawn_command(cmd)?.wait_with_output(),
+    )
+    .await??;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
+}
+
+#[tokio::test]
+async fn device_builder_mtu_shows_in_ping_and_tracepath() -> anyhow::Result<()> {
+    if skip_unless_root() || !have_tracepath() {
+        return Ok(());
+    }
+    if !std::process::Command::new("sh")
+        .args(["-c", "command -v ping"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        skip("`ping` is not installed (apt package iputils-ping; `cargo xtask test` installs it)");
+        return Ok(());
+    }
+    let lab = Lab::with_opts(LabOpts::default().label("mtu-builder")).await?;
+    let isp = lab.add_router("isp").build().await?;
+    let r = lab.add_router("r").upstream(&isp).build().await?;
+    // Below the IPv6 minimum on a dual-stack LAN: refused before anything exists.
+    let e = lab
+        .add_device("c")
+        .iface("eth0", &r)
+        .mtu(1200)
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("c.eth0") && e.contains("1280"), "{e}");
+    assert!(lab.device("c").is_none());
+    let c = lab
+        .add_device("c")
+        .iface("eth0", &r)
+        .mtu(1360)
+        .build()
+        .await?;
+    let s = lab.add_device("s").iface("eth0", &isp).build().await?;
+    let to = s.ip().unwrap();
+    // 1332 bytes + 8 (ICMP) + 20 (IPv4) = 1360 fits; one byte more does not
+    // leave the device with DF set.
+    let (ok, fits) = ping_df(&c, to, 1332).await?;
+    assert!(ok, "a 1360-byte packet passes: {fits}");
+    let (ok, too_big) = ping_df(&c, to, 1333).await?;
+    println!("ping -M do -s 1333 from c: {}", too_big.trim());
+    assert!(!ok && too_big.contains("mtu=1360"), "{too_big}");
+    // The router end of the link has it too: r answers the server's
+    // full-size probes with "fragmentation needed", so the PMTU is 1360.
+    let tp = tracepath(&s, c.ip().unwrap()).await?;
+    println!("tracepath s -> c:\n{tp}");
+    assert!(tp.contains("pmtu 1360"), "{tp}");
+    Ok(())
+}

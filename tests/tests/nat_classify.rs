@@ -1,7 +1,7 @@
 //! The NAT classifier is the ground truth that each NAT mode is what it
 //! claims: RFC 5780-style probes against two public addresses and ports.
 
-use patchbay::{Lab, LabOpts, Nat, NatFiltering as F, NatMapping as M};
+use patchbay::{Lab, LabOpts, Nat, NatFiltering as F, NatMapping as M, RouterPreset};
 use patchbay_tests::*;
 
 #[tokio::test]
@@ -91,6 +91,99 @@ async fn every_nat_mode_classifies_as_documented() -> anyhow::Result<()> {
                 std::net::IpAddr::V4(home.ip().unwrap()),
                 "{mode:?}"
             );
+        }
+    }
+    Ok(())
+}
+
+/// What the classifier should find behind a preset.
+#[derive(Debug)]
+enum Expect {
+    /// Mapping, filtering, whether the address is translated.
+    Class(M, F, bool),
+    /// Outbound UDP to the probe ports is dropped by the preset's firewall
+    /// (STUN's "UDP blocked").
+    UdpBlocked,
+}
+
+#[tokio::test]
+async fn every_router_preset_classifies_as_documented() -> anyhow::Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    if !std::process::Command::new("sh")
+        .args(["-c", "command -v tayga"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        skip("`tayga` is not installed: RouterPreset::IspV6 (NAT64) needs it; apt package tayga");
+        return Ok(());
+    }
+    use Expect::*;
+    let expect = |p: RouterPreset| match p {
+        RouterPreset::Home => Class(M::EndpointIndependent, F::AddressAndPortDependent, true),
+        RouterPreset::Public | RouterPreset::PublicV4 => {
+            Class(M::EndpointIndependent, F::EndpointIndependent, false)
+        }
+        RouterPreset::IspCgnat => Class(M::EndpointIndependent, F::EndpointIndependent, true),
+        // v6-only: probed over IPv6, routed untranslated; the block-inbound
+        // firewall admits only replies to what the device sent.
+        RouterPreset::IspV6 => Class(M::EndpointIndependent, F::AddressAndPortDependent, false),
+        // Corporate: out only TCP 80/443 and UDP 53; hotel: UDP only to 53.
+        RouterPreset::Corporate | RouterPreset::Hotel => UdpBlocked,
+        RouterPreset::Cloud => Class(M::AddressAndPortDependent, F::AddressAndPortDependent, true),
+        // CGNAT's EIF sits behind a block-inbound firewall: only replies pass.
+        RouterPreset::Mobile => Class(M::EndpointIndependent, F::AddressAndPortDependent, true),
+    };
+    for preset in RouterPreset::ALL {
+        let lab = Lab::with_opts(LabOpts::default().label("classify-preset")).await?;
+        let public = lab.add_router("pub").build().await?;
+        let r = lab.add_router("r").preset(preset).build().await?;
+        let c = lab.add_device("c").iface("eth0", &r).build().await?;
+        let a = lab.add_device("a").iface("eth0", &public).build().await?;
+        let b = lab.add_device("b").iface("eth0", &public).build().await?;
+        // The preset's IP support reaches the device.
+        let families = (c.ip().is_some(), c.ip6().is_some());
+        let want = match preset {
+            RouterPreset::PublicV4 | RouterPreset::Hotel => (true, false),
+            RouterPreset::IspV6 => (false, true),
+            _ => (true, true),
+        };
+        assert_eq!(families, want, "{preset:?}: (has IPv4, has IPv6)");
+        let got = lab.classify_nat(&c, &a, &b, 3478).await;
+        println!("{preset:?}: {got:?}");
+        match (expect(preset), got) {
+            (Class(mapping, filtering, translated), Ok(got)) => {
+                assert_eq!(
+                    (got.mapping, got.filtering, got.translated),
+                    (mapping, filtering, translated),
+                    "{preset:?}: {got:?}"
+                );
+                let want_v6 = preset == RouterPreset::IspV6;
+                assert_eq!(got.external.is_ipv6(), want_v6, "{preset:?}: {got:?}");
+                if translated {
+                    assert_eq!(
+                        got.external.ip(),
+                        std::net::IpAddr::V4(r.ip().unwrap()),
+                        "{preset:?}"
+                    );
+                }
+            }
+            (UdpBlocked, Err(e)) => {
+                let e = e.to_string();
+                assert!(e.contains("no datagram"), "{preset:?}: {e}");
+                // TCP 80 still leaves (both firewalls allow it).
+                let addr = std::net::SocketAddr::new(a.ip().unwrap().into(), 80);
+                start_tcp_echo(&a, addr).await?;
+                let echo = c
+                    .spawn(move |_| async move {
+                        tcp_roundtrip(addr, b"web", std::time::Duration::from_secs(5)).await
+                    })?
+                    .await??;
+                assert_eq!(echo, b"web", "{preset:?}");
+            }
+            (want, got) => panic!("{preset:?}: expected {want:?}, got {got:?}"),
         }
     }
     Ok(())

@@ -20,6 +20,7 @@ pub struct DeviceBuilder {
     name: String,
     ifaces: Vec<(String, String)>,
     default_via: Option<String>,
+    mtu: Option<u32>,
 }
 
 struct Planned {
@@ -42,6 +43,7 @@ impl DeviceBuilder {
             name: name.to_string(),
             ifaces: vec![],
             default_via: None,
+            mtu: None,
         }
     }
 
@@ -62,6 +64,16 @@ impl DeviceBuilder {
     /// Which interface carries the default route (default: the first).
     pub fn default_via(mut self, iface: &str) -> Self {
         self.default_via = Some(iface.to_string());
+        self
+    }
+
+    /// The MTU of every interface of the device, and of the router-side
+    /// end of each link, as [`crate::Node::set_mtu`] sets it (upstream's
+    /// `DeviceBuilder::mtu`). At least 1280 when a LAN carries IPv6, at
+    /// least 68 otherwise; checked before anything is created. Interfaces
+    /// added later ([`Device::add_iface`]) keep the default MTU (1500).
+    pub fn mtu(mut self, mtu: u32) -> Self {
+        self.mtu = Some(mtu);
         self
     }
 
@@ -103,14 +115,22 @@ impl DeviceBuilder {
     pub async fn build(self) -> Result<Device> {
         let default_via = self.validate()?;
         let DeviceBuilder {
-            lab, name, ifaces, ..
+            lab,
+            name,
+            ifaces,
+            mtu,
+            ..
         } = self;
         let planned = {
             let mut t = lab.topo();
             t.check_free(&name)?;
             // Check every router first so a bad one allocates nothing.
-            for (_, r) in &ifaces {
-                t.router_mut(r)?;
+            for (i, r) in &ifaces {
+                let rec = t.router_mut(r)?;
+                if let Some(m) = mtu {
+                    let v6 = rec.lan.ip.has_v6().then(|| rec.lan.lan.gateway().1);
+                    super::shaping::check_mtu(&format!("{name}.{i}"), m, v6)?;
+                }
             }
             let mut planned = vec![];
             for (iface, router) in &ifaces {
@@ -237,6 +257,11 @@ impl DeviceBuilder {
         let dev = Device {
             node: Node::from_inner(node),
         };
+        if let Some(m) = mtu {
+            for p in &planned {
+                dev.set_mtu(&p.iface, m).await?;
+            }
+        }
         let ifaces: Vec<_> = planned
             .iter()
             .map(|p| (p.iface.clone(), p.router.clone()))

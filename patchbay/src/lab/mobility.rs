@@ -6,6 +6,7 @@
 //! per-interface sysctls (neighbour timers) and, when the lab pre-warms,
 //! neighbour entries with their gateway and LAN siblings.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use serde_json::json;
@@ -16,11 +17,29 @@ use crate::sys::netlink::{self, VethEnd};
 
 use super::device::{Device, sync_carriers};
 use super::node::{Iface, NodeKind};
-use super::topo::{Member, check_ifname};
+use super::topo::{Member, RouterRec, check_ifname};
 use super::{Lab, LabInner};
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A router LAN's gateways, for the families the LAN has.
+fn gateways(rec: &RouterRec) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    let (g4, g6) = rec.lan.lan.gateway();
+    (
+        rec.lan.ip.has_v4().then_some(g4),
+        rec.lan.ip.has_v6().then_some(g6),
+    )
+}
+
+/// Fresh addresses on a router's LAN, for the families the LAN has.
+fn alloc(rec: &mut RouterRec) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
+    let (v4, v6) = rec.lan.lan.alloc()?;
+    Ok((
+        rec.lan.ip.has_v4().then_some(v4),
+        rec.lan.ip.has_v6().then_some(v6),
+    ))
 }
 
 impl Device {
@@ -42,7 +61,8 @@ impl Device {
     }
 
     /// Adds an interface named `name` on `router`'s LAN at run time, with a
-    /// fresh address from that LAN. The default route stays where it is
+    /// fresh address from that LAN (each family the LAN has: see
+    /// [`crate::RouterBuilder::ip_support`]). The default route stays where it is
     /// (see [`Device::set_default_route`]).
     pub async fn add_iface(&self, name: &str, router: &str) -> Result<Iface> {
         check_ifname(self.name(), name)?;
@@ -103,12 +123,13 @@ impl Device {
         Ok(i)
     }
 
-    /// Points the default routes (IPv4 and IPv6) at `iface`'s router, and
+    /// Points the default routes at `iface`'s router, for the families its
+    /// LAN has (a family it lacks keeps its default route elsewhere), and
     /// makes `iface` the primary interface ([`crate::Node::ip`]).
     pub async fn set_default_route(&self, iface: &str) -> Result<()> {
         let i = self.iface_or_err(iface)?;
         let lab = self.lab()?;
-        let gw = lab.topo().router_mut(&i.peer)?.lan.lan.gateway();
+        let gw = gateways(lab.topo().router_mut(&i.peer)?);
         self.netns()
             .run(move || netlink::replace_default(gw.0, gw.1))
             .await?
@@ -131,14 +152,14 @@ impl Device {
         let (v4, v6, gw) = {
             let mut t = lab.topo();
             let rec = t.router_mut(&old.peer)?;
-            let (v4, v6) = rec.lan.lan.alloc()?;
+            let (v4, v6) = alloc(rec)?;
             for m in rec.lan.members.iter_mut() {
                 if Arc::ptr_eq(&m.node, &self.inner) && m.index == old.index {
-                    m.v4 = v4;
-                    m.v6 = v6;
+                    m.v4 = v4.unwrap_or(Ipv4Addr::UNSPECIFIED);
+                    m.v6 = v6.unwrap_or(Ipv6Addr::UNSPECIFIED);
                 }
             }
-            (v4, v6, rec.lan.lan.gateway())
+            (v4, v6, gateways(rec))
         };
         let (index, default) = (old.index, self.is_default(iface));
         let (o4, o6) = (old.ip, old.ip6);
@@ -150,8 +171,12 @@ impl Device {
                 if let Some(a) = o6 {
                     netlink::del_addr(index, a.into(), addr::V6_PREFIX).await?;
                 }
-                netlink::add_addr(index, v4.into(), addr::V4_PREFIX).await?;
-                netlink::add_addr(index, v6.into(), addr::V6_PREFIX).await?;
+                if let Some(a) = v4 {
+                    netlink::add_addr(index, a.into(), addr::V4_PREFIX).await?;
+                }
+                if let Some(a) = v6 {
+                    netlink::add_addr(index, a.into(), addr::V6_PREFIX).await?;
+                }
                 if default {
                     netlink::replace_default(gw.0, gw.1).await?;
                 }
@@ -163,8 +188,8 @@ impl Device {
         let i = ifaces
             .get_mut(iface)
             .ok_or_else(|| Error::Invalid(format!("{}.{iface} vanished", self.name())))?;
-        i.ip = Some(v4);
-        i.ip6 = Some(v6);
+        i.ip = v4;
+        i.ip6 = v6;
         let i = i.clone();
         drop(ifaces);
         self.record(
@@ -184,14 +209,15 @@ async fn attach(
     router: &str,
     default: bool,
 ) -> Result<Iface> {
-    let (v4, v6, gw, bridge_mac, bridge_index, router_ns, port) = {
+    let (v4, v6, gw, gw_full, bridge_mac, bridge_index, router_ns, port) = {
         let mut t = lab.topo();
         let rec = t.router_mut(router)?;
-        let (v4, v6) = rec.lan.lan.alloc()?;
+        let (v4, v6) = alloc(rec)?;
         rec.lan.next_port += 1;
         (
             v4,
             v6,
+            gateways(rec),
             rec.lan.lan.gateway(),
             rec.lan.bridge_mac,
             rec.lan.bridge_index,
@@ -228,8 +254,12 @@ async fn attach(
     ns.run(move || async move {
         netlink::set_up(index, true).await?;
         sync_carriers(&[&ifname]);
-        netlink::add_addr(index, v4.into(), addr::V4_PREFIX).await?;
-        netlink::add_addr(index, v6.into(), addr::V6_PREFIX).await?;
+        if let Some(a) = v4 {
+            netlink::add_addr(index, a.into(), addr::V4_PREFIX).await?;
+        }
+        if let Some(a) = v6 {
+            netlink::add_addr(index, a.into(), addr::V6_PREFIX).await?;
+        }
         if default {
             netlink::replace_default(gw.0, gw.1).await?;
         }
@@ -243,8 +273,8 @@ async fn attach(
         name: name.to_string(),
         index,
         mac,
-        ip: Some(v4),
-        ip6: Some(v6),
+        ip: v4,
+        ip6: v6,
         prefix: addr::V4_PREFIX,
         peer: router.to_string(),
     };
@@ -254,8 +284,8 @@ async fn attach(
     }
     let me = Member {
         node: dev.inner.clone(),
-        v4,
-        v6,
+        v4: v4.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        v6: v6.unwrap_or(Ipv6Addr::UNSPECIFIED),
         mac,
         index,
     };
@@ -268,7 +298,14 @@ async fn attach(
     };
     if lab.opts().prewarm_neighbors {
         lab.prewarm()
-            .member(&me, &router_ns, bridge_index, gw, bridge_mac, &siblings)
+            .member(
+                &me,
+                &router_ns,
+                bridge_index,
+                gw_full,
+                bridge_mac,
+                &siblings,
+            )
             .await?;
     }
     Ok(iface)
@@ -301,9 +338,9 @@ impl Lab {
     /// Removes a node at run time. A device loses every link, its
     /// processes are killed (they die with its worker) and its namespace
     /// goes away. A router can be removed only when nothing hangs off its
-    /// LAN (remove or move its devices and routers first); routes to its
-    /// LAN in the routers above it are left pointing at an address that
-    /// no longer answers.
+    /// LAN (remove or move its devices and routers first); the routes to
+    /// its LAN that the routers above it and the exchange held are removed
+    /// too.
     pub async fn remove_node(&self, name: &str) -> Result<()> {
         let node = self.node(name).ok_or_else(|| {
             Error::Invalid(format!(
@@ -331,6 +368,7 @@ impl Lab {
                     "router {name} still has {members:?} on its LAN; remove or replug them first"
                 )));
             }
+            remove_routes_to_lan(&lab, name).await?;
         }
         for i in node.ifaces() {
             if node.kind() == NodeKind::Router && i.name == "lan" {
@@ -356,4 +394,46 @@ impl Lab {
         super::artifacts::topology_changed(&lab);
         Ok(())
     }
+}
+
+/// Deletes the routes towards router `name`'s LAN that its ancestors and
+/// the exchange hold (installed by `routes_to_lan` in router.rs): each
+/// namespace up the chain routes the LAN's prefixes via the uplink address
+/// of the router below it. Routes a NAT hid were never installed; their
+/// deletion finds nothing and is skipped.
+async fn remove_routes_to_lan(lab: &Arc<LabInner>, name: &str) -> Result<()> {
+    let (dst4, dst6, hops) = {
+        let t = lab.topo();
+        let Some(me) = t.routers.get(name) else {
+            return Ok(());
+        };
+        let dst6 = match me.nat_v6 {
+            crate::nat::NatV6Mode::Nptv6 => addr::nptv6_external_of(me.lan.lan.v6),
+            _ => me.lan.lan.v6,
+        };
+        let chain = t.ancestry(name);
+        let mut hops = vec![];
+        for pair in chain.windows(2) {
+            let (c4, c6) = super::router::uplink_of(&t, &pair[0]);
+            hops.push((t.routers[&pair[1]].node.ns().clone(), c4, c6));
+        }
+        let top = chain.last().map(String::as_str).unwrap_or(name);
+        let (c4, c6) = super::router::uplink_of(&t, top);
+        hops.push((lab.root().clone(), c4, c6));
+        (me.lan.lan.v4, dst6, hops)
+    };
+    for (ns, via4, via6) in hops {
+        ns.run(move || async move {
+            if !via4.is_unspecified() {
+                netlink::del_route_via(dst4.into(), addr::V4_PREFIX, via4.into()).await?;
+            }
+            if !via6.is_unspecified() {
+                netlink::del_route_via(dst6.into(), addr::V6_PREFIX, via6.into()).await?;
+            }
+            Ok(())
+        })
+        .await?
+        .ctx(|| format!("removing the routes to the LAN of {name} (via {via4} / {via6})"))?;
+    }
+    Ok(())
 }

@@ -4,7 +4,7 @@
 //!
 //! All of it is real traffic on real sockets inside the lab's namespaces.
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -111,7 +111,7 @@ impl Node {
     /// to `reflector` and returns the source address the reflector saw:
     /// the external mapping, behind a NAT. Retries a few times, then fails.
     pub async fn probe_udp_mapping(&self, reflector: SocketAddr) -> Result<SocketAddr> {
-        let sock = self.client_socket()?;
+        let sock = self.client_socket(reflector.is_ipv6())?;
         let name = self.name().to_string();
         tokio::task::spawn_blocking(move || ask(&sock, reflector))
             .await
@@ -123,9 +123,15 @@ impl Node {
             })
     }
 
-    fn client_socket(&self) -> Result<UdpSocket> {
+    /// A UDP socket on an ephemeral port of all addresses of one family.
+    fn client_socket(&self, v6: bool) -> Result<UdpSocket> {
+        let any: IpAddr = if v6 {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
         let s = self
-            .run_sync(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?
+            .run_sync(move || UdpSocket::bind((any, 0)))?
             .map_err(io_ctx(format!("binding a probe socket in {}", self.name())))?;
         s.set_read_timeout(Some(PROBE_WAIT))
             .map_err(io_ctx("setting a read timeout".into()))?;
@@ -157,12 +163,35 @@ fn observe(server: &UdpSocket) -> Option<SocketAddr> {
 fn seen_by(client: &UdpSocket, server: &UdpSocket) -> Option<SocketAddr> {
     let to = server.local_addr().ok()?;
     for _ in 0..PROBE_TRIES {
-        client.send_to(b"m", to).ok()?;
+        // A fresh IPv6 address can still be tentative (see `bind_when_ready`):
+        // no source address yet, so try again after a wait.
+        if client.send_to(b"m", to).is_err() {
+            std::thread::sleep(PROBE_WAIT);
+            continue;
+        }
         if let Some(from) = observe(server) {
             return Some(from);
         }
     }
     None
+}
+
+/// Binds `addr`, waiting up to 2 s while the address is not yet usable:
+/// Linux keeps a new IPv6 address tentative (EADDRNOTAVAIL) until its link
+/// has carrier, which a loaded machine can report late, even with DAD off.
+fn bind_when_ready(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match UdpSocket::bind(addr) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrNotAvailable
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Whether `client` receives a datagram `from` sends to `mapped`.
@@ -188,7 +217,8 @@ impl Lab {
     /// each (`port` and `port + 1`) observe the client's mapped source
     /// (mapping: `a:p` vs `b:p` vs `b:p+1`), then send unsolicited datagrams
     /// to fresh mappings from a third address and from another port
-    /// (filtering). Plain UDP; needs no reflector.
+    /// (filtering). Plain UDP; needs no reflector. Probes use IPv4, or
+    /// IPv6 when `client` has no IPv4 address (a v6-only LAN).
     pub async fn classify_nat(
         &self,
         client: &Node,
@@ -196,12 +226,25 @@ impl Lab {
         b: &Node,
         port: u16,
     ) -> Result<NatBehavior> {
+        let v6 = client.ip().is_none() && client.ip6().is_some();
+        let family = if v6 { "IPv6" } else { "IPv4" };
+        let ip_of = |n: &Node| -> Option<IpAddr> {
+            if v6 {
+                n.ip6().map(Into::into)
+            } else {
+                n.ip().map(Into::into)
+            }
+        };
         let server = |n: &Node, p: u16| -> Result<UdpSocket> {
-            let ip = n.ip().ok_or_else(|| {
-                Error::Invalid(format!("{} has no IPv4 address to probe from", n.name()))
+            let ip = ip_of(n).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{} has no {family} address to probe from (the client {} probes over {family})",
+                    n.name(),
+                    client.name()
+                ))
             })?;
             let s = n
-                .run_sync(move || UdpSocket::bind((ip, p)))?
+                .run_sync(move || bind_when_ready((ip, p).into()))?
                 .map_err(io_ctx(format!(
                     "binding probe port {ip}:{p} in {}",
                     n.name()
@@ -210,7 +253,7 @@ impl Lab {
                 .map_err(io_ctx("setting a read timeout".into()))?;
             Ok(s)
         };
-        if a.ip() == b.ip() {
+        if ip_of(a) == ip_of(b) {
             return Err(Error::Invalid(format!(
                 "classify_nat needs two public nodes with different addresses; {} and {} share {:?}",
                 a.name(),
@@ -225,15 +268,15 @@ impl Lab {
         let a2 = server(a, p2)?;
         let b1 = server(b, port)?;
         let b2 = server(b, p2)?;
-        let c_map = client.client_socket()?;
-        let c_eif = client.client_socket()?;
-        let c_adf = client.client_socket()?;
+        let c_map = client.client_socket(v6)?;
+        let c_eif = client.client_socket(v6)?;
+        let c_adf = client.client_socket(v6)?;
         for c in [&c_eif, &c_adf] {
             c.set_read_timeout(Some(FILTER_WAIT))
                 .map_err(io_ctx("setting a read timeout".into()))?;
         }
         let cname = client.name().to_string();
-        let client_ip = client.ip();
+        let client_ip = ip_of(client);
         let job = move || -> std::result::Result<NatBehavior, String> {
             let no = |what: &str| format!("{what}: no datagram from {cname} arrived");
             let local = c_map.local_addr().map_err(|e| e.to_string())?;
@@ -259,10 +302,7 @@ impl Lab {
                     NatFiltering::AddressAndPortDependent
                 }
             };
-            let local = SocketAddr::new(
-                client_ip.map(Into::into).unwrap_or(local.ip()),
-                local.port(),
-            );
+            let local = SocketAddr::new(client_ip.unwrap_or(local.ip()), local.port());
             Ok(NatBehavior {
                 local,
                 external: m1,

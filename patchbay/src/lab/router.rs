@@ -25,8 +25,8 @@ pub struct RouterBuilder {
     pub(super) nat: crate::nat::NatConfig,
     pub(super) firewall: Option<crate::firewall::Firewall>,
     pub(super) extras: super::shaping::RouterExtras,
-    ip: IpSupport,
-    nat_v6: NatV6Mode,
+    pub(super) ip: IpSupport,
+    pub(super) nat_v6: NatV6Mode,
 }
 
 impl RouterBuilder {
@@ -416,7 +416,7 @@ async fn routes_to_lan(
 /// IPv6 next hop, route IPv4?, route IPv6?).
 type Hop = (Netns, Ipv4Addr, Ipv6Addr, bool, bool);
 
-fn uplink_of(t: &super::topo::Topology, router: &str) -> (Ipv4Addr, Ipv6Addr) {
+pub(super) fn uplink_of(t: &super::topo::Topology, router: &str) -> (Ipv4Addr, Ipv6Addr) {
     let i = t.routers[router]
         .node
         .ifaces

@@ -4,8 +4,10 @@
 //! pure; [`run`] builds the lab and executes the steps.
 
 mod dns;
+mod duration;
 mod run;
 mod schema;
+mod steps_mobility;
 mod subst;
 
 pub use dns::{DnsSection, DnsServerSpec, NameSpec};
@@ -13,6 +15,7 @@ pub use run::{RunOverrides, RunReport, StepOutcome, run};
 pub use schema::{
     DeviceSpec, IfaceSpec, LabFile, LabSection, RegionSpec, RouterSpec, Step, StepKind, TimeMode,
 };
+pub use steps_mobility::MobilityStep;
 pub use subst::{Vars, substitute};
 
 use std::path::{Path, PathBuf};

@@ -216,12 +216,16 @@ pub async fn run(
     let t0 = Instant::now();
     let lab = build(file, &o).await?;
     let build_s = t0.elapsed().as_secs_f64();
-    let vars = Vars::from_lab(&lab);
+    let mut vars = Vars::from_lab(&lab);
     let mut st = State::default();
     let mut steps = vec![];
     for (i, step) in file.steps.iter().enumerate() {
         lab.emit(None, "step.start", serde_json::json!({"step": i + 1}));
         let mut out = run_step(&lab, &vars, i + 1, step, &mut st).await;
+        if matches!(step.kind(), Ok(StepKind::Mobility(_))) {
+            // Addresses changed: `${phone.ip}` is the new one from now on.
+            vars = Vars::from_lab(&lab);
+        }
         out.virtual_s = out.wall_s * lab.time_scale();
         lab.emit(
             out.node.as_deref(),
@@ -367,6 +371,7 @@ async fn run_step(lab: &Lab, vars: &Vars, n: usize, step: &Step, st: &mut State)
         StepKind::SetLink { up: false, .. } => outcome(n, "link-down"),
         StepKind::RegionLink { broken: true, .. } => outcome(n, "break-region-link"),
         StepKind::RegionLink { broken: false, .. } => outcome(n, "restore-region-link"),
+        StepKind::Mobility(m) => outcome(n, m.key()),
     };
     let limit = step.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let result: std::result::Result<(), String> = async {
@@ -540,6 +545,10 @@ async fn run_step(lab: &Lab, vars: &Vars, n: usize, step: &Step, st: &mut State)
                     .router(&r)
                     .ok_or_else(|| format!("{r:?} is not a router"))?;
                 router.flush_nat().await.map_err(|e| e.to_string())
+            }
+            StepKind::Mobility(m) => {
+                out.node = Some(m.node().to_string());
+                super::steps_mobility::execute(lab, m).await
             }
             StepKind::SetLink { node, iface, up } => {
                 out.node = Some(node.clone());

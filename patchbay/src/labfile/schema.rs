@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::duration::opt_duration;
+use super::steps_mobility::MobilityStep;
+
 /// A whole lab file.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -265,6 +268,27 @@ pub struct Step {
     /// Restore a broken link between two regions.
     #[serde(default)]
     pub restore_region_link: Option<[String; 2]>,
+    /// Move `device.iface` to the router `to` (mobility; see `docs/toml.md`).
+    #[serde(default)]
+    pub replug: Option<String>,
+    /// Add `device.iface` on the router `to`.
+    #[serde(default)]
+    pub add_iface: Option<String>,
+    /// Remove `device.iface` (not the one carrying the default route).
+    #[serde(default)]
+    pub remove_iface: Option<String>,
+    /// Point the default routes of a device at `device.iface`.
+    #[serde(default)]
+    pub default_route: Option<String>,
+    /// Give `device.iface` a new address on its LAN.
+    #[serde(default)]
+    pub renew: Option<String>,
+    /// Remove a device, or a router with nothing on its LAN.
+    #[serde(default)]
+    pub remove_node: Option<String>,
+    /// The router of a `replug` or `add-iface` step.
+    #[serde(default)]
+    pub to: Option<String>,
 }
 
 /// A command as a shell string or an argv list.
@@ -349,6 +373,8 @@ pub enum StepKind {
         /// Break or restore.
         broken: bool,
     },
+    /// Move, add or remove interfaces, routes, addresses and nodes.
+    Mobility(MobilityStep),
 }
 
 fn node_iface(what: &str, v: &str) -> Result<(String, String), String> {
@@ -376,8 +402,9 @@ impl Step {
             self.break_region_link.is_some(),
             self.restore_region_link.is_some(),
         ];
-        if actions.iter().filter(|a| **a).count() != 1 {
-            return Err("each [[step]] needs exactly one of `run`, `sleep`, `wait`, `kill`, `blackhole`, `heal`, `partition`, `link`, `flush-nat`, `link-down`, `link-up`, `break-region-link`, `restore-region-link`".into());
+        let mobility = super::steps_mobility::count(self);
+        if actions.iter().filter(|a| **a).count() + mobility != 1 {
+            return Err("each [[step]] needs exactly one of `run`, `sleep`, `wait`, `kill`, `blackhole`, `heal`, `partition`, `link`, `flush-nat`, `link-down`, `link-up`, `break-region-link`, `restore-region-link`, `replug`, `add-iface`, `remove-iface`, `default-route`, `renew`, `remove-node`".into());
         }
         if (self.cmd.is_some() || self.background.is_some()) && self.run.is_none() {
             return Err("`cmd` and `background` belong to a `run` step".into());
@@ -390,6 +417,9 @@ impl Step {
         }
         if self.name.is_some() && self.blackhole.is_none() && self.partition.is_none() {
             return Err("`name` belongs to a `blackhole` or `partition` step".into());
+        }
+        if let Some(m) = super::steps_mobility::kind(self)? {
+            return Ok(StepKind::Mobility(m));
         }
         if let Some(node) = &self.run {
             if self.cmd.is_none() {
@@ -641,71 +671,7 @@ impl LabFile {
                 _ => {}
             }
         }
-        Ok(())
-    }
-}
-
-/// Parses durations like `1500us`, `150ms`, `2s`, `1.5s`, `5m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. \"150ms\", \"2s\""))?;
-    if !v.is_finite() || v < 0.0 {
-        return Err(format!(
-            "invalid duration {s:?}: must be a non-negative number with a unit"
-        ));
-    }
-    let secs = match unit.trim() {
-        "ns" => v / 1e9,
-        "us" | "µs" => v / 1e6,
-        "ms" => v / 1e3,
-        "s" | "" => v,
-        "m" | "min" => v * 60.0,
-        "h" => v * 3600.0,
-        u => {
-            return Err(format!(
-                "invalid duration {s:?}: unknown unit {u:?} (use ns, us, ms, s, m, h)"
-            ));
-        }
-    };
-    Ok(Duration::from_secs_f64(secs))
-}
-
-mod opt_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Text(String),
-        Secs(f64),
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        match Option::<Raw>::deserialize(d)? {
-            None => Ok(None),
-            Some(Raw::Text(s)) => super::parse_duration(&s)
-                .map(Some)
-                .map_err(serde::de::Error::custom),
-            Some(Raw::Secs(v)) if v.is_finite() && v >= 0.0 => Ok(Some(Duration::from_secs_f64(v))),
-            Some(Raw::Secs(v)) => Err(serde::de::Error::custom(format!(
-                "invalid duration {v}: must be >= 0"
-            ))),
-        }
-    }
-
-    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
-            None => s.serialize_none(),
-        }
+        super::steps_mobility::validate(self)
     }
 }
 
@@ -834,16 +800,5 @@ wait = "srv"
             Path::new("ok.toml"),
         );
         assert!(ok.is_ok(), "{ok:?}");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(
-            parse_duration("1500us").unwrap(),
-            Duration::from_micros(1500)
-        );
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("abc").is_err());
     }
 }

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::NatV6Mode;
 use super::{ConntrackTimeouts, Nat, NatConfig};
-use crate::addr::LanKind;
+use crate::addr::{IpSupport, LanKind};
 use crate::firewall::Firewall;
 
 /// Timeouts with upstream's three knobs; the rest keep Linux's defaults.
@@ -46,9 +47,10 @@ impl NatConfig {
 /// `[[router]]`; keys set next to it override the preset's values, as
 /// builder calls after [`crate::RouterBuilder::preset`] do.
 ///
-/// Every lab link is dual-stack today, so the presets that upstream marks
-/// v4-only (`PublicV4`, `Hotel`) or v6-only (`IspV6`, with NAT64) differ
-/// from upstream in IP support; see `docs/porting.md`.
+/// Presets also set the LAN's IP support as upstream does
+/// ([`RouterPreset::ip_support`]): `PublicV4` and `Hotel` are v4-only,
+/// `IspV6` is v6-only with NAT64 ([`RouterPreset::nat_v6`], which needs
+/// Debian's `tayga`); the others are dual-stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RouterPreset {
@@ -137,6 +139,26 @@ impl RouterPreset {
         }
     }
 
+    /// The address families of the router's LAN: v4-only for `PublicV4`
+    /// and `Hotel`, v6-only for `IspV6`, dual-stack for the others.
+    pub fn ip_support(self) -> IpSupport {
+        match self {
+            Self::PublicV4 | Self::Hotel => IpSupport::V4Only,
+            Self::IspV6 => IpSupport::V6Only,
+            _ => IpSupport::DualStack,
+        }
+    }
+
+    /// How the router treats IPv6: NAT64 for `IspV6` (its v6-only LAN
+    /// reaches IPv4 through it; needs `tayga` and an IPv4 uplink), routed
+    /// for the others.
+    pub fn nat_v6(self) -> NatV6Mode {
+        match self {
+            Self::IspV6 => NatV6Mode::Nat64,
+            _ => NatV6Mode::None,
+        }
+    }
+
     /// The address pool of the router's LAN.
     pub fn lan_kind(self) -> LanKind {
         self.nat().lan_kind()
@@ -165,6 +187,11 @@ mod tests {
         );
         assert_eq!(RouterPreset::Public.lan_kind(), LanKind::Public);
         assert_eq!(RouterPreset::IspCgnat.lan_kind(), LanKind::Cgnat);
+        assert_eq!(RouterPreset::PublicV4.ip_support(), IpSupport::V4Only);
+        assert_eq!(RouterPreset::Hotel.ip_support(), IpSupport::V4Only);
+        assert_eq!(RouterPreset::IspV6.ip_support(), IpSupport::V6Only);
+        assert_eq!(RouterPreset::IspV6.nat_v6(), NatV6Mode::Nat64);
+        assert_eq!(RouterPreset::Home.ip_support(), IpSupport::DualStack);
         #[derive(Deserialize)]
         struct D {
             preset: RouterPreset,

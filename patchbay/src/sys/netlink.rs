@@ -406,16 +406,48 @@ pub async fn del_addr(index: u32, addr: IpAddr, prefix: u8) -> Result<(), Netlin
 }
 
 /// `ip route replace default via GW` and `ip -6 route replace default via
-/// GW6`: points the default routes at a new gateway.
-pub async fn replace_default(gw: Ipv4Addr, gw6: Ipv6Addr) -> Result<(), NetlinkError> {
-    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-        .gateway(gw)
-        .build();
-    send_route(msg, true, format!("ip route replace default via {gw}")).await?;
-    let msg = RouteMessageBuilder::<Ipv6Addr>::new()
-        .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
-        .gateway(gw6)
-        .build();
-    send_route(msg, true, format!("ip -6 route replace default via {gw6}")).await
+/// GW6`: points the default routes at a new gateway, for each family given
+/// (a family without a gateway keeps its routes).
+pub async fn replace_default(
+    gw: Option<Ipv4Addr>,
+    gw6: Option<Ipv6Addr>,
+) -> Result<(), NetlinkError> {
+    if let Some(gw) = gw {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .gateway(gw)
+            .build();
+        send_route(msg, true, format!("ip route replace default via {gw}")).await?;
+    }
+    if let Some(gw6) = gw6 {
+        let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
+            .gateway(gw6)
+            .build();
+        send_route(msg, true, format!("ip -6 route replace default via {gw6}")).await?;
+    }
+    Ok(())
+}
+
+/// `ip route del DST/PREFIX via GW` (either family). `Ok(false)` when there
+/// is no such route (the kernel's ESRCH): the gateway must match, so a
+/// connected route to the same prefix is never touched.
+pub async fn del_route_via(dst: IpAddr, prefix: u8, gw: IpAddr) -> Result<bool, NetlinkError> {
+    let msg = match (dst, gw) {
+        (IpAddr::V4(d), IpAddr::V4(g)) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(d, prefix)
+            .gateway(g)
+            .build(),
+        (IpAddr::V6(d), IpAddr::V6(g)) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(d, prefix)
+            .gateway(g)
+            .build(),
+        _ => return Ok(false),
+    };
+    let op = format!("ip route del {dst}/{prefix} via {gw}");
+    match handle()?.route().del(msg).execute().await.map_err(req(op)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.errno() == Some(libc::ESRCH) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
