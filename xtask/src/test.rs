@@ -43,7 +43,7 @@ const PACKAGES: &[(&str, &str)] = &[
 
 /// The test binaries of `patchbay-tests` that `cargo xtask test` also runs in virtual time,
 /// one UML guest per test process (`patchbay vt --` as the target runner, nextest profile
-/// `vt`): labs, NAT, firewall, links, faults, lifecycle, errors, compression (42 tests).
+/// `vt`): labs, NAT, firewall, links, faults, lifecycle, errors, compression (45 tests).
 pub const VT_PARTITION: &[&str] = &[
     "lab_basic",
     "lab_lifecycle",
