@@ -328,6 +328,12 @@ impl Lab {
             t_lo,
         )
         .await?;
+        super::artifacts::emit(
+            &self.inner,
+            None,
+            "region.link",
+            serde_json::json!({"a": a, "b": b, "state": "linked", "condition": cond}),
+        );
         Ok(())
     }
 
@@ -402,11 +408,20 @@ impl Lab {
                 cut_table = Some(table);
             }
         }
-        let mut r = self.inner.regions();
-        if let Some(rec) = r.links.get_mut(&key(a, b)) {
-            rec.broken = Some(via.map(|v| v.0).unwrap_or_default());
-            rec.cut_table = cut_table;
+        let via = via.map(|v| v.0);
+        {
+            let mut r = self.inner.regions();
+            if let Some(rec) = r.links.get_mut(&key(a, b)) {
+                rec.broken = Some(via.clone().unwrap_or_default());
+                rec.cut_table = cut_table;
+            }
         }
+        super::artifacts::emit(
+            &self.inner,
+            None,
+            "region.link",
+            serde_json::json!({"a": a, "b": b, "state": "broken", "via": via}),
+        );
         Ok(())
     }
 
@@ -463,6 +478,12 @@ impl Lab {
             rec.broken = None;
             rec.cut_table = None;
         }
+        super::artifacts::emit(
+            &self.inner,
+            None,
+            "region.link",
+            serde_json::json!({"a": a, "b": b, "state": "restored"}),
+        );
         Ok(())
     }
 }
