@@ -190,7 +190,6 @@ fn busy_loop_is_killed_by_the_guard() -> anyhow::Result<()> {
 /// A script under /tmp without the execute bit: the guest cannot start it, and the error names
 /// the path and the permission.
 #[test]
-#[ignore = "issue #13: on UML 6.1 the guest runs the script and reports exit 126 (`/usr/bin/env: Permission denied`) instead of the typed CommandNotFound; left open"]
 fn a_script_without_the_execute_bit_is_a_typed_error() -> anyhow::Result<()> {
     let Some((opts, _serial)) = setup() else {
         return Ok(());

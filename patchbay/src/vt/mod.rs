@@ -193,6 +193,7 @@ pub fn run(argv: &[OsString], opts: &VtOpts) -> Result<VtOutcome, VtError> {
         return Err(VtError::Interrupted);
     }
     validate_mem(&opts.mem)?;
+    check_executable(argv, opts.cwd.as_deref())?;
     let binary = match &opts.uml_binary {
         Some(b) => b.clone(),
         None => find_uml_binary()?,
@@ -368,6 +369,39 @@ fn run_once(
         seccomp,
         seed,
     })
+}
+
+/// A command given by path that exists on the host without an execute bit would fail in the
+/// guest with exit 126 and a shell's "Permission denied": refuse it before booting, naming the
+/// path and the permission.
+fn check_executable(argv: &[OsString], cwd: Option<&Path>) -> Result<(), VtError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(argv0) = argv.first() else {
+        return Ok(());
+    };
+    if !argv0.as_encoded_bytes().contains(&b'/') {
+        return Ok(());
+    }
+    let path = match cwd {
+        Some(c) => c.join(argv0),
+        None => PathBuf::from(argv0),
+    };
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 == 0 => {
+            Err(VtError::CommandNotFound {
+                command: argv0.to_string_lossy().into_owned(),
+                why: format!(
+                    "{} cannot execute: it has no execute permission (mode {:o}); `chmod +x` \
+                     it, or run it through its interpreter (`sh {}`)",
+                    path.display(),
+                    m.permissions().mode() & 0o7777,
+                    path.display()
+                ),
+            })
+        }
+        // Missing or unreadable here: the guest's own lookup reports it.
+        _ => Ok(()),
+    }
 }
 
 /// The error for a command the guest could not find, with the host's view of why.
