@@ -30,6 +30,9 @@ const MARK_PREFIX: &str = "PATCHBAY-VT-MARK ";
 const MARKS_KEEP: usize = 4096;
 /// The console text of a guest kernel panic.
 const PANIC_MARKER: &[u8] = b"Kernel panic";
+/// The console text of a failed guest set-up step (the guest init then powers off, unless the
+/// failure left it unable to: without /proc there is no sysrq).
+const SETUP_ERROR_MARKER: &[u8] = b"PATCHBAY-VT-SETUP-ERROR";
 /// How long the console may keep printing after a panic before UML is killed.
 const PANIC_GRACE: Duration = Duration::from_millis(200);
 /// How much console output is kept (the tail).
@@ -78,7 +81,8 @@ struct Console {
     command_start: Option<Instant>,
     command_end: Option<Instant>,
     marks: Vec<(String, Instant)>,
-    /// When the guest printed "Kernel panic" (UML may hang afterwards instead of exiting).
+    /// When the guest printed "Kernel panic" or a set-up error (UML may hang afterwards instead
+    /// of exiting).
     panic: Option<Instant>,
 }
 
@@ -423,6 +427,14 @@ fn read_console(reader: Tail, console: &Mutex<Console>) {
         if c.command_start.is_none() && line.windows(START_MARKER.len()).any(|w| w == START_MARKER)
         {
             c.command_start = Some(now);
+        }
+        if c.panic.is_none()
+            && line
+                .windows(SETUP_ERROR_MARKER.len())
+                .any(|w| w == SETUP_ERROR_MARKER)
+        {
+            // Same handling as a panic: the guest is done either way.
+            c.panic = Some(now);
         }
         if c.panic.is_none() && line.windows(PANIC_MARKER.len()).any(|w| w == PANIC_MARKER) {
             c.panic = Some(now);
