@@ -24,8 +24,10 @@
 //! `uptime` (guest `/proc/uptime` seconds at command start and end), and `error` only when the
 //! command or working directory is missing.
 
+mod boot;
 mod error;
 mod kernel;
+mod locate;
 mod paths;
 mod process;
 mod rundir;
@@ -38,6 +40,7 @@ use std::time::{Duration, Instant};
 
 pub use error::VtError;
 pub use kernel::{GuestProcesses, UmlKernel, probe as probe_kernel};
+pub use locate::find_uml_binary;
 
 /// Environment variable naming the UML `linux` binary; overrides the search.
 pub const UML_ENV: &str = "PATCHBAY_UML";
@@ -207,7 +210,7 @@ pub fn run(argv: &[OsString], opts: &VtOpts) -> Result<VtOutcome, VtError> {
     }
     let seed = match (opts.seed, kernel.seed) {
         (Some(s), true) => Some(s),
-        (None, true) => Some(random_seed()),
+        (None, true) => Some(boot::random_seed()),
         (None, false) => None,
         (Some(_), false) => {
             return Err(VtError::NoSeed {
@@ -296,7 +299,7 @@ fn run_once(
         &g.join("fstab"),
         &expose,
         &uptime,
-        nofile_limits(),
+        boot::nofile_limits(),
     )?;
     write_executable(&init, &text)?;
     for d in ["mem", "uml"] {
@@ -306,7 +309,7 @@ fn run_once(
 
     // Kernels without the option (6.1) get none: they always use ptrace.
     let procs = kernel.seccomp.then_some(seccomp);
-    let args = kernel_args(
+    let args = boot::kernel_args(
         &opts.mem,
         opts.clock,
         procs,
@@ -434,76 +437,6 @@ fn parse_clock(text: &str) -> Option<Duration> {
     Some(Duration::from_nanos(b.checked_sub(a)?))
 }
 
-/// The runner's open-file limits (soft, hard), which the command gets in the guest too (test
-/// runners such as nextest raise the soft limit; the guest kernel's default is 1024).
-fn nofile_limits() -> (u64, u64) {
-    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .unwrap_or((1024, 4096))
-}
-
-/// A random seed for a run without one (small enough to type when replaying).
-fn random_seed() -> u64 {
-    let mut b = [0u8; 4];
-    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n == 4 {
-        u64::from(u32::from_ne_bytes(b))
-    } else {
-        // No getrandom (never on a supported host): the clock's nanoseconds will do.
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::from(d.subsec_nanos()))
-    }
-}
-
-/// The UML kernel command line. `seccomp`: `Some(on)` for kernels that know the `seccomp=`
-/// option, `None` for older ones (ptrace only). `seed`: `patchbay_seed=` and, in virtual
-/// time, the guest's wall clock pinned to [`GUEST_EPOCH`].
-fn kernel_args(
-    mem: &str,
-    clock: VtClock,
-    seccomp: Option<bool>,
-    seed: Option<u64>,
-    uml_dir: &Path,
-    init: &Path,
-) -> Vec<OsString> {
-    let mut pinned = Vec::new();
-    if let Some(s) = seed {
-        pinned.push(format!("patchbay_seed={s}"));
-        if clock == VtClock::InfCpu {
-            pinned.push(format!("time-travel-start={}", GUEST_EPOCH * 1_000_000_000));
-        }
-    }
-    let clock = match clock {
-        VtClock::InfCpu => Some("time-travel=inf-cpu"),
-        VtClock::Real => None,
-    };
-    let procs = seccomp.map(|on| if on { "seccomp=on" } else { "seccomp=off" });
-    let fixed = [
-        // Host root over hostfs, read-only (the host side is read-only too, see process.rs).
-        "root=/dev/root",
-        "rootfstype=hostfs",
-        "rootflags=/",
-        "ro",
-        "quiet",
-        // Console 0 writes to UML's stdout (the runner's pipe); no other consoles, no xterms.
-        "con=null",
-        "con0=null,fd:1",
-        "ssl=null",
-    ];
-    std::iter::once(OsString::from(format!("mem={mem}")))
-        .chain(
-            clock
-                .into_iter()
-                .chain(procs)
-                .chain(fixed)
-                .map(OsString::from),
-        )
-        .chain(pinned.into_iter().map(OsString::from))
-        .chain([os_concat("uml_dir=", uml_dir), os_concat("init=", init)])
-        .collect()
-}
-
 /// Classifies a run that produced no exit code, most specific cause first.
 fn failure_without_result(
     finished: &process::Finished,
@@ -542,90 +475,6 @@ fn failure_without_result(
         results: results.to_path_buf(),
         console_tail,
     }
-}
-
-/// Finds the UML kernel: `PATCHBAY_UML`, else the most recently built `target/uml/*/linux` of
-/// the workspace (found from `CARGO_TARGET_DIR`, the current executable's location, and the
-/// build location) or of the cache `cargo xtask test` keeps (`$PATCHBAY_CACHE_DIR/uml`, default
-/// `~/.cache/patchbay/uml`).
-pub fn find_uml_binary() -> Result<PathBuf, VtError> {
-    if let Some(p) = std::env::var_os(UML_ENV) {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(VtError::BadUmlEnv { path: p })
-        };
-    }
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        dirs.push(PathBuf::from(t).join("uml"));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        for a in exe.ancestors().skip(1) {
-            if a.file_name().is_some_and(|n| n == "target") {
-                dirs.push(a.join("uml"));
-            }
-            dirs.push(a.join("target").join("uml"));
-        }
-    }
-    dirs.push(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join("target")
-            .join("uml"),
-    );
-    // Where `cargo xtask test` caches the kernel across clones.
-    let cache = std::env::var_os("PATCHBAY_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/patchbay")));
-    if let Some(c) = cache {
-        dirs.push(c.join("uml"));
-    }
-    // The highest kernel version anywhere (the default kernel of `cargo xtask build-uml` is
-    // the newest series), then the most recent build: an older one left in target/uml (an
-    // earlier config) must not shadow a newer cached one.
-    if let Some((_, _, found)) = dirs.iter().filter_map(|d| newest_linux_in(d)).max() {
-        return Ok(found);
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    dirs.retain(|d| seen.insert(d.clone()));
-    let searched = dirs
-        .iter()
-        .map(|d| format!("{}/*/linux", d.display()))
-        .collect::<Vec<_>>();
-    Err(VtError::UmlNotFound {
-        searched: searched.join(", "),
-    })
-}
-
-/// The `DIR/<version>-<hash>/linux` of the highest kernel version, then the most recently
-/// built, with both keys (ties broken by path, for determinism); xtask's `build-*` work
-/// directories do not count.
-fn newest_linux_in(dir: &Path) -> Option<((u32, u32, u32), std::time::SystemTime, PathBuf)> {
-    // A missing or unreadable directory simply holds no kernel.
-    let entries = std::fs::read_dir(dir).ok()?;
-    entries
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with("build-"))
-        .map(|e| {
-            (
-                kernel::entry_version(&e.file_name().to_string_lossy()),
-                e.path().join("linux"),
-            )
-        })
-        .filter_map(|(v, p)| {
-            Some((
-                v,
-                std::fs::metadata(&p)
-                    .ok()
-                    .filter(|m| m.is_file())?
-                    .modified()
-                    .ok()?,
-                p,
-            ))
-        })
-        .max()
 }
 
 fn validate_mem(mem: &str) -> Result<(), VtError> {
@@ -705,66 +554,6 @@ mod tests {
         for bad in ["", "M", "512MM", "5x", "-1M"] {
             assert!(validate_mem(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn kernel_command_line() {
-        let args = kernel_args(
-            "256M",
-            VtClock::InfCpu,
-            Some(true),
-            Some(42),
-            Path::new("/r/uml"),
-            Path::new("/r/init.sh"),
-        );
-        let args: Vec<String> = args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(args[..3], ["mem=256M", "time-travel=inf-cpu", "seccomp=on"]);
-        assert!(args.contains(&"ro".to_string()));
-        assert_eq!(
-            args[args.len() - 4..],
-            [
-                "patchbay_seed=42",
-                "time-travel-start=1767225600000000000",
-                "uml_dir=/r/uml",
-                "init=/r/init.sh"
-            ]
-        );
-        let real = kernel_args(
-            "256M",
-            VtClock::Real,
-            None,
-            Some(7),
-            Path::new("/u"),
-            Path::new("/i"),
-        );
-        assert!(
-            !real
-                .iter()
-                .any(|a| a.to_string_lossy().starts_with("seccomp"))
-        );
-        assert!(
-            !real
-                .iter()
-                .any(|a| a.to_string_lossy().starts_with("time-travel"))
-        );
-        // A seed without virtual time still fixes the randomness, not the clock.
-        assert!(real.iter().any(|a| a == "patchbay_seed=7"));
-        let unseeded = kernel_args(
-            "1G",
-            VtClock::InfCpu,
-            None,
-            None,
-            Path::new("/u"),
-            Path::new("/i"),
-        );
-        assert!(
-            !unseeded
-                .iter()
-                .any(|a| a.to_string_lossy().starts_with("patchbay_seed"))
-        );
     }
 
     #[test]
