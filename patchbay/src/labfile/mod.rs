@@ -9,6 +9,7 @@ mod run;
 mod schema;
 mod steps_mobility;
 mod subst;
+mod validate;
 
 pub use dns::{DnsSection, DnsServerSpec, NameSpec};
 pub use run::{RunOverrides, RunReport, StepOutcome, run};
