@@ -395,8 +395,15 @@ fn two_labs_with_different_k_in_two_processes() -> Result<()> {
             .spawn()
     };
     let (a, b) = (spawn("10")?, spawn("30")?);
+    // Both pipes are drained at once: waiting for one child while the other fills its pipe
+    // (a guest with logs on) would deadlock if the first waits for the second.
+    let b = std::thread::spawn(move || b.wait_with_output());
     let ua = String::from_utf8(a.wait_with_output()?.stdout)?;
-    let ub = String::from_utf8(b.wait_with_output()?.stdout)?;
+    let ub = String::from_utf8(
+        b.join()
+            .map_err(|_| anyhow::anyhow!("the waiting thread panicked"))??
+            .stdout,
+    )?;
     assert!(ua.contains("CHILD-UT 3000"), "k=10 process: {ua}");
     assert!(ub.contains("CHILD-UT 1000"), "k=30 process: {ub}");
     Ok(())
