@@ -1,6 +1,6 @@
 # Guest init of the patchbay virtual-time runner (body; `script.rs` prepends `#!/bin/sh` and
-# the per-run variables VT_FSTAB, VT_RESULTS, VT_CWD, VT_PATH, VT_ARGV0, VT_UPTIME and the
-# functions vt_expose and vt_run).
+# the per-run variables VT_FSTAB, VT_RESULTS, VT_CWD, VT_PATH, VT_ARGV0, VT_UPTIME, VT_MOUNT,
+# VT_NOSUID and the functions vt_expose and vt_run).
 # Runs as PID 1 of the UML guest, from the host's read-only root (hostfs), with /bin/sh.
 # Reports go to the console (lines starting with PATCHBAY-VT) and to files in $VT_RESULTS.
 
@@ -24,7 +24,13 @@ vt_die() {
     exit 1
 }
 
-mount -n -t proc -o nosuid,nodev,noexec proc /proc || vt_die "mount proc on /proc"
+"$VT_MOUNT" -n -t proc -o nosuid,nodev,noexec proc /proc || vt_die "mount proc on /proc"
+# An unprivileged runner: host root's files appear owned by uid 65534 through hostfs, so a
+# setuid-root binary (the host's `mount` among them) would drop the guest's root to 65534.
+# The root becomes nosuid (keeping ro), with the runner's non-setuid copy of `mount`.
+if [ "$VT_NOSUID" = 1 ]; then
+    "$VT_MOUNT" -n -o remount,bind,ro,nosuid / || vt_die "remount / nosuid"
+fi
 mount -n -a -T "$VT_FSTAB" || vt_die "mount -a -T $VT_FSTAB (see the mount error above)"
 vt_expose
 # The results dir normally exists (the host created it): skip the exec of mkdir.

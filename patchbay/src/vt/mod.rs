@@ -8,10 +8,11 @@
 //! Requirements:
 //! - a UML kernel built by `cargo xtask build-uml` (or `PATCHBAY_UML=/path/to/linux`), with
 //!   `CONFIG_UML_TIME_TRAVEL_SUPPORT`, `CONFIG_HOSTFS`, `CONFIG_MAGIC_SYSRQ` and no SMP;
-//! - an x86_64 Linux host (5.12+ for `mount_setattr`) and root (`CAP_SYS_ADMIN`): the UML
-//!   process runs in a private mount namespace where the whole host tree is read-only except
-//!   the run's own directories, and (via util-linux `unshare --pid --fork --kill-child`) as
-//!   PID 1 of its own PID namespace, so no guest process can outlive it;
+//! - an x86_64 Linux host (5.12+ for `mount_setattr`), and root or unprivileged user
+//!   namespaces (an unprivileged caller enters one first): the UML process runs in a private
+//!   mount namespace where the whole host tree is read-only except the run's own directories,
+//!   and (via util-linux `unshare --pid --fork --kill-child`) as PID 1 of its own PID
+//!   namespace, so no guest process can outlive it;
 //! - `/bin/sh`, `mount` (util-linux, for `mount -a -T`), `ip`, `sync`, `sleep` and `env` on the
 //!   host (the guest runs the host's binaries through hostfs).
 //!
@@ -290,6 +291,12 @@ fn run_once(
         VtClock::InfCpu => format!("{:.9}", opts.uptime.as_secs_f64()),
         VtClock::Real => "0".to_string(),
     };
+    // Unprivileged: a non-setuid copy of the host's `mount` for the guest's first mounts.
+    let own_mount = if nix::unistd::geteuid().is_root() {
+        None
+    } else {
+        Some(rundir.copy_mount(script::OWN_MOUNT)?)
+    };
     let text = script::render(
         argv,
         &env,
@@ -300,6 +307,7 @@ fn run_once(
         &expose,
         &uptime,
         boot::nofile_limits(),
+        own_mount.as_deref(),
     )?;
     write_executable(&init, &text)?;
     for d in ["mem", "uml"] {

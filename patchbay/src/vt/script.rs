@@ -13,6 +13,15 @@ use super::paths::{EntryKind, Exposed, HIDDEN};
 pub(crate) const DEFAULT_PATH: &str =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The file name, in the run dir, of the unprivileged runner's copy of the host's `mount`.
+///
+/// In the runner's user namespace, host files owned by root appear owned by the overflow uid
+/// (65534), and hostfs passes their mode through: a setuid-root `mount` would run in the guest
+/// with euid 65534 and refuse to mount anything. The copy has no setuid bit; the guest init
+/// mounts `/proc` with it and then remounts the root `nosuid`, so every later exec (the host's
+/// own `mount` included) runs as the guest's root.
+pub(crate) const OWN_MOUNT: &str = "mount";
+
 /// The committed body of the guest init.
 const INIT_BODY: &str = include_str!("init.sh");
 /// The guest's mount table, written next to the init script.
@@ -62,6 +71,8 @@ pub(crate) fn command_env(
 /// `env_binary` is the absolute path of `env` on the host (used as `env -i` so the command
 /// sees exactly `env`), `results` the guest path of the writable results dir, `fstab` the
 /// host path of [`FSTAB`] (read by the guest before it mounts tmpfs over `/tmp`).
+/// `own_mount`, for an unprivileged runner, is the guest path of a copy of the host's `mount`
+/// without its setuid bit (see [`OWN_MOUNT`]).
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site; each argument is one line of the script header"
@@ -76,6 +87,7 @@ pub(crate) fn render(
     expose: &[Exposed],
     uptime: &str,
     nofile: (u64, u64),
+    own_mount: Option<&Path>,
 ) -> Result<Vec<u8>, VtError> {
     let Some(argv0) = argv.first() else {
         return Err(VtError::InvalidArgument("the command line is empty".into()));
@@ -114,6 +126,16 @@ pub(crate) fn render(
     s.extend_from_slice(
         format!("\nVT_NOFILE_SOFT={}\nVT_NOFILE_HARD={}", nofile.0, nofile.1).as_bytes(),
     );
+    // Without a private copy, the first mounts use the host's `mount` from PATH; with one, the
+    // init remounts the root nosuid before anything else runs.
+    s.extend_from_slice(b"\nVT_MOUNT=");
+    match own_mount {
+        Some(m) => {
+            s.extend(shell_quote(m.as_os_str().as_bytes()));
+            s.extend_from_slice(b"\nVT_NOSUID=1");
+        }
+        None => s.extend_from_slice(b"mount\nVT_NOSUID=0"),
+    }
     s.push(b'\n');
     s.extend(render_expose(expose));
     s.extend_from_slice(b"\nvt_run() {\n    ");
@@ -230,6 +252,37 @@ mod tests {
     }
 
     #[test]
+    fn an_own_mount_copy_is_used_and_the_root_remounted_nosuid() {
+        let r = PathBuf::from("/tmp/r");
+        let env = command_env(&r, &[]).expect("env");
+        let argv: Vec<OsString> = vec!["true".into()];
+        let render_with = |own: Option<&Path>| {
+            let s = render(
+                &argv,
+                &env,
+                Path::new("/"),
+                &r,
+                Path::new("/usr/bin/env"),
+                Path::new("/f"),
+                &[],
+                "0",
+                (1024, 4096),
+                own,
+            )
+            .expect("render");
+            String::from_utf8(s).expect("utf8")
+        };
+        let root = render_with(None);
+        assert!(root.contains("\nVT_MOUNT=mount\nVT_NOSUID=0\n"), "{root}");
+        let own = render_with(Some(Path::new("/tmp/patchbay-vt.65534/mount")));
+        assert!(
+            own.contains("\nVT_MOUNT='/tmp/patchbay-vt.65534/mount'\nVT_NOSUID=1\n"),
+            "{own}"
+        );
+        assert!(own.contains("remount,bind,ro,nosuid"), "{own}");
+    }
+
+    #[test]
     fn render_quotes_argv_and_rejects_bad_input() {
         let r = PathBuf::from("/tmp/r");
         let env = command_env(&r, &[]).expect("env");
@@ -244,6 +297,7 @@ mod tests {
             &[],
             "0",
             (1024, 4096),
+            None,
         )
         .expect("render");
         let s = String::from_utf8(s).expect("utf8");
@@ -262,6 +316,7 @@ mod tests {
                 &[],
                 "0",
                 (1024, 4096),
+                None,
             )
             .is_err()
         );
@@ -277,6 +332,7 @@ mod tests {
                 &[],
                 "0",
                 (1024, 4096),
+                None,
             )
             .is_err()
         );
@@ -323,6 +379,7 @@ mod tests {
             &[],
             "0",
             (1024, 4096),
+            None,
         )
         .expect("render");
         let dir =
