@@ -27,6 +27,37 @@ const INIT_BODY: &str = include_str!("init.sh");
 /// The guest's mount table, written next to the init script.
 pub(crate) const FSTAB: &str = include_str!("fstab");
 
+/// Escapes a path for an fstab field (`\\040` for a space, as getmntent(3) reads it).
+fn fstab_escape(path: &Path) -> String {
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b' ' | b'\t' | b'\n' | b'\\' | b'#' => out.push_str(&format!("\\{b:03o}")),
+            _ => out.push(char::from(b)),
+        }
+    }
+    out
+}
+
+/// The guest's mount table for one run: [`FSTAB`] plus, when no exposed entry covers it (those
+/// are bound after `mount -a`), the writable results dir over hostfs. Returns the table and
+/// whether the results dir is in it (else the init mounts it after the exposed entries).
+pub(crate) fn fstab(results: &Path, expose: &[Exposed]) -> (String, bool) {
+    let covered =
+        results.starts_with(HIDDEN) || expose.iter().any(|e| results.starts_with(&e.entry));
+    let mut table = FSTAB.to_string();
+    // Non-UTF-8 paths are refused by `command_env` before this is written.
+    if covered || results.to_str().is_none() {
+        return (table, false);
+    }
+    let r = fstab_escape(results);
+    table.push_str(&format!(
+        "# The run's writable results dir (the host directory of the same path).\n\
+         hostfs {r} hostfs {r},X-mount.mkdir 0 0\n"
+    ));
+    (table, true)
+}
+
 /// Quotes bytes for a POSIX shell: `'...'` with each `'` written as `'\''`.
 pub(crate) fn shell_quote(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len() + 2);
@@ -88,6 +119,7 @@ pub(crate) fn render(
     uptime: &str,
     nofile: (u64, u64),
     own_mount: Option<&Path>,
+    results_in_fstab: bool,
 ) -> Result<Vec<u8>, VtError> {
     let Some(argv0) = argv.first() else {
         return Err(VtError::InvalidArgument("the command line is empty".into()));
@@ -136,7 +168,11 @@ pub(crate) fn render(
         }
         None => s.extend_from_slice(b"mount\nVT_NOSUID=0"),
     }
-    s.push(b'\n');
+    s.extend_from_slice(if results_in_fstab {
+        b"\nVT_RESULTS_IN_FSTAB=1\n"
+    } else {
+        b"\nVT_RESULTS_IN_FSTAB=0\n"
+    });
     s.extend(render_expose(expose));
     s.extend_from_slice(b"\nvt_run() {\n    ");
     s.extend(shell_quote(env_binary.as_os_str().as_bytes()));
@@ -268,6 +304,7 @@ mod tests {
                 "0",
                 (1024, 4096),
                 own,
+                false,
             )
             .expect("render");
             String::from_utf8(s).expect("utf8")
@@ -280,6 +317,31 @@ mod tests {
             "{own}"
         );
         assert!(own.contains("remount,bind,ro,nosuid"), "{own}");
+    }
+
+    #[test]
+    fn the_results_dir_joins_the_fstab_unless_an_exposed_entry_covers_it() {
+        let (t, inside) = fstab(Path::new("/tmp/patchbay-vt.0/my results"), &[]);
+        assert!(inside);
+        assert!(
+            t.ends_with(
+                "hostfs /tmp/patchbay-vt.0/my\\040results hostfs \
+                 /tmp/patchbay-vt.0/my\\040results,X-mount.mkdir 0 0\n"
+            ),
+            "{t}"
+        );
+        // The /tmp tmpfs comes first, so the mount point is made in it.
+        assert!(
+            t.find("tmpfs    /tmp ").expect("tmp line") < t.find("hostfs /tmp").expect("results")
+        );
+        let ci = Exposed {
+            top: "/tmp",
+            entry: PathBuf::from("/tmp/ci"),
+            kind: EntryKind::Dir,
+        };
+        let (t, inside) = fstab(Path::new("/tmp/ci/results"), &[ci]);
+        assert!(!inside);
+        assert_eq!(t, FSTAB);
     }
 
     #[test]
@@ -298,6 +360,7 @@ mod tests {
             "0",
             (1024, 4096),
             None,
+            false,
         )
         .expect("render");
         let s = String::from_utf8(s).expect("utf8");
@@ -317,6 +380,7 @@ mod tests {
                 "0",
                 (1024, 4096),
                 None,
+                false,
             )
             .is_err()
         );
@@ -333,6 +397,7 @@ mod tests {
                 "0",
                 (1024, 4096),
                 None,
+                false,
             )
             .is_err()
         );
@@ -380,6 +445,7 @@ mod tests {
             "0",
             (1024, 4096),
             None,
+            false,
         )
         .expect("render");
         let dir =
