@@ -2,7 +2,8 @@
 //!
 //! With `--json`, stdout carries exactly one JSON object: the lab build
 //! benchmark's figures at the top level (small lab) and under `scale`, and
-//! one key per further section (`scenarios` with `--scenarios`). Progress
+//! one key per further section (`scenarios` with `--scenarios`, `uml` with
+//! `--uml`: the guest-cost profile of every cached UML kernel). Progress
 //! goes to stderr.
 
 use std::process::{Command, Stdio};
@@ -21,6 +22,10 @@ pub struct BenchArgs {
     /// Also run the scenario benchmark (`patchbay bench`, minutes).
     #[arg(long)]
     pub scenarios: bool,
+    /// Also profile every cached UML kernel side by side (`patchbay vt --profile`: syscall,
+    /// spawn, boot, shutdown, `vt -- true`, small lab; about a minute per kernel and mode).
+    #[arg(long)]
+    pub uml: bool,
 }
 
 /// A further section of the JSON report: its key and how to produce it.
@@ -29,7 +34,7 @@ type Section = (&'static str, fn(&BenchArgs) -> Result<Option<Value>>);
 
 /// The sections after the lab build benchmark, in report order. A section
 /// returning `None` is left out (not asked for).
-const SECTIONS: &[Section] = &[("scenarios", scenarios_json)];
+const SECTIONS: &[Section] = &[("scenarios", scenarios_json), ("uml", uml_json)];
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let root = workspace_root()?;
@@ -53,6 +58,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "target/bench",
             ]);
             step("scenario benchmark (patchbay bench)", &mut c)?;
+        }
+        if args.uml {
+            crate::bench_uml::run(false)?;
         }
         return Ok(());
     }
@@ -99,6 +107,13 @@ fn scenarios_json(args: &BenchArgs) -> Result<Option<Value>> {
         "--json",
     ]);
     json_of("scenario benchmark", &mut c).map(Some)
+}
+
+fn uml_json(args: &BenchArgs) -> Result<Option<Value>> {
+    if !args.uml {
+        return Ok(None);
+    }
+    crate::bench_uml::json().map(Some)
 }
 
 /// Runs `cmd` with stdout captured (stderr passes through) and parses its
