@@ -76,7 +76,7 @@ static PB_LOG: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Per-socket flag: nonzero when the application set its own `TCP_USER_TIMEOUT`.
 ///
-/// Creating it can fail: from Linux 6.19 local storage is allocated with `kmalloc_nolock`,
+/// Creating it can fail: recent kernels (7.3) allocate local storage with `kmalloc_nolock`,
 /// which always fails on architectures without a double-word cmpxchg for the slab freelist
 /// (User-Mode Linux). `app_owns_user_timeout` therefore also reads the socket's value.
 #[btf_map]
