@@ -563,8 +563,11 @@ impl Drop for NobodyKit {
 /// `patchbay vt` as an unprivileged host user (nobody): the guest's workload is root, the
 /// results directory is written as nobody, nothing else of the host is written, and a busy
 /// loop killed by the guard leaves no process behind.
+///
+/// Host setuid-root binaries appear setuid to the overflow uid through hostfs in the runner's
+/// user namespace; the guest init's own non-setuid `mount` and nosuid root keep the workload
+/// root (`id -u` is 0, and the lab below builds namespaces and nft rules).
 #[test]
-#[ignore = "issue #13: as nobody the guest init fails `mount: /proc: must be superuser` (host setuid-root binaries appear setuid to the overflow uid 65534 through hostfs in a user namespace, so the guest's util-linux mount runs with euid 65534) and then cannot power off; run with --run-ignored to work on it"]
 fn unprivileged_user_runs_patchbay_vt() -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::process::CommandExt;
@@ -648,6 +651,33 @@ fn unprivileged_user_runs_patchbay_vt() -> anyhow::Result<()> {
         "nobody's run wrote to the shared temp dirs outside the results dir"
     );
 
+    // A virtual-time lab file as nobody: routers, NAT, a TCP exchange, all built in the guest.
+    let lab = kit.dir.join("lab.toml");
+    std::fs::write(
+        &lab,
+        "[lab]\ntime = \"virtual\"\nseed = 1\n\n[[router]]\nname = \"home\"\nnat = \"home\"\n\n\
+         [[device]]\nname = \"server\"\niface = [{ name = \"eth0\", router = \"home\" }]\n\n\
+         [[device]]\nname = \"client\"\niface = [{ name = \"eth0\", router = \"home\" }]\n\n\
+         [[step]]\nrun = \"server\"\nbackground = \"pong\"\n\
+         cmd = [\"sh\", \"-c\", \"printf 'pong\\\\n' | nc -l -N ${server.ip} 8000\"]\n\n\
+         [[step]]\nsleep = \"100ms\"\n\n\
+         [[step]]\nrun = \"client\"\ncmd = [\"nc\", \"${server.ip}\", \"8000\"]\nexpect-output = \"pong\"\n",
+    )?;
+    std::os::unix::fs::chown(&lab, Some(NOBODY), Some(NOBODY))?;
+    let out = nobody(&["run".as_ref(), lab.as_os_str()])?;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    println!(
+        "lab as nobody: {}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("all steps passed"), "{stdout}");
+    assert_eq!(
+        owned_entries(NOBODY),
+        before,
+        "nobody's lab run wrote to the shared temp dirs"
+    );
+
     // The guard path as nobody: killed, reaped, nothing left.
     let t = std::time::Instant::now();
     let out = nobody(&[
@@ -664,7 +694,19 @@ fn unprivileged_user_runs_patchbay_vt() -> anyhow::Result<()> {
     assert!(!out.status.success());
     assert!(stderr.contains("wall-clock guard"), "{stderr}");
     let left = processes_of(NOBODY);
-    assert!(left.is_empty(), "processes of nobody left: {left:?}");
+    let described: Vec<String> = left
+        .iter()
+        .map(|p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+            let keep = ["Name:", "State:", "PPid:", "NSpgid:", "NSpid:"];
+            status
+                .lines()
+                .filter(|l| keep.iter().any(|k| l.starts_with(k)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    assert!(left.is_empty(), "processes of nobody left: {described:?}");
     assert_eq!(
         owned_entries(NOBODY),
         before,

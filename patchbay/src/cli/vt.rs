@@ -197,6 +197,16 @@ pub fn run(args: VtArgs) -> anyhow::Result<ExitCode> {
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(f64::NAN),
         );
+        // The guest init's profiling marks: where the boot's wall time went.
+        let mut last = Duration::ZERO;
+        for (name, at) in &out.marks {
+            eprintln!(
+                "patchbay vt: mark {name:<10} at {:.4} s wall (+{:.4} s)",
+                at.as_secs_f64(),
+                at.saturating_sub(last).as_secs_f64()
+            );
+            last = *at;
+        }
     }
     Ok(ExitCode::from(
         u8::try_from(out.exit_code.clamp(0, 255)).unwrap_or(1),

@@ -1,6 +1,6 @@
 # Guest init of the patchbay virtual-time runner (body; `script.rs` prepends `#!/bin/sh` and
-# the per-run variables VT_FSTAB, VT_RESULTS, VT_CWD, VT_PATH, VT_ARGV0, VT_UPTIME and the
-# functions vt_expose and vt_run).
+# the per-run variables VT_FSTAB, VT_RESULTS, VT_CWD, VT_PATH, VT_ARGV0, VT_UPTIME, VT_MOUNT,
+# VT_NOSUID and the functions vt_expose and vt_run).
 # Runs as PID 1 of the UML guest, from the host's read-only root (hostfs), with /bin/sh.
 # Reports go to the console (lines starting with PATCHBAY-VT) and to files in $VT_RESULTS.
 
@@ -24,13 +24,27 @@ vt_die() {
     exit 1
 }
 
-mount -n -t proc -o nosuid,nodev,noexec proc /proc || vt_die "mount proc on /proc"
+# An unprivileged runner: host root's files appear owned by uid 65534 through hostfs, so a
+# setuid-root binary (the host's `mount` among them) would drop the guest's root to 65534.
+# The root becomes nosuid (keeping ro), with the runner's non-setuid copy of `mount` (in the
+# run dir, which the /tmp tmpfs of the fstab hides: hence before `mount -a`).
+if [ "$VT_NOSUID" = 1 ]; then
+    "$VT_MOUNT" -n -t proc -o nosuid,nodev,noexec proc /proc || vt_die "mount proc on /proc"
+    "$VT_MOUNT" -n -o remount,bind,ro,nosuid / || vt_die "remount / nosuid"
+fi
 mount -n -a -T "$VT_FSTAB" || vt_die "mount -a -T $VT_FSTAB (see the mount error above)"
+echo "PATCHBAY-VT-MARK fstab"
 vt_expose
-# The results dir normally exists (the host created it): skip the exec of mkdir.
-[ -d "$VT_RESULTS" ] || mkdir -p "$VT_RESULTS" || vt_die "mkdir $VT_RESULTS"
-mount -n -t hostfs -o "$VT_RESULTS" hostfs "$VT_RESULTS" || vt_die "mount hostfs $VT_RESULTS (writable results dir)"
-ip link set lo up || vt_die "ip link set lo up"
+echo "PATCHBAY-VT-MARK expose"
+# Normally in the fstab; after the exposed entries when one of them holds it.
+if [ "$VT_RESULTS_IN_FSTAB" = 0 ]; then
+    [ -d "$VT_RESULTS" ] || mkdir -p "$VT_RESULTS" || vt_die "mkdir $VT_RESULTS"
+    mount -n -t hostfs -o "$VT_RESULTS" hostfs "$VT_RESULTS" || vt_die "mount hostfs $VT_RESULTS (writable results dir)"
+fi
+# `ip link set lo up` without the exec: the netdev's sysfs flags (dev_change_flags).
+read -r vt_lo < /sys/class/net/lo/flags || vt_die "reading /sys/class/net/lo/flags"
+echo $((vt_lo | 1)) > /sys/class/net/lo/flags || vt_die "bringing lo up"
+echo "PATCHBAY-VT-MARK lo"
 # The host's name is not the guest's business (and would differ between machines).
 echo patchbay-vt > /proc/sys/kernel/hostname || vt_die "setting the hostname"
 
@@ -55,13 +69,24 @@ fi
 if [ "$VT_UPTIME" != 0 ]; then
     sleep "$VT_UPTIME" || vt_die "sleep $VT_UPTIME (virtual uptime before the command)"
 fi
+echo "PATCHBAY-VT-MARK uptime"
+
+# The monotonic clock in ns, read without an exec: the third line of /proc/timer_list is
+# "now at N nsecs".
+vt_now() {
+    { read -r vt_l; read -r vt_l; read -r vt_l; } < /proc/timer_list
+    vt_l=${vt_l#now at }
+    vt_now=${vt_l% nsecs}
+}
 
 read -r vt_up0 vt_idle < /proc/uptime
-vt_ns0=$(date +%s%N)
 echo "PATCHBAY-VT: command-start"
+vt_now
+vt_ns0=$vt_now
 vt_run < /dev/null > "$VT_RESULTS/stdout" 2> "$VT_RESULTS/stderr"
 vt_rc=$?
-vt_ns1=$(date +%s%N)
+vt_now
+vt_ns1=$vt_now
 read -r vt_up1 vt_idle < /proc/uptime
 echo "PATCHBAY-VT: command-end $vt_rc"
 echo "$vt_up0 $vt_up1" > "$VT_RESULTS/uptime"

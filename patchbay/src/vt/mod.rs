@@ -8,11 +8,12 @@
 //! Requirements:
 //! - a UML kernel built by `cargo xtask build-uml` (or `PATCHBAY_UML=/path/to/linux`), with
 //!   `CONFIG_UML_TIME_TRAVEL_SUPPORT`, `CONFIG_HOSTFS`, `CONFIG_MAGIC_SYSRQ` and no SMP;
-//! - an x86_64 Linux host (5.12+ for `mount_setattr`) and root (`CAP_SYS_ADMIN`): the UML
-//!   process runs in a private mount namespace where the whole host tree is read-only except
-//!   the run's own directories, and (via util-linux `unshare --pid --fork --kill-child`) as
-//!   PID 1 of its own PID namespace, so no guest process can outlive it;
-//! - `/bin/sh`, `mount` (util-linux, for `mount -a -T`), `ip`, `sync`, `sleep` and `env` on the
+//! - an x86_64 Linux host (5.12+ for `mount_setattr`), and root or unprivileged user
+//!   namespaces (an unprivileged caller enters one first): the UML process runs in a private
+//!   mount namespace where the whole host tree is read-only except the run's own directories,
+//!   and (via util-linux `unshare --pid --fork --kill-child`) as PID 1 of its own PID
+//!   namespace, so no guest process can outlive it;
+//! - `/bin/sh`, `mount` (util-linux, for `mount -a -T`), `sync`, `sleep` and `env` on the
 //!   host (the guest runs the host's binaries through hostfs).
 //!
 //! Guest layout: the host root mounted read-only via hostfs; fresh proc, sysfs, devtmpfs,
@@ -282,13 +283,20 @@ fn run_once(
     }
     let env = script::command_env(&guest_results, &user_env)?;
     let init = rundir.path.join("init.sh");
-    let fstab = rundir.path.join("fstab");
-    std::fs::write(&fstab, script::FSTAB).map_err(io("writing the guest fstab", &fstab))?;
     let g = &rundir.guest;
     let expose = paths::exposed(argv, &cwd);
+    let fstab = rundir.path.join("fstab");
+    let (table, results_in_fstab) = script::fstab(&guest_results, &expose);
+    std::fs::write(&fstab, table).map_err(io("writing the guest fstab", &fstab))?;
     let uptime = match opts.clock {
         VtClock::InfCpu => format!("{:.9}", opts.uptime.as_secs_f64()),
         VtClock::Real => "0".to_string(),
+    };
+    // Unprivileged: a non-setuid copy of the host's `mount` for the guest's first mounts.
+    let own_mount = if nix::unistd::geteuid().is_root() {
+        None
+    } else {
+        Some(rundir.copy_mount(script::OWN_MOUNT)?)
     };
     let text = script::render(
         argv,
@@ -300,6 +308,8 @@ fn run_once(
         &expose,
         &uptime,
         boot::nofile_limits(),
+        own_mount.as_deref(),
+        results_in_fstab,
     )?;
     write_executable(&init, &text)?;
     for d in ["mem", "uml"] {

@@ -338,8 +338,11 @@ pub(crate) fn run_uml(
     };
     // `unshare` is alive or a zombie, so its group id cannot have been reused yet; UML's group
     // dies with UML (the PID namespace init) at the latest, and UML dies with `unshare`.
+    // UML first, and `unshare` left to reap it: killed together, `unshare` could die first and
+    // leave UML (a PID namespace init, slow to exit) a zombie of the host's init.
     if let Some(u) = uml_pid {
         kill_group(u)?;
+        wait_exited(pid, KILL_GRACE)?;
     }
     kill_group(pid)?;
     child.wait().map_err(|source| VtError::Io {
@@ -462,6 +465,29 @@ fn kill_group(pgid: i32) -> Result<(), VtError> {
             source,
         }),
     }
+}
+
+/// Waits up to `limit` until `pid` (a child) has exited, without reaping it.
+fn wait_exited(pid: i32, limit: Duration) -> Result<(), VtError> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        match waitid(
+            Id::Pid(Pid::from_raw(pid)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        ) {
+            Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => {}
+            Ok(_) => return Ok(()),
+            Err(source) => {
+                return Err(VtError::Process {
+                    what: "waiting for unshare to reap UML",
+                    pid,
+                    source,
+                });
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+    Ok(())
 }
 
 /// Waits until no live (non-zombie) process is left in the group, re-sending SIGKILL.

@@ -13,10 +13,50 @@ use super::paths::{EntryKind, Exposed, HIDDEN};
 pub(crate) const DEFAULT_PATH: &str =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The file name, in the run dir, of the unprivileged runner's copy of the host's `mount`.
+///
+/// In the runner's user namespace, host files owned by root appear owned by the overflow uid
+/// (65534), and hostfs passes their mode through: a setuid-root `mount` would run in the guest
+/// with euid 65534 and refuse to mount anything. The copy has no setuid bit; the guest init
+/// mounts `/proc` with it and then remounts the root `nosuid`, so every later exec (the host's
+/// own `mount` included) runs as the guest's root.
+pub(crate) const OWN_MOUNT: &str = "mount";
+
 /// The committed body of the guest init.
 const INIT_BODY: &str = include_str!("init.sh");
 /// The guest's mount table, written next to the init script.
 pub(crate) const FSTAB: &str = include_str!("fstab");
+
+/// Escapes a path for an fstab field (`\\040` for a space, as getmntent(3) reads it).
+fn fstab_escape(path: &Path) -> String {
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b' ' | b'\t' | b'\n' | b'\\' | b'#' => out.push_str(&format!("\\{b:03o}")),
+            _ => out.push(char::from(b)),
+        }
+    }
+    out
+}
+
+/// The guest's mount table for one run: [`FSTAB`] plus, when no exposed entry covers it (those
+/// are bound after `mount -a`), the writable results dir over hostfs. Returns the table and
+/// whether the results dir is in it (else the init mounts it after the exposed entries).
+pub(crate) fn fstab(results: &Path, expose: &[Exposed]) -> (String, bool) {
+    let covered =
+        results.starts_with(HIDDEN) || expose.iter().any(|e| results.starts_with(&e.entry));
+    let mut table = FSTAB.to_string();
+    // Non-UTF-8 paths are refused by `command_env` before this is written.
+    if covered || results.to_str().is_none() {
+        return (table, false);
+    }
+    let r = fstab_escape(results);
+    table.push_str(&format!(
+        "# The run's writable results dir (the host directory of the same path).\n\
+         hostfs {r} hostfs {r},X-mount.mkdir 0 0\n"
+    ));
+    (table, true)
+}
 
 /// Quotes bytes for a POSIX shell: `'...'` with each `'` written as `'\''`.
 pub(crate) fn shell_quote(bytes: &[u8]) -> Vec<u8> {
@@ -62,6 +102,8 @@ pub(crate) fn command_env(
 /// `env_binary` is the absolute path of `env` on the host (used as `env -i` so the command
 /// sees exactly `env`), `results` the guest path of the writable results dir, `fstab` the
 /// host path of [`FSTAB`] (read by the guest before it mounts tmpfs over `/tmp`).
+/// `own_mount`, for an unprivileged runner, is the guest path of a copy of the host's `mount`
+/// without its setuid bit (see [`OWN_MOUNT`]).
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site; each argument is one line of the script header"
@@ -76,6 +118,8 @@ pub(crate) fn render(
     expose: &[Exposed],
     uptime: &str,
     nofile: (u64, u64),
+    own_mount: Option<&Path>,
+    results_in_fstab: bool,
 ) -> Result<Vec<u8>, VtError> {
     let Some(argv0) = argv.first() else {
         return Err(VtError::InvalidArgument("the command line is empty".into()));
@@ -114,7 +158,21 @@ pub(crate) fn render(
     s.extend_from_slice(
         format!("\nVT_NOFILE_SOFT={}\nVT_NOFILE_HARD={}", nofile.0, nofile.1).as_bytes(),
     );
-    s.push(b'\n');
+    // Without a private copy, the first mounts use the host's `mount` from PATH; with one, the
+    // init remounts the root nosuid before anything else runs.
+    s.extend_from_slice(b"\nVT_MOUNT=");
+    match own_mount {
+        Some(m) => {
+            s.extend(shell_quote(m.as_os_str().as_bytes()));
+            s.extend_from_slice(b"\nVT_NOSUID=1");
+        }
+        None => s.extend_from_slice(b"mount\nVT_NOSUID=0"),
+    }
+    s.extend_from_slice(if results_in_fstab {
+        b"\nVT_RESULTS_IN_FSTAB=1\n"
+    } else {
+        b"\nVT_RESULTS_IN_FSTAB=0\n"
+    });
     s.extend(render_expose(expose));
     s.extend_from_slice(b"\nvt_run() {\n    ");
     s.extend(shell_quote(env_binary.as_os_str().as_bytes()));
@@ -230,6 +288,63 @@ mod tests {
     }
 
     #[test]
+    fn an_own_mount_copy_is_used_and_the_root_remounted_nosuid() {
+        let r = PathBuf::from("/tmp/r");
+        let env = command_env(&r, &[]).expect("env");
+        let argv: Vec<OsString> = vec!["true".into()];
+        let render_with = |own: Option<&Path>| {
+            let s = render(
+                &argv,
+                &env,
+                Path::new("/"),
+                &r,
+                Path::new("/usr/bin/env"),
+                Path::new("/f"),
+                &[],
+                "0",
+                (1024, 4096),
+                own,
+                false,
+            )
+            .expect("render");
+            String::from_utf8(s).expect("utf8")
+        };
+        let root = render_with(None);
+        assert!(root.contains("\nVT_MOUNT=mount\nVT_NOSUID=0\n"), "{root}");
+        let own = render_with(Some(Path::new("/tmp/patchbay-vt.65534/mount")));
+        assert!(
+            own.contains("\nVT_MOUNT='/tmp/patchbay-vt.65534/mount'\nVT_NOSUID=1\n"),
+            "{own}"
+        );
+        assert!(own.contains("remount,bind,ro,nosuid"), "{own}");
+    }
+
+    #[test]
+    fn the_results_dir_joins_the_fstab_unless_an_exposed_entry_covers_it() {
+        let (t, inside) = fstab(Path::new("/tmp/patchbay-vt.0/my results"), &[]);
+        assert!(inside);
+        assert!(
+            t.ends_with(
+                "hostfs /tmp/patchbay-vt.0/my\\040results hostfs \
+                 /tmp/patchbay-vt.0/my\\040results,X-mount.mkdir 0 0\n"
+            ),
+            "{t}"
+        );
+        // The /tmp tmpfs comes first, so the mount point is made in it.
+        assert!(
+            t.find("tmpfs    /tmp ").expect("tmp line") < t.find("hostfs /tmp").expect("results")
+        );
+        let ci = Exposed {
+            top: "/tmp",
+            entry: PathBuf::from("/tmp/ci"),
+            kind: EntryKind::Dir,
+        };
+        let (t, inside) = fstab(Path::new("/tmp/ci/results"), &[ci]);
+        assert!(!inside);
+        assert_eq!(t, FSTAB);
+    }
+
+    #[test]
     fn render_quotes_argv_and_rejects_bad_input() {
         let r = PathBuf::from("/tmp/r");
         let env = command_env(&r, &[]).expect("env");
@@ -244,6 +359,8 @@ mod tests {
             &[],
             "0",
             (1024, 4096),
+            None,
+            false,
         )
         .expect("render");
         let s = String::from_utf8(s).expect("utf8");
@@ -262,6 +379,8 @@ mod tests {
                 &[],
                 "0",
                 (1024, 4096),
+                None,
+                false,
             )
             .is_err()
         );
@@ -277,6 +396,8 @@ mod tests {
                 &[],
                 "0",
                 (1024, 4096),
+                None,
+                false,
             )
             .is_err()
         );
@@ -323,6 +444,8 @@ mod tests {
             &[],
             "0",
             (1024, 4096),
+            None,
+            false,
         )
         .expect("render");
         let dir =
