@@ -20,7 +20,8 @@ use aya_ebpf::{
     },
     btf_maps::SkStorage,
     helpers::generated::{
-        bpf_get_netns_cookie, bpf_ktime_get_ns, bpf_setsockopt, bpf_sk_storage_get,
+        bpf_get_netns_cookie, bpf_getsockopt, bpf_ktime_get_ns, bpf_setsockopt,
+        bpf_sk_storage_get,
     },
     macros::{btf_map, cgroup_sockopt, map, sock_ops},
     maps::{Array, HashMap, PerCpuHashMap, RingBuf},
@@ -74,6 +75,10 @@ static PB_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 static PB_LOG: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Per-socket flag: nonzero when the application set its own `TCP_USER_TIMEOUT`.
+///
+/// Creating it can fail: recent kernels (7.3) allocate local storage with `kmalloc_nolock`,
+/// which always fails on architectures without a double-word cmpxchg for the slab freelist
+/// (User-Mode Linux). `app_owns_user_timeout` therefore also reads the socket's value.
 #[btf_map]
 static PB_APP_UT: SkStorage<u32> = SkStorage::new();
 
@@ -260,6 +265,46 @@ fn set_tcp_raw(ctx: &SockOpsContext, cookie: u64, idx: usize, optname: i32, valu
     }
 }
 
+/// The socket's current `TCP_USER_TIMEOUT` (ms), read with `bpf_getsockopt`; `None` where the
+/// kernel's `bpf_getsockopt` does not serve the option (before Linux 6.1, which reuses
+/// `do_tcp_getsockopt`).
+#[inline(always)]
+fn current_user_timeout(ctx: &SockOpsContext) -> Option<u32> {
+    let mut val: i32 = 0;
+    // SAFETY: ctx.ops is a sock_ops context of a full socket (checked by the caller); val is a
+    // 4-byte stack buffer.
+    let ret = unsafe {
+        bpf_getsockopt(
+            ctx.ops.cast(),
+            SOL_TCP,
+            TCP_USER_TIMEOUT,
+            ptr::from_mut(&mut val).cast(),
+            4,
+        )
+    };
+    (ret == 0).then_some(val as u32)
+}
+
+/// Whether the application set its own `TCP_USER_TIMEOUT` on this full socket, and the
+/// socket's current value where the kernel lets it be read.
+///
+/// Two sources, since either can be missing: the `PB_APP_UT` flag (set by `timer_setsockopt`;
+/// missing where the kernel cannot allocate socket storage) and the current value (unreadable
+/// before Linux 6.1). A nonzero value other than the namespace's own deadline is the
+/// application's. An application value equal to that deadline counts as ours: re-setting it
+/// changes nothing.
+#[inline(always)]
+fn app_owns_user_timeout(ctx: &SockOpsContext, cfg: &NetnsConfig) -> (bool, Option<u32>) {
+    // SAFETY: reading the context's socket pointer.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    let app = app_ut_ptr(sk, false);
+    let current = current_user_timeout(ctx);
+    // SAFETY: app is null or points to this socket's storage.
+    let flagged = !app.is_null() && unsafe { *app } != 0;
+    let foreign = matches!(current, Some(v) if v != 0 && v != cfg.user_timeout_ms);
+    (flagged || foreign, current)
+}
+
 /// Sets the planned give-up deadline on an established socket whose
 /// application did not set its own `TCP_USER_TIMEOUT`.
 fn set_user_timeout(ctx: &SockOpsContext, cookie: u64, cfg: &NetnsConfig) {
@@ -280,11 +325,7 @@ fn set_user_timeout(ctx: &SockOpsContext, cookie: u64, cfg: &NetnsConfig) {
         }
         return;
     }
-    // SAFETY: reading the context's socket pointer.
-    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
-    let app = app_ut_ptr(sk, false);
-    // SAFETY: app is null or points to this socket's storage.
-    if !app.is_null() && unsafe { *app } != 0 {
+    if app_owns_user_timeout(ctx, cfg).0 {
         if let Some(s) = stats(cookie) {
             s.app_user_timeout_kept += 1;
         }
@@ -323,14 +364,18 @@ fn on_connect_or_established(ctx: &SockOpsContext, cookie: u64, cfg: &NetnsConfi
     let telemetry = cfg.flags & FLAG_TELEMETRY != 0;
     let wants_deadline = op != OP_TCP_CONNECT_CB && cfg.user_timeout_ms != 0;
     if wants_deadline {
-        // SAFETY: reading the context's socket pointer.
-        let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
-        let app = app_ut_ptr(sk, false);
-        // SAFETY: app is null or points to this socket's storage.
-        if app.is_null() || unsafe { *app } == 0 {
-            // Writing the default (0) changes nothing but shows in the stats
-            // whether this kernel accepts the option, before the first RTO.
-            set_tcp_raw(ctx, cookie, OPT_USER_TIMEOUT, TCP_USER_TIMEOUT, 0);
+        let (app, current) = app_owns_user_timeout(ctx, cfg);
+        if !app {
+            // Writing the value back (0, the default, where it cannot be read) changes
+            // nothing but shows in the stats whether this kernel accepts the option, before
+            // the first RTO.
+            set_tcp_raw(
+                ctx,
+                cookie,
+                OPT_USER_TIMEOUT,
+                TCP_USER_TIMEOUT,
+                current.unwrap_or(0) as i32,
+            );
         }
     }
     if wants_deadline && !telemetry {
@@ -412,6 +457,13 @@ pub fn timer_setsockopt(ctx: SockoptContext) -> i32 {
         if !app.is_null() {
             // SAFETY: app points to this socket's storage.
             unsafe { *app = 1 };
+        } else if log_on(LOG_DEBUG) {
+            // The sock_ops program then relies on reading the value (Linux 6.1+).
+            debug!(
+                &ctx,
+                "netns {}: no socket storage for the TCP_USER_TIMEOUT flag (bpf_sk_storage_get failed)",
+                cookie
+            );
         }
     }
     if applied != original {

@@ -316,6 +316,27 @@ fn tcp_socket() -> Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
 }
 
+/// Connects an IPv4 TCP socket made by [`tcp_socket`] (blocking).
+fn connect_fd(fd: &std::os::fd::OwnedFd, addr: SocketAddr) -> Result<()> {
+    let SocketAddr::V4(v4) = addr else {
+        bail!("connect_fd takes an IPv4 address, not {addr}");
+    };
+    // SAFETY: sockaddr_in is plain data; all-zero is valid.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+    sin.sin_port = v4.port().to_be();
+    sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: sin is a valid sockaddr_in of length len.
+    let r = unsafe { libc::connect(fd.as_raw_fd(), std::ptr::from_ref(&sin).cast(), len) };
+    ensure!(
+        r == 0,
+        "connect {addr}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
 /// Sets the app timers before connecting, connects over loopback and returns
 /// (user timeout, keepidle, keepintvl, syncnt) read back on the client, and the user timeout of
 /// the accepted socket.
@@ -327,19 +348,7 @@ fn app_timers_over_loopback() -> Result<([i32; 4], i32)> {
     setsockopt_int(&fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 30)?;
     setsockopt_int(&fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 75)?;
     setsockopt_int(&fd, libc::IPPROTO_TCP, libc::TCP_SYNCNT, 3)?;
-    // SAFETY: sockaddr_in is plain data; all-zero is valid.
-    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    sin.sin_family = libc::AF_INET as libc::sa_family_t;
-    sin.sin_port = addr.port().to_be();
-    sin.sin_addr.s_addr = u32::from(Ipv4Addr::LOCALHOST).to_be();
-    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: sin is a valid sockaddr_in of length len.
-    let r = unsafe { libc::connect(fd.as_raw_fd(), std::ptr::from_ref(&sin).cast(), len) };
-    ensure!(
-        r == 0,
-        "connect {addr}: {}",
-        std::io::Error::last_os_error()
-    );
+    connect_fd(&fd, addr)?;
     let (server, _) = listener.accept()?;
     let tcp = libc::IPPROTO_TCP;
     let client = [
@@ -600,12 +609,16 @@ fn gettid() -> i32 {
     unsafe { libc::gettid() }
 }
 
-/// An established connection from a fresh namespace to a peer namespace over a veth pair, then
-/// a black hole (the client's neighbour entry for the peer points to a MAC nobody has), then a
-/// write: returns how long until the kernel gives up (ETIMEDOUT). `tcp_retries2=3` in the
-/// client namespace: the kernel's model deadline is 200 ms * (1 + 2 + 4 + 8) = 3 s.
-fn established_then_blackhole(engine: Arc<Engine>, cfg: Option<NetnsConfig>) -> Result<Duration> {
-    use std::io::{Read, Write};
+/// The peer's address in `with_blackholable_peer`.
+const PEER: &str = "10.98.0.2:7000";
+
+/// Runs `client` in a fresh namespace joined over a veth pair to a peer namespace that listens
+/// on [`PEER`] and holds every accepted connection open until `client` returns. `client` gets a
+/// function that black-holes the peer (the client's neighbour entry for it then points to a MAC
+/// nobody has), so data sent afterwards is retransmitted until the kernel gives up.
+fn with_blackholable_peer<T: Send + 'static>(
+    client: impl FnOnce(&dyn Fn() -> Result<()>) -> Result<T> + Send + 'static,
+) -> Result<T> {
     use std::sync::mpsc;
     let (tid_tx, tid_rx) = mpsc::channel::<i32>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
@@ -617,10 +630,10 @@ fn established_then_blackhole(engine: Arc<Engine>, cfg: Option<NetnsConfig>) -> 
             go_rx.recv()?;
             ip(&["addr", "add", "10.98.0.2/24", "dev", "bh1"])?;
             ip(&["link", "set", "bh1", "up"])?;
-            let listener = TcpListener::bind("10.98.0.2:7000")?;
+            let listener = TcpListener::bind(PEER)?;
             listener.set_nonblocking(true)?;
             ready_tx.send(())?;
-            // Accept the connection and keep it open until the client is done (or gone).
+            // Accept connections and keep them open until the client is done (or gone).
             let mut conns = Vec::new();
             loop {
                 match listener.accept() {
@@ -644,20 +657,38 @@ fn established_then_blackhole(engine: Arc<Engine>, cfg: Option<NetnsConfig>) -> 
         ip(&["link", "set", "bh0", "up"])?;
         go_tx.send(())?;
         ready_rx.recv()?;
+        let blackhole = || {
+            let bogus = [
+                "neigh",
+                "replace",
+                "10.98.0.2",
+                "lladdr",
+                "02:00:00:00:98:99",
+            ];
+            ip(&[&bogus[..], &["dev", "bh0", "nud", "permanent"]].concat())
+        };
+        client(&blackhole)
+    });
+    done_tx.send(()).ok();
+    peer.join()
+        .map_err(|_| anyhow::anyhow!("peer panicked"))??;
+    result
+}
+
+/// An established connection from a fresh namespace to a peer namespace over a veth pair, then
+/// a black hole, then a write: returns how long until the kernel gives up (ETIMEDOUT).
+/// `tcp_retries2=3` in the client namespace: the kernel's model deadline is
+/// 200 ms * (1 + 2 + 4 + 8) = 3 s.
+fn established_then_blackhole(engine: Arc<Engine>, cfg: Option<NetnsConfig>) -> Result<Duration> {
+    use std::io::{Read, Write};
+    with_blackholable_peer(move |blackhole| {
         sysctl("net.ipv4.tcp_retries2", "3")?;
         let cookie = netns_cookie_of_current_thread()?;
         let _reg = cfg.map(|c| engine.register(cookie, c)).transpose()?;
-        let mut s = TcpStream::connect("10.98.0.2:7000")?;
+        let mut s = TcpStream::connect(PEER)?;
         s.write_all(b"hello")?;
         std::thread::sleep(Duration::from_millis(200));
-        let bogus = [
-            "neigh",
-            "replace",
-            "10.98.0.2",
-            "lladdr",
-            "02:00:00:00:98:99",
-        ];
-        ip(&[&bogus[..], &["dev", "bh0", "nud", "permanent"]].concat())?;
+        blackhole()?;
         let start = Instant::now();
         s.write_all(b"into the void")?;
         let mut buf = [0u8; 16];
@@ -671,11 +702,83 @@ fn established_then_blackhole(engine: Arc<Engine>, cfg: Option<NetnsConfig>) -> 
             "connection failed with {err}, expected a timeout"
         );
         Ok(elapsed)
-    });
-    done_tx.send(()).ok();
-    peer.join()
-        .map_err(|_| anyhow::anyhow!("peer panicked"))??;
-    result
+    })
+}
+
+/// An application's own TCP_USER_TIMEOUT survives establishment and the first retransmission
+/// timeout, whether it was set before connect or after; a socket without one gets the
+/// namespace's deadline at its first RTO. On every kernel: where socket storage cannot be
+/// created (UML 7.3) the program reads the value instead of its flag.
+#[test]
+fn app_user_timeout_survives_the_first_rto() -> Result<()> {
+    use std::io::Write;
+    let Some(engine) = engine_or_skip()? else {
+        return Ok(());
+    };
+    let cfg = NetnsConfig {
+        flags: FLAG_SCALE_SOCKOPTS,
+        scale_milli: 20_000,
+        user_timeout_ms: 777,
+        ..NetnsConfig::default()
+    };
+    let tcp = libc::IPPROTO_TCP;
+    let ut = libc::TCP_USER_TIMEOUT;
+    let (values, stats) = with_blackholable_peer(move |blackhole| {
+        let cookie = netns_cookie_of_current_thread()?;
+        let reg = engine.register(cookie, cfg)?;
+        // Before connect: 60 s -> 3000 ms.
+        let before = tcp_socket()?;
+        setsockopt_int(&before, tcp, ut, 60_000)?;
+        connect_fd(&before, PEER.parse()?)?;
+        let mut before = TcpStream::from(before);
+        // After connect: 80 s -> 4000 ms.
+        let mut after = TcpStream::connect(PEER)?;
+        setsockopt_int(&after, tcp, ut, 80_000)?;
+        let mut plain = TcpStream::connect(PEER)?;
+        let established = [
+            getsockopt_int(&before, tcp, ut)?,
+            getsockopt_int(&after, tcp, ut)?,
+            getsockopt_int(&plain, tcp, ut)?,
+        ];
+        ensure!(
+            established == [3000, 4000, 0],
+            "user timeouts after establishment: {established:?}"
+        );
+        for s in [&mut before, &mut after, &mut plain] {
+            s.write_all(b"hello")?;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        blackhole()?;
+        for s in [&mut before, &mut after, &mut plain] {
+            s.write_all(b"into the void")?;
+        }
+        // The first RTO comes after the 200 ms RTO minimum; the app's deadlines are seconds.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let kept = engine.stats(reg.netns_cookie())?.app_user_timeout_kept;
+            let plain_ut = getsockopt_int(&plain, tcp, ut)?;
+            if (kept >= 2 && plain_ut != 0) || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let values = [
+            getsockopt_int(&before, tcp, ut)?,
+            getsockopt_int(&after, tcp, ut)?,
+            getsockopt_int(&plain, tcp, ut)?,
+        ];
+        Ok((values, engine.stats(reg.netns_cookie())?))
+    })?;
+    println!("after the first RTO: {values:?} stats {stats:?}");
+    ensure!(
+        values == [3000, 4000, 777],
+        "user timeouts after the first RTO (app before connect, app after connect, none): {values:?}"
+    );
+    ensure!(
+        stats.app_user_timeout_kept == 2,
+        "the two app timeouts were not counted as kept: {stats:?}"
+    );
+    Ok(())
 }
 
 /// The established give-up deadline is compressed by the sock_ops program's TCP_USER_TIMEOUT
