@@ -29,7 +29,10 @@ pub struct BpfCaps {
     pub cgroup_sockopt: bool,
     /// `BPF_MAP_TYPE_RINGBUF` can be created (5.8+).
     pub ringbuf: bool,
-    /// `BPF_MAP_TYPE_SK_STORAGE` can be created (5.2+).
+    /// `BPF_MAP_TYPE_SK_STORAGE` can be created (5.2+). The map type, not its entries: on
+    /// User-Mode-Linux 7.x every `bpf_sk_storage_get(.., F_CREATE)` fails (the nolock slab
+    /// allocation needs `CONFIG_HAVE_ALIGNED_STRUCT_PAGE`, which UML lacks). The engine does not
+    /// depend on it: it also reads an application's `TCP_USER_TIMEOUT` back (docs/ebpf.md).
     pub sk_storage: bool,
     /// `bpf_get_netns_cookie` is allowed in sock_ops (5.15+).
     pub netns_cookie_in_sock_ops: bool,
