@@ -287,26 +287,36 @@ mod tests {
         assert!(command_env(&r, &[("A=B".into(), String::new())]).is_err());
     }
 
+    /// [`render`] with the arguments the tests do not vary.
+    fn render_min(
+        argv: &[OsString],
+        env: &BTreeMap<String, String>,
+        results: &Path,
+        expose: &[Exposed],
+        own: Option<&Path>,
+    ) -> Result<Vec<u8>, VtError> {
+        render(
+            argv,
+            env,
+            Path::new("/"),
+            results,
+            Path::new("/usr/bin/env"),
+            Path::new("/f"),
+            expose,
+            "0",
+            (1024, 4096),
+            own,
+            false,
+        )
+    }
+
     #[test]
     fn an_own_mount_copy_is_used_and_the_root_remounted_nosuid() {
         let r = PathBuf::from("/tmp/r");
         let env = command_env(&r, &[]).expect("env");
         let argv: Vec<OsString> = vec!["true".into()];
         let render_with = |own: Option<&Path>| {
-            let s = render(
-                &argv,
-                &env,
-                Path::new("/"),
-                &r,
-                Path::new("/usr/bin/env"),
-                Path::new("/f"),
-                &[],
-                "0",
-                (1024, 4096),
-                own,
-                false,
-            )
-            .expect("render");
+            let s = render_min(&argv, &env, &r, &[], own).expect("render");
             String::from_utf8(s).expect("utf8")
         };
         let root = render_with(None);
@@ -349,58 +359,15 @@ mod tests {
         let r = PathBuf::from("/tmp/r");
         let env = command_env(&r, &[]).expect("env");
         let argv: Vec<OsString> = vec!["sh".into(), "-c".into(), "echo 'hi'; exit 7".into()];
-        let s = render(
-            &argv,
-            &env,
-            Path::new("/"),
-            &r,
-            Path::new("/usr/bin/env"),
-            Path::new("/f"),
-            &[],
-            "0",
-            (1024, 4096),
-            None,
-            false,
-        )
-        .expect("render");
+        let s = render_min(&argv, &env, &r, &[], None).expect("render");
         let s = String::from_utf8(s).expect("utf8");
         assert!(s.starts_with("#!/bin/sh\n"));
         assert!(s.contains("'echo '\\''hi'\\''; exit 7'"), "{s}");
         assert!(s.contains("VT_ARGV0='sh'"));
         assert!(s.contains("vt_off()"));
-        assert!(
-            render(
-                &[],
-                &env,
-                Path::new("/"),
-                &r,
-                Path::new("/usr/bin/env"),
-                Path::new("/f"),
-                &[],
-                "0",
-                (1024, 4096),
-                None,
-                false,
-            )
-            .is_err()
-        );
+        assert!(render_min(&[], &env, &r, &[], None).is_err());
         let bad = PathBuf::from("/tmp/a,b");
-        assert!(
-            render(
-                &argv,
-                &env,
-                Path::new("/"),
-                &bad,
-                Path::new("/usr/bin/env"),
-                Path::new("/f"),
-                &[],
-                "0",
-                (1024, 4096),
-                None,
-                false,
-            )
-            .is_err()
-        );
+        assert!(render_min(&argv, &env, &bad, &[], None).is_err());
     }
 
     #[test]
@@ -434,20 +401,7 @@ mod tests {
         let r = PathBuf::from("/tmp/r");
         let env = command_env(&r, &[]).expect("env");
         let argv: Vec<OsString> = vec!["true".into(), "it's".into()];
-        let s = render(
-            &argv,
-            &env,
-            Path::new("/"),
-            &r,
-            Path::new("/usr/bin/env"),
-            Path::new("/f"),
-            &[],
-            "0",
-            (1024, 4096),
-            None,
-            false,
-        )
-        .expect("render");
+        let s = render_min(&argv, &env, &r, &[], None).expect("render");
         let dir =
             std::env::temp_dir().join(format!("patchbay-vt-script-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
