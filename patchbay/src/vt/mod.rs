@@ -269,13 +269,9 @@ fn run_once(
             std::env::current_dir().map_err(io("reading the current directory", Path::new(".")))?
         }
     };
-    let env_binary = ["/usr/bin/env", "/bin/env"]
-        .iter()
-        .map(Path::new)
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            VtError::InvalidArgument("no `env` binary at /usr/bin/env or /bin/env".into())
-        })?;
+    let env_binary = host_tool("env").ok_or_else(|| {
+        VtError::InvalidArgument("no `env` binary at /usr/bin/env or /bin/env".into())
+    })?;
     let mut user_env = opts.env.clone();
     user_env.retain(|(k, _)| k != SEED_ENV);
     if let Some(s) = seed {
@@ -303,7 +299,7 @@ fn run_once(
         &env,
         &cwd,
         &guest_results,
-        env_binary,
+        &env_binary,
         &g.join("fstab"),
         &expose,
         &uptime,
@@ -544,6 +540,14 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, VtError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io("reading a result file", path)(e)),
     }
+}
+
+/// `/usr/bin/NAME`, else `/bin/NAME`: a host tool the runner or the guest init uses by path.
+pub(crate) fn host_tool(name: &str) -> Option<PathBuf> {
+    ["/usr/bin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
 }
 
 fn write_executable(path: &Path, text: &[u8]) -> Result<(), VtError> {

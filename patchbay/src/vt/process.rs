@@ -251,19 +251,15 @@ pub(crate) fn run_uml(
         done: Arc::new(AtomicBool::new(false)),
     };
     let _done_on_return = SetOnDrop(Arc::clone(&reader.done));
-    let unshare = ["/usr/bin/unshare", "/bin/unshare"]
-        .iter()
-        .map(Path::new)
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            VtError::InvalidArgument(
-                "util-linux `unshare` (/usr/bin/unshare) is needed to give UML its own PID namespace"
-                    .into(),
-            )
-        })?;
+    let unshare = super::host_tool("unshare").ok_or_else(|| {
+        VtError::InvalidArgument(
+            "util-linux `unshare` (/usr/bin/unshare) is needed to give UML its own PID namespace"
+                .into(),
+        )
+    })?;
     // UML becomes PID 1 of a new PID namespace: when it dies, the kernel kills every host
     // process it created for guest tasks, even if the runner itself was killed.
-    let mut cmd = Command::new(unshare);
+    let mut cmd = Command::new(&unshare);
     cmd.args(["--pid", "--fork", "--kill-child=SIGKILL", "--"])
         .arg(binary)
         .args(args)
@@ -280,7 +276,8 @@ pub(crate) fn run_uml(
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(source) => {
-            if unprivileged && let Some(e) = super::userns::classify_spawn_error(unshare, &source) {
+            if unprivileged && let Some(e) = super::userns::classify_spawn_error(&unshare, &source)
+            {
                 return Err(e);
             }
             return Err(VtError::Spawn {
@@ -308,20 +305,8 @@ pub(crate) fn run_uml(
         if uml_pid.is_none() {
             uml_pid = children_of(pid)?.first().copied();
         }
-        match waitid(
-            Id::Pid(Pid::from_raw(pid)),
-            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
-        ) {
-            Ok(WaitStatus::StillAlive) => {}
-            Ok(_) => break false,
-            Err(Errno::EINTR) => continue,
-            Err(source) => {
-                return Err(VtError::Process {
-                    what: "waiting for UML",
-                    pid,
-                    source,
-                });
-            }
+        if has_exited(pid, "waiting for UML")? {
+            break false;
         }
         if Instant::now() >= deadline {
             break true;
@@ -467,24 +452,23 @@ fn kill_group(pgid: i32) -> Result<(), VtError> {
     }
 }
 
+/// Whether the child `pid` has exited, without reaping it (an interrupted call counts as not
+/// yet).
+fn has_exited(pid: i32, what: &'static str) -> Result<bool, VtError> {
+    match waitid(
+        Id::Pid(Pid::from_raw(pid)),
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+    ) {
+        Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(source) => Err(VtError::Process { what, pid, source }),
+    }
+}
+
 /// Waits up to `limit` until `pid` (a child) has exited, without reaping it.
 fn wait_exited(pid: i32, limit: Duration) -> Result<(), VtError> {
     let start = Instant::now();
-    while start.elapsed() < limit {
-        match waitid(
-            Id::Pid(Pid::from_raw(pid)),
-            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
-        ) {
-            Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => {}
-            Ok(_) => return Ok(()),
-            Err(source) => {
-                return Err(VtError::Process {
-                    what: "waiting for unshare to reap UML",
-                    pid,
-                    source,
-                });
-            }
-        }
+    while start.elapsed() < limit && !has_exited(pid, "waiting for unshare to reap UML")? {
         std::thread::sleep(POLL);
     }
     Ok(())

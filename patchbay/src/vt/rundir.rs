@@ -86,20 +86,16 @@ impl RunDir {
     /// mode 0755 (no setuid bit), and returns the path the guest sees it at.
     pub(crate) fn copy_mount(&self, name: &str) -> Result<PathBuf, VtError> {
         use std::os::unix::fs::PermissionsExt;
-        let host = ["/usr/bin/mount", "/bin/mount"]
-            .iter()
-            .map(Path::new)
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                VtError::InvalidArgument(
-                    "no `mount` at /usr/bin/mount or /bin/mount: install util-linux (the guest \
+        let host = super::host_tool("mount").ok_or_else(|| {
+            VtError::InvalidArgument(
+                "no `mount` at /usr/bin/mount or /bin/mount: install util-linux (the guest \
                      init mounts its file systems with it)"
-                        .into(),
-                )
-            })?;
+                    .into(),
+            )
+        })?;
         let copy = self.path.join(name);
-        std::fs::copy(host, &copy)
-            .map_err(io("copying the host's mount into the run dir", host))?;
+        std::fs::copy(&host, &copy)
+            .map_err(io("copying the host's mount into the run dir", &host))?;
         std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
             .map_err(io("clearing the setuid bit of the run dir's mount", &copy))?;
         Ok(self.guest.join(name))

@@ -249,10 +249,11 @@ fn unprivileged_user_runs_patchbay_vt() -> anyhow::Result<()> {
 
 /// Where unprivileged user namespaces are forbidden, one clear line names the sysctls. Made
 /// without touching the host: in a user namespace A (created as root) whose own
-/// `user.max_user_namespaces` is 1, a nested namespace B maps nobody; `patchbay vt` there, as
-/// nobody, cannot create a third one.
+/// `user.max_user_namespaces` is 1, a nested namespace B maps an unprivileged uid; `patchbay vt`
+/// there, as that uid, cannot create a third one.
 #[test]
 fn no_user_namespaces_is_one_clear_line() -> anyhow::Result<()> {
+    const NESTED_UID: u32 = 64_999;
     let Some((opts, _serial)) = setup() else {
         return Ok(());
     };
@@ -266,8 +267,11 @@ fn no_user_namespaces_is_one_clear_line() -> anyhow::Result<()> {
     };
     let uml = opts.uml_binary.clone().expect("setup finds the kernel");
     let kit = NobodyKit::new("nouserns", &uml, &cli)?;
+    // Not 65534: in the nested namespace the runner names its run dirs' parent after its own
+    // uid (`/tmp/patchbay-vt.<uid>`), and the real nobody of the test above may own that name
+    // on the host at the same moment (it would then be unreadable here).
     let inner = format!(
-        "echo 1 > /proc/sys/user/max_user_namespaces && exec '{u}' --user --map-user={NOBODY} --map-group={NOBODY} '{c}' vt -- true",
+        "echo 1 > /proc/sys/user/max_user_namespaces && exec '{u}' --user --map-user={NESTED_UID} --map-group={NESTED_UID} '{c}' vt -- true",
         u = unshare.display(),
         c = kit.cli.display()
     );
