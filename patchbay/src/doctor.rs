@@ -118,10 +118,18 @@ impl std::fmt::Display for VirtualTimeReport {
                 )?;
                 writeln!(f, "  time-travel  {}", yes(k.time_travel))?;
                 writeln!(f, "  seccomp      {}", yes(k.seccomp))?;
-                if k.seed {
+                if k.seed && k.reproducible {
                     writeln!(
                         f,
-                        "  seeds        yes (patchbay_seed=, docs/determinism.md)"
+                        "  seeds        yes, on any machine with this build (patchbay_seed=, \
+                         docs/determinism.md)"
+                    )?;
+                } else if k.seed {
+                    writeln!(
+                        f,
+                        "  seeds        yes, but only with this binary: built before the fixed \
+                         build identity, so another machine's build draws differently (rebuild \
+                         with `cargo xtask build-uml`)"
                     )?;
                 } else {
                     writeln!(

@@ -55,6 +55,27 @@ fn text(b: &[u8]) -> String {
 const PROBE: &str = "cat /proc/sys/kernel/random/boot_id; head -c 16 /dev/urandom | od -An -tx1; \
                      date +%s.%N; hostname; cat /proc/uptime; echo \"seed=$PATCHBAY_VT_SEED\"";
 
+/// The random pool mixes the kernel's build identity in at boot, so a seed replays on another
+/// machine's kernel only when both builds have the same one: `cargo xtask build-uml` fixes it.
+#[test]
+fn the_kernel_has_a_fixed_build_identity_so_seeds_replay_across_machines() -> Result<()> {
+    let Some(bin) = setup()? else { return Ok(()) };
+    let kernel = patchbay::vt::probe_kernel(&patchbay::vt::find_uml_binary()?)?;
+    let out = vt(&bin, 1, &["cat", "/proc/version"])?;
+    let version = text(&out.stdout);
+    println!("{}: {version}", kernel.path.display());
+    ensure!(
+        kernel.reproducible
+            && version.contains("(patchbay@patchbay)")
+            && version.contains("#1 ")
+            && version.contains("Thu Jan  1 00:00:00 UTC 2026"),
+        "the UML kernel {} has its builder's identity ({version:?}), so its seeds replay only \
+         with this binary; rebuild it with `cargo xtask build-uml`",
+        kernel.path.display()
+    );
+    Ok(())
+}
+
 #[test]
 fn the_same_seed_repeats_a_guest_byte_for_byte_and_another_seed_does_not() -> Result<()> {
     let Some(bin) = setup()? else { return Ok(()) };

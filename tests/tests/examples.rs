@@ -86,7 +86,12 @@ fn run_examples(virtual_time: bool) -> Result<()> {
             failed.push(f.display().to_string());
         }
     }
-    assert!(failed.is_empty(), "failing examples: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "failing examples: {failed:?}; a file with a `seed` passes on the kernel build it was \
+         picked on (docs/determinism.md): after a kernel source update, pick a passing seed \
+         by trying `patchbay run FILE --seed N`"
+    );
     Ok(())
 }
 

@@ -16,7 +16,9 @@
 //! 3. `make ARCH=um defconfig` in an out-of-tree build directory, merge `xtask/uml.config`
 //!    with `scripts/kconfig/merge_config.sh -m`, `make olddefconfig`, and check that every line
 //!    of the fragment is in the resulting `.config`;
-//! 4. `make ARCH=um -jN linux`, then copy the binary to
+//! 4. `make ARCH=um -jN linux` with a fixed build identity ([`BUILD_IDENTITY`]: timestamp,
+//!    user, host and build count), so the binary, and the guest's random stream for a seed, do
+//!    not depend on the machine or the time of the build; then copy the binary to
 //!    `<out>/<debian version>-<hash of fragment and applied patch>/linux`, where
 //!    `patchbay::vt` finds it. `<out>` defaults to the cache `cargo xtask test` uses
 //!    (`~/.cache/patchbay/uml`, or `$PATCHBAY_CACHE_DIR/uml`).
@@ -45,6 +47,17 @@ const PATCH: &str = include_str!("../uml-xstate.patch");
 /// host's `getrandom()` behind the guest's random pool with a stream depending on N alone
 /// (docs/determinism.md).
 const SEED_PATCH: &str = include_str!("../uml-seed.patch");
+/// The build's identity in the kernel, fixed so that two builds of the same source, fragment
+/// and patches give the same `linux` on any machine. The random pool mixes `init_utsname()`
+/// (which holds the build timestamp, user, host and build count) into its state at boot, so
+/// without these a seed would replay only on the machine that built the kernel: seed 1 of
+/// `examples/flaky-loss.toml` passed on one build and timed out on another (docs/determinism.md).
+const BUILD_IDENTITY: &[(&str, &str)] = &[
+    ("KBUILD_BUILD_TIMESTAMP", "Thu Jan  1 00:00:00 UTC 2026"),
+    ("KBUILD_BUILD_USER", "patchbay"),
+    ("KBUILD_BUILD_HOST", "patchbay"),
+    ("KBUILD_BUILD_VERSION", "1"),
+];
 /// Host tools the kernel build needs, with the Debian package providing each.
 const HOST_TOOLS: &[(&str, &str)] = &[
     ("apt-get", "apt"),
@@ -93,12 +106,16 @@ fn patches_id(xstate: bool) -> String {
     format!("{:016x}", fnv1a64(all.as_bytes()))
 }
 
-/// The cache key of a build: Debian version plus a hash of the fragment and the patches
-/// applied.
+/// The cache key of a build: Debian version plus a hash of the fragment, the patches applied
+/// and the build identity.
 fn cache_key(version: &str, xstate: bool) -> String {
+    let identity: String = BUILD_IDENTITY
+        .iter()
+        .map(|(k, v)| format!("{k}={v}\0"))
+        .collect();
     format!(
         "{version}-{:016x}",
-        fnv1a64(format!("{FRAGMENT}\0{}", patches_id(xstate)).as_bytes())
+        fnv1a64(format!("{FRAGMENT}\0{}\0{identity}", patches_id(xstate)).as_bytes())
     )
 }
 
@@ -205,6 +222,7 @@ fn make_cmd(src: &Path, build: &Path) -> Command {
         .arg("ARCH=um")
         .arg(format!("O={}", build.display()));
     c.env("ARCH", "um");
+    c.envs(BUILD_IDENTITY.iter().copied());
     c
 }
 

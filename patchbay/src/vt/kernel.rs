@@ -30,6 +30,10 @@ pub struct UmlKernel {
     /// Takes `patchbay_seed=N` (`xtask/uml-seed.patch`): the guest's randomness comes from a
     /// stream depending on N alone, so a seeded run repeats (docs/determinism.md).
     pub seed: bool,
+    /// Built with the fixed build identity of `cargo xtask build-uml` (`(patchbay@patchbay)` in
+    /// its banner): the random pool mixes the build's time, user and host in at boot, so only
+    /// then does a seed replay on another machine's build of the same source.
+    pub reproducible: bool,
 }
 
 impl UmlKernel {
@@ -62,6 +66,10 @@ pub enum GuestProcesses {
     Ptrace,
 }
 
+/// In the banner of a kernel `cargo xtask build-uml` built (`KBUILD_BUILD_USER` and
+/// `KBUILD_BUILD_HOST`).
+const BUILD_IDENTITY: &[u8] = b"(patchbay@patchbay)";
+
 /// Probed kernels by path and modification time (a probe costs two short exec's).
 static PROBED: Mutex<BTreeMap<(PathBuf, Option<SystemTime>), UmlKernel>> =
     Mutex::new(BTreeMap::new());
@@ -82,7 +90,11 @@ pub fn probe(binary: &Path) -> Result<UmlKernel, VtError> {
     }
     let version = run_option(binary, "--version")?;
     let help = run_option(binary, "--help")?;
-    let kernel = parse(binary, &version, &help)?;
+    let mut kernel = parse(binary, &version, &help)?;
+    kernel.reproducible = std::fs::read(binary)
+        .map_err(io("reading the UML kernel", binary))?
+        .windows(BUILD_IDENTITY.len())
+        .any(|w| w == BUILD_IDENTITY);
     PROBED
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -125,6 +137,7 @@ fn parse(binary: &Path, version: &str, help: &str) -> Result<UmlKernel, VtError>
         time_travel: has("time-travel"),
         seccomp: has("seccomp="),
         seed: has("patchbay_seed="),
+        reproducible: false,
     })
 }
 
