@@ -198,6 +198,24 @@ async fn start(dirs: Vec<PathBuf>, ip: IpAddr) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// The value and the bold text of the page's `<div class="{class}" data-value="…"><b>…</b>`.
+fn figure_in(dom: &str, class: &str) -> Option<(f64, String)> {
+    let start = format!(r#"class="{class}" data-value=""#);
+    let rest = &dom[dom.find(&start)? + start.len()..];
+    let (value, rest) = rest.split_once('"')?;
+    let text = rest.strip_prefix("><b>")?.split_once("</b>")?.0;
+    Some((value.parse().ok()?, text.to_string()))
+}
+
+/// The page's fidelity figures (for a failure message).
+fn figures_of(dom: &str) -> &str {
+    let Some(start) = dom.find(r#"class="figures""#) else {
+        return "(no figures)";
+    };
+    let rest = &dom[start..];
+    &rest[..rest.len().min(1500)]
+}
+
 fn count(hay: &str, needle: &str) -> usize {
     hay.matches(needle).count()
 }
@@ -256,11 +274,15 @@ async fn devtools_page_renders_a_bench_dir_and_a_lab_outdir_in_chromium() -> any
     let f = &cmp["fidelity"];
     for (class, key) in [("fid-median", "median"), ("fid-max", "max")] {
         let v = f[key].as_f64().context("fidelity figure")?;
-        let shown = format!(
-            r#"class="{class}" data-value="{v}"><b>{:.1}%</b>"#,
-            v * 100.0
+        let (shown, text) = figure_in(&dom, class)
+            .with_context(|| format!("no {class} figure; the figures: {}", figures_of(&dom)))?;
+        // serde_json's default parser may land one ulp off a 17-digit number, so the page's
+        // value (JavaScript's exact parse) is compared to the last few ulps, and its text
+        // exactly.
+        ensure!(
+            (shown - v).abs() <= v.abs() * 1e-15 && text == format!("{:.1}%", v * 100.0),
+            "{class}: the page shows {shown} as {text:?}, bench.json has {v}"
         );
-        ensure!(dom.contains(&shown), "{shown} not in the page");
     }
     let verdict = if f["pass"] == true { "PASS" } else { "FAIL" };
     ensure!(
