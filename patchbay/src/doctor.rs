@@ -127,9 +127,9 @@ impl std::fmt::Display for VirtualTimeReport {
                 } else if k.seed {
                     writeln!(
                         f,
-                        "  seeds        yes, but only with this binary: built before the fixed \
-                         build identity, so another machine's build draws differently (rebuild \
-                         with `cargo xtask build-uml`)"
+                        "  seeds        yes, but only on this machine, in this environment: the \
+                         random pool still takes in the guest's clock, which PATH, the CPU and \
+                         other host details move (rebuild with `cargo xtask build-uml`)"
                     )?;
                 } else {
                     writeln!(

@@ -55,8 +55,9 @@ fn text(b: &[u8]) -> String {
 const PROBE: &str = "cat /proc/sys/kernel/random/boot_id; head -c 16 /dev/urandom | od -An -tx1; \
                      date +%s.%N; hostname; cat /proc/uptime; echo \"seed=$PATCHBAY_VT_SEED\"";
 
-/// The random pool mixes the kernel's build identity in at boot, so a seed replays on another
-/// machine's kernel only when both builds have the same one: `cargo xtask build-uml` fixes it.
+/// A seed replays on another machine's build when both builds are the same kernel with a closed
+/// random pool: `cargo xtask build-uml` fixes the build identity (the banner shows it) and
+/// applies xtask/uml-seed.patch (`UmlKernel::reproducible`).
 #[test]
 fn the_kernel_has_a_fixed_build_identity_so_seeds_replay_across_machines() -> Result<()> {
     let Some(bin) = setup()? else { return Ok(()) };
@@ -65,12 +66,17 @@ fn the_kernel_has_a_fixed_build_identity_so_seeds_replay_across_machines() -> Re
     let version = text(&out.stdout);
     println!("{}: {version}", kernel.path.display());
     ensure!(
-        kernel.reproducible
-            && version.contains("(patchbay@patchbay)")
+        kernel.reproducible,
+        "the UML kernel {} is seeded but its random pool is open (it takes in the guest's clock), \
+         so its seeds replay only on this machine; rebuild it with `cargo xtask build-uml`",
+        kernel.path.display()
+    );
+    ensure!(
+        version.contains("(patchbay@patchbay)")
             && version.contains("#1 ")
             && version.contains("Thu Jan  1 00:00:00 UTC 2026"),
-        "the UML kernel {} has its builder's identity ({version:?}), so its seeds replay only \
-         with this binary; rebuild it with `cargo xtask build-uml`",
+        "the UML kernel {} has its builder's identity ({version:?}), so another machine's build \
+         of the same source is other bytes; rebuild it with `cargo xtask build-uml`",
         kernel.path.display()
     );
     Ok(())
@@ -104,6 +110,60 @@ fn the_same_seed_repeats_a_guest_byte_for_byte_and_another_seed_does_not() -> Re
     );
     assert_eq!(la[3], "patchbay-vt", "hostname");
     assert_eq!(la[5], "seed=7");
+    Ok(())
+}
+
+/// In time-travel mode every failed syscall costs the guest 1 µs of virtual time, so details
+/// of the host move the guest's clock: each `PATH` entry that `execve` tries in vain, the
+/// glibc-hwcaps directories the loader probes for this CPU, a config file that is missing. The
+/// random stream must not follow: in a seeded guest nothing enters the random pool, and the
+/// seed alone keys it (xtask/uml-seed.patch). Before that, three extra `PATH` entries gave
+/// seed 5 other random bytes, and CI drew another stream for a lab file's seed.
+#[test]
+fn failed_syscalls_shift_the_clock_but_not_the_random_stream() -> Result<()> {
+    let Some(bin) = setup()? else { return Ok(()) };
+    const PLAIN: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    let detour = format!("/nonexistent/a:/nonexistent/b:/nonexistent/c:{PLAIN}");
+    let probe = "for i in 1 2 3 4 5; do ls / >/dev/null; done; date +%s.%N; \
+                 head -c 16 /dev/urandom | od -An -tx1; cat /proc/sys/kernel/random/boot_id; \
+                 sleep 61; head -c 16 /dev/urandom | od -An -tx1";
+    let run = |path: &str| -> Result<Vec<String>> {
+        let out = Command::new(&bin)
+            .args(["vt", "--seed", "5", "--", "sh", "-c", probe])
+            .current_dir(workspace())
+            .env_remove(patchbay::vt::SEED_ENV)
+            .env("PATH", path)
+            .output()
+            .context("running patchbay vt")?;
+        ensure!(out.status.success(), "probe failed: {}", text(&out.stderr));
+        Ok(text(&out.stdout).lines().map(str::to_string).collect())
+    };
+    let (plain, detoured) = (run(PLAIN)?, run(&detour)?);
+    println!(
+        "PATH={PLAIN}:\n{}\nPATH={detour}:\n{}",
+        plain.join("\n"),
+        detoured.join("\n")
+    );
+    ensure!(
+        plain.len() == 4 && detoured.len() == 4,
+        "unexpected probe output: {plain:?} {detoured:?}"
+    );
+    let clock = |l: &[String]| l[0].parse::<f64>().context("date +%s.%N");
+    let shift = clock(&detoured)? - clock(&plain)?;
+    // The failed lookups must have moved the clock, or this test proves nothing.
+    ensure!(
+        shift > 0.0,
+        "the extra PATH entries did not move the guest clock ({shift} s): the kernel no longer \
+         charges failed syscalls, so this test cannot show that the random stream ignores the clock"
+    );
+    ensure!(
+        plain[1..] == detoured[1..],
+        "seed 5 drew other random bytes (or another boot id) when failed syscalls moved the \
+         clock by {:.0} us: the guest's random pool takes in virtual-time stamps, so a seed does \
+         not replay on a machine with another PATH or CPU; rebuild the kernel with \
+         `cargo xtask build-uml` (xtask/uml-seed.patch keeps the pool closed)",
+        shift * 1e6
+    );
     Ok(())
 }
 

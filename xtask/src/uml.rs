@@ -12,7 +12,9 @@
 //!    apply `xtask/uml-xstate.patch` (hosts with AMX have 11008 bytes instead of 2696 and every
 //!    guest process then dies with `ptrace set fp regs failed`); then, always,
 //!    `xtask/uml-seed.patch` (the `patchbay_seed=N` boot option: the guest's randomness from a
-//!    stream depending on N alone, docs/determinism.md);
+//!    stream depending on N alone, with nothing else entering the random pool, so that the
+//!    microseconds by which the host moves the guest's clock do not change it,
+//!    docs/determinism.md);
 //! 3. `make ARCH=um defconfig` in an out-of-tree build directory, merge `xtask/uml.config`
 //!    with `scripts/kconfig/merge_config.sh -m`, `make olddefconfig`, and check that every line
 //!    of the fragment is in the resulting `.config`;
@@ -44,14 +46,15 @@ const FRAGMENT: &str = include_str!("../uml.config");
 /// Source patch applied after unpacking where needed (see the module docs).
 const PATCH: &str = include_str!("../uml-xstate.patch");
 /// Source patch applied to every kernel: the `patchbay_seed=N` boot option, which replaces the
-/// host's `getrandom()` behind the guest's random pool with a stream depending on N alone
-/// (docs/determinism.md).
+/// host's `getrandom()` behind the guest's random pool with a stream depending on N alone and
+/// closes the pool to everything else (clock values, interrupts, task runtimes), since those
+/// move with the host: each failed syscall costs 1 µs of virtual time (docs/determinism.md).
 const SEED_PATCH: &str = include_str!("../uml-seed.patch");
 /// The build's identity in the kernel, fixed so that two builds of the same source, fragment
-/// and patches give the same `linux` on any machine. The random pool mixes `init_utsname()`
-/// (which holds the build timestamp, user, host and build count) into its state at boot, so
-/// without these a seed would replay only on the machine that built the kernel: seed 1 of
-/// `examples/flaky-loss.toml` passed on one build and timed out on another (docs/determinism.md).
+/// and patches give the same `linux` on any machine. An open random pool mixes `init_utsname()`
+/// (which holds the build timestamp, user, host and build count) into its state at boot: before
+/// the seed patch closed the pool, seed 1 of `examples/flaky-loss.toml` passed on one build and
+/// timed out on another (docs/determinism.md).
 const BUILD_IDENTITY: &[(&str, &str)] = &[
     ("KBUILD_BUILD_TIMESTAMP", "Thu Jan  1 00:00:00 UTC 2026"),
     ("KBUILD_BUILD_USER", "patchbay"),

@@ -30,9 +30,11 @@ pub struct UmlKernel {
     /// Takes `patchbay_seed=N` (`xtask/uml-seed.patch`): the guest's randomness comes from a
     /// stream depending on N alone, so a seeded run repeats (docs/determinism.md).
     pub seed: bool,
-    /// Built with the fixed build identity of `cargo xtask build-uml` (`(patchbay@patchbay)` in
-    /// its banner): the random pool mixes the build's time, user and host in at boot, so only
-    /// then does a seed replay on another machine's build of the same source.
+    /// A seeded guest's random stream depends on the seed alone (`xtask/uml-seed.patch` of
+    /// this session's kind: nothing else enters the random pool, so neither the build's time
+    /// and host nor the microseconds by which the host moves the guest's clock), and a seed
+    /// replays on another machine's build of the same source. Older seeded kernels replay
+    /// only on the machine, and in the environment, where the seed was drawn.
     pub reproducible: bool,
 }
 
@@ -66,9 +68,8 @@ pub enum GuestProcesses {
     Ptrace,
 }
 
-/// In the banner of a kernel `cargo xtask build-uml` built (`KBUILD_BUILD_USER` and
-/// `KBUILD_BUILD_HOST`).
-const BUILD_IDENTITY: &[u8] = b"(patchbay@patchbay)";
+/// In the `patchbay_seed=` help of kernels whose seeded random pool takes in nothing else.
+const CLOSED_POOL: &str = "nothing else enters the random pool";
 
 /// Probed kernels by path and modification time (a probe costs two short exec's).
 static PROBED: Mutex<BTreeMap<(PathBuf, Option<SystemTime>), UmlKernel>> =
@@ -90,11 +91,7 @@ pub fn probe(binary: &Path) -> Result<UmlKernel, VtError> {
     }
     let version = run_option(binary, "--version")?;
     let help = run_option(binary, "--help")?;
-    let mut kernel = parse(binary, &version, &help)?;
-    kernel.reproducible = std::fs::read(binary)
-        .map_err(io("reading the UML kernel", binary))?
-        .windows(BUILD_IDENTITY.len())
-        .any(|w| w == BUILD_IDENTITY);
+    let kernel = parse(binary, &version, &help)?;
     PROBED
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -137,7 +134,7 @@ fn parse(binary: &Path, version: &str, help: &str) -> Result<UmlKernel, VtError>
         time_travel: has("time-travel"),
         seccomp: has("seccomp="),
         seed: has("patchbay_seed="),
-        reproducible: false,
+        reproducible: has("patchbay_seed=") && help.contains(CLOSED_POOL),
     })
 }
 
@@ -161,13 +158,17 @@ mod tests {
         mem=<Amount of desired ram>\n    This controls how much ...\n\n\
         time-travel\n    This option just enables basic time travel mode...\n\n\
         seccomp=<on/auto/off>\n    Configure whether or not SECCOMP is used.\n\n\
-        patchbay_seed=<n>\n    Take the kernel's randomness from a deterministic stream.\n";
+        patchbay_seed=<n>\n    Take the kernel's randomness from a deterministic stream seeded with n\n    \
+        instead of the host's getrandom(); nothing else enters the random pool\n";
 
     #[test]
     fn options_are_read_from_help() {
         let k = parse(Path::new("/k"), "7.3.4\n", HELP_73).expect("parses");
         assert_eq!(k.release, "7.3.4");
-        assert!(k.time_travel && k.seccomp && k.seed);
+        assert!(k.time_travel && k.seccomp && k.seed && k.reproducible);
+        let open_pool = HELP_73.replace("nothing else enters", "and");
+        let k = parse(Path::new("/k"), "7.3.4\n", &open_pool).expect("parses");
+        assert!(k.seed && !k.reproducible);
         assert_eq!(k.ptrace_reason(GuestProcesses::Auto), None);
         assert!(k.ptrace_reason(GuestProcesses::Ptrace).is_some());
         let help_61 = HELP_73
