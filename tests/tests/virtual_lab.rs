@@ -198,3 +198,105 @@ cmd = ["ping", "-n", "-c", "3", "-i", "2", "${server.ip}"]
     std::fs::remove_file(&file)?;
     result
 }
+
+/// `patchbay run --virtual --outdir D`: the guest writes the lab's artifacts into D on the host
+/// (it used to write them into the guest's own /tmp, or fail on a read-only path, while
+/// printing "artifacts kept in D"). A second run replaces the first; a directory with files of
+/// its own is refused and keeps them.
+#[test]
+fn outdir_of_a_virtual_run_lands_on_the_host() -> Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    if let Err(e) = patchbay::vt::find_uml_binary() {
+        skip(&format!(
+            "no UML kernel ({e}); build it with `cargo xtask build-uml`"
+        ));
+        return Ok(());
+    }
+    let cli = patchbay_bin()?;
+    let base = std::env::temp_dir().join(format!("patchbay-vtout-{}", std::process::id()));
+    std::fs::create_dir_all(&base)?;
+    let file = base.join("lab.toml");
+    std::fs::write(
+        &file,
+        r#"[lab]
+label = "vt-outdir"
+time = "virtual"
+capture = ["client.eth0"]
+
+[[router]]
+name = "r"
+
+[[device]]
+name = "server"
+iface = [{ name = "eth0", router = "r" }]
+
+[[device]]
+name = "client"
+iface = [{ name = "eth0", router = "r" }]
+
+[[step]]
+run = "client"
+expect-output = "1 received"
+cmd = ["ping", "-n", "-c", "1", "${server.ip}"]
+"#,
+    )?;
+    let out_dir = base.join("out");
+    let run = |dir: &std::path::Path| {
+        std::process::Command::new(&cli)
+            .arg("run")
+            .arg(&file)
+            .arg("--outdir")
+            .arg(dir)
+            .output()
+    };
+    let result = (|| -> Result<()> {
+        for attempt in 1..=2 {
+            let out = run(&out_dir)?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            println!("run {attempt}: {}\n{stderr}", out.status);
+            anyhow::ensure!(out.status.success(), "run {attempt} failed: {stderr}");
+            for f in [
+                "run.json",
+                "events.jsonl",
+                "topology.json",
+                "pcap/client-eth0.pcapng",
+            ] {
+                let p = out_dir.join(f);
+                anyhow::ensure!(p.is_file(), "run {attempt}: no {} on the host", p.display());
+            }
+            let manifest: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(out_dir.join("run.json"))?)?;
+            anyhow::ensure!(
+                manifest["status"] == "passed" && manifest["time_mode"] == "virtual",
+                "run {attempt}: run.json {manifest}"
+            );
+            let events = std::fs::read_to_string(out_dir.join("events.jsonl"))?;
+            anyhow::ensure!(
+                events
+                    .lines()
+                    .filter(|l| l.contains("\"lab.start\""))
+                    .count()
+                    == 1,
+                "run {attempt}: events of more than one run:\n{events}"
+            );
+        }
+        let foreign = base.join("foreign");
+        std::fs::create_dir_all(&foreign)?;
+        std::fs::write(foreign.join("notes.txt"), "mine")?;
+        let out = run(&foreign)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(
+            !out.status.success() && stderr.contains("not empty"),
+            "a directory of someone else's files was not refused: {stderr}"
+        );
+        anyhow::ensure!(
+            std::fs::read_to_string(foreign.join("notes.txt"))? == "mine",
+            "the refused directory lost its file"
+        );
+        Ok(())
+    })();
+    std::fs::remove_dir_all(&base)?;
+    result
+}

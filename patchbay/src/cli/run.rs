@@ -68,7 +68,7 @@ async fn run_lab(args: &RunArgs, file: &LabFile) -> anyhow::Result<ExitCode> {
          [lab] time = \"virtual\", or drop the seed"
     );
     if wants_virtual && std::env::var_os("PATCHBAY_VT").is_none() {
-        return reexec_in_vt(args, seed);
+        return reexec_in_vt(args, file, seed);
     }
     let json = args.json;
     let o = patchbay::labfile::RunOverrides {
@@ -144,9 +144,26 @@ fn row(s: &StepOutcome) -> Vec<String> {
 
 /// Runs this same command inside the UML kernel (which sets PATCHBAY_VT, so
 /// the inner run does not re-execute again).
-fn reexec_in_vt(args: &RunArgs, seed: Option<u64>) -> anyhow::Result<ExitCode> {
+///
+/// The run's artifact directory (`--outdir`, or `[lab] outdir`) is created on the host and
+/// given to the guest as its writable results directory, so the lab's artifacts land on the
+/// host; the guest's own `stdout`, `stderr` and `exit_code` files join them there.
+fn reexec_in_vt(args: &RunArgs, file: &LabFile, seed: Option<u64>) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let exe = std::env::current_exe()?;
+    let outdir = match args.outdir.as_ref().or(file.lab.outdir.as_ref()) {
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("creating the output directory {}", d.display()))?;
+            Some(
+                d.canonicalize()
+                    .with_context(|| format!("resolving {}", d.display()))?,
+            )
+        }
+        None => None,
+    };
+    // A file's own outdir without `keep` is removed after a run that passed, as outside a guest.
+    let remove_on_success = args.outdir.is_none() && outdir.is_some() && !file.lab.keep;
     // The absolute path: the guest exposes it read-only even under /tmp, /run or /var/tmp
     // (which it otherwise covers with a fresh tmpfs).
     let file = std::path::absolute(&args.file)
@@ -155,7 +172,7 @@ fn reexec_in_vt(args: &RunArgs, seed: Option<u64>) -> anyhow::Result<ExitCode> {
     if args.json {
         argv.push("--json".into());
     }
-    if let Some(d) = &args.outdir {
+    if let Some(d) = &outdir {
         argv.push("--outdir".into());
         argv.push(d.clone().into());
     }
@@ -164,17 +181,25 @@ fn reexec_in_vt(args: &RunArgs, seed: Option<u64>) -> anyhow::Result<ExitCode> {
         guard: std::time::Duration::from_secs(args.guard),
         env: super::vt::forwarded_env(),
         seed,
+        results_dir: outdir.clone(),
         ..Default::default()
     };
     let out = patchbay::vt::run(&argv, &opts)?;
+    if let Some(d) = outdir.filter(|_| remove_on_success && out.exit_code == 0) {
+        std::fs::remove_dir_all(&d).with_context(|| format!("removing {}", d.display()))?;
+    }
     std::io::stdout().write_all(&out.stdout)?;
     std::io::stderr().write_all(&out.stderr)?;
     if let Some(s) = out.seed {
-        let replay = format!(
-            "{} run {} --virtual --seed {s}",
-            exe.display(),
-            args.file.display()
-        );
+        // The same guest command: `--json` and `--outdir` change what the run does.
+        let mut replay = format!("{} run {}", exe.display(), args.file.display());
+        if args.json {
+            replay.push_str(" --json");
+        }
+        if let Some(d) = &args.outdir {
+            replay.push_str(&format!(" --outdir {}", d.display()));
+        }
+        replay.push_str(&format!(" --virtual --seed {s}"));
         super::vt::print_replay(Some(s), seed.is_none(), out.exit_code != 0, &replay);
     }
     Ok(ExitCode::from(

@@ -92,13 +92,51 @@ fn unix_ms() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Whether `dir` is the virtual-time runner's results directory: `patchbay run --virtual
+/// --outdir D` has the guest write into D, where the runner also keeps the guest's `stdout`,
+/// `stderr`, `exit_code`, ... ([`crate::vt::RESULT_FILES`]). Those files are not the lab's.
+fn is_vt_results(dir: &Path) -> bool {
+    std::env::var_os("PATCHBAY_VT_RESULTS").is_some_and(|r| Path::new(&r) == dir)
+}
+
+/// The entries of `dir` that belong to a lab (all but the runner's, see [`is_vt_results`]).
+fn lab_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let runner = is_vt_results(dir);
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name();
+        if runner && crate::vt::RESULT_FILES.iter().any(|f| name == *f) {
+            continue;
+        }
+        out.push(e.path());
+    }
+    Ok(out)
+}
+
+/// Removes a previous run from `dir`. The runner's results directory is a mount point in the
+/// guest, so its lab entries are removed one by one and the directory stays.
+fn remove_previous(dir: &Path) -> std::io::Result<()> {
+    if !is_vt_results(dir) {
+        return std::fs::remove_dir_all(dir);
+    }
+    for p in lab_entries(dir)? {
+        if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(&p)?;
+        } else {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether `dir` may be (re)used: missing, empty, or a previous run
 /// (it holds a `run.json` of format `patchbay-run`).
 fn check_reusable(dir: &Path) -> Result<bool> {
-    let Ok(mut rd) = std::fs::read_dir(dir) else {
+    let Ok(entries) = lab_entries(dir) else {
         return Ok(false);
     };
-    if rd.next().is_none() {
+    if entries.is_empty() {
         return Ok(false);
     }
     let prev = std::fs::read_to_string(dir.join("run.json")).unwrap_or_default();
@@ -128,7 +166,7 @@ impl Artifacts {
         start: Instant,
     ) -> Result<Artifacts> {
         if check_reusable(dir)? {
-            std::fs::remove_dir_all(dir).map_err(io_err(format!(
+            remove_previous(dir).map_err(io_err(format!(
                 "removing the previous run in {}",
                 dir.display()
             )))?;

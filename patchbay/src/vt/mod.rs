@@ -47,7 +47,8 @@ pub use locate::find_uml_binary;
 pub const UML_ENV: &str = "PATCHBAY_UML";
 
 /// Files the guest writes into the results directory; stale ones are removed before a run.
-const RESULT_FILES: &[&str] = &["stdout", "stderr", "exit_code", "uptime", "clock", "error"];
+pub(crate) const RESULT_FILES: &[&str] =
+    &["stdout", "stderr", "exit_code", "uptime", "clock", "error"];
 
 /// The guest's wall clock at boot in seeded virtual-time runs (`time-travel-start`):
 /// 2026-01-01T00:00:00Z, in seconds since the Unix epoch.
