@@ -88,9 +88,10 @@ fn run_examples(virtual_time: bool) -> Result<()> {
     }
     assert!(
         failed.is_empty(),
-        "failing examples: {failed:?}; a file with a `seed` passes on the kernel build it was \
-         picked on (docs/determinism.md): after a kernel source update, pick a passing seed \
-         by trying `patchbay run FILE --seed N`"
+        "failing examples: {failed:?}; a file's `seed` draws the same on any machine with the \
+         same kernel build (docs/determinism.md), but another kernel source draws differently: \
+         after a kernel source update, pick a seed that passes with a margin (`patchbay run \
+         FILE --seed N --json`, its critical step far from any deadline)"
     );
     Ok(())
 }
