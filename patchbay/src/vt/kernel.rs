@@ -30,11 +30,11 @@ pub struct UmlKernel {
     /// Takes `patchbay_seed=N` (`xtask/uml-seed.patch`): the guest's randomness comes from a
     /// stream depending on N alone, so a seeded run repeats (docs/determinism.md).
     pub seed: bool,
-    /// A seeded guest's random stream depends on the seed alone (`xtask/uml-seed.patch` of
-    /// this session's kind: nothing else enters the random pool, so neither the build's time
-    /// and host nor the microseconds by which the host moves the guest's clock), and a seed
-    /// replays on another machine's build of the same source. Older seeded kernels replay
-    /// only on the machine, and in the environment, where the seed was drawn.
+    /// A seeded guest's random stream depends on the seed alone: `xtask/uml-seed.patch` closes
+    /// the random pool, so neither the build's time and host nor the microseconds by which the
+    /// host moves the guest's clock reach it, and a seed replays on another machine's build of
+    /// the same source. Seeded kernels built before that replay only on the machine, and in
+    /// the environment, where the seed was drawn.
     pub reproducible: bool,
 }
 
