@@ -287,6 +287,26 @@ fn global_addrs(iface: &'static str) -> String {
         .unwrap_or_else(|e| format!("ip failed: {e}"))
 }
 
+/// A node's addresses, routes and neighbours (`ip`), for a failure message.
+fn ip_state() -> String {
+    let mut s = String::new();
+    for args in [
+        &["-o", "addr"][..],
+        &["route"],
+        &["-6", "route"],
+        &["neigh"],
+        &["-6", "neigh"],
+    ] {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("ip failed: {e}\n"));
+        s.push_str(&format!("$ ip {}\n{out}", args.join(" ")));
+    }
+    s
+}
+
 #[tokio::test]
 async fn moved_and_added_interfaces_get_only_the_families_of_their_new_lan() -> anyhow::Result<()> {
     if skip_unless_root() {
@@ -296,12 +316,14 @@ async fn moved_and_added_interfaces_get_only_the_families_of_their_new_lan() -> 
     let isp = lab.add_router("isp").build().await?;
     let home = lab.add_router("home").upstream(&isp).build().await?;
     // Hotel Wi-Fi is v4-only; the v6-only LAN is plain routed IPv6.
-    lab.add_router("hotel")
+    let hotel = lab
+        .add_router("hotel")
         .upstream(&isp)
         .preset(patchbay::RouterPreset::Hotel)
         .build()
         .await?;
-    lab.add_router("v6")
+    let v6 = lab
+        .add_router("v6")
         .upstream(&isp)
         .ip_support(patchbay::IpSupport::V6Only)
         .build()
@@ -323,10 +345,31 @@ async fn moved_and_added_interfaces_get_only_the_families_of_their_new_lan() -> 
     // IPv4 works over the moved interface (TCP 80 passes the captive portal).
     let addr = SocketAddr::new(server.ip().unwrap().into(), 80);
     start_tcp_echo(&server, addr).await?;
+    // A failed round trip prints every node's addresses, routes and neighbours. A fresh-clone
+    // CI run once failed one of these with `No route to host` after 1.45 s; 120 runs here,
+    // 60 of them beside two busy loops, did not repeat it.
+    let explain = |what: &str, r: std::io::Result<Vec<u8>>| -> anyhow::Result<Vec<u8>> {
+        r.map_err(|e| {
+            for (name, st) in [
+                ("phone", phone.run_sync(ip_state)),
+                ("home", home.run_sync(ip_state)),
+                ("hotel", hotel.run_sync(ip_state)),
+                ("v6", v6.run_sync(ip_state)),
+                ("isp", isp.run_sync(ip_state)),
+                ("server", server.run_sync(ip_state)),
+            ] {
+                println!(
+                    "--- {name} after the failed {what}:\n{}",
+                    st.unwrap_or_else(|e| e.to_string())
+                );
+            }
+            anyhow::Error::new(e).context(format!("the {what}"))
+        })
+    };
     let echo = phone
         .spawn(move |_| async move { tcp_roundtrip(addr, b"v4", Duration::from_secs(5)).await })?
-        .await??;
-    assert_eq!(echo, b"v4");
+        .await?;
+    assert_eq!(explain("v4 round trip via the hotel", echo)?, b"v4");
     let added = phone.add_iface("wwan0", "v6").await?;
     assert!(added.ip.is_none() && added.ip6.is_some(), "{added:?}");
     let addrs = phone.run_sync(|| global_addrs("wwan0"))?;
@@ -345,11 +388,14 @@ async fn moved_and_added_interfaces_get_only_the_families_of_their_new_lan() -> 
     start_tcp_echo(&server, addr6).await?;
     let echo = phone
         .spawn(move |_| async move { tcp_roundtrip(addr6, b"v6", Duration::from_secs(5)).await })?
-        .await??;
-    assert_eq!(echo, b"v6");
+        .await?;
+    assert_eq!(explain("v6 round trip via wwan0", echo)?, b"v6");
     let echo = phone
         .spawn(move |_| async move { tcp_roundtrip(addr, b"v4", Duration::from_secs(5)).await })?
-        .await??;
-    assert_eq!(echo, b"v4");
+        .await?;
+    assert_eq!(
+        explain("v4 round trip after the v6 default moved", echo)?,
+        b"v4"
+    );
     Ok(())
 }
