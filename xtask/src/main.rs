@@ -8,6 +8,7 @@ mod matrix;
 mod public_api;
 mod test;
 mod uml;
+mod upstream;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +40,9 @@ enum Cmd {
     /// Build the User-Mode-Linux kernel for the virtual-time backend (`--kernel 7.3`, 6.1, ...;
     /// cached in ~/.cache/patchbay/uml).
     BuildUml(uml::BuildUmlArgs),
+    /// Check patchbay-compat against upstream patchbay 0.7.0: its examples, unchanged, and
+    /// the NAT scenarios of xtask/parity side by side (needs root; fetches upstream).
+    UpstreamCheck(upstream::UpstreamArgs),
     /// Profile every cached UML kernel side by side (`patchbay vt --profile`).
     BenchUml {
         /// Print JSON lines instead of a table.
@@ -57,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::CheckEbpf => ebpf::check_ebpf(),
         Cmd::BuildUml(args) => uml::build_uml(args).map(drop),
         Cmd::BenchUml { json } => bench_uml::run(json),
+        Cmd::UpstreamCheck(args) => upstream::run(&args),
         Cmd::PublicApi(args) => public_api::run(&args),
     }
 }

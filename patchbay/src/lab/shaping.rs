@@ -142,6 +142,28 @@ impl Router {
         nft::apply(self.netns(), &what, render_pmtu_blackhole(on)).await?;
         Ok(())
     }
+
+    /// Shapes the router's downlink: what it sends into its LAN (the egress of its `lan`
+    /// bridge), to every device on the LAN at once, as a congested access network does.
+    /// `LinkCondition::default()` removes it. Scaled like every link condition under
+    /// compression.
+    pub async fn set_lan_condition(&self, condition: LinkCondition) -> Result<()> {
+        condition.validate()?;
+        let condition = match self.inner.lab.upgrade() {
+            Some(lab) => lab
+                .compression()
+                .link(&format!("{}.lan", self.name()), &condition),
+            None => condition,
+        };
+        let qdisc = crate::link::qdisc_of(&condition);
+        tc::apply(self.netns(), &render_tc("lan", &condition), qdisc).await?;
+        self.record(
+            "link.condition",
+            serde_json::json!({"iface": "lan", "applied": condition}),
+            false,
+        );
+        Ok(())
+    }
 }
 
 impl Node {

@@ -45,14 +45,16 @@ pub fn render_nat(spec: &NatSpec) -> String {
     }
     w("\tchain prerouting {".into());
     w("\t\ttype nat hook prerouting priority dstnat; policy accept;".into());
-    match mode {
-        Nat::FullCone | Nat::Cgnat => w(format!(
+    // Endpoint-independent mapping: an inbound datagram to a mapped port is translated to its
+    // internal endpoint here; the filter chain below then decides whether it may pass. A
+    // datagram that is dropped there leaves no conntrack entry (it is never confirmed), so it
+    // cannot take the external port away from the internal endpoint's own later flows, as a
+    // datagram delivered to the router itself would (RFC 4787 hole punching, and upstream
+    // patchbay's behaviour).
+    if mode != Nat::Symmetric {
+        w(format!(
             "\t\tiifname \"{wan}\" dnat ip to udp dport map @eim"
-        )),
-        Nat::AddressRestricted => w(format!(
-            "\t\tiifname \"{wan}\" udp dport . ip saddr @adf_seen dnat ip to udp dport map @eim"
-        )),
-        _ => {}
+        ));
     }
     if spec.hairpin {
         w(format!(
@@ -75,6 +77,22 @@ pub fn render_nat(spec: &NatSpec) -> String {
         ));
     }
     w("\t}".into());
+    // Filtering of unsolicited inbound datagrams (replies match their flow in conntrack and
+    // never reach a nat chain): none for full cone, the addresses the internal endpoint has
+    // sent to for address-restricted, nothing for port-restricted.
+    if matches!(mode, Nat::PortRestricted | Nat::AddressRestricted) {
+        w("\tchain filter {".into());
+        w("\t\ttype filter hook forward priority filter; policy accept;".into());
+        if adf {
+            w(format!(
+                "\t\tiifname \"{wan}\" ct state new ct status dnat ct original proto-dst . ip saddr @adf_seen accept"
+            ));
+        }
+        w(format!(
+            "\t\tiifname \"{wan}\" ct state new ct status dnat drop"
+        ));
+        w("\t}".into());
+    }
     w("\tchain mappings {".into());
     w("\t\ttype filter hook postrouting priority srcnat + 10; policy accept;".into());
     w(format!(
