@@ -244,13 +244,9 @@ impl DeviceBuilder {
         self
     }
 
-    /// Adds the next routed uplink, named `eth0`, `eth1`, … in order.
+    /// Adds an interface named `eth{n}`, `n` the number of interfaces added so far.
     pub fn uplink(self, config: impl Into<IfaceConfig>) -> Self {
-        let n = self
-            .ifaces
-            .iter()
-            .filter(|(_, c)| matches!(c.kind, IfaceKind::Routed(_)))
-            .count();
+        let n = self.ifaces.len();
         self.iface(&format!("eth{n}"), config)
     }
 

@@ -147,11 +147,16 @@ impl LabBuilder {
     }
 }
 
-/// `YYYYmmdd_HHMMSS` in UTC.
+/// Now as `YYYYmmdd_HHMMSS` in UTC (the nested run directory's prefix).
 fn timestamp() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    utc(secs)
+}
+
+/// Seconds since the epoch as `YYYYmmdd_HHMMSS` (UTC).
+fn utc(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (proleptic Gregorian).
     let z = days as i64 + 719_468;
@@ -395,3 +400,14 @@ impl Drop for TestGuard {
 }
 
 pub use super::region::{DefaultRegions, Region, RegionLink};
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn run_directories_are_named_by_utc_time() {
+        assert_eq!(super::utc(0), "19700101_000000");
+        assert_eq!(super::utc(1_767_225_600), "20260101_000000");
+        assert_eq!(super::utc(1_772_323_199), "20260228_235959");
+        assert_eq!(super::utc(951_825_600), "20000229_120000");
+    }
+}
