@@ -140,6 +140,7 @@ impl Router {
     pub async fn block_icmp_frag_needed(&self, on: bool) -> Result<()> {
         let what = format!("PMTU black hole of router {}", self.name());
         nft::apply(self.netns(), &what, render_pmtu_blackhole(on)).await?;
+        self.record("pmtu.blackhole", serde_json::json!({ "on": on }), true);
         Ok(())
     }
 
@@ -193,6 +194,11 @@ impl Node {
         if matches!(direction, Direction::In | Direction::Both) {
             tc::apply(&peer_ns, &render_tc(&peer_dev, &condition), qdisc).await?;
         }
+        self.record(
+            "link.condition",
+            serde_json::json!({"iface": iface, "direction": direction, "applied": condition}),
+            true,
+        );
         Ok(())
     }
 
@@ -214,6 +220,11 @@ impl Node {
             .run(move || linkattr::set_mtu(index, mtu))
             .await?
             .ctx(what)?;
+        self.record(
+            "mtu.changed",
+            serde_json::json!({"iface": iface, "mtu": mtu}),
+            true,
+        );
         if self.kind() == NodeKind::Router && iface == "lan" {
             return Ok(());
         }
