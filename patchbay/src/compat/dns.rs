@@ -14,13 +14,16 @@ use crate::{DnsRecord, DnsZone};
 /// Upstream's record TTL: one second, so changes show at once.
 const TTL: u32 = 1;
 
+/// Per name: its A and AAAA address.
+type Names = BTreeMap<String, (Option<IpAddr>, Option<IpAddr>)>;
+
 /// The lab's DNS server: A, AAAA and TXT over UDP and TCP port 53 on the exchange's
 /// addresses. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct DnsServer {
     server: Arc<crate::DnsServer>,
     /// The records, for in-process lookups ([`DnsServer::resolve`]).
-    names: Arc<Mutex<BTreeMap<String, (Option<IpAddr>, Option<IpAddr>)>>>,
+    names: Arc<Mutex<Names>>,
 }
 
 impl DnsServer {
