@@ -37,8 +37,11 @@ pub fn render_nat(spec: &NatSpec) -> String {
     w(format!("\t\ttimeout {t}"));
     w("\t}".into());
     if adf {
+        // Keyed by the internal endpoint and the remote address, both read from packet headers
+        // in the forward hook (before SNAT, after DNAT): nft 1.0.6 cannot put
+        // `ct original proto-dst` (no fixed type) in a concatenation.
         w("\tset adf_seen {".into());
-        w("\t\ttype inet_service . ipv4_addr".into());
+        w("\t\ttype ipv4_addr . inet_service . ipv4_addr".into());
         w("\t\tflags dynamic,timeout".into());
         w(format!("\t\ttimeout {t}"));
         w("\t}".into());
@@ -85,7 +88,10 @@ pub fn render_nat(spec: &NatSpec) -> String {
         w("\t\ttype filter hook forward priority filter; policy accept;".into());
         if adf {
             w(format!(
-                "\t\tiifname \"{wan}\" ct state new ct status dnat ct original proto-dst . ip saddr @adf_seen accept"
+                "\t\toifname \"{wan}\" ct direction original update @adf_seen {{ ip saddr . udp sport . ip daddr timeout {t} }}"
+            ));
+            w(format!(
+                "\t\tiifname \"{wan}\" ct state new ct status dnat ip daddr . udp dport . ip saddr @adf_seen accept"
             ));
         }
         w(format!(
@@ -98,11 +104,6 @@ pub fn render_nat(spec: &NatSpec) -> String {
     w(format!(
         "\t\toifname \"{wan}\" ct direction original update @eim {{ udp sport timeout {t} : ct original ip saddr . ct original proto-src }}"
     ));
-    if adf {
-        w(format!(
-            "\t\toifname \"{wan}\" ct direction original update @adf_seen {{ udp sport . ip daddr timeout {t} }}"
-        ));
-    }
     w("\t}".into());
     w("}".into());
     nft::replace_table("ip", NAT_TABLE, &b)
