@@ -189,7 +189,7 @@ impl Device {
     /// The calling thread's tracing dispatcher, entered (events are not routed per device:
     /// they go to the test's subscriber).
     pub fn enter_tracing(&self) -> tracing::dispatcher::DefaultGuard {
-        tracing::dispatcher::get_default(|d| tracing::dispatcher::set_default(d))
+        tracing::dispatcher::get_default(tracing::dispatcher::set_default)
     }
 
     pub(crate) fn lab_ref(&self) -> &LabRef {

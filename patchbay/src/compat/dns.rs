@@ -20,8 +20,11 @@ const TTL: u32 = 1;
 pub struct DnsServer {
     server: Arc<crate::DnsServer>,
     /// The records, for in-process lookups ([`DnsServer::resolve`]).
-    names: Arc<Mutex<BTreeMap<String, (Option<IpAddr>, Option<IpAddr>)>>>,
+    names: Arc<Mutex<Records>>,
 }
+
+/// Each name's IPv4 and IPv6 address.
+type Records = BTreeMap<String, (Option<IpAddr>, Option<IpAddr>)>;
 
 impl DnsServer {
     /// The lab's server, started on first call.

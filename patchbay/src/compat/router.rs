@@ -314,7 +314,7 @@ impl Router {
 
     /// The calling thread's tracing dispatcher, entered.
     pub fn enter_tracing(&self) -> tracing::dispatcher::DefaultGuard {
-        tracing::dispatcher::get_default(|d| tracing::dispatcher::set_default(d))
+        tracing::dispatcher::get_default(tracing::dispatcher::set_default)
     }
 }
 
