@@ -47,7 +47,7 @@ const PACKAGES: &[(&str, &str)] = &[
 /// The test binaries of `patchbay-tests` that `cargo xtask test` also runs in virtual time,
 /// one UML guest per test process (`patchbay vt --` as the target runner, nextest profile
 /// `vt`): labs, NAT and hole punching, firewall, links, faults, lifecycle, errors,
-/// compression.
+/// compression, and our versions of upstream 0.7's own tests on the compat API.
 pub const VT_PARTITION: &[&str] = &[
     "lab_basic",
     "lab_lifecycle",
@@ -59,6 +59,13 @@ pub const VT_PARTITION: &[&str] = &[
     "faults",
     "lab_errors",
     "compression",
+    // Upstream patchbay 0.7's own tests, ours, on the compat API (those that need netem or
+    // dummy interfaces skip on hosts without them and run here).
+    "upstream_nat",
+    "upstream_replug",
+    "upstream_presets",
+    "upstream_ipv6",
+    "upstream_links",
 ];
 
 /// Debian packages the UML kernel build needs.

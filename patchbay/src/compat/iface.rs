@@ -237,8 +237,22 @@ impl Iface {
             .await?)
     }
 
-    /// A new address from the same LAN (the old one is gone).
+    /// Refuses `op` on a dummy interface (it has no router to take an address from or to move
+    /// to), as upstream does.
+    fn not_dummy(&self, op: &str) -> Result<()> {
+        if self.is_dummy() {
+            bail!(
+                "cannot {op} dummy interface {}.{}: it has no router; declare a routed interface (IfaceConfig::routed) for that",
+                self.dev.name(),
+                self.name
+            );
+        }
+        Ok(())
+    }
+
+    /// A new address from the same LAN (the old one is gone). Refused on a dummy interface.
     pub async fn renew_ip(&self) -> Result<Ipv4Addr> {
+        self.not_dummy("renew the IP of")?;
         let i = self.dev.core()?.renew_addr(&self.name).await?;
         i.ip.ok_or_else(|| {
             anyhow::anyhow!(
@@ -249,8 +263,10 @@ impl Iface {
         })
     }
 
-    /// Moves the interface to another router's LAN (same name, new address).
+    /// Moves the interface to another router's LAN (same name, new address). Refused on a
+    /// dummy interface.
     pub async fn replug(&self, to_router: NodeId) -> Result<()> {
+        self.not_dummy("replug")?;
         let lab = self.dev.lab_ref().get()?;
         let router = lab.router_core(to_router)?;
         self.dev.core()?.replug_iface(&self.name, &router).await?;

@@ -170,14 +170,22 @@ impl Router {
         self.settings()?.mtu
     }
 
-    /// The uplink's IPv4 address.
+    /// The uplink's IPv4 address: `None` for a v6-only router without NAT64, as upstream (the
+    /// core gives an uplink both families; upstream only those the router uses).
     pub fn uplink_ip(&self) -> Option<Ipv4Addr> {
-        self.core().ok()?.ip()
+        let core = self.core().ok()?;
+        let v4 = core.ip_support().ok()?.has_v4() || core.nat_v6().ok()? == NatV6Mode::Nat64;
+        if v4 { core.ip() } else { None }
     }
 
-    /// The uplink's IPv6 address.
+    /// The uplink's IPv6 address: `None` for a v4-only router, as upstream.
     pub fn uplink_ip_v6(&self) -> Option<Ipv6Addr> {
-        self.core().ok()?.ip6()
+        let core = self.core().ok()?;
+        if core.ip_support().ok()?.has_v6() {
+            core.ip6()
+        } else {
+            None
+        }
     }
 
     /// The LAN's IPv4 prefix.

@@ -180,7 +180,13 @@ impl Node {
         direction: Direction,
     ) -> Result<()> {
         condition.validate()?;
-        let (peer_ns, peer_dev) = super::faults::peer_end(self, iface).await?;
+        // A dummy interface (no peer) has no inbound side: it is shaped outbound alone.
+        let dummy = self.iface(iface).is_some_and(|i| i.peer.is_empty());
+        let peer = if dummy && direction == Direction::Out {
+            None
+        } else {
+            Some(super::faults::peer_end(self, iface).await?)
+        };
         let condition = match self.inner.lab.upgrade() {
             Some(lab) => lab
                 .compression()
@@ -191,7 +197,7 @@ impl Node {
         if matches!(direction, Direction::Out | Direction::Both) {
             tc::apply(self.netns(), &render_tc(iface, &condition), qdisc).await?;
         }
-        if matches!(direction, Direction::In | Direction::Both) {
+        if let Some((peer_ns, peer_dev)) = peer.filter(|_| direction != Direction::Out) {
             tc::apply(&peer_ns, &render_tc(&peer_dev, &condition), qdisc).await?;
         }
         self.record(

@@ -37,8 +37,9 @@ pub fn render_nat(spec: &NatSpec) -> String {
     w(format!("\t\ttimeout {t}"));
     w("\t}".into());
     if adf {
-        // Internal endpoint . remote address, recorded from outbound datagrams in `filter`
-        // (before the source NAT), matched against DNATed inbound ones there.
+        // Keyed by the internal endpoint and the remote address, both read from packet headers
+        // in the forward hook (before SNAT, after DNAT): nft 1.0.6 cannot put
+        // `ct original proto-dst` (no fixed type) in a concatenation.
         w("\tset adf_seen {".into());
         w("\t\ttype ipv4_addr . inet_service . ipv4_addr".into());
         w("\t\tflags dynamic,timeout".into());
@@ -87,7 +88,7 @@ pub fn render_nat(spec: &NatSpec) -> String {
         w("\t\ttype filter hook forward priority filter; policy accept;".into());
         if adf {
             w(format!(
-                "\t\toifname \"{wan}\" update @adf_seen {{ ip saddr . udp sport . ip daddr timeout {t} }}"
+                "\t\toifname \"{wan}\" ct direction original update @adf_seen {{ ip saddr . udp sport . ip daddr timeout {t} }}"
             ));
             w(format!(
                 "\t\tiifname \"{wan}\" ct state new ct status dnat ip daddr . udp dport . ip saddr @adf_seen accept"

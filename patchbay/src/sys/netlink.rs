@@ -181,10 +181,15 @@ pub async fn set_up(index: u32, up: bool) -> Result<(), NetlinkError> {
 
 /// `ip addr add ADDR/PREFIX dev IDX`.
 pub async fn add_addr(index: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
-    handle()?
-        .address()
-        .add(index, addr, prefix)
-        .execute()
+    let mut r = handle()?.address().add(index, addr, prefix);
+    if addr.is_ipv6() {
+        // `nodad`: labs never run duplicate address detection (DAD is off in every lab
+        // namespace), and without this flag the kernel still marks the address tentative until
+        // its address-configuration work runs, so a socket bound to it right away fails with
+        // EADDRNOTAVAIL. A NODAD address is usable at once.
+        r.message_mut().header.flags |= rtnetlink::packet_route::address::AddressHeaderFlags::Nodad;
+    }
+    r.execute()
         .await
         .map_err(req(format!("ip addr add {addr}/{prefix} dev #{index}")))
 }
