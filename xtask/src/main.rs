@@ -5,6 +5,7 @@ mod bench_uml;
 mod cache;
 mod ebpf;
 mod matrix;
+mod modgraph;
 mod public_api;
 mod test;
 mod uml;
@@ -40,6 +41,8 @@ enum Cmd {
     /// Build the User-Mode-Linux kernel for the virtual-time backend (`--kernel 7.3`, 6.1, ...;
     /// cached in ~/.cache/patchbay/uml).
     BuildUml(uml::BuildUmlArgs),
+    /// The library's module graph and its import cycles (`--check` fails on a cycle).
+    ModuleGraph(modgraph::ModGraphArgs),
     /// Check patchbay-compat against upstream patchbay 0.7.0: its examples, unchanged, and
     /// the NAT scenarios of xtask/parity side by side (needs root; fetches upstream).
     UpstreamCheck(upstream::UpstreamArgs),
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::BuildUml(args) => uml::build_uml(args).map(drop),
         Cmd::BenchUml { json } => bench_uml::run(json),
         Cmd::UpstreamCheck(args) => upstream::run(&args),
+        Cmd::ModuleGraph(args) => modgraph::run(&args),
         Cmd::PublicApi(args) => public_api::run(&args),
     }
 }
