@@ -178,6 +178,8 @@ tokio = {{ version = "1", features = ["full"] }}
             .arg(scratch.join("Cargo.toml"))
             .arg("--target-dir")
             .arg(target)
+            // The examples print; stdout is the comparison table's.
+            .stdout(std::process::Stdio::from(std::io::stderr()))
             .status()
             .with_context(|| format!("running the example {name}"))?;
         if !st.success() {

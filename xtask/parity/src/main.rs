@@ -62,7 +62,10 @@ const SUBJECTS: &[Subject] = &[
     Subject::Nat("strict", Nat::Strict),
     Subject::Preset("preset-home", RouterPreset::Home),
     Subject::Preset("preset-isp-cgnat", RouterPreset::IspCgnat),
-    Subject::Preset("preset-isp-cgnat-symmetric", RouterPreset::IspCgnatSymmetric),
+    Subject::Preset(
+        "preset-isp-cgnat-symmetric",
+        RouterPreset::IspCgnatSymmetric,
+    ),
     Subject::Preset("preset-corporate", RouterPreset::Corporate),
     Subject::Preset("preset-cloud", RouterPreset::Cloud),
 ];
@@ -213,9 +216,17 @@ async fn hairpin(s: Subject) -> Result<Value> {
     let listener = c2.spawn(async move |_| -> Result<bool> {
         let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PUNCH_PORT)).await?;
         let _ = tx.send(observed(&sock, refl).await?);
+        // Only the neighbour's datagrams count: a late second reply of the reflector (when
+        // the first probe waited for address resolution) is no hairpin.
         let mut buf = [0u8; 64];
-        let r = tokio::time::timeout(Duration::from_millis(800), sock.recv_from(&mut buf)).await;
-        Ok(matches!(r, Ok(Ok((_, _)))))
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(800);
+        while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await
+        {
+            if &buf[..n] == b"hairpin" {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     })?;
     let m2 = rx.await.context("c2 found no mapping")?;
     c1.spawn(async move |_| -> Result<()> {
