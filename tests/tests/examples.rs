@@ -14,12 +14,7 @@ fn missing_tool(text: &str) -> Option<&'static str> {
     for tool in ["tayga", "curl", "dig", "ping", "python3", "getent"] {
         let used = text.contains(&format!("\"{tool}\""))
             || (tool == "tayga" && text.contains("\"nat64\""));
-        if used
-            && !Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        {
+        if used && !have_tool(tool) {
             return Some(tool);
         }
     }
@@ -98,9 +93,7 @@ fn run_examples(virtual_time: bool) -> Result<()> {
 
 #[test]
 fn every_example_passes() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     run_examples(false)
 }
 
@@ -108,8 +101,6 @@ fn every_example_passes() -> Result<()> {
 /// mobility, NAT timeouts) works in virtual time too, netem included.
 #[test]
 fn every_example_passes_in_virtual_time() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     run_examples(true)
 }

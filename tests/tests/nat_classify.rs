@@ -6,9 +6,7 @@ use patchbay_tests::*;
 
 #[tokio::test]
 async fn every_nat_mode_classifies_as_documented() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let table = [
         (
             Nat::None,
@@ -108,18 +106,11 @@ enum Expect {
 
 #[tokio::test]
 async fn every_router_preset_classifies_as_documented() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
-    if !std::process::Command::new("sh")
-        .args(["-c", "command -v tayga"])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        skip("`tayga` is not installed: RouterPreset::IspV6 (NAT64) needs it; apt package tayga");
-        return Ok(());
-    }
+    require_root!();
+    skip_if!(tools_unavailable(
+        &["tayga"],
+        "RouterPreset::IspV6 (NAT64) needs it; apt package tayga"
+    ));
     use Expect::*;
     let expect = |p: RouterPreset| match p {
         RouterPreset::Home => Class(M::EndpointIndependent, F::AddressAndPortDependent, true),
@@ -191,9 +182,7 @@ async fn every_router_preset_classifies_as_documented() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn reflector_and_mapping_probe() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let public = lab.add_router("pub").build().await?;
     let home = lab.add_router("home").nat(Nat::Symmetric).build().await?;

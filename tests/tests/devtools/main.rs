@@ -27,7 +27,7 @@ use cdp::{Browser, DESKTOP, PHONE, Viewport};
 use patchbay::scenario::bench::bench_scenario;
 use patchbay::scenario::{Scenario, Size, bench_dir};
 use patchbay::serve::{ServeOpts, Server};
-use patchbay_tests::{skip, skip_unless_root};
+use patchbay_tests::{require_root, skip};
 
 fn scratch(name: &str) -> anyhow::Result<PathBuf> {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -64,9 +64,7 @@ fn chromium() -> anyhow::Result<Option<PathBuf>> {
 /// Chromium when the test can run: as root (the labs) with a browser; else
 /// `None`, the skip printed.
 fn root_and_chromium() -> anyhow::Result<Option<PathBuf>> {
-    if skip_unless_root() {
-        return Ok(None);
-    }
+    require_root!();
     chromium()
 }
 
