@@ -13,6 +13,11 @@ use patchbay::bpf::EventKind;
 use patchbay::{Direction, Lab, LabOpts};
 use patchbay_tests::*;
 
+/// Skips (true) when this host cannot compress at all.
+fn cannot_compress() -> bool {
+    skip_unless_compression()
+}
+
 struct SynRun {
     wall: Duration,
     syn_rtos: usize,
@@ -57,7 +62,9 @@ async fn syn_blackhole(k: f64) -> Result<SynRun> {
 
 #[tokio::test]
 async fn timing_syn_blackhole_k20_is_15x_faster_with_the_same_retransmits() -> Result<()> {
-    skip_if!(compression_unavailable());
+    if cannot_compress() {
+        return Ok(());
+    }
     let real = syn_blackhole(1.0).await?;
     let fast = syn_blackhole(20.0).await?;
     println!(
@@ -119,11 +126,16 @@ async fn data_blackhole(k: f64) -> Result<(Duration, std::io::ErrorKind)> {
 
 #[tokio::test]
 async fn timing_established_blackhole_k20_fails_15x_sooner() -> Result<()> {
-    skip_if!(compression_unavailable());
+    if cannot_compress() {
+        return Ok(());
+    }
     // k = 20 wants the 200 ms RTO minimum at 10 ms.
-    skip_if!(rto_min_unavailable(10_000)?.map(|why| format!(
-        "{why}; the plan clamps tcp.rto_min to 2 jiffies (effective k=10), short of the 15x this test asserts"
-    )));
+    if let Some(why) = rto_min_unavailable(10_000)? {
+        skip(&format!(
+            "{why}; the plan clamps tcp.rto_min to 2 jiffies (effective k=10), short of the 15x this test asserts"
+        ));
+        return Ok(());
+    }
     let (real, e1) = data_blackhole(1.0).await?;
     let (fast, e20) = data_blackhole(20.0).await?;
     println!(
@@ -205,7 +217,9 @@ fn socket2_like() -> std::os::fd::OwnedFd {
 
 #[tokio::test]
 async fn app_set_user_timeout_and_keepalive_are_scaled_only_in_compressed_labs() -> Result<()> {
-    skip_if!(compression_unavailable());
+    if cannot_compress() {
+        return Ok(());
+    }
     let fast = Lab::with_opts(LabOpts::default().time_scale(20.0)).await?;
     let r = fast.add_router("r").build().await?;
     let d = fast.add_device("d").iface("eth0", &r).build().await?;
@@ -255,7 +269,9 @@ fn host_values() -> Vec<Option<String>> {
 
 #[tokio::test]
 async fn report_matches_what_the_kernel_has_and_the_host_is_untouched() -> Result<()> {
-    skip_if!(compression_unavailable());
+    if cannot_compress() {
+        return Ok(());
+    }
     let before = host_values();
     let lab = Lab::with_opts(LabOpts::default().time_scale(20.0)).await?;
     let r = lab.add_router("r").build().await?;
@@ -336,7 +352,9 @@ async fn report_matches_what_the_kernel_has_and_the_host_is_untouched() -> Resul
 
 #[tokio::test]
 async fn bad_time_scales_are_clear_errors() -> Result<()> {
-    require_root!();
+    if skip_unless_root() {
+        return Ok(());
+    }
     for k in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e9, 0.5] {
         let e = Lab::with_opts(LabOpts::default().time_scale(k))
             .await
@@ -366,7 +384,9 @@ async fn child_scale_probe() -> Result<()> {
 
 #[test]
 fn two_labs_with_different_k_in_two_processes() -> Result<()> {
-    skip_if!(compression_unavailable());
+    if cannot_compress() {
+        return Ok(());
+    }
     let spawn = |k: &str| {
         std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "child_scale_probe", "--ignored", "--nocapture"])
@@ -391,7 +411,9 @@ fn two_labs_with_different_k_in_two_processes() -> Result<()> {
 
 #[tokio::test]
 async fn two_labs_with_different_k_in_one_process() -> Result<()> {
-    skip_if!(compression_unavailable());
+    if cannot_compress() {
+        return Ok(());
+    }
     let a = Lab::with_opts(LabOpts::default().time_scale(10.0)).await?;
     let b = Lab::with_opts(LabOpts::default().time_scale(30.0)).await?;
     let ra = a.add_router("r").build().await?;
@@ -408,7 +430,9 @@ async fn two_labs_with_different_k_in_one_process() -> Result<()> {
 
 #[tokio::test]
 async fn sysctl_only_mode_reports_what_is_not_compressed() -> Result<()> {
-    skip_if!(compression_unavailable());
+    if cannot_compress() {
+        return Ok(());
+    }
     let lab = Lab::with_opts(LabOpts::default().time_scale(20.0).sysctl_only(true)).await?;
     let r = lab.add_router("r").build().await?;
     let d = lab.add_device("d").iface("eth0", &r).build().await?;
@@ -445,8 +469,7 @@ async fn sysctl_only_mode_reports_what_is_not_compressed() -> Result<()> {
 /// compressed lab is refused with a message naming the requirement.
 #[tokio::test]
 async fn compression_on_an_old_kernel_is_a_clear_refusal() -> Result<()> {
-    require_root!();
-    if patchbay::doctor::cgroup2_mount().is_none() {
+    if skip_unless_root() || patchbay::doctor::cgroup2_mount().is_none() {
         return Ok(());
     }
     if patchbay::bpf::probe().netns_cookie_in_sock_ops {
@@ -474,7 +497,9 @@ async fn compression_on_an_old_kernel_is_a_clear_refusal() -> Result<()> {
 /// option, else it reports the timer as not compressed.
 #[tokio::test]
 async fn rto_bounds_use_the_mechanism_this_kernel_has() -> Result<()> {
-    skip_if!(compression_unavailable());
+    if cannot_compress() {
+        return Ok(());
+    }
     use patchbay::compress::{Mechanism, Status};
     let lab = Lab::with_opts(LabOpts::default().time_scale(20.0)).await?;
     let r = lab.add_router("r").build().await?;

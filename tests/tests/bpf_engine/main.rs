@@ -16,7 +16,7 @@ use patchbay::bpf::{
     AppSockopt, BpfSockopt, Engine, EventKind, FLAG_SCALE_SOCKOPTS, FLAG_TELEMETRY, NetnsConfig,
     netns_cookie_of_current_thread,
 };
-use patchbay_tests::{rto_min_unavailable, skip_if};
+use patchbay_tests::{rto_min_unavailable, skip};
 
 mod support;
 use support::*;
@@ -441,9 +441,12 @@ fn timing_established_blackhole_user_timeout() -> Result<()> {
         user_timeout_ms: 150,
         ..NetnsConfig::default()
     };
-    skip_if!(rto_min_unavailable(cfg.rto_min_us)?.map(|why| format!(
-        "{why}; with the default 200 ms minimum no retransmission fits inside the 150 ms user timeout"
-    )));
+    if let Some(why) = rto_min_unavailable(cfg.rto_min_us)? {
+        skip(&format!(
+            "{why}; with the default 200 ms minimum no retransmission fits inside the 150 ms user timeout"
+        ));
+        return Ok(());
+    }
     let e2 = Arc::clone(&engine);
     let baseline = std::thread::spawn(move || established_then_blackhole(e2, None));
     let fast = established_then_blackhole(Arc::clone(&engine), Some(cfg))?;
