@@ -4,6 +4,7 @@ mod bench;
 mod bench_uml;
 mod cache;
 mod ebpf;
+mod iroh_suite;
 mod matrix;
 mod public_api;
 mod test;
@@ -39,6 +40,9 @@ enum Cmd {
     /// Build the User-Mode-Linux kernel for the virtual-time backend (`--kernel 7.3`, 6.1, ...;
     /// cached in ~/.cache/patchbay/uml).
     BuildUml(uml::BuildUmlArgs),
+    /// Run iroh 1.4.1's patchbay tests against upstream patchbay 0.7 or this project's
+    /// drop-in, in real or virtual time, or sweep seeds of chosen tests (docs/iroh.md).
+    IrohSuite(iroh_suite::IrohSuiteArgs),
     /// Profile every cached UML kernel side by side (`patchbay vt --profile`).
     BenchUml {
         /// Print JSON lines instead of a table.
@@ -57,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::CheckEbpf => ebpf::check_ebpf(),
         Cmd::BuildUml(args) => uml::build_uml(args).map(drop),
         Cmd::BenchUml { json } => bench_uml::run(json),
+        Cmd::IrohSuite(args) => iroh_suite::run(args),
         Cmd::PublicApi(args) => public_api::run(&args),
     }
 }
