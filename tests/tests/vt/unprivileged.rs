@@ -118,8 +118,8 @@ fn unprivileged_user_runs_patchbay_vt() -> anyhow::Result<()> {
     let victim = kit.dir.join("written-by-guest");
     let script = format!(
         "id -u; echo ok > \"$PATCHBAY_VT_RESULTS/probe\"; echo scratch > /tmp/guest-scratch; \
-         touch '{v}' && echo plain-write-succeeded; \
-         mount -o remount,rw / && touch /written-by-guest && echo remount-write-succeeded; \
+         touch '{v}' && echo plain-write-in-the-guest; \
+         mkdir -p /tmp/h && mount -t hostfs hostfs /tmp/h && touch '/tmp/h{v}' && echo hostfs-write-succeeded; \
          ls '{d}' > /dev/null && echo kit-visible",
         v = victim.display(),
         d = kit.dir.display()
