@@ -14,6 +14,7 @@ mod table;
 mod verify;
 mod vt;
 mod vt_profile;
+mod vt_report;
 mod vt_sweep;
 
 use std::process::ExitCode;
