@@ -13,6 +13,7 @@ mod setup;
 mod table;
 mod verify;
 mod vt;
+mod vt_cargo;
 mod vt_profile;
 mod vt_report;
 mod vt_sweep;

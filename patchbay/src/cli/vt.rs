@@ -79,6 +79,10 @@ pub struct VtArgs {
     /// code, wall and virtual time (for reports over a whole suite).
     #[arg(long, env = SUMMARY_ENV, conflicts_with = "profile")]
     summary: Option<std::path::PathBuf>,
+    /// Let the guest's cargo run `cargo metadata` itself, instead of answering it from the
+    /// host (see docs/virtual-time.md, "Cargo target runner").
+    #[arg(long)]
+    no_cargo_shim: bool,
     /// The command and its arguments.
     #[arg(last = true, required_unless_present = "profile")]
     command: Vec<OsString>,
@@ -147,7 +151,7 @@ pub fn run(args: VtArgs) -> anyhow::Result<ExitCode> {
     );
     let uptime = Duration::try_from_secs_f64(args.uptime)
         .map_err(|e| anyhow::anyhow!("--uptime {}: {e}", args.uptime))?;
-    let opts = VtOpts {
+    let mut opts = VtOpts {
         uptime,
         uml_binary: args.uml.first().cloned(),
         processes: super::vt_profile::processes(args.ptrace),
@@ -167,6 +171,9 @@ pub fn run(args: VtArgs) -> anyhow::Result<ExitCode> {
         },
         ..VtOpts::default()
     };
+    if !args.no_cargo_shim {
+        add_cargo_shim(&mut opts.env);
+    }
     if let Some(range) = &args.seeds {
         let jobs = args.jobs.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -186,7 +193,6 @@ pub fn run(args: VtArgs) -> anyhow::Result<ExitCode> {
             command: args.command,
         });
     }
-    let mut opts = opts;
     if let Some(dir) = &args.keep_writes {
         opts.keep_writes = Some(super::vt_report::keep_writes_dir(dir)?);
     }
@@ -253,6 +259,27 @@ pub fn run(args: VtArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(
         u8::try_from(out.exit_code.clamp(0, 255)).unwrap_or(1),
     ))
+}
+
+/// Points the guest's `CARGO` at the shim that answers `cargo metadata` from the host (a
+/// failure leaves the real cargo in place, with a warning).
+fn add_cargo_shim(env: &mut Vec<(String, String)>) {
+    let cache = std::env::var_os("PATCHBAY_CACHE_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache/patchbay"))
+        });
+    let (Some(cache), Ok(cwd)) = (cache, std::env::current_dir()) else {
+        return;
+    };
+    match super::vt_cargo::shim_env(env, &cwd, &cache.join("vt-cargo")) {
+        Ok(Some(vars)) => env.extend(vars),
+        Ok(None) => {}
+        Err(e) => eprintln!(
+            "patchbay vt: warning: cargo metadata is not answered from the host ({e:#}); the \
+             guest's cargo runs it"
+        ),
+    }
 }
 
 fn profile(args: &VtArgs) -> anyhow::Result<ExitCode> {

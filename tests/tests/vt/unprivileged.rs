@@ -2,14 +2,6 @@
 
 use super::*;
 
-/// The `patchbay` CLI next to this test binary (`target/<profile>/patchbay`; `cargo xtask test`
-/// builds it), or `None`.
-fn patchbay_cli() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let p = exe.parent()?.parent()?.join("patchbay");
-    p.is_file().then_some(p)
-}
-
 /// Entries directly in the shared temp directories that belong to `uid`.
 fn owned_entries(uid: u32) -> std::collections::BTreeSet<PathBuf> {
     use std::os::unix::fs::MetadataExt;

@@ -92,12 +92,13 @@ struct Guest<'a> {
 
 impl Guest<'_> {
     /// `patchbay vt ARGS -- BINARY --exact NAME ...`, with the environment nextest would give
-    /// the test (and none of the variables cargo set for this xtask).
+    /// the test: `CARGO` (the toolchain's cargo, as cargo set it for this xtask) and the
+    /// package's `CARGO_MANIFEST_DIR`, none of the other variables cargo set for this xtask.
     fn command(&self, t: &Listed, vt_args: &[String]) -> Command {
         let mut c = Command::new(self.cli);
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy().into_owned();
-            if k.starts_with("CARGO_") && k != "CARGO_HOME" || k == "CARGO" || k == "RUSTC" {
+            if k.starts_with("CARGO_") && k != "CARGO_HOME" || k == "RUSTC" {
                 c.env_remove(k);
             }
         }
