@@ -184,6 +184,11 @@ pub fn render_firewall(fw: &Firewall, outside: &[String], forward: bool) -> Stri
         }
         if fw.policy != FirewallPolicy::Open {
             w("\t\tct state established,related accept".into());
+            if *chain == "input" {
+                // IPv6 neighbour discovery is how the upstream router reaches this node's
+                // address at all: it is not inbound traffic to filter (RFC 4890 4.4.1).
+                w("\t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert } accept".into());
+            }
         }
         if let FirewallPolicy::AllowPorts { tcp, udp } = &fw.policy {
             for (proto, ports) in [("tcp", tcp), ("udp", udp)] {
@@ -220,7 +225,7 @@ mod tests {
     fn allow_ports_with_reject_renders_in_order() {
         let fw = Firewall::allow_ports([443, 22], [53]).action(FirewallAction::Reject);
         let got = render_firewall(&fw, &["wan".into()], true);
-        let input = "\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t\tiifname != { \"wan\" } accept\n\t\tct state established,related accept\n\t\ttcp dport { 22, 443 } accept\n\t\tudp dport { 53 } accept\n\t\tmeta l4proto tcp reject with tcp reset\n\t\treject\n\t}\n";
+        let input = "\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t\tiifname != { \"wan\" } accept\n\t\tct state established,related accept\n\t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert } accept\n\t\ttcp dport { 22, 443 } accept\n\t\tudp dport { 53 } accept\n\t\tmeta l4proto tcp reject with tcp reset\n\t\treject\n\t}\n";
         assert!(got.starts_with("add table inet patchbay-fw\ndelete table inet patchbay-fw\ntable inet patchbay-fw {\n"), "{got}");
         assert!(got.contains(input), "{got}");
         assert!(got.contains("\tchain forward {"), "{got}");

@@ -21,6 +21,8 @@
 
 mod addr;
 pub mod bpf;
+#[cfg(feature = "compat")]
+pub mod compat;
 pub mod compress;
 mod dns;
 pub mod doctor;

@@ -123,7 +123,11 @@ async fn the_exchange_reaches_public_routers() -> anyhow::Result<()> {
     let seen = ix
         .spawn(move || async move { udp_roundtrip(to, b"x", Duration::from_secs(2)).await })?
         .await??;
-    assert!(String::from_utf8_lossy(&seen).starts_with(&ix.ip().to_string()));
+    let seen = String::from_utf8_lossy(&seen).into_owned();
+    assert!(
+        seen.starts_with(&format!("OBSERVED {}:", ix.ip())),
+        "reflector said {seen:?}"
+    );
     let ns_name = ix.run_sync(|| {
         std::fs::read_link("/proc/thread-self/ns/net").map(|p| p.to_string_lossy().into_owned())
     })??;

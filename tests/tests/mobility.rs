@@ -47,7 +47,8 @@ async fn udp_peer_sees_a_new_source_after_replug() -> anyhow::Result<()> {
         for _ in 0..5 {
             s.send_to(b"?", to)?;
             if let Ok((n, _)) = s.recv_from(&mut buf) {
-                return Ok(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+                return Ok(reply.trim_start_matches("OBSERVED ").to_string());
             }
         }
         anyhow::bail!("no answer")

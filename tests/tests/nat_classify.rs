@@ -206,6 +206,18 @@ async fn reflector_and_mapping_probe() -> anyhow::Result<()> {
     let m2 = c.probe_udp_mapping((ip, r2.addr().port()).into()).await?;
     assert_eq!(m1.ip(), std::net::IpAddr::V4(home.ip().unwrap()));
     println!("symmetric NAT: {m1} and {m2}");
+    // Both probes leave from the node's one probe port: a symmetric NAT maps them to two
+    // external ports, an endpoint-independent one to one.
+    assert_ne!(m1.port(), m2.port(), "symmetric NAT kept one mapping");
+    let eim = lab.add_router("eim").nat(Nat::Home).build().await?;
+    let e = lab.add_device("e").iface("eth0", &eim).build().await?;
+    let e1 = e.probe_udp_mapping((ip, r1.addr().port()).into()).await?;
+    let e2 = e.probe_udp_mapping((ip, r2.addr().port()).into()).await?;
+    assert_eq!(
+        e1, e2,
+        "endpoint-independent mapping: one external endpoint"
+    );
+    assert_eq!(e1.port(), e.probe_port(), "the home NAT keeps the port");
     // A dropped reflector stops answering: a clear error.
     let gone = (ip, r1.addr().port()).into();
     drop(r1);

@@ -49,8 +49,10 @@ async fn unprivileged_child() -> anyhow::Result<()> {
         .await?;
     let seen = client.probe_udp_mapping(refl.addr()).await?;
     assert_eq!(seen.ip(), std::net::IpAddr::V4(home.ip().unwrap()), "NATed");
-    // The firewall drops what nobody asked for.
-    let to = SocketAddr::from((client.ip().unwrap(), 9));
+    // The firewall drops what nobody asked for: a connection to the home router's public
+    // address times out (without the firewall the router would refuse it at once). The
+    // client's private address is not routed outside its LAN at all.
+    let to = SocketAddr::from((home.ip().unwrap(), 9));
     let blocked = server
         .spawn(move |_| async move {
             tokio::time::timeout(

@@ -9,6 +9,7 @@ mod matrix;
 mod public_api;
 mod test;
 mod uml;
+mod upstream;
 
 use clap::{Parser, Subcommand};
 
@@ -43,6 +44,9 @@ enum Cmd {
     /// Run iroh 1.4.1's patchbay tests against upstream patchbay 0.7 or this project's
     /// drop-in, in real or virtual time, or sweep seeds of chosen tests (docs/iroh.md).
     IrohSuite(iroh_suite::IrohSuiteArgs),
+    /// Check patchbay-compat against upstream patchbay 0.7.0: its examples, unchanged, and
+    /// the NAT scenarios of xtask/parity side by side (needs root; fetches upstream).
+    UpstreamCheck(upstream::UpstreamArgs),
     /// Profile every cached UML kernel side by side (`patchbay vt --profile`).
     BenchUml {
         /// Print JSON lines instead of a table.
@@ -62,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::BuildUml(args) => uml::build_uml(args).map(drop),
         Cmd::BenchUml { json } => bench_uml::run(json),
         Cmd::IrohSuite(args) => iroh_suite::run(args),
+        Cmd::UpstreamCheck(args) => upstream::run(&args),
         Cmd::PublicApi(args) => public_api::run(&args),
     }
 }

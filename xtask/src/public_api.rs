@@ -77,6 +77,9 @@ fn listing(root: &Path) -> Result<String> {
             "-p",
             "patchbay",
             "--lib",
+            // The upstream-compatible layer is part of the listing (`patchbay::compat`).
+            "--features",
+            "compat,iroh-metrics",
             "--target-dir",
         ])
         .arg(&target)

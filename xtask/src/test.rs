@@ -18,6 +18,9 @@ pub struct TestArgs {
     /// Skip the QEMU kernel matrix.
     #[arg(long)]
     pub no_matrix: bool,
+    /// Skip the check against upstream patchbay 0.7 (`cargo xtask upstream-check`).
+    #[arg(long)]
+    pub no_upstream: bool,
     /// Extra arguments passed to `cargo nextest run` (e.g. a filter).
     #[arg(last = true)]
     pub nextest_args: Vec<String>,
@@ -43,12 +46,14 @@ const PACKAGES: &[(&str, &str)] = &[
 
 /// The test binaries of `patchbay-tests` that `cargo xtask test` also runs in virtual time,
 /// one UML guest per test process (`patchbay vt --` as the target runner, nextest profile
-/// `vt`): labs, NAT, firewall, links, faults, lifecycle, errors, compression (45 tests).
+/// `vt`): labs, NAT and hole punching, firewall, links, faults, lifecycle, errors,
+/// compression.
 pub const VT_PARTITION: &[&str] = &[
     "lab_basic",
     "lab_lifecycle",
     "lab_scale",
     "nat",
+    "holepunch",
     "firewall",
     "links",
     "faults",
@@ -146,6 +151,20 @@ pub fn run(args: TestArgs) -> Result<()> {
         "doctests",
         cargo(&root).args(["test", "--doc", "--workspace"]),
     )?;
+    if args.no_upstream {
+        println!("xtask: upstream check skipped (--no-upstream)");
+    } else {
+        step_fn(
+            "upstream check (upstream 0.7.0's examples on patchbay-compat; NAT side by side)",
+            || {
+                crate::upstream::run(&crate::upstream::UpstreamArgs {
+                    nat_only: false,
+                    runs: 3,
+                    json: None,
+                })
+            },
+        )?;
+    }
     if args.no_matrix {
         println!("xtask: kernel matrix skipped (--no-matrix)");
     } else {

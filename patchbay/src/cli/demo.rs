@@ -25,7 +25,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if !args.quick {
         // The headline scenarios drive nft; set the host up first, as
         // `cargo xtask test` does, instead of failing halfway through.
-        super::setup::ensure("demo", super::setup::DEMO_TOOLS)?;
+        super::setup::ensure(
+            "demo",
+            "`patchbay demo` needs",
+            &super::setup::demo_tools(),
+            true,
+            "`patchbay demo` installs them itself",
+        )?;
     }
     let t0 = Instant::now();
     let lab = Lab::with_opts(LabOpts::default().label("demo")).await?;

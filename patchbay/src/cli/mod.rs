@@ -62,6 +62,14 @@ pub fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     init_tracing();
+    // A user namespace can only be entered while the process has one
+    // thread: before the runtime.
+    if let Cmd::Run(a) = &cli.cmd
+        && let Err(e) = run::before_runtime(a)
+    {
+        eprintln!("error: {}", chain(&e));
+        return ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

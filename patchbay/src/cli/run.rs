@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use patchbay::labfile::{LabFile, RunReport, StepOutcome};
@@ -39,10 +40,83 @@ pub struct RunArgs {
     /// Port for --serve; 0 picks a free one.
     #[arg(long, default_value_t = 8717, requires = "serve")]
     serve_port: u16,
+    /// Compress by sysctls only, without eBPF (as `[lab] sysctl-only = true`):
+    /// what an unprivileged user can run at k > 1 (docs/unprivileged.md).
+    #[arg(long)]
+    sysctl_only: bool,
+    /// Install the Debian packages of the programs the lab runs that are
+    /// missing (as root, with apt-get), instead of stopping before the build.
+    #[arg(long)]
+    install_missing: bool,
+}
+
+/// Whether this process made itself root of a user namespace (it was started
+/// by an ordinary user).
+static IN_USERNS: AtomicBool = AtomicBool::new(false);
+
+/// Runs before the tokio runtime exists (a user namespace can only be
+/// entered by a single-threaded process): an ordinary user's `patchbay run`
+/// becomes root of a fresh user namespace, as docs/unprivileged.md
+/// describes. Virtual-time runs are left alone: `patchbay vt` sets up its
+/// own.
+pub fn before_runtime(args: &RunArgs) -> anyhow::Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let file = LabFile::load(&args.file)?;
+    if args.virtual_time || file.lab.time == Some(patchbay::labfile::TimeMode::Virtual) {
+        return Ok(());
+    }
+    patchbay::init_userns().context(
+        "running a lab as an ordinary user needs a user namespace (docs/unprivileged.md)",
+    )?;
+    IN_USERNS.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Why this run cannot go on without root, when the process runs as an
+/// ordinary user in a user namespace: eBPF (compression at k > 1, or
+/// telemetry) must be attached in the initial user namespace. The library
+/// refuses the same; this says it in the lab file's words, before the build.
+fn needs_root(file: &LabFile, time_scale: Option<f64>) -> Option<String> {
+    let k = time_scale.or(file.lab.time_scale).unwrap_or(1.0);
+    if k > 1.0 && !file.lab.sysctl_only {
+        return Some(format!(
+            "time scale {k} compresses TCP timers with eBPF sock_ops, which only root can attach, \
+             and patchbay runs as an ordinary user here (in a user namespace). Run as root, or \
+             compress by sysctls only: `sysctl-only = true` under [lab], or `--sysctl-only` (the \
+             compression report then lists the timers that stay uncompressed: the initial RTO, \
+             RTO min/max, delayed ACKs; docs/unprivileged.md)"
+        ));
+    }
+    if file.lab.telemetry == Some(true) {
+        return Some(
+            "`telemetry = true` collects TCP events with eBPF, which only root can attach, and \
+             patchbay runs as an ordinary user here (in a user namespace): run as root, or drop \
+             `telemetry`"
+                .into(),
+        );
+    }
+    None
 }
 
 pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
-    let file = LabFile::load(&args.file)?;
+    let mut file = LabFile::load(&args.file)?;
+    file.lab.sysctl_only |= args.sysctl_only;
+    // Before anything is built or created: missing programs, and what an
+    // ordinary user cannot run.
+    super::setup::ensure(
+        "run",
+        &format!("{} runs", args.file.display()),
+        &super::setup::lab_tools(&file),
+        args.install_missing,
+        "`patchbay run --install-missing` installs them",
+    )?;
+    if IN_USERNS.load(Ordering::Relaxed)
+        && let Some(why) = needs_root(&file, args.time_scale)
+    {
+        anyhow::bail!("{why}");
+    }
     let live = match args.serve {
         true => Some(super::serve::live(args.outdir.clone(), args.serve_port).await?),
         false => None,
@@ -205,4 +279,29 @@ fn reexec_in_vt(args: &RunArgs, file: &LabFile, seed: Option<u64>) -> anyhow::Re
     Ok(ExitCode::from(
         u8::try_from(out.exit_code.clamp(0, 255)).unwrap_or(1),
     ))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ordinary_user_is_told_about_sysctl_only_at_k_above_1() {
+        let parse = |t: &str| LabFile::parse(t, std::path::Path::new("x.toml")).unwrap();
+        let plain = parse("[lab]\nlabel = \"x\"\n");
+        assert_eq!(needs_root(&plain, None), None);
+        let why = needs_root(&plain, Some(10.0)).unwrap();
+        assert!(
+            why.contains("sysctl-only = true") && why.contains("--sysctl-only"),
+            "{why}"
+        );
+        let k10 = parse("[lab]\ntime-scale = 10\n");
+        assert!(needs_root(&k10, None).is_some());
+        assert_eq!(needs_root(&k10, Some(1.0)), None);
+        let sysctl = parse("[lab]\ntime-scale = 10\nsysctl-only = true\n");
+        assert_eq!(needs_root(&sysctl, None), None);
+        let tele = parse("[lab]\ntelemetry = true\n");
+        assert!(needs_root(&tele, None).unwrap().contains("telemetry"));
+    }
 }

@@ -90,14 +90,25 @@ pub async fn live(outdir: Option<PathBuf>, port: u16) -> anyhow::Result<Live> {
             std::env::temp_dir().join(format!("patchbay-run-{}-{stamp}", std::process::id()))
         }
     };
+    let created = !dir.exists();
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating the run directory {}", dir.display()))?;
-    eprintln!("serving the run directory {} live:", dir.display());
-    let server = start(
+    let server = match start(
         vec![dir.clone()],
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
     )
-    .await?;
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            // Nothing ran: leave no empty run directory behind.
+            if created && let Err(rm) = std::fs::remove_dir(&dir) {
+                eprintln!("cannot remove {}: {rm}", dir.display());
+            }
+            return Err(e);
+        }
+    };
+    eprintln!("serving the run directory {} live:", dir.display());
     let url = url(server.local_addr());
     Ok(Live {
         dir,

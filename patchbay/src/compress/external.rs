@@ -61,6 +61,20 @@ pub fn scale_link(name: &str, link: &LinkTiming, k: TimeScale) -> ScaledLink {
         e.note = "rate x k keeps bytes per virtual second".to_string();
         entries.push(e);
     }
+    if let (Some(default), Some(applied)) = (link.queue_us, timing.queue_us) {
+        let target = k.divide(default as f64);
+        let mut e = entry(
+            format!("link.{name}.queue"),
+            default,
+            k,
+            applied,
+            Unit::Microseconds,
+            Mechanism::Netem,
+            status_for(default, target, applied, applied, ""),
+        );
+        e.note = "queue time / k at rate x k keeps the queue's bytes".to_string();
+        entries.push(e);
+    }
     ScaledLink { timing, entries }
 }
 
@@ -152,6 +166,7 @@ mod tests {
             delay_us: 50_000,
             jitter_us: 3,
             rate_bps: Some(1_000_000),
+            queue_us: None,
         };
         let s = scale_link("wan", &link, k(20.0));
         assert_eq!(s.timing.delay_us, 2_500);

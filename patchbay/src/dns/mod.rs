@@ -193,6 +193,8 @@ pub(crate) struct LabDns {
     pub nameservers: Vec<IpAddr>,
     /// Per-node nameservers (override the lab's).
     pub node_nameservers: BTreeMap<String, Vec<IpAddr>>,
+    /// Per-node hosts entries (added to the lab's), node → name → addresses.
+    pub node_entries: BTreeMap<String, BTreeMap<String, BTreeSet<IpAddr>>>,
 }
 
 impl LabDns {
@@ -201,6 +203,7 @@ impl LabDns {
         !self.entries.is_empty()
             || !self.nameservers.is_empty()
             || !self.node_nameservers.is_empty()
+            || !self.node_entries.is_empty()
     }
 
     /// First address of `name` among the hosts entries.
@@ -214,7 +217,8 @@ impl LabDns {
         let mut s = format!(
             "# written by patchbay for node {node}\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         );
-        for (name, ips) in &self.entries {
+        let own = self.node_entries.get(node).into_iter().flatten();
+        for (name, ips) in self.entries.iter().chain(own) {
             for ip in ips {
                 s.push_str(&format!("{ip}\t{name}\n"));
             }
@@ -258,6 +262,14 @@ mod tests {
         assert!(d.render_resolv("a").contains("nameserver 2001:db8:1::2\n"));
         assert!(d.render_resolv("phone").contains("nameserver 198.19.0.3\n"));
         assert_eq!(d.resolve("Server.Lab."), "198.19.0.2".parse().ok());
+        d.node_entries
+            .entry("phone".into())
+            .or_default()
+            .entry("relay.test".into())
+            .or_default()
+            .insert("198.19.0.9".parse().unwrap());
+        assert!(d.render_hosts("phone").contains("198.19.0.9\trelay.test\n"));
+        assert!(!d.render_hosts("a").contains("relay.test"));
     }
 
     #[test]

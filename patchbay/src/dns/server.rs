@@ -11,20 +11,33 @@ use std::time::Duration;
 
 use hickory_server::Server;
 use hickory_server::proto::rr::rdata::{A, AAAA, SOA, TXT};
-use hickory_server::proto::rr::{Name, RData, Record};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record, RrKey};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 
-use super::{DnsRecord, DnsZone};
+use super::{DnsError, DnsRecord, DnsZone};
 
-/// A running in-lab DNS server (from [`crate::Node::serve_dns`]). It runs
-/// until [`DnsServer::stop`] or until the lab is dropped; dropping the
-/// handle leaves it running.
-#[derive(Debug)]
+type Handler = InMemoryZoneHandler<hickory_server::net::runtime::TokioRuntimeProvider>;
+
+/// A running in-lab DNS server (from [`crate::Node::serve_dns`] or
+/// [`crate::Exchange::serve_dns`]). It runs until [`DnsServer::stop`] or until the lab is
+/// dropped; dropping the handle leaves it running. Its records can change while it runs
+/// ([`DnsServer::set`], [`DnsServer::remove`]): the next query sees the change.
 pub struct DnsServer {
     node: String,
     addrs: Vec<IpAddr>,
+    ttl: u32,
+    zone: Arc<Handler>,
     stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl std::fmt::Debug for DnsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsServer")
+            .field("node", &self.node)
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DnsServer {
@@ -39,6 +52,45 @@ impl DnsServer {
         &self.addrs
     }
 
+    /// Replaces the records of `name` of `record`'s type (A, AAAA or TXT) with `record`.
+    /// Queries see it at once.
+    pub async fn set(&self, name: &str, record: DnsRecord) -> Result<(), DnsError> {
+        let n = super::normalize_name(name)?;
+        let owner = fqdn(&n)?;
+        let rec = Record::from_rdata(owner.clone(), self.ttl, rdata(&n, record)?);
+        let key = RrKey::new(LowerName::new(&owner), rec.record_type());
+        self.zone.records_mut().await.remove(&key);
+        self.zone.upsert(rec, 1).await;
+        Ok(())
+    }
+
+    /// Removes every record of `name`. Queries for it then get NXDOMAIN.
+    pub async fn remove(&self, name: &str) -> Result<(), DnsError> {
+        self.remove_where(name, |_| true).await
+    }
+
+    /// Removes the records of `name` of one type.
+    pub(crate) async fn remove_type(
+        &self,
+        name: &str,
+        rtype: hickory_server::proto::rr::RecordType,
+    ) -> Result<(), DnsError> {
+        self.remove_where(name, |t| t == rtype).await
+    }
+
+    async fn remove_where(
+        &self,
+        name: &str,
+        which: impl Fn(hickory_server::proto::rr::RecordType) -> bool,
+    ) -> Result<(), DnsError> {
+        let owner = LowerName::new(&fqdn(&super::normalize_name(name)?)?);
+        self.zone
+            .records_mut()
+            .await
+            .retain(|k, _| k.name != owner || !which(k.record_type));
+        Ok(())
+    }
+
     /// Stops the server.
     pub fn stop(&self) {
         if let Some(tx) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -48,13 +100,31 @@ impl DnsServer {
     }
 }
 
-fn catalog(zone: &DnsZone) -> Result<Catalog, String> {
+/// `name.` as a hickory name (`name` already normalised).
+fn fqdn(name: &str) -> Result<Name, DnsError> {
+    Name::from_ascii(format!("{name}.")).map_err(|e| DnsError::Name {
+        name: name.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn rdata(name: &str, rec: DnsRecord) -> Result<RData, DnsError> {
+    Ok(match rec {
+        DnsRecord::A(v4) => RData::A(A(v4)),
+        DnsRecord::Aaaa(v6) => RData::AAAA(AAAA(v6)),
+        DnsRecord::Txt(t) if t.len() > 255 => {
+            return Err(DnsError::TxtTooLong {
+                name: name.to_string(),
+                len: t.len(),
+            });
+        }
+        DnsRecord::Txt(t) => RData::TXT(TXT::new(vec![t])),
+    })
+}
+
+fn catalog(zone: &DnsZone) -> Result<(Catalog, Arc<Handler>), String> {
     let root = Name::root();
-    let mut h = InMemoryZoneHandler::<hickory_server::net::runtime::TokioRuntimeProvider>::empty(
-        root.clone(),
-        ZoneType::Primary,
-        AxfrPolicy::Deny,
-    );
+    let mut h = Handler::empty(root.clone(), ZoneType::Primary, AxfrPolicy::Deny);
     let lab = Name::from_ascii("patchbay.lab.").map_err(|e| e.to_string())?;
     let soa = SOA::new(lab.clone(), lab, 1, 3600, 600, 86400, zone.ttl_secs());
     h.upsert_mut(
@@ -62,19 +132,16 @@ fn catalog(zone: &DnsZone) -> Result<Catalog, String> {
         1,
     );
     for (name, rec) in zone.records() {
-        let n = Name::from_ascii(format!("{name}.")).map_err(|e| format!("{name}: {e}"))?;
-        let rdata = match rec {
-            DnsRecord::A(v4) => RData::A(A(v4)),
-            DnsRecord::Aaaa(v6) => RData::AAAA(AAAA(v6)),
-            DnsRecord::Txt(t) => RData::TXT(TXT::new(vec![t])),
-        };
+        let n = fqdn(&name).map_err(|e| e.to_string())?;
+        let rdata = rdata(&name, rec).map_err(|e| e.to_string())?;
         if !h.upsert_mut(Record::from_rdata(n, zone.ttl_secs(), rdata), 1) {
             return Err(format!("hickory refused a record of {name}"));
         }
     }
+    let h = Arc::new(h);
     let mut c = Catalog::new();
-    c.upsert(root.into(), vec![Arc::new(h)]);
-    Ok(c)
+    c.upsert(root.into(), vec![h.clone()]);
+    Ok((c, h))
 }
 
 /// Starts a server for `zone` on the calling node's runtime (run it on the
@@ -85,7 +152,7 @@ pub(crate) async fn serve(
     addrs: Vec<IpAddr>,
     zone: DnsZone,
 ) -> Result<DnsServer, std::io::Error> {
-    let catalog = catalog(&zone).map_err(std::io::Error::other)?;
+    let (catalog, handler) = catalog(&zone).map_err(std::io::Error::other)?;
     let any = SocketAddr::from((Ipv6Addr::UNSPECIFIED, 53));
     let udp = tokio::net::UdpSocket::bind(any).await?;
     let tcp = tokio::net::TcpListener::bind(any).await?;
@@ -113,6 +180,8 @@ pub(crate) async fn serve(
     Ok(DnsServer {
         node,
         addrs,
+        ttl: zone.ttl_secs(),
+        zone: handler,
         stop: Mutex::new(Some(tx)),
     })
 }

@@ -28,10 +28,13 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 
-use super::topo::{Topology, Upstream};
+mod topology;
 
 /// Version of the run-directory format.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// The least time between two writes of topology.json during a run.
+const TOPOLOGY_EVERY: Duration = Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -74,6 +77,11 @@ pub(crate) struct Artifacts {
     failed: AtomicBool,
     /// Per node: the firewall last installed (for topology.json).
     pub(crate) firewalls: Mutex<BTreeMap<String, Value>>,
+    /// What topology.json shows beyond the lab's bookkeeping.
+    topo: Mutex<topology::Extras>,
+    /// When topology.json was last written, and whether a change since waits.
+    topo_written: Mutex<Option<Instant>>,
+    topo_pending: AtomicBool,
     pub(crate) captures: Mutex<Vec<super::capture::CaptureGuard>>,
     /// Stop flags of every capture, including those the user holds.
     pub(crate) capture_stops: Mutex<Vec<Arc<AtomicBool>>>,
@@ -203,6 +211,9 @@ impl Artifacts {
             cmd_seq: AtomicU32::new(0),
             failed: AtomicBool::new(false),
             firewalls: Mutex::new(BTreeMap::new()),
+            topo: Mutex::default(),
+            topo_written: Mutex::new(None),
+            topo_pending: AtomicBool::new(false),
             captures: Mutex::new(vec![]),
             capture_stops: Mutex::new(vec![]),
             warned: AtomicBool::new(false),
@@ -249,6 +260,7 @@ impl Artifacts {
         kind: &str,
         data: Value,
     ) {
+        lock(&self.topo).observe(node, kind, &data, virtual_ms);
         let mut g = lock(&self.events);
         let Some(f) = g.as_mut() else { return };
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
@@ -282,57 +294,46 @@ impl Artifacts {
         self.write_json("run.json", &m);
     }
 
-    /// Rewrites topology.json from the lab's bookkeeping.
-    pub fn write_topology(&self, t: &Topology) {
+    /// Notes a topology change: rewrites topology.json, or, within
+    /// [`TOPOLOGY_EVERY`] of the last write, leaves it to the next change,
+    /// event of the lab or the end (a 500-node build would otherwise
+    /// rewrite the whole file 500 times).
+    pub fn topology_changed(&self, lab: &super::LabInner) {
+        if lock(&self.topo_written).is_none_or(|t| t.elapsed() >= TOPOLOGY_EVERY) {
+            self.write_topology(lab);
+        } else {
+            self.topo_pending.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes a topology change left pending, once it is due.
+    fn flush_topology(&self, lab: &super::LabInner) {
+        if self.topo_pending.load(Ordering::Relaxed) {
+            self.topology_changed(lab);
+        }
+    }
+
+    /// Remembers node `name` as it is now (see `Extras::snapshot`).
+    fn snapshot(&self, lab: &super::LabInner, name: &str) {
         let fws = lock(&self.firewalls).clone();
-        let ifaces = |n: &super::node::NodeInner| -> Vec<Value> {
-            n.ifaces
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .map(|i| {
-                    json!({
-                        "name": i.name,
-                        "peer": i.peer,
-                        "mac": crate::sys::netlink::fmt_mac(&i.mac),
-                        "ipv4": i.ip.map(|a| vec![format!("{a}/{}", i.prefix)]).unwrap_or_default(),
-                        "ipv6": i.ip6.map(|a| vec![format!("{a}/{}", crate::addr::V6_PREFIX)]).unwrap_or_default(),
-                    })
-                })
-                .collect()
+        let regions = lab.region_routers();
+        let t = lab.topo();
+        lock(&self.topo).snapshot(&t, &fws, &regions, name);
+    }
+
+    /// Rewrites topology.json from the lab's bookkeeping.
+    pub fn write_topology(&self, lab: &super::LabInner) {
+        self.topo_pending.store(false, Ordering::Relaxed);
+        *lock(&self.topo_written) = Some(Instant::now());
+        let fws = lock(&self.firewalls).clone();
+        // The regions' lock is taken (and released) before the topology's;
+        // the topology's before the extras' (as in `emit` under it).
+        let regions = lab.region_routers();
+        let doc = {
+            let t = lab.topo();
+            lock(&self.topo).render(&t, &fws, &regions)
         };
-        let routers: Vec<Value> = t
-            .routers
-            .iter()
-            .map(|(name, r)| {
-                json!({
-                    "name": name,
-                    "upstream": match &r.upstream { Upstream::Exchange => None, Upstream::Router(p) => Some(p.clone()) },
-                    "nat": r.nat.nat.name(),
-                    "firewall": fws.get(name),
-                    "region": Value::Null,
-                    "ifaces": ifaces(&r.node),
-                })
-            })
-            .collect();
-        let devices: Vec<Value> = t
-            .nodes
-            .iter()
-            .filter(|(n, _)| !t.routers.contains_key(*n))
-            .map(|(name, n)| {
-                let default_via = n.primary.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                json!({
-                    "name": name,
-                    "default_via": default_via,
-                    "firewall": fws.get(name),
-                    "ifaces": ifaces(n),
-                })
-            })
-            .collect();
-        self.write_json(
-            "topology.json",
-            &json!({ "version": FORMAT_VERSION, "routers": routers, "devices": devices }),
-        );
+        self.write_json("topology.json", &doc);
     }
 
     /// Marks the run failed (kept on drop whatever `keep` says).
@@ -392,6 +393,9 @@ impl Artifacts {
     /// compression report, the final topology and manifest, then applies
     /// the retention rule (keep on failure or when asked; else remove).
     pub fn finish(&self, lab: &super::LabInner) {
+        // The lab ends now; what follows (captures, telemetry, the report,
+        // the counters) is bookkeeping that must not stretch the axis.
+        let (end_wall, end_virtual) = self.now();
         for s in lock(&self.capture_stops).iter() {
             s.store(true, Ordering::Relaxed);
         }
@@ -419,10 +423,17 @@ impl Artifacts {
                 Err(e) => self.warn_once("cannot compute the compression report", &e),
             }
         }
-        self.write_topology(&lab.topo());
+        lock(&self.topo).counters = topology::read_counters(lab);
+        self.write_topology(lab);
         let failed = self.failed.load(Ordering::Relaxed) || std::thread::panicking();
         let status = if failed { "failed" } else { "passed" };
-        self.emit(None, "lab.end", json!({ "status": status }));
+        self.emit_at(
+            end_wall,
+            end_virtual,
+            None,
+            "lab.end",
+            json!({ "status": status }),
+        );
         {
             let mut m = lock(&self.manifest);
             m.status = status;
@@ -460,9 +471,13 @@ impl super::Lab {
         }
     }
 
-    /// Appends an event to `events.jsonl` (no-op without an outdir).
+    /// Appends an event to `events.jsonl` (no-op without an outdir), and
+    /// writes a topology change left pending (callers hold no lab lock).
     pub(crate) fn emit(&self, node: Option<&str>, kind: &str, data: Value) {
         emit(&self.inner, node, kind, data);
+        if let Some(a) = self.inner.artifacts() {
+            a.flush_topology(&self.inner);
+        }
     }
 
     /// Writes a user mark into `events.jsonl` (kind `mark`), e.g. to label
@@ -494,8 +509,9 @@ impl super::node::Node {
     pub(crate) fn record(&self, kind: &str, data: Value, topology: bool) {
         if let Some(lab) = self.inner.lab.upgrade() {
             emit(&lab, Some(self.name()), kind, data);
-            if topology {
-                topology_changed(&lab);
+            if topology && let Some(a) = lab.artifacts() {
+                a.snapshot(&lab, self.name());
+                a.topology_changed(&lab);
             }
         }
     }
@@ -540,7 +556,7 @@ pub(crate) fn emit(lab: &super::LabInner, node: Option<&str>, kind: &str, data: 
 /// Rewrites topology.json, if the lab has an output directory.
 pub(crate) fn topology_changed(lab: &super::LabInner) {
     if let Some(a) = lab.artifacts() {
-        a.write_topology(&lab.topo());
+        a.topology_changed(lab);
     }
 }
 

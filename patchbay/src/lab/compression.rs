@@ -194,6 +194,12 @@ impl Compression {
             }
             c.bpf_cfg = Some(cfg);
         }
+        // The lab's clock starts once the set-up is done: loading the eBPF
+        // engine and probing the kernel take half a second, which the
+        // virtual axis must not stretch by k (lab.start would land at 5 s
+        // at k = 10 and at 0 at k = 1, and two runs would not line up).
+        c.start = Instant::now();
+        c.start_mono = monotonic_now();
         Ok(c)
     }
 
@@ -304,5 +310,28 @@ impl Compression {
         };
         let faithful = Plan::largest_faithful_k(&caps, &k.defaults, &self.inputs).ok();
         Ok(CompressionReport::new(&plan, &caps, faithful.as_ref()))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    /// The clock starts when the set-up ends (the kernel probe and the plan
+    /// at k = 10, sysctl-only so no eBPF or root is needed), not when it
+    /// begins: the time `new` took is not on the virtual axis.
+    #[test]
+    fn the_clock_starts_after_the_set_up() {
+        let opts = LabOpts::default().time_scale(10.0).sysctl_only(true);
+        let before = Instant::now();
+        let c = Compression::new(&opts).unwrap();
+        let took = before.elapsed();
+        let not_on_axis = c.clock().start().duration_since(before);
+        assert!(
+            not_on_axis >= took / 2,
+            "set-up took {took:?}, of which only {not_on_axis:?} precede the clock's start"
+        );
+        assert!(c.plan.is_some(), "k = 10 computes a plan");
     }
 }

@@ -19,6 +19,7 @@ pub struct DeviceBuilder {
     lab: Arc<LabInner>,
     name: String,
     ifaces: Vec<(String, String)>,
+    dummies: Vec<(String, Vec<ipnet::IpNet>)>,
     default_via: Option<String>,
     mtu: Option<u32>,
 }
@@ -42,9 +43,19 @@ impl DeviceBuilder {
             lab,
             name: name.to_string(),
             ifaces: vec![],
+            dummies: vec![],
             default_via: None,
             mtu: None,
         }
+    }
+
+    /// Adds a dummy interface named `name` (a Linux `dummy` device: up, with no link and no
+    /// gateway) holding `addrs`: addresses a host has that lead nowhere, like a VPN's or a
+    /// container bridge's, which software that gathers local addresses (ICE, QUIC path
+    /// discovery) must cope with. Needs `CONFIG_DUMMY`.
+    pub fn dummy(mut self, name: &str, addrs: &[ipnet::IpNet]) -> Self {
+        self.dummies.push((name.to_string(), addrs.to_vec()));
+        self
     }
 
     /// Adds an interface named `name` on `router`'s LAN.
@@ -88,7 +99,12 @@ impl DeviceBuilder {
             )));
         }
         let mut seen = std::collections::BTreeSet::new();
-        for (i, _) in &self.ifaces {
+        for i in self
+            .ifaces
+            .iter()
+            .map(|(i, _)| i)
+            .chain(self.dummies.iter().map(|(i, _)| i))
+        {
             check_ifname(&self.name, i)?;
             if !seen.insert(i) {
                 return Err(Error::Invalid(format!(
@@ -101,7 +117,7 @@ impl DeviceBuilder {
             .default_via
             .clone()
             .unwrap_or_else(|| self.ifaces[0].0.clone());
-        if !seen.contains(&dv) {
+        if !self.ifaces.iter().any(|(i, _)| *i == dv) {
             return Err(Error::Invalid(format!(
                 "device {}: default_via({dv:?}) names no interface of it (it has {:?})",
                 self.name,
@@ -118,6 +134,7 @@ impl DeviceBuilder {
             lab,
             name,
             ifaces,
+            dummies,
             mtu,
             ..
         } = self;
@@ -235,6 +252,10 @@ impl DeviceBuilder {
                 index,
             });
         }
+        for (k, (iface, addrs)) in dummies.iter().enumerate() {
+            node.add_iface(add_dummy(&lab, &ns, node.ordinal, k, iface, addrs).await?);
+            lab.prepare_iface(&ns, iface)?;
+        }
         // The default route's interface is the primary one.
         *node.primary.lock().unwrap_or_else(|p| p.into_inner()) = Some(default_via);
         let mut siblings = vec![];
@@ -247,6 +268,7 @@ impl DeviceBuilder {
                 lan.push(m.clone());
             }
         }
+        lab.names_for_new_node(&node)?;
         if lab.opts().prewarm_neighbors {
             for ((p, m), sibs) in planned.iter().zip(&members).zip(&siblings) {
                 lab.prewarm()
@@ -273,6 +295,59 @@ impl DeviceBuilder {
         );
         Ok(dev)
     }
+}
+
+/// Creates dummy interface number `k` of a device and gives it `addrs`.
+async fn add_dummy(
+    lab: &LabInner,
+    ns: &Netns,
+    ordinal: u32,
+    k: usize,
+    iface: &str,
+    addrs: &[ipnet::IpNet],
+) -> Result<Iface> {
+    let index = lab.next_ifindex();
+    let mac = addr::mac(ordinal, 0x40 + k as u8);
+    let (name, list) = (iface.to_string(), addrs.to_vec());
+    ns.run(move || async move {
+        netlink::create_dummy(&name, index, mac).await?;
+        for a in &list {
+            netlink::add_addr(index, a.addr(), a.prefix_len()).await?;
+        }
+        Ok(())
+    })
+    .await?
+    .map_err(|e: netlink::NetlinkError| {
+        if e.errno() == Some(libc::EOPNOTSUPP) {
+            Error::KernelFeature {
+                feature: "CONFIG_DUMMY (dummy network interfaces)".into(),
+                hint: format!(
+                    "creating dummy interface {iface} failed: this kernel has no dummy interfaces; use a kernel with CONFIG_DUMMY=y (the UML guest of `patchbay vt` has it)"
+                ),
+            }
+        } else {
+            Error::Netlink {
+                context: format!("creating dummy interface {iface} with {addrs:?}"),
+                source: e,
+            }
+        }
+    })?;
+    let v4 = addrs.iter().find_map(|a| match a {
+        ipnet::IpNet::V4(n) => Some(*n),
+        ipnet::IpNet::V6(_) => None,
+    });
+    Ok(Iface {
+        name: iface.to_string(),
+        index,
+        mac,
+        ip: v4.map(|n| n.addr()),
+        ip6: addrs.iter().find_map(|a| match a {
+            ipnet::IpNet::V6(n) => Some(n.addr()),
+            ipnet::IpNet::V4(_) => None,
+        }),
+        prefix: v4.map_or(0, |n| n.prefix_len()),
+        peer: String::new(),
+    })
 }
 
 /// Runs the link watcher for freshly connected interfaces so they can send

@@ -72,11 +72,24 @@ impl LabInner {
         Ok((hosts, resolv))
     }
 
+    /// Rewrites every node's name files (after a change of names or nameservers) and binds
+    /// them into the workers that do not have them yet.
     pub(crate) fn rewrite_name_files(&self) -> Result<()> {
-        for n in self.topo().names() {
-            self.write_name_files(&n)?;
+        let nodes: Vec<_> = self.topo().nodes.values().cloned().collect();
+        for n in nodes {
+            let (hosts, resolv) = self.write_name_files(&n.name)?;
+            n.bind_names(hosts, resolv)?;
         }
         Ok(())
+    }
+
+    /// For a node just added: its name files and their binds, if the lab has names yet.
+    pub(crate) fn names_for_new_node(&self, node: &super::node::NodeInner) -> Result<()> {
+        if !self.dns().configured() {
+            return Ok(());
+        }
+        let (hosts, resolv) = self.write_name_files(&node.name)?;
+        node.bind_names(hosts, resolv)
     }
 }
 
@@ -113,6 +126,21 @@ impl Node {
         }))
     }
 
+    /// Adds a hosts entry that only this node sees (`/etc/hosts` of its processes and of
+    /// in-process resolvers on its worker), next to the lab's ([`crate::Lab::dns_entry`]).
+    pub fn dns_entry(&self, name: &str, ip: IpAddr) -> Result<()> {
+        let n = dns::normalize_name(name).map_err(|e| Error::Invalid(e.to_string()))?;
+        let lab = self.lab_inner()?;
+        lab.dns()
+            .node_entries
+            .entry(self.name().to_string())
+            .or_default()
+            .entry(n)
+            .or_default()
+            .insert(ip);
+        lab.rewrite_name_files()
+    }
+
     /// Sets this node's nameserver (`/etc/resolv.conf` of processes
     /// spawned in it), overriding the lab's.
     pub fn set_nameserver(&self, server: IpAddr) -> Result<()> {
@@ -139,15 +167,7 @@ impl Node {
         for i in self.ifaces() {
             addrs.extend(i.ip6.map(IpAddr::V6));
         }
-        let node = self.name().to_string();
-        let what = format!("starting the DNS server on {node}");
-        self.netns()
-            .run(move || dns::serve(node, addrs, zone))
-            .await?
-            .map_err(|source| Error::Io {
-                context: what,
-                source,
-            })
+        serve_on(self.netns(), self.name(), addrs, zone).await
     }
 
     fn lab_inner(&self) -> Result<std::sync::Arc<LabInner>> {
@@ -155,6 +175,35 @@ impl Node {
             .lab
             .upgrade()
             .ok_or_else(|| Error::Invalid(format!("node {} outlived its lab", self.name())))
+    }
+}
+
+/// Starts a DNS server for `zone` on the worker of `ns` (named `name`, answering at `addrs`).
+async fn serve_on(
+    ns: &crate::sys::netns::Netns,
+    name: &str,
+    addrs: Vec<IpAddr>,
+    zone: DnsZone,
+) -> Result<DnsServer> {
+    let node = name.to_string();
+    let what = format!("starting the DNS server on {node}");
+    ns.run(move || dns::serve(node, addrs, zone))
+        .await?
+        .map_err(|source| Error::Io {
+            context: what,
+            source,
+        })
+}
+
+impl super::Exchange {
+    /// Starts an in-lab DNS server in the exchange (the lab's root namespace), answering
+    /// `zone` on UDP and TCP port 53 of [`super::Exchange::ip`] and
+    /// [`super::Exchange::ip6`], which every node of the lab reaches (through its routers'
+    /// NATs). Point nodes at it with [`crate::Lab::set_nameservers`]. Runs until
+    /// [`DnsServer::stop`] or until the lab is dropped.
+    pub async fn serve_dns(&self, zone: DnsZone) -> Result<DnsServer> {
+        let addrs = vec![IpAddr::V4(self.ip()), IpAddr::V6(self.ip6())];
+        serve_on(self.netns(), "exchange", addrs, zone).await
     }
 }
 

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::addr;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::sys::netns::{Netns, Task, ThreadTask};
 
 use super::Lab;
@@ -38,9 +38,16 @@ impl Node {
 #[derive(Debug, Clone)]
 pub struct Exchange {
     ns: Netns,
+    lab_id: String,
+    /// The lab cgroup's `cgroup.procs`, which processes spawned here join.
+    cgroup_procs: Option<std::ffi::CString>,
 }
 
 impl Exchange {
+    pub(crate) fn netns(&self) -> &Netns {
+        &self.ns
+    }
+
     /// The exchange's IPv4 address on its bridge (the top-level routers'
     /// gateway).
     pub fn ip(&self) -> Ipv4Addr {
@@ -80,6 +87,55 @@ impl Exchange {
     {
         Ok(self.ns.spawn_thread(f)?)
     }
+
+    fn prepare(&self, cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        cmd.env("PATCHBAY_LAB", &self.lab_id);
+        cmd.env("PATCHBAY_NODE", "exchange");
+        let procs = self.cgroup_procs.clone();
+        // SAFETY: the closure only makes async-signal-safe syscalls (prctl, open, write,
+        // close) on memory prepared before fork.
+        unsafe {
+            cmd.pre_exec(move || super::node::child_setup(procs.as_ref()));
+        }
+    }
+
+    /// Spawns a process in the exchange (the lab's root namespace: a host "on the
+    /// backbone"), in the lab's cgroup; it is killed when the lab is dropped or this process
+    /// dies. Its environment gets `PATCHBAY_LAB` and `PATCHBAY_NODE=exchange`.
+    pub fn spawn_command(&self, mut cmd: tokio::process::Command) -> Result<tokio::process::Child> {
+        self.prepare(cmd.as_std_mut());
+        let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+        self.ns
+            .run_sync(move || cmd.spawn())?
+            .map_err(|source| Error::Spawn {
+                program,
+                node: "exchange".into(),
+                source,
+            })
+    }
+
+    /// The blocking twin of [`Exchange::spawn_command`].
+    pub fn spawn_command_sync(
+        &self,
+        mut cmd: std::process::Command,
+    ) -> Result<std::process::Child> {
+        self.prepare(&mut cmd);
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        self.ns
+            .run_sync(move || cmd.spawn())?
+            .map_err(|source| Error::Spawn {
+                program,
+                node: "exchange".into(),
+                source,
+            })
+    }
+
+    /// Starts a UDP reflector bound to `bind` in the exchange; see
+    /// [`crate::Node::spawn_reflector`].
+    pub async fn spawn_reflector(&self, bind: std::net::SocketAddr) -> Result<super::Reflector> {
+        super::probe::reflector_on(&self.ns, "exchange", bind).await
+    }
 }
 
 impl Lab {
@@ -87,6 +143,11 @@ impl Lab {
     pub fn exchange(&self) -> Exchange {
         Exchange {
             ns: self.inner.root().clone(),
+            lab_id: self.inner.id().to_string(),
+            cgroup_procs: self.inner.cgroup().and_then(|c| {
+                use std::os::unix::ffi::OsStrExt;
+                std::ffi::CString::new(c.procs_file().as_os_str().as_bytes()).ok()
+            }),
         }
     }
 }

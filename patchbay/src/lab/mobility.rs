@@ -127,6 +127,21 @@ impl Device {
     /// LAN has (a family it lacks keeps its default route elsewhere), and
     /// makes `iface` the primary interface ([`crate::Node::ip`]).
     pub async fn set_default_route(&self, iface: &str) -> Result<()> {
+        let gw = self.route_default_via(iface).await?;
+        *lock(&self.inner.primary) = Some(iface.to_string());
+        self.record(
+            "route.changed",
+            json!({"default_via": iface, "gateway": gw.0, "gateway6": gw.1}),
+            true,
+        );
+        Ok(())
+    }
+
+    /// Points the default routes at `iface`'s router; returns the gateways.
+    pub(crate) async fn route_default_via(
+        &self,
+        iface: &str,
+    ) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
         let i = self.iface_or_err(iface)?;
         let lab = self.lab()?;
         let gw = gateways(lab.topo().router_mut(&i.peer)?);
@@ -134,10 +149,21 @@ impl Device {
             .run(move || netlink::replace_default(gw.0, gw.1))
             .await?
             .ctx(|| format!("pointing the default route of {} at {iface}", self.name()))?;
-        *lock(&self.inner.primary) = Some(iface.to_string());
+        Ok(gw)
+    }
+
+    /// Adds an address to `iface` next to the one the LAN gave it, as on a host with
+    /// several addresses on one link. The lab's address plan does not know it: beyond the
+    /// LAN, only what routes to the LAN's prefix reaches it.
+    pub async fn add_addr(&self, iface: &str, ip: std::net::IpAddr, prefix: u8) -> Result<()> {
+        let index = self.iface_or_err(iface)?.index;
+        self.netns()
+            .run(move || netlink::add_addr(index, ip, prefix))
+            .await?
+            .ctx(|| format!("adding {ip}/{prefix} to {}.{iface}", self.name()))?;
         self.record(
-            "route.changed",
-            json!({"default_via": iface, "gateway": gw.0, "gateway6": gw.1}),
+            "addr.added",
+            json!({"iface": iface, "addr": ip, "prefix": prefix}),
             true,
         );
         Ok(())

@@ -271,6 +271,12 @@ impl LabInner {
                 "0".into(),
             );
             s.insert(format!("net/ipv4/conf/{scope}/rp_filter"), "0".into());
+            // A link taken down and up again keeps its IPv6 addresses, as its IPv4 ones (a
+            // real host would get them back from SLAAC or DHCPv6 at once).
+            s.insert(
+                format!("net/ipv6/conf/{scope}/keep_addr_on_down"),
+                "1".into(),
+            );
         }
         if forwarding {
             s.insert("net/ipv4/ip_forward".into(), "1".into());

@@ -39,7 +39,8 @@ pub struct Iface {
     pub ip6: Option<Ipv6Addr>,
     /// Prefix length of `ip`.
     pub prefix: u8,
-    /// The router (or `"exchange"`) at the other end.
+    /// The router (or `"exchange"`) at the other end; empty for a dummy interface
+    /// ([`crate::DeviceBuilder::dummy`]).
     pub peer: String,
 }
 
@@ -55,6 +56,8 @@ pub(crate) struct NodeInner {
     /// The interface whose address `ip()` returns.
     pub primary: Mutex<Option<String>>,
     cgroup_procs: Option<CString>,
+    /// Whether the worker's `/etc/hosts` and `/etc/resolv.conf` are the node's files yet.
+    names_bound: std::sync::atomic::AtomicBool,
 }
 
 impl NodeInner {
@@ -71,7 +74,21 @@ impl NodeInner {
             cgroup_procs: lab
                 .cgroup()
                 .and_then(|c| CString::new(c.procs_file().as_os_str().as_bytes()).ok()),
+            names_bound: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Binds the node's name files into its worker's mount namespace, once (see
+    /// `sys::mountns`): from then on in-process resolvers on the node read them.
+    pub fn bind_names(&self, hosts: std::path::PathBuf, resolv: std::path::PathBuf) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.names_bound.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.ns.bind_names(hosts, resolv).map_err(|e| {
+            self.names_bound.store(false, Ordering::Release);
+            e.into()
+        })
     }
 
     pub fn ns(&self) -> &Netns {
@@ -125,6 +142,15 @@ impl Node {
     /// The primary interface's IPv6 address.
     pub fn ip6(&self) -> Option<Ipv6Addr> {
         self.primary_iface().and_then(|i| i.ip6)
+    }
+
+    /// The name of the primary interface (the default route's).
+    pub(crate) fn primary_name(&self) -> Option<String> {
+        self.inner
+            .primary
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn primary_iface(&self) -> Option<Iface> {
@@ -297,9 +323,17 @@ impl Node {
         self.set_link(iface, false).await
     }
 
-    /// Sets an interface administratively up (`ip link set IFACE up`).
+    /// Sets an interface administratively up (`ip link set IFACE up`). On a device whose
+    /// default route went through it, the default route is put back (the kernel removed it
+    /// with the link).
     pub async fn link_up(&self, iface: &str) -> Result<()> {
-        self.set_link(iface, true).await
+        self.set_link(iface, true).await?;
+        if self.primary_name().as_deref() == Some(iface)
+            && let Some(dev) = super::device::Device::from_node(self.clone())
+        {
+            dev.route_default_via(iface).await?;
+        }
+        Ok(())
     }
 
     async fn set_link(&self, iface: &str, up: bool) -> Result<()> {
@@ -325,7 +359,7 @@ impl Node {
     }
 }
 
-fn child_setup(cgroup_procs: Option<&CString>) -> std::io::Result<()> {
+pub(crate) fn child_setup(cgroup_procs: Option<&CString>) -> std::io::Result<()> {
     // SAFETY: plain syscalls on valid pointers.
     unsafe {
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::sys::netns::Task;
+use crate::sys::netns::{Netns, Task};
 
 use super::Lab;
 use super::node::Node;
@@ -56,7 +56,8 @@ pub struct NatBehavior {
 }
 
 /// A UDP reflector: answers every datagram with the source address it
-/// observed, as text (`"ip:port"`). Stops when dropped.
+/// observed, as text (`"OBSERVED ip:port"`, upstream patchbay's reply).
+/// Stops when dropped.
 #[derive(Debug)]
 pub struct Reflector {
     addr: SocketAddr,
@@ -70,6 +71,10 @@ impl Reflector {
     }
 }
 
+/// What a reflector puts before the address it observed (upstream patchbay's format).
+const OBSERVED: &str = "OBSERVED ";
+/// The first port of the per-node probe ports ([`Node::probe_port`]).
+const PROBE_PORT_BASE: u16 = 40_000;
 const PROBE_TRIES: usize = 4;
 const PROBE_WAIT: Duration = Duration::from_millis(300);
 const FILTER_WAIT: Duration = Duration::from_millis(400);
@@ -81,62 +86,86 @@ fn io_ctx(context: String) -> impl FnOnce(std::io::Error) -> Error {
 impl Node {
     /// Starts a UDP reflector bound to `bind` in this node (port 0 picks
     /// one; [`Reflector::addr`] tells which). It answers each datagram with
-    /// the observed source address as text. Returns once it is bound.
+    /// `OBSERVED <ip:port>`, the observed source address. Returns once it is bound.
     pub async fn spawn_reflector(&self, bind: SocketAddr) -> Result<Reflector> {
-        let sock = self
-            .run_sync(move || UdpSocket::bind(bind))?
-            .map_err(io_ctx(format!(
-                "binding a reflector to {bind} in {}",
-                self.name()
-            )))?;
-        let addr = sock
-            .local_addr()
-            .map_err(io_ctx("reading the reflector's address".into()))?;
-        let task = self
-            .netns()
-            .spawn(move || async move {
-                sock.set_nonblocking(true)?;
-                let sock = tokio::net::UdpSocket::from_std(sock)?;
-                let mut buf = vec![0u8; 2048];
-                loop {
-                    let (_, from) = sock.recv_from(&mut buf).await?;
-                    sock.send_to(from.to_string().as_bytes(), from).await?;
-                }
-            })?
-            .abort_on_drop();
-        Ok(Reflector { addr, _task: task })
+        reflector_on(self.netns(), self.name(), bind).await
     }
 
-    /// Sends from a fresh UDP socket (an ephemeral port on all addresses)
-    /// to `reflector` and returns the source address the reflector saw:
-    /// the external mapping, behind a NAT. Retries a few times, then fails.
+    /// Sends to `reflector` from this node's probe port and returns the
+    /// source address the reflector saw: the external mapping, behind a
+    /// NAT. Retries a few times, then fails.
+    ///
+    /// The probe port is fixed per node ([`Node::probe_port`]), as in
+    /// upstream patchbay: two probes from one node towards two reflectors
+    /// show the NAT's mapping behaviour (the same external port for both
+    /// under endpoint-independent mapping, two under endpoint-dependent
+    /// mapping). Two probes from one node at the same time are refused
+    /// (the port is taken).
     pub async fn probe_udp_mapping(&self, reflector: SocketAddr) -> Result<SocketAddr> {
-        let sock = self.client_socket(reflector.is_ipv6())?;
-        let name = self.name().to_string();
-        tokio::task::spawn_blocking(move || ask(&sock, reflector))
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || node.probe_udp_mapping_blocking(reflector))
             .await
             .map_err(|e| Error::Invalid(format!("mapping probe task failed: {e}")))?
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "no answer from reflector {reflector} to {name} after {PROBE_TRIES} tries: is a reflector running there (Node::spawn_reflector), and is it reachable?"
-                ))
-            })
     }
 
-    /// A UDP socket on an ephemeral port of all addresses of one family.
-    fn client_socket(&self, v6: bool) -> Result<UdpSocket> {
+    /// The blocking form of [`Node::probe_udp_mapping`].
+    pub(crate) fn probe_udp_mapping_blocking(&self, reflector: SocketAddr) -> Result<SocketAddr> {
+        let port = self.probe_port();
+        let sock = self.client_socket(reflector.is_ipv6(), port)?;
+        ask(&sock, reflector).ok_or_else(|| {
+            Error::Invalid(format!(
+                "no answer from reflector {reflector} to {} (probe port {port}) after {PROBE_TRIES} tries: is a reflector running there (Node::spawn_reflector), and is it reachable?",
+                self.name()
+            ))
+        })
+    }
+
+    /// The local UDP port [`Node::probe_udp_mapping`] sends from: 40000 plus
+    /// the node's ordinal in its lab (modulo 20000).
+    pub fn probe_port(&self) -> u16 {
+        PROBE_PORT_BASE + (self.inner.ordinal % 20_000) as u16
+    }
+
+    /// A UDP socket on `port` (0: an ephemeral one) of all addresses of one family.
+    fn client_socket(&self, v6: bool, port: u16) -> Result<UdpSocket> {
         let any: IpAddr = if v6 {
             Ipv6Addr::UNSPECIFIED.into()
         } else {
             Ipv4Addr::UNSPECIFIED.into()
         };
         let s = self
-            .run_sync(move || UdpSocket::bind((any, 0)))?
-            .map_err(io_ctx(format!("binding a probe socket in {}", self.name())))?;
+            .run_sync(move || UdpSocket::bind((any, port)))?
+            .map_err(io_ctx(format!(
+                "binding a probe socket to port {port} in {}",
+                self.name()
+            )))?;
         s.set_read_timeout(Some(PROBE_WAIT))
             .map_err(io_ctx("setting a read timeout".into()))?;
         Ok(s)
     }
+}
+
+/// A reflector on the worker of `ns` (called `name` in errors).
+pub(crate) async fn reflector_on(ns: &Netns, name: &str, bind: SocketAddr) -> Result<Reflector> {
+    let sock = ns
+        .run_sync(move || UdpSocket::bind(bind))?
+        .map_err(io_ctx(format!("binding a reflector to {bind} in {name}")))?;
+    let addr = sock
+        .local_addr()
+        .map_err(io_ctx("reading the reflector's address".into()))?;
+    let task = ns
+        .spawn(move || async move {
+            sock.set_nonblocking(true)?;
+            let sock = tokio::net::UdpSocket::from_std(sock)?;
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let (_, from) = sock.recv_from(&mut buf).await?;
+                sock.send_to(format!("{OBSERVED}{from}").as_bytes(), from)
+                    .await?;
+            }
+        })?
+        .abort_on_drop();
+    Ok(Reflector { addr, _task: task })
 }
 
 /// Asks a reflector; `None` after every try timed out.
@@ -147,7 +176,8 @@ fn ask(sock: &UdpSocket, to: SocketAddr) -> Option<SocketAddr> {
         if let Ok((n, from)) = sock.recv_from(&mut buf)
             && from == to
         {
-            return std::str::from_utf8(&buf[..n]).ok()?.parse().ok();
+            let text = std::str::from_utf8(&buf[..n]).ok()?;
+            return text.strip_prefix(OBSERVED).unwrap_or(text).parse().ok();
         }
     }
     None
@@ -268,9 +298,9 @@ impl Lab {
         let a2 = server(a, p2)?;
         let b1 = server(b, port)?;
         let b2 = server(b, p2)?;
-        let c_map = client.client_socket(v6)?;
-        let c_eif = client.client_socket(v6)?;
-        let c_adf = client.client_socket(v6)?;
+        let c_map = client.client_socket(v6, 0)?;
+        let c_eif = client.client_socket(v6, 0)?;
+        let c_adf = client.client_socket(v6, 0)?;
         for c in [&c_eif, &c_adf] {
             c.set_read_timeout(Some(FILTER_WAIT))
                 .map_err(io_ctx("setting a read timeout".into()))?;

@@ -103,6 +103,15 @@ impl LabInner {
     fn regions(&self) -> std::sync::MutexGuard<'_, Regions> {
         self.regions.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Region router name → region name (for topology.json).
+    pub(crate) fn region_routers(&self) -> BTreeMap<String, String> {
+        self.regions()
+            .names
+            .iter()
+            .map(|(name, router)| (router.clone(), name.clone()))
+            .collect()
+    }
 }
 
 /// The networks of a region's subtree that the region router routes:

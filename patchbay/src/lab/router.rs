@@ -312,6 +312,7 @@ impl RouterBuilder {
                 },
             );
         }
+        lab.names_for_new_node(&node)?;
         let siblings = {
             let mut t = lab.topo();
             let lan = match &up {
@@ -366,7 +367,14 @@ async fn routes_to_lan(
     let (hops, v6): (Vec<Hop>, Ipv6Addr) = {
         let t = lab.topo();
         let me = &t.routers[name];
-        let (mut v4_open, mut v6_open) = (me.lan.ip.has_v4(), me.lan.ip.has_v6());
+        // Private and shared (CGNAT) address space is not routed on the lab's internet, as on
+        // the real one: only a public LAN's IPv4 prefix is announced upwards. (A NATed LAN
+        // that was routed would let peers reach each other's private addresses directly,
+        // past their NATs.)
+        let (mut v4_open, mut v6_open) = (
+            me.lan.ip.has_v4() && kind == LanKind::Public,
+            me.lan.ip.has_v6(),
+        );
         let v6 = match me.nat_v6 {
             NatV6Mode::Nptv6 => addr::nptv6_external_of(v6),
             NatV6Mode::Masquerade => {
@@ -394,7 +402,6 @@ async fn routes_to_lan(
         hops.push((lab.root().clone(), c4, c6, v4_open, v6_open));
         (hops, v6)
     };
-    let _ = kind;
     for (ns, via4, via6, do_v4, do_v6) in hops {
         let what = format!("routing to the LAN of {name} via {via4} / {via6}");
         ns.run(move || async move {

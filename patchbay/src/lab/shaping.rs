@@ -140,6 +140,29 @@ impl Router {
     pub async fn block_icmp_frag_needed(&self, on: bool) -> Result<()> {
         let what = format!("PMTU black hole of router {}", self.name());
         nft::apply(self.netns(), &what, render_pmtu_blackhole(on)).await?;
+        self.record("pmtu.blackhole", serde_json::json!({ "on": on }), true);
+        Ok(())
+    }
+
+    /// Shapes the router's downlink: what it sends into its LAN (the egress of its `lan`
+    /// bridge), to every device on the LAN at once, as a congested access network does.
+    /// `LinkCondition::default()` removes it. Scaled like every link condition under
+    /// compression.
+    pub async fn set_lan_condition(&self, condition: LinkCondition) -> Result<()> {
+        condition.validate()?;
+        let condition = match self.inner.lab.upgrade() {
+            Some(lab) => lab
+                .compression()
+                .link(&format!("{}.lan", self.name()), &condition),
+            None => condition,
+        };
+        let qdisc = crate::link::qdisc_of(&condition);
+        tc::apply(self.netns(), &render_tc("lan", &condition), qdisc).await?;
+        self.record(
+            "link.condition",
+            serde_json::json!({"iface": "lan", "applied": condition}),
+            false,
+        );
         Ok(())
     }
 }
@@ -171,6 +194,11 @@ impl Node {
         if matches!(direction, Direction::In | Direction::Both) {
             tc::apply(&peer_ns, &render_tc(&peer_dev, &condition), qdisc).await?;
         }
+        self.record(
+            "link.condition",
+            serde_json::json!({"iface": iface, "direction": direction, "applied": condition}),
+            true,
+        );
         Ok(())
     }
 
@@ -192,6 +220,11 @@ impl Node {
             .run(move || linkattr::set_mtu(index, mtu))
             .await?
             .ctx(what)?;
+        self.record(
+            "mtu.changed",
+            serde_json::json!({"iface": iface, "mtu": mtu}),
+            true,
+        );
         if self.kind() == NodeKind::Router && iface == "lan" {
             return Ok(());
         }

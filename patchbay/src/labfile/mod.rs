@@ -5,6 +5,7 @@
 
 mod dns;
 mod duration;
+mod programs;
 mod run;
 mod schema;
 mod steps_mobility;

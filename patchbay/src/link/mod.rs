@@ -12,7 +12,7 @@
 mod tc;
 pub mod units;
 
-pub(crate) use tc::{qdisc_of, render_tc};
+pub(crate) use tc::{TcCmd, qdisc_of, render_tc};
 
 use std::fmt;
 use std::str::FromStr;
@@ -38,6 +38,9 @@ pub enum LinkError {
         "unknown link preset {0:?}: use one of lan, wifi, wifi-bad, 4g (mobile-4g, mobile), 3g (mobile-3g), satellite, satellite-geo, or a table of values"
     )]
     UnknownPreset(String),
+    /// A queue depth without a rate limit to queue behind.
+    #[error("queue needs a rate: the queue is the rate limiter's; set `rate` too")]
+    QueueNeedsRate,
     /// Jitter or reordering needs a base delay.
     #[error("{0} needs a delay: set `delay` too (netem varies or reorders around a base delay)")]
     NeedsDelay(&'static str),
@@ -167,6 +170,18 @@ pub struct LinkCondition {
     /// Rate limit in bits per second.
     #[serde(with = "units::opt_rate", skip_serializing_if = "Option::is_none")]
     pub rate: Option<u64>,
+    /// Mean length of a loss burst, in packets. `None` (or below 2): every packet is lost
+    /// independently with probability `loss`. `Some(n)`: losses come in bursts of mean length
+    /// `n` (the Gilbert-Elliott model, netem `loss gemodel`), as on radio links that fade,
+    /// while the long-run rate stays `loss`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_burst: Option<u32>,
+    /// How long a packet may wait in the rate limiter's queue before it is dropped (a `tbf`
+    /// queue of `latency` = this), so that a congested link loses packets the way a real
+    /// bottleneck does. Only with `rate`. `None`: netem's own rate limiting (a deep queue),
+    /// or 50 ms for a rate limit alone.
+    #[serde(with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub queue: Option<Duration>,
 }
 
 /// The time-related part of a [`LinkCondition`], for timer compression:
@@ -180,6 +195,9 @@ pub struct LinkTiming {
     pub jitter_us: u64,
     /// Rate in bits per second, if limited.
     pub rate_bps: Option<u64>,
+    /// The rate limiter's queue depth in microseconds, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_us: Option<u64>,
 }
 
 impl LinkTiming {
@@ -195,6 +213,10 @@ impl LinkTiming {
             rate_bps: self
                 .rate_bps
                 .map(|r| (r as f64 * k).round().max(1.0) as u64),
+            // The queue holds the same bytes: its time ÷ k at a rate × k.
+            queue_us: self
+                .queue_us
+                .map(|q| ((q as f64 / k).round() as u64).max(1)),
         }
     }
 }
@@ -247,6 +269,19 @@ impl LinkCondition {
         self
     }
 
+    /// Makes losses come in bursts of mean length `packets` (see
+    /// [`LinkCondition::loss_burst`]).
+    pub fn loss_burst(mut self, packets: u32) -> Self {
+        self.loss_burst = Some(packets);
+        self
+    }
+
+    /// Sets the rate limiter's queue depth (see [`LinkCondition::queue`]).
+    pub fn queue(mut self, d: Duration) -> Self {
+        self.queue = Some(d);
+        self
+    }
+
     /// Checks ranges and dependencies, naming the bad field.
     pub fn validate(&self) -> Result<(), LinkError> {
         for (field, value) in [
@@ -269,6 +304,9 @@ impl LinkCondition {
         }
         if self.rate == Some(0) {
             return Err(LinkError::Unit(UnitError::BadRate("0".into())));
+        }
+        if self.queue.is_some() && self.rate.is_none() {
+            return Err(LinkError::QueueNeedsRate);
         }
         Ok(())
     }
@@ -294,6 +332,7 @@ impl LinkCondition {
             delay_us: self.delay.as_micros() as u64,
             jitter_us: self.jitter.as_micros() as u64,
             rate_bps: self.rate,
+            queue_us: self.queue.map(|q| q.as_micros() as u64),
         }
     }
 
@@ -303,6 +342,7 @@ impl LinkCondition {
             delay: Duration::from_micros(t.delay_us),
             jitter: Duration::from_micros(t.jitter_us),
             rate: t.rate_bps,
+            queue: t.queue_us.map(Duration::from_micros),
             ..self.clone()
         }
     }
@@ -335,6 +375,10 @@ struct Table {
     corrupt: Option<f64>,
     #[serde(default, with = "units::opt_rate")]
     rate: Option<u64>,
+    #[serde(default)]
+    loss_burst: Option<u32>,
+    #[serde(default, with = "units::opt_duration")]
+    queue: Option<Duration>,
 }
 
 fn opt_percent<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
@@ -354,6 +398,8 @@ impl Table {
         c.reorder = self.reorder.unwrap_or(c.reorder);
         c.corrupt = self.corrupt.unwrap_or(c.corrupt);
         c.rate = self.rate.or(c.rate);
+        c.loss_burst = self.loss_burst.or(c.loss_burst);
+        c.queue = self.queue.or(c.queue);
         c.validate()?;
         Ok(c)
     }

@@ -37,22 +37,26 @@ pub fn render_nat(spec: &NatSpec) -> String {
     w(format!("\t\ttimeout {t}"));
     w("\t}".into());
     if adf {
+        // Internal endpoint . remote address, recorded from outbound datagrams in `filter`
+        // (before the source NAT), matched against DNATed inbound ones there.
         w("\tset adf_seen {".into());
-        w("\t\ttype inet_service . ipv4_addr".into());
+        w("\t\ttype ipv4_addr . inet_service . ipv4_addr".into());
         w("\t\tflags dynamic,timeout".into());
         w(format!("\t\ttimeout {t}"));
         w("\t}".into());
     }
     w("\tchain prerouting {".into());
     w("\t\ttype nat hook prerouting priority dstnat; policy accept;".into());
-    match mode {
-        Nat::FullCone | Nat::Cgnat => w(format!(
+    // Endpoint-independent mapping: an inbound datagram to a mapped port is translated to its
+    // internal endpoint here; the filter chain below then decides whether it may pass. A
+    // datagram that is dropped there leaves no conntrack entry (it is never confirmed), so it
+    // cannot take the external port away from the internal endpoint's own later flows, as a
+    // datagram delivered to the router itself would (RFC 4787 hole punching, and upstream
+    // patchbay's behaviour).
+    if mode != Nat::Symmetric {
+        w(format!(
             "\t\tiifname \"{wan}\" dnat ip to udp dport map @eim"
-        )),
-        Nat::AddressRestricted => w(format!(
-            "\t\tiifname \"{wan}\" udp dport . ip saddr @adf_seen dnat ip to udp dport map @eim"
-        )),
-        _ => {}
+        ));
     }
     if spec.hairpin {
         w(format!(
@@ -75,16 +79,30 @@ pub fn render_nat(spec: &NatSpec) -> String {
         ));
     }
     w("\t}".into());
+    // Filtering of unsolicited inbound datagrams (replies match their flow in conntrack and
+    // never reach a nat chain): none for full cone, the addresses the internal endpoint has
+    // sent to for address-restricted, nothing for port-restricted.
+    if matches!(mode, Nat::PortRestricted | Nat::AddressRestricted) {
+        w("\tchain filter {".into());
+        w("\t\ttype filter hook forward priority filter; policy accept;".into());
+        if adf {
+            w(format!(
+                "\t\toifname \"{wan}\" update @adf_seen {{ ip saddr . udp sport . ip daddr timeout {t} }}"
+            ));
+            w(format!(
+                "\t\tiifname \"{wan}\" ct state new ct status dnat ip daddr . udp dport . ip saddr @adf_seen accept"
+            ));
+        }
+        w(format!(
+            "\t\tiifname \"{wan}\" ct state new ct status dnat drop"
+        ));
+        w("\t}".into());
+    }
     w("\tchain mappings {".into());
     w("\t\ttype filter hook postrouting priority srcnat + 10; policy accept;".into());
     w(format!(
         "\t\toifname \"{wan}\" ct direction original update @eim {{ udp sport timeout {t} : ct original ip saddr . ct original proto-src }}"
     ));
-    if adf {
-        w(format!(
-            "\t\toifname \"{wan}\" ct direction original update @adf_seen {{ udp sport . ip daddr timeout {t} }}"
-        ));
-    }
     w("\t}".into());
     w("}".into());
     nft::replace_table("ip", NAT_TABLE, &b)

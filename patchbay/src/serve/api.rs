@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 
+use super::compare::CompareQuery;
 use super::dirs::{FileEntry, Refused, RunDir, Served};
 use super::events::Window;
 use super::logs::{self, LogQuery};
@@ -21,6 +22,8 @@ pub(crate) fn routes() -> Router<Arc<Served>> {
         .route("/api/runs/{id}/file/{*path}", get(file))
         .route("/api/runs/{id}/events", get(events))
         .route("/api/runs/{id}/logs", get(logs_window))
+        .route("/api/runs/{id}/qlog", get(qlog))
+        .route("/api/compare", get(compare))
 }
 
 /// A served directory as the page lists it.
@@ -127,15 +130,7 @@ async fn events(
         serde_json::to_vec(&log.window(&w)).map_err(std::io::Error::other)
     })
     .await;
-    match res {
-        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Ok(Err(e)) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("reading events.jsonl: {e}"),
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+    events_json(res)
 }
 
 async fn logs_window(
@@ -148,6 +143,66 @@ async fn logs_window(
     }
     match tokio::task::spawn_blocking(move || logs::query(&s.runs[id], &q)).await {
         Ok(reply) => Json(reply).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn qlog(State(s): State<Arc<Served>>, Path(id): Path<usize>) -> Response {
+    if let Err(r) = run_dir(&s, id) {
+        return r;
+    }
+    match tokio::task::spawn_blocking(move || super::qlog::query(&s.runs[id])).await {
+        Ok(reply) => Json(reply).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// The run's `time_scale` from its run.json (1 when it has none).
+fn time_scale(d: &RunDir) -> f64 {
+    d.resolve("run.json")
+        .ok()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["time_scale"].as_f64())
+        .unwrap_or(1.0)
+}
+
+async fn compare(State(s): State<Arc<Served>>, Query(q): Query<CompareQuery>) -> Response {
+    for id in [q.base, q.run] {
+        if let Err(r) = run_dir(&s, id) {
+            return r;
+        }
+    }
+    if q.base == q.run {
+        return (StatusCode::BAD_REQUEST, "compare two different runs").into_response();
+    }
+    let res = tokio::task::spawn_blocking(move || {
+        let lock = |id: usize| s.runs[id].events.lock().unwrap_or_else(|p| p.into_inner());
+        // Two logs are locked in id order, so two requests cannot deadlock.
+        let (mut lo, mut hi) = (lock(q.base.min(q.run)), lock(q.base.max(q.run)));
+        lo.refresh()?;
+        hi.refresh()?;
+        let (base, run) = if q.base < q.run {
+            (&*lo, &*hi)
+        } else {
+            (&*hi, &*lo)
+        };
+        let c = super::compare::compare(base, run, time_scale(&s.runs[q.run]));
+        serde_json::to_vec(&c).map_err(std::io::Error::other)
+    })
+    .await;
+    events_json(res)
+}
+
+/// The answer of a blocking task that read `events.jsonl` and serialised JSON.
+fn events_json(res: Result<std::io::Result<Vec<u8>>, tokio::task::JoinError>) -> Response {
+    match res {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading events.jsonl: {e}"),
+        )
+            .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

@@ -60,6 +60,8 @@ pub(crate) struct EventLog {
     t_min: f64,
     t_max: f64,
     node_kinds: BTreeMap<String, BTreeSet<String>>,
+    /// Events per node and kind in the whole file.
+    node_counts: BTreeMap<String, BTreeMap<String, usize>>,
     last_seq: Option<u64>,
 }
 
@@ -93,6 +95,8 @@ pub(crate) struct WindowReply<'a> {
     /// The kinds each node has in the whole file (the page gives each a
     /// row inside the node's lane, stable across zoom levels).
     pub node_kinds: &'a BTreeMap<String, BTreeSet<String>>,
+    /// Events per node and kind in the whole file (the page's counters).
+    pub node_counts: &'a BTreeMap<String, BTreeMap<String, usize>>,
     /// Events per kind inside the window (before binning).
     pub kinds: BTreeMap<&'a str, usize>,
     /// Events inside the window.
@@ -134,6 +138,7 @@ impl EventLog {
             t_min: f64::INFINITY,
             t_max: f64::NEG_INFINITY,
             node_kinds: BTreeMap::new(),
+            node_counts: BTreeMap::new(),
             last_seq: None,
         }
     }
@@ -168,7 +173,12 @@ impl EventLog {
         Ok(())
     }
 
-    fn ingest(&mut self, bytes: &[u8]) {
+    /// Every event with its drawn kind, in file order.
+    pub fn events(&self) -> &[(String, Event)] {
+        &self.events
+    }
+
+    pub(crate) fn ingest(&mut self, bytes: &[u8]) {
         for line in bytes.split(|&b| b == b'\n') {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
@@ -182,6 +192,13 @@ impl EventLog {
             self.t_max = self.t_max.max(e.virtual_ms);
             self.last_seq = self.last_seq.max(Some(e.seq));
             let node = e.node.as_deref().unwrap_or("lab");
+            match self.node_counts.get_mut(node) {
+                Some(c) => *c.entry(label.clone()).or_insert(0) += 1,
+                None => {
+                    self.node_counts
+                        .insert(node.to_string(), BTreeMap::from([(label.clone(), 1)]));
+                }
+            }
             match self.node_kinds.get_mut(node) {
                 Some(k) if k.contains(&label) => {}
                 Some(k) => {
@@ -244,6 +261,7 @@ impl EventLog {
             t_max,
             nodes: self.node_kinds.keys().map(String::as_str).collect(),
             node_kinds: &self.node_kinds,
+            node_counts: &self.node_counts,
             kinds,
             in_window: inside.len(),
             binned,

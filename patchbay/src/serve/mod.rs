@@ -23,9 +23,11 @@
 //! ```
 
 mod api;
+mod compare;
 mod dirs;
 mod events;
 mod logs;
+mod qlog;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -131,27 +133,49 @@ impl Server {
     }
 }
 
-const INDEX_HTML: &str = include_str!("web/index.html");
-const APP_JS: &str = include_str!("web/app.js");
-const DRAW_JS: &str = include_str!("web/draw.js");
-const APP_CSS: &str = include_str!("web/app.css");
+/// The page: every file of `web/`, compiled in.
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "/",
+        include_str!("web/index.html"),
+        "text/html; charset=utf-8",
+    ),
+    (
+        "/app.js",
+        include_str!("web/app.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "/draw.js",
+        include_str!("web/draw.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "/topo.js",
+        include_str!("web/topo.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "/logs.js",
+        include_str!("web/logs.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "/app.css",
+        include_str!("web/app.css"),
+        "text/css; charset=utf-8",
+    ),
+];
 
 fn router(state: Arc<Served>) -> Router {
-    let asset = |body: &'static str, ty: &'static str| {
-        move || async move { ([(header::CONTENT_TYPE, ty)], body) }
-    };
-    Router::new()
-        .route("/", get(asset(INDEX_HTML, "text/html; charset=utf-8")))
-        .route(
-            "/app.js",
-            get(asset(APP_JS, "text/javascript; charset=utf-8")),
-        )
-        .route(
-            "/draw.js",
-            get(asset(DRAW_JS, "text/javascript; charset=utf-8")),
-        )
-        .route("/app.css", get(asset(APP_CSS, "text/css; charset=utf-8")))
-        .merge(api::routes())
+    let mut r = Router::new();
+    for &(path, body, ty) in ASSETS {
+        r = r.route(
+            path,
+            get(move || async move { ([(header::CONTENT_TYPE, ty)], body) }),
+        );
+    }
+    r.merge(api::routes())
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }

@@ -19,6 +19,7 @@ pub(crate) mod capture;
 pub(crate) mod cgroup;
 pub(crate) mod cmd;
 pub(crate) mod linkattr;
+pub(crate) mod mountns;
 pub(crate) mod netlink;
 pub(crate) mod netns;
 pub(crate) mod nft;

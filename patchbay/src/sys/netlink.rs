@@ -13,7 +13,9 @@ use std::os::fd::RawFd;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::neighbour::NeighbourState;
-use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkDummy, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
+};
 
 /// Errors of netlink operations, with the operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +133,21 @@ pub async fn create_bridge(name: &str, index: u32, mac: [u8; 6]) -> Result<(), N
         .execute()
         .await
         .map_err(req(format!("ip link add {name} type bridge")))
+}
+
+/// `ip link add NAME index IDX address MAC type dummy` in the calling namespace, up.
+pub async fn create_dummy(name: &str, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
+    let msg = LinkDummy::new(name)
+        .index(index)
+        .address(mac.to_vec())
+        .up()
+        .build();
+    handle()?
+        .link()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(req(format!("ip link add {name} type dummy")))
 }
 
 /// `ip link set dev IDX master BRIDGE up`.

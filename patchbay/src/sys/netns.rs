@@ -73,6 +73,9 @@ pub enum NetnsError {
         /// The panic message.
         message: String,
     },
+    /// The worker's private mount namespace could not be set up or joined.
+    #[error(transparent)]
+    Mount(#[from] super::mountns::MountError),
     /// `setns` into the namespace failed (a [`Netns::spawn_thread`] thread).
     #[error("cannot enter namespace {name} with setns(CLONE_NEWNET): {source}")]
     Setns {
@@ -93,6 +96,11 @@ enum Msg {
 struct Inner {
     name: String,
     fd: Mutex<Option<OwnedFd>>,
+    /// The worker's private mount namespace (see `mountns`).
+    mnt: OwnedFd,
+    /// The worker's runtime, for tasks that must be `tokio` tasks (the compat layer's
+    /// `JoinHandle`s).
+    rt: tokio::runtime::Handle,
     tx: Mutex<Option<mpsc::UnboundedSender<Msg>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     thread_id: std::thread::ThreadId,
@@ -123,18 +131,20 @@ impl Netns {
     /// namespace itself is anonymous.
     pub fn new(name: &str) -> Result<Self, NetnsError> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<OwnedFd, NetnsError>>(1);
+        type Ready = (OwnedFd, OwnedFd, tokio::runtime::Handle);
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<Ready, NetnsError>>(1);
         let tname = name.to_string();
         let thread = std::thread::Builder::new()
             .name(thread_name(name))
             .spawn(move || {
-                let setup = || -> Result<(OwnedFd, tokio::runtime::Runtime), NetnsError> {
+                let setup = || -> Result<(Ready, tokio::runtime::Runtime), NetnsError> {
                     nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(|source| {
                         NetnsError::Unshare {
                             name: tname.clone(),
                             source,
                         }
                     })?;
+                    let mnt = super::mountns::private_view(&tname)?;
                     let fd = std::fs::File::open("/proc/thread-self/ns/net").map_err(|source| {
                         NetnsError::OpenNs {
                             name: tname.clone(),
@@ -148,11 +158,12 @@ impl Netns {
                             name: tname.clone(),
                             source,
                         })?;
-                    Ok((fd.into(), rt))
+                    let handle = rt.handle().clone();
+                    Ok(((fd.into(), mnt, handle), rt))
                 };
                 let rt = match setup() {
-                    Ok((fd, rt)) => {
-                        if ready_tx.send(Ok(fd)).is_err() {
+                    Ok((ready, rt)) => {
+                        if ready_tx.send(Ok(ready)).is_err() {
                             return;
                         }
                         rt
@@ -184,8 +195,8 @@ impl Netns {
                 source,
             })?;
         let thread_id = thread.thread().id();
-        let fd = match ready_rx.recv() {
-            Ok(Ok(fd)) => fd,
+        let (fd, mnt, rt) = match ready_rx.recv() {
+            Ok(Ok(ready)) => ready,
             Ok(Err(e)) => {
                 join_quietly(thread);
                 return Err(e);
@@ -201,6 +212,8 @@ impl Netns {
             inner: Arc::new(Inner {
                 name: name.to_string(),
                 fd: Mutex::new(Some(fd)),
+                mnt,
+                rt,
                 tx: Mutex::new(Some(tx)),
                 thread: Mutex::new(Some(thread)),
                 thread_id,
@@ -222,6 +235,24 @@ impl Netns {
             .ok_or_else(|| NetnsError::Gone {
                 name: self.inner.name.clone(),
             })
+    }
+
+    /// The worker's tokio runtime (a current-thread runtime driven by the worker): tasks
+    /// spawned on it run on the worker, inside the namespace.
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.inner.rt
+    }
+
+    /// Binds the node's name files over `/etc/hosts` and `/etc/resolv.conf` in the worker's
+    /// mount namespace (see `mountns`), so in-process resolvers on the node see them.
+    pub(crate) fn bind_names(
+        &self,
+        hosts: std::path::PathBuf,
+        resolv: std::path::PathBuf,
+    ) -> Result<(), NetnsError> {
+        let name = self.inner.name.clone();
+        self.run_sync(move || super::mountns::bind_names(&name, &hosts, &resolv))?
+            .map_err(NetnsError::from)
     }
 
     /// Whether the calling thread is this namespace's worker.
@@ -289,6 +320,14 @@ impl Netns {
                     source,
                 })?
         };
+        let mnt = self
+            .inner
+            .mnt
+            .try_clone()
+            .map_err(|source| NetnsError::OpenNs {
+                name: self.inner.name.clone(),
+                source,
+            })?;
         let (tx, rx) = oneshot::channel();
         let name = self.inner.name.clone();
         let tname = name.clone();
@@ -303,6 +342,11 @@ impl Netns {
                     return;
                 }
                 drop(fd);
+                if let Err(e) = super::mountns::join(&tname, &mnt) {
+                    let _ = tx.send(Err(e.into()));
+                    return;
+                }
+                drop(mnt);
                 let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
                     let message = p
                         .downcast_ref::<&str>()

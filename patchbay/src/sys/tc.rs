@@ -43,9 +43,35 @@ pub enum TcError {
     Cmd(#[from] CmdError),
 }
 
-/// Runs `tc ARGS` (rendered by [`crate::link::render_tc`], which installs or
-/// removes `qdisc`) inside `ns`.
-pub(crate) async fn apply(ns: &Netns, args: &[String], qdisc: Qdisc) -> Result<(), TcError> {
+/// Runs the `tc` commands rendered by [`crate::link::render_tc`] (which install or remove
+/// `qdisc`) inside `ns`, in order.
+pub(crate) async fn apply(
+    ns: &Netns,
+    cmds: &[crate::link::TcCmd],
+    qdisc: Qdisc,
+) -> Result<(), TcError> {
+    for c in cmds {
+        match run_one(ns, &c.args, qdisc).await {
+            Err(TcError::Cmd(CmdError::Failed { stderr, .. }))
+                if c.may_be_absent && is_absent(&stderr) => {}
+            r => r?,
+        }
+    }
+    Ok(())
+}
+
+/// What tc says when the object to remove is not there.
+fn is_absent(stderr: &str) -> bool {
+    [
+        "No such file or directory",
+        "Invalid handle",
+        "Cannot find specified qdisc",
+    ]
+    .iter()
+    .any(|m| stderr.contains(m))
+}
+
+async fn run_one(ns: &Netns, args: &[String], qdisc: Qdisc) -> Result<(), TcError> {
     match cmd::run(ns, "tc", args, None).await {
         Ok(_) => Ok(()),
         // Removing a root qdisc that is not there.

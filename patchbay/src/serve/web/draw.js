@@ -1,6 +1,6 @@
-// patchbay devtools: DOM/SVG helpers and the two charts (the zoomable
-// per-node timeline, and the two-lane side-by-side view). Plain SVG drawn
-// here: no library, nothing fetched from the network.
+// patchbay devtools: DOM/SVG helpers, kind colours, and the two charts
+// (the zoomable per-lane timeline, and the two-lane side-by-side view).
+// Plain SVG drawn here: no library, nothing fetched from the network.
 'use strict';
 
 const SVGNS = 'http://www.w3.org/2000/svg';
@@ -22,22 +22,45 @@ function addKids(e, kids) {
 function el(tag, attrs, ...kids) { const e = document.createElement(tag); setAttrs(e, attrs); addKids(e, kids); return e; }
 function sv(tag, attrs, ...kids) { const e = document.createElementNS(SVGNS, tag); setAttrs(e, attrs); addKids(e, kids); return e; }
 
-const PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf', '#bcbd22', '#7f7f7f'];
+// ---- Colours: one per kind, never shared --------------------------------
+// Known kinds keep a colour that reads (RTO red, retransmission orange, ...);
+// any other kind takes the next colour nobody has. 30 colours; past them a
+// kind gets a hue of its own from the golden angle.
+const PREFERRED = {
+  'tcp:rto': '#d62728', 'rto': '#d62728', 'tcp:rto:expired': '#7a0b0b', 'rto:expired': '#7a0b0b',
+  'tcp:retransmit': '#ff7f0e', 'tcp:retrans': '#ff7f0e', 'retrans': '#ff7f0e',
+  'tcp:state': '#1f77b4', 'nat.changed': '#9467bd', 'nat.flushed': '#c5b0d5', 'nat.classified': '#7b4173',
+  'link.condition': '#2ca02c', 'link.down': '#843c39', 'link.up': '#98df8a', 'region.link': '#637939',
+  'fault.start': '#111111', 'fault.end': '#636363', 'step.start': '#17becf', 'step.end': '#3182bd',
+  'cmd.start': '#8c564b', 'cmd.exit': '#c49c94', 'mark': '#e377c2', 'lab.start': '#7f7f7f', 'lab.end': '#393b79',
+  'node.added': '#bcbd22', 'node.removed': '#8c6d31', 'iface.added': '#dbdb8d', 'iface.removed': '#e6550d',
+  'iface.moved': '#31a354', 'addr.changed': '#aec7e8', 'route.changed': '#ffbb78', 'firewall.changed': '#756bb1',
+  'capture.start': '#9edae5', 'mtu.changed': '#f7b6d2',
+};
+// Most distinct first: a chart's first kinds get the colours that differ most.
+const PALETTE = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf',
+  '#393b79', '#e6550d', '#637939', '#843c39', '#7b4173', '#3182bd', '#31a354', '#756bb1', '#636363', '#8c6d31',
+  '#aec7e8', '#ffbb78', '#98df8a', '#ff9896', '#c5b0d5', '#c49c94', '#f7b6d2', '#dbdb8d', '#9edae5', '#111111'];
+const KIND_COLOR = new Map();
 function colorOf(kind) {
   const k = String(kind);
-  if (/^(tcp:)?rto:expired/.test(k)) return '#7a0b0b';
-  if (/^(tcp:)?rto/.test(k)) return '#d62728';
-  if (/^(tcp:)?retrans/.test(k)) return '#ff7f0e';
-  if (/^(tcp:)?state/.test(k)) return '#1f77b4';
-  if (/^nat[.:]/.test(k)) return '#9467bd';
-  if (/^(link|region)[.:]/.test(k)) return '#2ca02c';
-  if (/^fault[.:]/.test(k)) return '#111111';
-  if (/^step[.:]/.test(k)) return '#17becf';
-  if (/^cmd[.:]/.test(k)) return '#8c564b';
-  if (k === 'mark') return '#e377c2';
-  let h = 0;
-  for (const c of k) h = (h * 31 + c.charCodeAt(0)) >>> 0;
-  return PALETTE[h % PALETTE.length];
+  if (KIND_COLOR.has(k)) return KIND_COLOR.get(k);
+  const used = new Set(KIND_COLOR.values());
+  let c = PREFERRED[k] && !used.has(PREFERRED[k]) ? PREFERRED[k] : PALETTE.find(p => !used.has(p));
+  if (!c) c = `hsl(${(KIND_COLOR.size * 137.508) % 360}, 65%, 42%)`;
+  KIND_COLOR.set(k, c);
+  return c;
+}
+// Registers a chart's kinds before drawing: the known kinds first (their
+// own colours), then the others in name order, so no two share a colour.
+function registerKinds(kinds) {
+  const all = [...new Set(kinds)].sort();
+  all.filter(k => PREFERRED[k]).forEach(colorOf);
+  all.forEach(colorOf);
+}
+function legendOf(entries) {
+  return el('div', { class: 'legend' }, entries.map(([k, n]) =>
+    el('span', { style: `--c:${colorOf(k)}`, 'data-kind': k, text: n === undefined ? k : `${k} (${n})` })));
 }
 
 function niceStep(span, n) {
@@ -62,15 +85,40 @@ function axis(g, x, from, to, top, bottom, left, right) {
   }
 }
 
-// The zoomable timeline: one lane per node, every event a tick, faults and
-// steps as bands. `source(from, to, bins)` answers a window (see the
-// server's /events); while a new window loads the old one is redrawn at the
-// new scale, so zoom and pan stay immediate on large runs.
+// Pairs `*.start` with `*.end` events: steps by their step number, faults by
+// their description (first in, first out). Unclosed starts come last, with
+// `end` null.
+function pairBands(events) {
+  const open = new Map(), out = [];
+  for (const e of events) {
+    const m = /^(fault|step)\.(start|end)$/.exec(e.label || e.kind);
+    if (!m) continue;
+    const d = e.data || {};
+    const key = m[1] + '|' + (m[1] === 'step' ? d.step : d.fault);
+    if (m[2] === 'start') { if (!open.has(key)) open.set(key, []); open.get(key).push(e); continue; }
+    const q = open.get(key);
+    if (q && q.length) { const s = q.shift(); out.push({ what: m[1], start: s, end: e }); }
+  }
+  open.forEach(q => q.forEach(s => out.push({ what: s.label.split('.')[0], start: s, end: null })));
+  return out;
+}
+function bandLabel(b) {
+  const d = b.start.data || {}, e = (b.end && b.end.data) || {};
+  if (b.what === 'fault') return d.fault || 'fault';
+  return `step ${d.step}${e.kind ? ' ' + e.kind : ''}${e.ok === false ? ' FAILED' : ''}`;
+}
+
+// The zoomable timeline: one lane per node, a row per kind, every event a
+// tick, steps and faults as bands. `source(from, to, bins)` answers a window
+// (see the server's /events); while a new window loads the old one is
+// redrawn at the new scale, so zoom and pan stay immediate on large runs.
+// `opts.markClass` names the marks (tests count them); `opts.now()` gives a
+// live run's current virtual time, so the axis keeps moving while idle.
 class Timeline {
-  constructor(root, source, hooks) {
-    this.root = root; this.source = source; this.hooks = hooks || {};
+  constructor(root, source, hooks, opts) {
+    this.root = root; this.source = source; this.hooks = hooks || {}; this.opts = opts || {};
     this.data = null; this.full = null; this.view = null; this.cursor = null; this.seq = 0;
-    this.chart = el('div', { class: 'chart' });
+    this.chart = el('div', { class: 'chart scroll-x' });
     this.info = el('span', { class: 'muted' });
     this.legend = el('div', { class: 'legend' });
     this.detail = el('div', { class: 'detail muted', text: 'Click an event for its detail; click the background to set the time cursor; wheel zooms, drag pans.' });
@@ -83,27 +131,34 @@ class Timeline {
     this.bindMouse();
   }
 
-  width() { return Math.max(600, this.root.clientWidth || this.root.parentElement.clientWidth || 1200); }
+  width() { return Math.max(340, this.root.clientWidth || this.root.parentElement.clientWidth || 1200); }
+  // The lane labels' column: narrower on a phone.
+  left() { return this.width() < 600 ? 88 : 170; }
+  liveEnd(t) { const now = this.opts.now ? this.opts.now() : null; return now === null ? t : Math.max(t, now); }
 
   async load(from, to) {
     const my = ++this.seq;
-    const plot = this.width() - 190;
+    const plot = this.width() - this.left() - 20;
     const d = await this.source(from, to, Math.max(100, Math.round(plot)));
     if (my !== this.seq) return;
     this.data = d;
-    if (!this.full || from === undefined) this.full = { from: d.t_min, to: Math.max(d.t_max, d.t_min + 1) };
+    registerKinds(Object.values(d.node_kinds || {}).flat().concat(Object.keys(d.kinds || {})));
+    if (!this.full || from === undefined) this.full = { from: Math.min(0, d.t_min), to: Math.max(this.liveEnd(d.t_max), d.t_min + 1) };
     if (!this.view || from === undefined) this.view = { ...this.full };
     this.render();
   }
   reset() { this.view = null; return this.load(); }
-  // Live: the file grew; keep the view, or follow the end when it showed it.
-  async refresh() {
+  // Live: keep the view, or follow the end when it showed it; the end is
+  // "now" while the run goes on, so the axis moves through idle stretches.
+  async refresh(fetch) {
     if (!this.view) return this.load();
     const following = this.full && this.view.to >= this.full.to - 1e-6;
-    const d = await this.source(undefined, undefined, 10);
-    this.full = { from: d.t_min, to: Math.max(d.t_max, d.t_min + 1) };
-    if (following) this.view.to = this.full.to;
-    return this.load(this.view.from, this.view.to);
+    let tMax = this.data ? this.data.t_max : 0;
+    if (fetch) tMax = (await this.source(undefined, undefined, 10)).t_max;
+    this.full = { from: this.full.from, to: Math.max(this.liveEnd(tMax), this.full.from + 1) };
+    if (following) this.view = { from: this.view.from, to: this.full.to };
+    if (fetch) return this.load(this.view.from, this.view.to);
+    this.render();
   }
   zoomAt(f, t) {
     if (!this.view) return;
@@ -132,7 +187,7 @@ class Timeline {
       const dx = e.clientX - drag.x;
       if (Math.abs(dx) > 3) drag.moved = true;
       if (!drag.moved) return;
-      const dt = dx * (drag.view.to - drag.view.from) / (this.width() - 190);
+      const dt = dx * (drag.view.to - drag.view.from) / (this.width() - this.left() - 20);
       this.view = { from: drag.view.from - dt, to: drag.view.to - dt };
       this.render();
     });
@@ -142,10 +197,10 @@ class Timeline {
       if (d.moved) { this.scheduleLoad(); return; }
       const ev = e.target.closest && e.target.closest('[data-i]');
       if (ev && this.data) this.select(this.data.events[Number(ev.getAttribute('data-i'))]);
-      else if (this.chart.contains(e.target)) this.setCursor(this.timeAt(e.clientX - this.chart.getBoundingClientRect().left));
+      else if (this.chart.contains(e.target)) this.setCursor(this.timeAt(e.clientX - this.chart.getBoundingClientRect().left + this.chart.scrollLeft));
     });
   }
-  timeAt(px) { const v = this.view; return v.from + (px - 170) * (v.to - v.from) / (this.width() - 190); }
+  timeAt(px) { const v = this.view; return v.from + (px - this.left()) * (v.to - v.from) / (this.width() - this.left() - 20); }
 
   select(ev) {
     this.detail.className = 'detail';
@@ -157,58 +212,73 @@ class Timeline {
     this.setCursor(ev.virtual_ms);
   }
 
+  lanes(d, top) {
+    const ROW = 9, nodes = d.nodes.length ? d.nodes : ['lab'];
+    const lanes = new Map();
+    let y = top;
+    nodes.forEach(n => {
+      const kinds = [...((d.node_kinds && d.node_kinds[n]) || new Set(d.events.filter(e => (e.node || 'lab') === n).map(e => e.label)))];
+      const bands = n === 'lab' ? 14 : 0;
+      const h = Math.max(24, kinds.length * ROW + 8 + bands);
+      lanes.set(n, { y, h, kinds, bands, row: ROW });
+      y += h;
+    });
+    return { lanes, nodes, bottom: y };
+  }
+
+  drawBands(svg, d, x, laneOf, LEFT, RIGHT, W) {
+    const g = sv('g', { class: 'bands' });
+    pairBands(d.events).forEach(b => {
+      const l = laneOf(b.start);
+      const t1 = b.end ? b.end.virtual_ms : Math.max(this.data.t_max, this.view.to);
+      const x0 = Math.max(LEFT, x(b.start.virtual_ms)), x1 = Math.min(W - RIGHT, x(t1));
+      if (x1 < x0) return;
+      const label = bandLabel(b);
+      const y = b.what === 'step' ? l.y + 1 : l.y + l.h - 13;
+      g.append(sv('rect', {
+        class: `band band-${b.what}${b.end ? '' : ' open'}${b.what === 'step' && (b.start.data || {}).step % 2 ? ' odd' : ''}`, x: x0, y: l.y + 1, width: Math.max(1, x1 - x0), height: l.h - 2,
+        fill: colorOf(b.start.label), 'data-step': b.what === 'step' ? (b.start.data || {}).step : null,
+        'data-from': b.start.virtual_ms, 'data-to': b.end ? b.end.virtual_ms : null,
+      }, sv('title', { text: `${label}: ${fmtTime(b.start.virtual_ms, 1)} – ${b.end ? fmtTime(t1, 1) : 'not ended'}` })));
+      g.append(sv('line', { class: 'band-edge', x1: x0, x2: x0, y1: l.y + 1, y2: l.y + l.h - 1, stroke: colorOf(b.start.label) }));
+      if (x1 - x0 > 40) {
+        g.append(sv('text', { class: 'band-label', x: x0 + 3, y: y + 10, text: label.slice(0, Math.floor((x1 - x0 - 6) / 6)) }));
+      }
+    });
+    svg.append(g);
+  }
+
   render() {
     const d = this.data, v = this.view;
     if (!d || !v) return;
-    const LEFT = 170, RIGHT = 20, TOP = 26, ROW = 9;
-    const W = this.width(), nodes = d.nodes.length ? d.nodes : ['lab'];
+    const LEFT = this.left(), RIGHT = 20, TOP = 26;
+    const W = this.width();
+    const cut = LEFT < 170 ? 12 : 26;
     const x = t => LEFT + (W - LEFT - RIGHT) * (t - v.from) / ((v.to - v.from) || 1);
-    // A lane per node, a row per kind it has (so an RTO and its
-    // retransmission at the same instant both show).
-    const lanes = new Map();
-    let y = TOP;
-    nodes.forEach(n => {
-      const kinds = [...((d.node_kinds && d.node_kinds[n]) || new Set(d.events.filter(e => (e.node || 'lab') === n).map(e => e.label)))];
-      const h = Math.max(24, kinds.length * ROW + 8);
-      lanes.set(n, { y, h, kinds });
-      y += h;
-    });
-    const H = y + 8;
+    const { lanes, nodes, bottom } = this.lanes(d, TOP);
+    const H = bottom + 8;
     const svg = sv('svg', { width: W, height: H, viewBox: `0 0 ${W} ${H}` });
     nodes.forEach((n, i) => {
       const l = lanes.get(n);
       svg.append(sv('rect', { x: 0, y: l.y, width: W, height: l.h, fill: i % 2 ? '#f5f7fa' : '#fff' }));
-      svg.append(sv('text', { class: 'lane-label', x: 8, y: l.y + Math.min(l.h / 2, 14) + 4, 'data-node': n, text: n }));
+      svg.append(sv('text', { class: 'lane-label', x: 8, y: l.y + Math.min(l.h / 2, 14) + 4, 'data-node': n, text: n.length > cut ? n.slice(0, cut - 1) + '…' : n },
+        sv('title', { text: n })));
     });
     const grid = sv('g');
     axis(grid, x, v.from, v.to, TOP, H - 8, LEFT, W - RIGHT);
     svg.append(grid);
     const laneOf = e => lanes.get(e.node || 'lab') || lanes.get(nodes[0]);
-    // Bands: fault.start..fault.end and step.start..step.end per node.
-    const open = new Map();
-    const bandOf = (s, end) => {
-      const l = laneOf(s);
-      const x0 = Math.max(LEFT, x(s.virtual_ms)), x1 = Math.min(W - RIGHT, x(end));
-      if (x1 <= x0) return;
-      svg.append(sv('rect', { class: 'band', x: x0, y: l.y + 1, width: x1 - x0, height: l.h - 2, fill: colorOf(s.label) }));
-    };
-    d.events.forEach(e => {
-      const m = /^(fault|step)\.(start|end)$/.exec(e.label);
-      if (!m) return;
-      const key = m[1] + '|' + (e.node || 'lab');
-      if (m[2] === 'start') open.set(key, e);
-      else if (open.has(key)) { bandOf(open.get(key), e.virtual_ms); open.delete(key); }
-    });
-    open.forEach(s => bandOf(s, Math.max(d.t_max, v.to)));
+    this.drawBands(svg, d, x, laneOf, LEFT, RIGHT, W);
     const marks = sv('g');
+    const cls = this.opts.markClass || 'tl-ev';
     d.events.forEach((e, i) => {
       const px = x(e.virtual_ms);
       if (px < LEFT - 1 || px > W - RIGHT + 1) return;
       const l = laneOf(e);
       const row = Math.max(0, l.kinds.indexOf(e.label));
-      const y0 = l.y + 4 + row * ROW, y1 = l.kinds.length > 1 ? y0 + ROW - 1 : l.y + l.h - 4;
-      const title = sv('title', { text: `${e.label} on ${e.node || 'lab'} @ ${fmtTime(e.virtual_ms, 1)}${e.n > 1 ? ` (${e.n} events)` : ''}` });
-      const common = { class: 'tl-ev', 'data-kind': e.label, 'data-node': e.node || 'lab', 'data-i': i, fill: colorOf(e.label), stroke: colorOf(e.label) };
+      const y0 = l.y + 4 + l.bands + row * l.row, y1 = l.kinds.length > 1 ? y0 + l.row - 1 : l.y + l.h - 4;
+      const title = sv('title', { text: `${e.label} on ${e.node || 'lab'} @ ${fmtTime(e.virtual_ms, 1)}${e.n > 1 ? ` (${e.n} events)` : ''}${e.summary ? ' ' + e.summary : ''}` });
+      const common = { class: cls, 'data-kind': e.label, 'data-node': e.node || 'lab', 'data-i': i, fill: colorOf(e.label), stroke: colorOf(e.label) };
       const wide = e.bin ? x(e.bin[1]) - x(e.bin[0]) : 0;
       if (wide > 3) marks.append(sv('rect', { ...common, x: x(e.bin[0]), y: y0, width: wide, height: y1 - y0, 'stroke-width': 0 }, title));
       else marks.append(sv('line', { ...common, x1: px, x2: px, y1: y0, y2: y1, 'stroke-width': e.n > 1 ? 3 : 2 }, title));
@@ -219,16 +289,18 @@ class Timeline {
     }
     this.chart.replaceChildren(svg);
     this.info.textContent = `${d.total} events; ${d.in_window} in the loaded window${d.binned ? `, drawn as ${d.events.length} marks (one per node, kind and time bin)` : ''}; view ${fmtTime(v.from, 1)} – ${fmtTime(v.to, 1)}${this.cursor !== null ? `; cursor ${fmtTime(this.cursor, 1)}` : ''}`;
-    this.legend.replaceChildren(...Object.entries(d.kinds).map(([k, n]) =>
-      el('span', { style: `--c:${colorOf(k)}`, 'data-kind': k, text: `${k} (${n})` })));
+    this.legend.replaceWith(this.legend = legendOf(Object.entries(d.kinds)));
   }
 }
 
 // Two runs on one virtual axis, a lane each, one band per kind inside the
 // lane (as in the SVG timelines), matched events joined by a thin line.
 function twoLanes(lanes, pairs, onSelect) {
-  const W = Math.max(700, (document.querySelector('main').clientWidth || 1130) - 30), LEFT = 170, RIGHT = 20, TOP = 26, LANE = 64;
+  const W = Math.max(340, (document.querySelector('main').clientWidth || 1130) - 2), RIGHT = 20, TOP = 26;
+  const LEFT = W < 600 ? 88 : 170, cut = W < 600 ? 12 : 26;
   const kinds = [...new Set(lanes.flatMap(l => l.events.map(e => e.kind)))];
+  registerKinds(kinds);
+  const LANE = Math.max(64, kinds.length * 9 + 16);
   const span = Math.max(1000, ...lanes.flatMap(l => l.events.map(e => e.virtual_ms))) * 1.04;
   const x = t => LEFT + (W - LEFT - RIGHT) * t / span;
   const H = TOP + LANE * lanes.length + 10;
@@ -238,14 +310,14 @@ function twoLanes(lanes, pairs, onSelect) {
   const pos = (li, e) => [x(e.virtual_ms), TOP + li * LANE + 8 + kinds.indexOf(e.kind) * band];
   lanes.forEach((l, li) => {
     const y = TOP + li * LANE;
-    svg.append(sv('line', { x1: LEFT, x2: W - RIGHT, y1: y + LANE / 2, y2: y + LANE / 2, stroke: '#ccd' }));
-    svg.append(sv('text', { class: 'lane-label', x: 8, y: y + LANE / 2 + 4, text: l.label }));
+    svg.append(sv('line', { x1: LEFT, x2: W - RIGHT, y1: y + LANE, y2: y + LANE, stroke: '#ccd' }));
+    svg.append(sv('text', { class: 'lane-label', x: 8, y: y + LANE / 2 + 4, text: l.label.length > cut ? l.label.slice(0, cut - 1) + '…' : l.label }, sv('title', { text: l.label })));
   });
   for (const [i, j] of pairs || []) {
     const a = lanes[0].events[i], b = lanes[1].events[j];
     if (!a || !b) continue;
     const [x0, y0] = pos(0, a), [x1, y1] = pos(1, b);
-    svg.append(sv('line', { x1: x0, y1: y0 + band, x2: x1, y2: y1, stroke: '#98a2b3', 'stroke-dasharray': '2 3' }));
+    svg.append(sv('line', { class: 'pair', x1: x0, y1: y0 + band, x2: x1, y2: y1, stroke: '#98a2b3', 'stroke-dasharray': '2 3' }));
   }
   lanes.forEach((l, li) => l.events.forEach(e => {
     const [px, y] = pos(li, e);
@@ -255,6 +327,23 @@ function twoLanes(lanes, pairs, onSelect) {
       onclick: () => onSelect && onSelect(e, l),
     }, sv('title', { text: `${l.label}: ${e.kind} on ${e.node} @ ${fmtTime(e.virtual_ms, 1)} ${e.detail || ''}` })));
   }));
-  const legend = el('div', { class: 'legend' }, kinds.map(k => el('span', { style: `--c:${colorOf(k)}`, text: k })));
-  return el('div', {}, el('div', { class: 'chart' }, svg), legend);
+  const count = k => lanes.map(l => l.events.filter(e => e.kind === k).length).join(' / ');
+  return el('div', {}, el('div', { class: 'chart scroll-x' }, svg), legendOf(kinds.map(k => [k, count(k)])));
+}
+
+// Whether anything is wider than the viewport: recorded on <body> for the
+// browser tests (document scrollWidth against clientWidth, and the first
+// elements that stick out, outside horizontally scrolling containers).
+function measureOverflow() {
+  const doc = document.documentElement, cw = doc.clientWidth;
+  const out = [];
+  for (const e of document.querySelectorAll('body *')) {
+    if (out.length >= 5) break;
+    if (e.closest('.scroll-x') && !e.classList.contains('scroll-x')) continue;
+    const r = e.getBoundingClientRect();
+    if (r.width && r.right > cw + 0.5) out.push(`${e.tagName.toLowerCase()}${e.id ? '#' + e.id : ''}${e.className && e.className.baseVal === undefined ? '.' + String(e.className).split(' ').join('.') : ''}(${Math.round(r.right)})`);
+  }
+  document.body.dataset.scrollWidth = doc.scrollWidth;
+  document.body.dataset.clientWidth = cw;
+  document.body.dataset.overflow = out.join(' ');
 }

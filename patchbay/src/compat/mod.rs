@@ -1,0 +1,108 @@
+//! Upstream patchbay 0.7's API on this crate (feature `compat`): test files written for
+//! n0-computer/patchbay 0.7 compile and run unchanged through the `patchbay-compat` package
+//! (`patchbay = { package = "patchbay-compat", path = "…/patchbay/compat" }` in
+//! `Cargo.toml`; see docs/porting.md).
+//!
+//! It is a translation layer over the core, not a second implementation: ids become the
+//! core's node names, upstream's NAT tiers become RFC 4787 modes, millisecond link
+//! conditions become the core's, and every operation is the core's. Upstream's signatures
+//! are kept, `anyhow::Result` included. Where the behaviour differs, the item's docs and
+//! docs/porting.md say so.
+//!
+//! Requirements: as the core's ([`crate::Lab`]): root, or a user namespace entered with
+//! [`init_userns`] before any thread starts; `nft` and `tc`; netem for delay and loss.
+
+mod device;
+mod dns;
+mod firewall;
+mod iface;
+mod ix;
+mod lab;
+mod link;
+mod metrics;
+mod nat;
+mod preset;
+mod region;
+mod router;
+mod runner;
+mod shared;
+
+pub use device::{Device, DeviceBuilder};
+pub use firewall::{Firewall, FirewallConfig, FirewallConfigBuilder, PortPolicy};
+pub use iface::{Iface, IfaceConfig};
+pub use ix::Ix;
+pub use lab::{
+    DefaultRegions, Ipv6DadMode, Ipv6Profile, Ipv6ProvisioningMode, Lab, LabBuilder, OutDir,
+    Region, RegionLink, TestGuard,
+};
+pub use link::{LinkCondition, LinkDirection};
+pub use metrics::MetricsBuilder;
+pub use nat::{
+    ConntrackTimeouts, Nat, NatConfig, NatConfigBuilder, NatConfigError, NatFiltering, NatMapping,
+};
+pub use preset::RouterPreset;
+pub use router::{Router, RouterBuilder, RouterIface};
+pub use runner::ReflectorGuard;
+pub use shared::NodeId;
+
+pub use crate::{IpSupport, NatV6Mode};
+pub use ipnet::Ipv4Net;
+
+/// Upstream's `dns_server` module: the lab DNS server's handle.
+pub mod dns_server {
+    pub use super::dns::{DnsServer, RecordType};
+}
+pub use dns::DnsServer;
+
+/// Makes an unprivileged process root of its own user namespace, so labs build without
+/// root; does nothing when the process is root. Call it before any thread starts (first
+/// thing in `main`, or in a `#[ctor]` of a test binary). Idempotent.
+pub fn init_userns() -> anyhow::Result<()> {
+    static RESULT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    RESULT
+        .get_or_init(|| crate::init_userns().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// [`init_userns`] for an ELF constructor; a failure is reported by the next
+/// [`init_userns`] call (and by creating a lab).
+///
+/// # Safety
+/// Call it only from a single-threaded constructor (`#[ctor::ctor]`), as upstream requires.
+pub unsafe fn init_userns_for_ctor() {
+    if let Err(e) = init_userns() {
+        eprintln!("patchbay: {e}");
+    }
+}
+
+/// Checks that this process may build labs: root, or `CAP_NET_ADMIN`, `CAP_NET_RAW` and
+/// `CAP_SYS_ADMIN` in its effective set (as in the user namespace of [`init_userns`]).
+pub fn check_caps() -> anyhow::Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .ok_or_else(|| anyhow::anyhow!("no CapEff in /proc/self/status"))?;
+    let eff = u64::from_str_radix(eff.trim(), 16)?;
+    let missing: Vec<&str> = [
+        ("CAP_NET_ADMIN", 12),
+        ("CAP_NET_RAW", 13),
+        ("CAP_SYS_ADMIN", 21),
+    ]
+    .into_iter()
+    .filter(|(_, bit)| eff & (1 << bit) == 0)
+    .map(|(n, _)| n)
+    .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "missing capabilities: {}: run as root, or call patchbay::init_userns() first thing in main",
+            missing.join(", ")
+        )
+    }
+}
