@@ -130,6 +130,38 @@ fn exit_code_and_output_propagate() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The guest kernel has user namespaces: test binaries written for upstream patchbay enter
+/// one from a constructor (`init_userns`) before they build a lab.
+#[test]
+fn the_guest_enters_a_user_namespace() -> anyhow::Result<()> {
+    let Some((opts, _serial)) = setup() else {
+        return Ok(());
+    };
+    let out = vt::run(
+        &argv(&[
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--net",
+            "sh",
+            "-c",
+            "id -u; cat /proc/self/uid_map",
+        ]),
+        &opts,
+    )?;
+    if out.exit_code != 0 && text(&out.stderr).contains("Invalid argument") {
+        skip("this UML kernel has no user namespaces: rebuild it with `cargo xtask build-uml`");
+        return Ok(());
+    }
+    assert_eq!(out.exit_code, 0, "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("0"), "{stdout}");
+    let map: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(map, ["0", "0", "1"], "{stdout}");
+    Ok(())
+}
+
 #[test]
 fn busy_loop_is_killed_by_the_guard() -> anyhow::Result<()> {
     let Some((opts, _serial)) = setup() else {
