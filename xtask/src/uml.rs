@@ -146,11 +146,11 @@ pub fn build_uml(args: BuildUmlArgs) -> Result<PathBuf> {
         for patched in [false, true] {
             let cached = out.join(cache_key(&version, patched)).join("linux");
             if cached.is_file() {
-                println!(
+                eprintln!(
                     "[uml] cached: {} (remove it or pass --force to rebuild)",
                     cached.display()
                 );
-                println!(
+                eprintln!(
                     "[uml] set PATCHBAY_UML={} to use it from elsewhere",
                     cached.display()
                 );
@@ -173,14 +173,14 @@ pub fn build_uml(args: BuildUmlArgs) -> Result<PathBuf> {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
     let t = Instant::now();
-    println!(
+    eprintln!(
         "[uml] building with make -j{jobs} (about 10 min on 2 cores); log: {}",
         build.join("build.log").display()
     );
     let mut make = make_cmd(&src, &build);
     make.arg(format!("-j{jobs}")).arg("linux");
     run_logged(make, &build.join("build.log"))?;
-    println!("[uml] kernel built in {}", fmt_dur(t.elapsed()));
+    eprintln!("[uml] kernel built in {}", fmt_dur(t.elapsed()));
 
     fs::create_dir_all(&cache_dir)?;
     let tmp = cache_dir.join("linux.tmp");
@@ -194,7 +194,7 @@ pub fn build_uml(args: BuildUmlArgs) -> Result<PathBuf> {
     fs::copy(build.join(".config"), cache_dir.join("config"))?;
     fs::rename(&tmp, &cached)?;
     let size = fs::metadata(&cached)?.len();
-    println!(
+    eprintln!(
         "[uml] done in {}: {} ({:.1} MB)",
         fmt_dur(started.elapsed()),
         cached.display(),
@@ -264,7 +264,7 @@ fn configure(
             missing.join(", ")
         );
     }
-    println!(
+    eprintln!(
         "[uml] configured ({} options checked) in {}",
         wanted.len(),
         fmt_dur(t.elapsed())
@@ -382,7 +382,7 @@ fn run_logged(mut cmd: Command, log: &Path) -> Result<()> {
         let line = line?;
         writeln!(file, "{line}")?;
         if last_print.elapsed() >= Duration::from_secs(20) {
-            println!("[uml]   {} {}", fmt_dur(t.elapsed()), line.trim());
+            eprintln!("[uml]   {} {}", fmt_dur(t.elapsed()), line.trim());
             last_print = Instant::now();
         }
         tail.push(line);

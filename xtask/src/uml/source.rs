@@ -91,14 +91,14 @@ pub fn download_source(apt_dir: &Path, series: &str, dir: &Path) -> Result<PathB
     if dir.is_dir()
         && let Some(deb) = find_deb(dir, &package)?
     {
-        println!("[uml] source package: {}", deb.display());
+        eprintln!("[uml] source package: {}", deb.display());
         return Ok(deb);
     }
     let t = Instant::now();
     let apt = private_apt(apt_dir)?;
     let mut have = available_series(&apt)?;
     if !have.iter().any(|s| s == series) {
-        println!(
+        eprintln!(
             "[uml] apt-get update of the private lists in {} (the host's apt is not touched)",
             apt_dir.display()
         );
@@ -117,10 +117,10 @@ pub fn download_source(apt_dir: &Path, series: &str, dir: &Path) -> Result<PathB
             have.join(",")
         );
     }
-    println!("[uml] apt-get download {package} into {}", dir.display());
+    eprintln!("[uml] apt-get download {package} into {}", dir.display());
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let deb = apt.download(&package, dir)?;
-    println!(
+    eprintln!(
         "[uml] downloaded {} in {}",
         deb.display(),
         fmt_dur(t.elapsed())
@@ -189,7 +189,7 @@ pub fn unpack_source(deb: &Path, series: &str, dir: &Path) -> Result<(PathBuf, b
             if s.trim() == patches_id(xstate) {
                 return Ok((src, xstate));
             }
-            println!("[uml] the patches changed; unpacking the source again");
+            eprintln!("[uml] the patches changed; unpacking the source again");
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", stamp.display())),
@@ -200,7 +200,7 @@ pub fn unpack_source(deb: &Path, series: &str, dir: &Path) -> Result<(PathBuf, b
     }
     let deb_root = dir.join("deb");
     fs::create_dir_all(&deb_root)?;
-    println!("[uml] unpacking {} into {}", deb.display(), dir.display());
+    eprintln!("[uml] unpacking {} into {}", deb.display(), dir.display());
     let mut x = Command::new("dpkg-deb");
     x.arg("-x").arg(deb).arg(&deb_root);
     run_quiet(x)?;
@@ -222,7 +222,7 @@ pub fn unpack_source(deb: &Path, series: &str, dir: &Path) -> Result<(PathBuf, b
     fs::remove_dir_all(&deb_root)?;
     let xstate = needs_xstate_patch(&src)?;
     if !xstate {
-        println!("[uml] no xstate patch: this kernel sizes the host FP state at runtime");
+        eprintln!("[uml] no xstate patch: this kernel sizes the host FP state at runtime");
     }
     for (name, text) in patches(xstate) {
         let file = dir.join(name);
@@ -233,10 +233,10 @@ pub fn unpack_source(deb: &Path, series: &str, dir: &Path) -> Result<(PathBuf, b
             .arg(&file)
             .current_dir(&src);
         run_quiet(patch).with_context(|| format!("applying xtask/{name} to {package}"))?;
-        println!("[uml] applied xtask/{name}");
+        eprintln!("[uml] applied xtask/{name}");
     }
     fs::write(&stamp, patches_id(xstate))?;
-    println!("[uml] unpacked in {}", fmt_dur(t.elapsed()));
+    eprintln!("[uml] unpacked in {}", fmt_dur(t.elapsed()));
     Ok((src, xstate))
 }
 
