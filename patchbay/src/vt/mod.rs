@@ -65,7 +65,9 @@ pub const DEFAULT_UPTIME: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum VtClock {
     /// `time-travel=inf-cpu`: virtual time, jumping forward whenever the guest is idle; CPU work
-    /// takes no virtual time (each clock read advances it by 256 ns).
+    /// takes no virtual time. A clock read through a syscall advances it by 256 ns; with the
+    /// fast clock ([`VtOpts::fast_clock`]) reads through the vDSO do not, except every 64th read
+    /// of an unchanged clock.
     #[default]
     InfCpu,
     /// No time travel: the guest clock follows the host clock. For comparing against a virtual
@@ -111,6 +113,11 @@ pub struct VtOpts {
     /// `xtask/uml-seed.patch` ([`UmlKernel::seed`]); with an older one `Some` is an error
     /// and `None` runs unseeded.
     pub seed: Option<u64>,
+    /// Read the guest clock without a trap where the kernel can ([`UmlKernel::fast_clock`]);
+    /// default `true`. `false` boots such a kernel with `patchbay_vclock=off`: every
+    /// `clock_gettime`, `gettimeofday` and `time` is a syscall that moves the clock by 256 ns,
+    /// as on kernels without `xtask/uml-vdso.patch`. For comparisons.
+    pub fast_clock: bool,
 }
 
 impl Default for VtOpts {
@@ -126,6 +133,7 @@ impl Default for VtOpts {
             processes: GuestProcesses::Auto,
             uptime: DEFAULT_UPTIME,
             seed: None,
+            fast_clock: true,
         }
     }
 }
@@ -321,6 +329,7 @@ fn run_once(
         opts.clock,
         procs,
         seed,
+        kernel.fast_clock && !opts.fast_clock,
         &g.join("uml"),
         &g.join("init.sh"),
     );
