@@ -470,4 +470,5 @@ fn a_kernel_without_time_travel_is_refused() -> anyhow::Result<()> {
     Ok(())
 }
 
+mod clock;
 mod unprivileged;
