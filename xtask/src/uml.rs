@@ -14,8 +14,10 @@
 //!    `xtask/uml-seed.patch` (the `patchbay_seed=N` boot option: the guest's randomness from a
 //!    stream depending on N alone, with nothing else entering the random pool, so that the
 //!    microseconds by which the host moves the guest's clock do not change it,
-//!    docs/determinism.md); then `xtask/uml-vdso.patch` where it applies (7.x, not 6.1: the
-//!    trap-free guest clock, boot option `patchbay_vclock=`, docs/virtual-time.md);
+//!    docs/determinism.md); then, where they apply without fuzz (7.x, not 6.1),
+//!    `xtask/uml-vdso.patch` (the trap-free guest clock, boot option `patchbay_vclock=`,
+//!    docs/virtual-time.md) and `xtask/uml-faultaround.patch` (1 MiB of fault-around: fewer
+//!    page faults, each a trap, per spawn; docs/performance.md);
 //! 3. `make ARCH=um defconfig` in an out-of-tree build directory, merge `xtask/uml.config`
 //!    with `scripts/kconfig/merge_config.sh -m`, `make olddefconfig`, and check that every line
 //!    of the fragment is in the resulting `.config`;
@@ -123,7 +125,7 @@ pub fn build_uml(args: BuildUmlArgs) -> Result<PathBuf> {
     // Which patches apply is decided by the source, which the version identifies: a cached
     // build under any of the keys is the right one.
     if !args.force {
-        for applied in Applied::ALL {
+        for applied in Applied::all() {
             let cached = out.join(cache_key(&version, applied)).join("linux");
             if cached.is_file() {
                 println!(
