@@ -3,7 +3,8 @@
 //! `patchbay vt --seed N -- COMMAND...` repeats a run; `patchbay vt --seeds A..B [--jobs N]
 //! [--partition M/N] [--stop-after-failures K] [--json] -- COMMAND...` sweeps seeds
 //! (docs/determinism.md).
-//! `patchbay vt --profile [--json] [--uml PATH]... [--both-modes]`: measure the guest's costs.
+//! `patchbay vt --profile [--json] [--uml PATH]... [--both-modes] [--slow-clock]`: measure the
+//! guest's costs.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -44,6 +45,10 @@ pub struct VtArgs {
     /// With --profile: also profile seccomp kernels under ptrace.
     #[arg(long, requires = "profile")]
     both_modes: bool,
+    /// Make every guest clock read a syscall (`patchbay_vclock=off`), as on kernels without the
+    /// trap-free clock: for comparisons (with --profile too).
+    #[arg(long)]
+    slow_clock: bool,
     /// The run's seed: the same seed repeats the run byte for byte (docs/determinism.md).
     /// Default: PATCHBAY_VT_SEED, else a random one, printed so that the run can be replayed.
     #[arg(long, env = patchbay::vt::SEED_ENV, conflicts_with_all = ["seeds", "profile"])]
@@ -169,6 +174,7 @@ pub fn run(args: VtArgs) -> anyhow::Result<ExitCode> {
         } else {
             vt::GuestRoot::Overlay
         },
+        fast_clock: !args.slow_clock,
         ..VtOpts::default()
     };
     if !args.no_cargo_shim {
@@ -225,8 +231,13 @@ pub fn run(args: VtArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|| "the host refused the seccomp filter".into());
             format!("ptrace ({why})")
         };
+        let clock = match (out.kernel.fast_clock, opts.fast_clock) {
+            (true, true) => "read through the vDSO",
+            (true, false) => "a syscall per read (--slow-clock)",
+            (false, _) => "a syscall per read (no patchbay_vclock in this kernel)",
+        };
         eprintln!(
-            "patchbay vt: UML {} at {}, guest processes: {mode}",
+            "patchbay vt: UML {} at {}, guest processes: {mode}, clock: {clock}",
             out.kernel.release,
             out.kernel.path.display()
         );
@@ -300,6 +311,7 @@ fn profile(args: &VtArgs) -> anyhow::Result<ExitCode> {
             let opts = VtOpts {
                 uml_binary: Some(k.clone()),
                 processes,
+                fast_clock: !args.slow_clock,
                 ..VtOpts::default()
             };
             let p = vt_profile::profile(&opts)?;

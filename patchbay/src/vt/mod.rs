@@ -75,7 +75,9 @@ pub const DEFAULT_UPTIME: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum VtClock {
     /// `time-travel=inf-cpu`: virtual time, jumping forward whenever the guest is idle; CPU work
-    /// takes no virtual time (each clock read advances it by 256 ns).
+    /// takes no virtual time. A clock read through a syscall advances it by 256 ns; with the
+    /// fast clock ([`VtOpts::fast_clock`]) reads through the vDSO do not, except every 64th read
+    /// of an unchanged clock.
     #[default]
     InfCpu,
     /// No time travel: the guest clock follows the host clock. For comparing against a virtual
@@ -131,6 +133,11 @@ pub struct VtOpts {
     /// `/var/tmp`) are not host-tree writes and stay in the guest. The directory is created
     /// and, alone with the results dir, writable for the guest. Needs [`GuestRoot::Overlay`].
     pub keep_writes: Option<PathBuf>,
+    /// Read the guest clock without a trap where the kernel can ([`UmlKernel::fast_clock`]);
+    /// default `true`. `false` boots such a kernel with `patchbay_vclock=off`: every
+    /// `clock_gettime`, `gettimeofday` and `time` is a syscall that moves the clock by 256 ns,
+    /// as on kernels without `xtask/uml-vdso.patch`. For comparisons.
+    pub fast_clock: bool,
 }
 
 impl Default for VtOpts {
@@ -148,6 +155,7 @@ impl Default for VtOpts {
             seed: None,
             root: GuestRoot::Overlay,
             keep_writes: None,
+            fast_clock: true,
         }
     }
 }
@@ -352,6 +360,7 @@ fn run_once(
         opts.clock,
         procs,
         seed,
+        kernel.fast_clock && !opts.fast_clock,
         &g.join("uml"),
         &g.join("init.sh"),
     );

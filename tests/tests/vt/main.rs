@@ -470,5 +470,6 @@ fn a_kernel_without_time_travel_is_refused() -> anyhow::Result<()> {
     Ok(())
 }
 
+mod clock;
 mod guest_fs;
 mod unprivileged;
