@@ -118,6 +118,19 @@ impl std::fmt::Display for VirtualTimeReport {
                 )?;
                 writeln!(f, "  time-travel  {}", yes(k.time_travel))?;
                 writeln!(f, "  seccomp      {}", yes(k.seccomp))?;
+                if k.fast_clock {
+                    writeln!(
+                        f,
+                        "  fast clock   yes: guest clock reads without a trap \
+                         (patchbay_vclock=, docs/virtual-time.md)"
+                    )?;
+                } else {
+                    writeln!(
+                        f,
+                        "  fast clock   NO: every guest clock read is a syscall (built without \
+                         xtask/uml-vdso.patch; rebuild with `cargo xtask build-uml`)"
+                    )?;
+                }
                 if k.seed && k.reproducible {
                     writeln!(
                         f,

@@ -2,9 +2,9 @@
 
 use crate::addr::AddrError;
 use crate::link::LinkError;
-use crate::nat::CtFlushError;
 use crate::sys::cgroup::CgroupError;
 use crate::sys::cmd::CmdError;
+use crate::sys::conntrack::CtFlushError;
 use crate::sys::netlink::NetlinkError;
 use crate::sys::netns::NetnsError;
 use crate::sys::nft::NftError;

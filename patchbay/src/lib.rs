@@ -49,11 +49,11 @@ pub use lab::{
 };
 pub use link::{LinkCondition, LinkError, LinkTiming, Preset};
 pub use nat::{
-    ConntrackTimeouts, CtFlushError, Nat, NatConfig, NatV6Mode, RouterPreset, nat64_embed,
-    nat64_extract,
+    ConntrackTimeouts, Nat, NatConfig, NatV6Mode, RouterPreset, nat64_embed, nat64_extract,
 };
 pub use sys::cgroup::CgroupError;
 pub use sys::cmd::CmdError;
+pub use sys::conntrack::CtFlushError;
 pub use sys::netlink::NetlinkError;
 pub use sys::netns::{NetnsError, Task, ThreadTask};
 pub use sys::nft::NftError;

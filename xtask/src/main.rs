@@ -4,6 +4,7 @@ mod bench;
 mod bench_uml;
 mod cache;
 mod ebpf;
+mod iroh_suite;
 mod matrix;
 mod modgraph;
 mod public_api;
@@ -43,6 +44,9 @@ enum Cmd {
     BuildUml(uml::BuildUmlArgs),
     /// The library's module graph and its import cycles (`--check` fails on a cycle).
     ModuleGraph(modgraph::ModGraphArgs),
+    /// Run iroh 1.4.1's patchbay tests against upstream patchbay 0.7 or this project's
+    /// drop-in, in real or virtual time, or sweep seeds of chosen tests (docs/iroh.md).
+    IrohSuite(iroh_suite::IrohSuiteArgs),
     /// Check patchbay-compat against upstream patchbay 0.7.0: its examples, unchanged, and
     /// the NAT scenarios of xtask/parity side by side (needs root; fetches upstream).
     UpstreamCheck(upstream::UpstreamArgs),
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::CheckEbpf => ebpf::check_ebpf(),
         Cmd::BuildUml(args) => uml::build_uml(args).map(drop),
         Cmd::BenchUml { json } => bench_uml::run(json),
+        Cmd::IrohSuite(args) => iroh_suite::run(args),
         Cmd::UpstreamCheck(args) => upstream::run(&args),
         Cmd::ModuleGraph(args) => modgraph::run(&args),
         Cmd::PublicApi(args) => public_api::run(&args),

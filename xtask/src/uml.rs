@@ -14,17 +14,21 @@
 //!    `xtask/uml-seed.patch` (the `patchbay_seed=N` boot option: the guest's randomness from a
 //!    stream depending on N alone, with nothing else entering the random pool, so that the
 //!    microseconds by which the host moves the guest's clock do not change it,
-//!    docs/determinism.md);
+//!    docs/determinism.md); then, where they apply without fuzz (7.x, not 6.1),
+//!    `xtask/uml-vdso.patch` (the trap-free guest clock, boot option `patchbay_vclock=`,
+//!    docs/virtual-time.md) and `xtask/uml-faultaround.patch` (1 MiB of fault-around: fewer
+//!    page faults, each a trap, per spawn; docs/performance.md);
 //! 3. `make ARCH=um defconfig` in an out-of-tree build directory, merge `xtask/uml.config`
 //!    with `scripts/kconfig/merge_config.sh -m`, `make olddefconfig`, and check that every line
 //!    of the fragment is in the resulting `.config`;
 //! 4. `make ARCH=um -jN linux` with a fixed build identity ([`BUILD_IDENTITY`]: timestamp,
 //!    user, host and build count), so the binary, and the guest's random stream for a seed, do
 //!    not depend on the machine or the time of the build; then copy the binary to
-//!    `<out>/<debian version>-<hash of fragment and applied patch>/linux`, where
+//!    `<out>/<debian version>-<hash of fragment and applied patches>/linux`, where
 //!    `patchbay::vt` finds it. `<out>` defaults to the cache `cargo xtask test` uses
 //!    (`~/.cache/patchbay/uml`, or `$PATCHBAY_CACHE_DIR/uml`).
 
+mod patches;
 mod source;
 
 use std::fs;
@@ -34,6 +38,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use patches::Applied;
 
 /// The kernel series built by default and by `cargo xtask test` (the only one CI builds):
 /// 7.3, with seccomp-based process handling, which measures faster than 6.1 and passes the
@@ -43,13 +48,6 @@ use anyhow::{Context, Result, bail, ensure};
 pub const DEFAULT_KERNEL: &str = "7.3";
 /// The config fragment, embedded so the cache key does not depend on the working directory.
 const FRAGMENT: &str = include_str!("../uml.config");
-/// Source patch applied after unpacking where needed (see the module docs).
-const PATCH: &str = include_str!("../uml-xstate.patch");
-/// Source patch applied to every kernel: the `patchbay_seed=N` boot option, which replaces the
-/// host's `getrandom()` behind the guest's random pool with a stream depending on N alone and
-/// closes the pool to everything else (clock values, interrupts, task runtimes), since those
-/// move with the host: each failed syscall costs 1 µs of virtual time (docs/determinism.md).
-const SEED_PATCH: &str = include_str!("../uml-seed.patch");
 /// The build's identity in the kernel, fixed so that two builds of the same source, fragment
 /// and patches give the same `linux` on any machine. An open random pool mixes `init_utsname()`
 /// (which holds the build timestamp, user, host and build count) into its state at boot: before
@@ -93,32 +91,16 @@ pub struct BuildUmlArgs {
     pub force: bool,
 }
 
-/// The patches a source gets: the seed patch always, the xstate patch where needed.
-fn patches(xstate: bool) -> Vec<(&'static str, &'static str)> {
-    let mut v = Vec::new();
-    if xstate {
-        v.push(("uml-xstate.patch", PATCH));
-    }
-    v.push(("uml-seed.patch", SEED_PATCH));
-    v
-}
-
-/// A hash of the patches applied to a source (the unpacked source's stamp).
-fn patches_id(xstate: bool) -> String {
-    let all: String = patches(xstate).iter().map(|(_, p)| *p).collect();
-    format!("{:016x}", fnv1a64(all.as_bytes()))
-}
-
 /// The cache key of a build: Debian version plus a hash of the fragment, the patches applied
 /// and the build identity.
-fn cache_key(version: &str, xstate: bool) -> String {
+fn cache_key(version: &str, applied: Applied) -> String {
     let identity: String = BUILD_IDENTITY
         .iter()
         .map(|(k, v)| format!("{k}={v}\0"))
         .collect();
     format!(
         "{version}-{:016x}",
-        fnv1a64(format!("{FRAGMENT}\0{}\0{identity}", patches_id(xstate)).as_bytes())
+        fnv1a64(format!("{FRAGMENT}\0{}\0{identity}", applied.id()).as_bytes())
     )
 }
 
@@ -140,17 +122,17 @@ pub fn build_uml(args: BuildUmlArgs) -> Result<PathBuf> {
         &out.join("download").join(&args.kernel),
     )?;
     let version = source::deb_version(&deb)?;
-    // Whether the patch applies is decided by the source, which the version identifies: a
-    // cached build under either key is the right one.
+    // Which patches apply is decided by the source, which the version identifies: a cached
+    // build under any of the keys is the right one.
     if !args.force {
-        for patched in [false, true] {
-            let cached = out.join(cache_key(&version, patched)).join("linux");
+        for applied in Applied::all() {
+            let cached = out.join(cache_key(&version, applied)).join("linux");
             if cached.is_file() {
-                println!(
+                eprintln!(
                     "[uml] cached: {} (remove it or pass --force to rebuild)",
                     cached.display()
                 );
-                println!(
+                eprintln!(
                     "[uml] set PATCHBAY_UML={} to use it from elsewhere",
                     cached.display()
                 );
@@ -160,9 +142,9 @@ pub fn build_uml(args: BuildUmlArgs) -> Result<PathBuf> {
     }
     check_host_tools()?;
 
-    let (src, patched) =
+    let (src, applied) =
         source::unpack_source(&deb, &args.kernel, &out.join(format!("src-{version}")))?;
-    let key = cache_key(&version, patched);
+    let key = cache_key(&version, applied);
     let cache_dir = out.join(&key);
     let cached = cache_dir.join("linux");
     let build = out.join(format!("build-{key}"));
@@ -173,14 +155,14 @@ pub fn build_uml(args: BuildUmlArgs) -> Result<PathBuf> {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
     let t = Instant::now();
-    println!(
+    eprintln!(
         "[uml] building with make -j{jobs} (about 10 min on 2 cores); log: {}",
         build.join("build.log").display()
     );
     let mut make = make_cmd(&src, &build);
     make.arg(format!("-j{jobs}")).arg("linux");
     run_logged(make, &build.join("build.log"))?;
-    println!("[uml] kernel built in {}", fmt_dur(t.elapsed()));
+    eprintln!("[uml] kernel built in {}", fmt_dur(t.elapsed()));
 
     fs::create_dir_all(&cache_dir)?;
     let tmp = cache_dir.join("linux.tmp");
@@ -194,7 +176,7 @@ pub fn build_uml(args: BuildUmlArgs) -> Result<PathBuf> {
     fs::copy(build.join(".config"), cache_dir.join("config"))?;
     fs::rename(&tmp, &cached)?;
     let size = fs::metadata(&cached)?.len();
-    println!(
+    eprintln!(
         "[uml] done in {}: {} ({:.1} MB)",
         fmt_dur(started.elapsed()),
         cached.display(),
@@ -264,7 +246,7 @@ fn configure(
             missing.join(", ")
         );
     }
-    println!(
+    eprintln!(
         "[uml] configured ({} options checked) in {}",
         wanted.len(),
         fmt_dur(t.elapsed())
@@ -382,7 +364,7 @@ fn run_logged(mut cmd: Command, log: &Path) -> Result<()> {
         let line = line?;
         writeln!(file, "{line}")?;
         if last_print.elapsed() >= Duration::from_secs(20) {
-            println!("[uml]   {} {}", fmt_dur(t.elapsed()), line.trim());
+            eprintln!("[uml]   {} {}", fmt_dur(t.elapsed()), line.trim());
             last_print = Instant::now();
         }
         tail.push(line);

@@ -32,7 +32,11 @@ type Results = BTreeMap<(String, String), Value>;
 pub fn run(args: &UpstreamArgs) -> Result<()> {
     let root = crate::test::workspace_root()?;
     let manifest = root.join("xtask/parity/Cargo.toml");
-    let target = root.join("target/parity");
+    // The workspace's target directory: the crates the parity builds share with the
+    // workspace (same versions and features) are built once.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     if !args.nat_only {
         examples(&root, &manifest, &target)?;
     }
@@ -129,7 +133,7 @@ fn upstream_dir(manifest: &Path) -> Result<std::path::PathBuf> {
 /// Builds every example of upstream 0.7.0 against patchbay-compat, unchanged, and runs it.
 fn examples(root: &Path, manifest: &Path, target: &Path) -> Result<()> {
     let up = upstream_dir(manifest)?;
-    let scratch = target.join("upstream-examples");
+    let scratch = target.join("upstream-examples-src");
     let bins = scratch.join("src/bin");
     if bins.exists() {
         std::fs::remove_dir_all(&bins)?;

@@ -13,7 +13,9 @@ mod setup;
 mod table;
 mod verify;
 mod vt;
+mod vt_cargo;
 mod vt_profile;
+mod vt_report;
 mod vt_sweep;
 
 use std::process::ExitCode;

@@ -3,7 +3,8 @@
 //! `patchbay vt --seed N -- COMMAND...` repeats a run; `patchbay vt --seeds A..B [--jobs N]
 //! [--partition M/N] [--stop-after-failures K] [--json] -- COMMAND...` sweeps seeds
 //! (docs/determinism.md).
-//! `patchbay vt --profile [--json] [--uml PATH]... [--both-modes]`: measure the guest's costs.
+//! `patchbay vt --profile [--json] [--uml PATH]... [--both-modes] [--slow-clock]`: measure the
+//! guest's costs.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -44,6 +45,10 @@ pub struct VtArgs {
     /// With --profile: also profile seccomp kernels under ptrace.
     #[arg(long, requires = "profile")]
     both_modes: bool,
+    /// Make every guest clock read a syscall (`patchbay_vclock=off`), as on kernels without the
+    /// trap-free clock: for comparisons (with --profile too).
+    #[arg(long)]
+    slow_clock: bool,
     /// The run's seed: the same seed repeats the run byte for byte (docs/determinism.md).
     /// Default: PATCHBAY_VT_SEED, else a random one, printed so that the run can be replayed.
     #[arg(long, env = patchbay::vt::SEED_ENV, conflicts_with_all = ["seeds", "profile"])]
@@ -66,10 +71,32 @@ pub struct VtArgs {
     /// sweep's report as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Keep the host tree read-only in the guest (a write fails with EROFS) instead of
+    /// writable through an overlay whose writes stay in the guest.
+    #[arg(long)]
+    read_only_root: bool,
+    /// Copy what the command wrote on the host tree (not under the guest's /tmp) to this host
+    /// directory, at the same paths below it. Run by nextest, each test gets
+    /// `DIR/<binary id>/<test name>`, emptied first.
+    #[arg(long, env = KEEP_WRITES_ENV, conflicts_with_all = ["read_only_root", "profile", "seeds"])]
+    keep_writes: Option<std::path::PathBuf>,
+    /// Append one JSON line per run to this file: the nextest test name, argv, seed, exit
+    /// code, wall and virtual time (for reports over a whole suite).
+    #[arg(long, env = SUMMARY_ENV, conflicts_with = "profile")]
+    summary: Option<std::path::PathBuf>,
+    /// Let the guest's cargo run `cargo metadata` itself, instead of answering it from the
+    /// host (see docs/virtual-time.md, "Cargo target runner").
+    #[arg(long)]
+    no_cargo_shim: bool,
     /// The command and its arguments.
     #[arg(last = true, required_unless_present = "profile")]
     command: Vec<OsString>,
 }
+
+/// The environment variable behind `--keep-writes` (set it for a whole nextest run).
+pub const KEEP_WRITES_ENV: &str = "PATCHBAY_VT_KEEP_WRITES";
+/// The environment variable behind `--summary`.
+pub const SUMMARY_ENV: &str = "PATCHBAY_VT_SUMMARY";
 
 /// Host environment variables that differ from one invocation to the next (a test runner's
 /// run id, the terminal's session, the previous command): not forwarded, so that the same
@@ -91,7 +118,14 @@ const VOLATILE_ENV: &[&str] = &[
     "WINDOWID",
     "XDG_SESSION_ID",
     "SECURITYSESSIONID",
+    // nextest's slot numbers and thread count differ between a suite and a replay of one
+    // of its tests.
+    "NEXTEST_TEST_GLOBAL_SLOT",
+    "NEXTEST_TEST_GROUP_SLOT",
+    "NEXTEST_TEST_THREADS",
     patchbay::vt::SEED_ENV,
+    KEEP_WRITES_ENV,
+    SUMMARY_ENV,
 ];
 
 /// The host environment forwarded into the guest: everything but [`VOLATILE_ENV`].
@@ -122,7 +156,7 @@ pub fn run(args: VtArgs) -> anyhow::Result<ExitCode> {
     );
     let uptime = Duration::try_from_secs_f64(args.uptime)
         .map_err(|e| anyhow::anyhow!("--uptime {}: {e}", args.uptime))?;
-    let opts = VtOpts {
+    let mut opts = VtOpts {
         uptime,
         uml_binary: args.uml.first().cloned(),
         processes: super::vt_profile::processes(args.ptrace),
@@ -135,8 +169,17 @@ pub fn run(args: VtArgs) -> anyhow::Result<ExitCode> {
             VtClock::InfCpu
         },
         seed: args.seed,
+        root: if args.read_only_root {
+            vt::GuestRoot::ReadOnly
+        } else {
+            vt::GuestRoot::Overlay
+        },
+        fast_clock: !args.slow_clock,
         ..VtOpts::default()
     };
+    if !args.no_cargo_shim {
+        add_cargo_shim(&mut opts.env);
+    }
     if let Some(range) = &args.seeds {
         let jobs = args.jobs.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -156,9 +199,20 @@ pub fn run(args: VtArgs) -> anyhow::Result<ExitCode> {
             command: args.command,
         });
     }
-    let out = vt::run(&args.command, &opts)?;
+    if let Some(dir) = &args.keep_writes {
+        opts.keep_writes = Some(super::vt_report::keep_writes_dir(dir)?);
+    }
+    let started = std::time::Instant::now();
+    let result = vt::run(&args.command, &opts);
+    if let Some(file) = &args.summary {
+        super::vt_report::append_summary(file, &args.command, &result, started.elapsed())?;
+    }
+    let out = result?;
     std::io::stdout().write_all(&out.stdout)?;
     std::io::stderr().write_all(&out.stderr)?;
+    for w in &out.warnings {
+        eprintln!("patchbay vt: warning: {w}");
+    }
     if let Some(seed) = out.seed {
         print_replay(
             Some(seed),
@@ -177,8 +231,13 @@ pub fn run(args: VtArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|| "the host refused the seccomp filter".into());
             format!("ptrace ({why})")
         };
+        let clock = match (out.kernel.fast_clock, opts.fast_clock) {
+            (true, true) => "read through the vDSO",
+            (true, false) => "a syscall per read (--slow-clock)",
+            (false, _) => "a syscall per read (no patchbay_vclock in this kernel)",
+        };
         eprintln!(
-            "patchbay vt: UML {} at {}, guest processes: {mode}",
+            "patchbay vt: UML {} at {}, guest processes: {mode}, clock: {clock}",
             out.kernel.release,
             out.kernel.path.display()
         );
@@ -213,6 +272,27 @@ pub fn run(args: VtArgs) -> anyhow::Result<ExitCode> {
     ))
 }
 
+/// Points the guest's `CARGO` at the shim that answers `cargo metadata` from the host (a
+/// failure leaves the real cargo in place, with a warning).
+fn add_cargo_shim(env: &mut Vec<(String, String)>) {
+    let cache = std::env::var_os("PATCHBAY_CACHE_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache/patchbay"))
+        });
+    let (Some(cache), Ok(cwd)) = (cache, std::env::current_dir()) else {
+        return;
+    };
+    match super::vt_cargo::shim_env(env, &cwd, &cache.join("vt-cargo")) {
+        Ok(Some(vars)) => env.extend(vars),
+        Ok(None) => {}
+        Err(e) => eprintln!(
+            "patchbay vt: warning: cargo metadata is not answered from the host ({e:#}); the \
+             guest's cargo runs it"
+        ),
+    }
+}
+
 fn profile(args: &VtArgs) -> anyhow::Result<ExitCode> {
     use super::vt_profile;
     let kernels = if args.uml.is_empty() {
@@ -231,6 +311,7 @@ fn profile(args: &VtArgs) -> anyhow::Result<ExitCode> {
             let opts = VtOpts {
                 uml_binary: Some(k.clone()),
                 processes,
+                fast_clock: !args.slow_clock,
                 ..VtOpts::default()
             };
             let p = vt_profile::profile(&opts)?;

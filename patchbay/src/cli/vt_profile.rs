@@ -8,6 +8,9 @@
 //! - `true`: `patchbay vt -- true` as a whole, boot to the first command, and power-off
 //!   (command end to UML's exit); median of [`RUNS`] boots;
 //! - syscall: `os.getppid()` × [`SYSCALLS`] in `/usr/bin/python3`;
+//! - clock read: `time.monotonic()` × [`CLOCK_READS`] in the same interpreter (`clock_gettime`:
+//!   a syscall, or the vDSO with the kernel's trap-free clock, which still makes the syscall
+//!   on every 64th read of an unchanged clock);
 //! - spawn: `/bin/true` × [`SPAWNS`] from `/bin/sh`;
 //! - small lab: `patchbay run --virtual` of 1 router, 2 devices and one TCP exchange between
 //!   two `/usr/bin/python3` commands, as a whole (boot included) and its in-guest part.
@@ -24,6 +27,9 @@ use serde::Serialize;
 const RUNS: usize = 3;
 /// Syscalls in the syscall loop.
 const SYSCALLS: u32 = 20_000;
+/// Clock reads in the clock loop (more than syscalls: through the vDSO one costs about
+/// 0.5 µs, and the console marks are timed to the runner's 2 ms poll).
+const CLOCK_READS: u32 = 100_000;
 /// Processes in the spawn loop.
 const SPAWNS: u32 = 200;
 
@@ -75,20 +81,25 @@ print(s.recv(99).decode())
 kill = "server"
 "#;
 
-/// The guest program measuring syscalls and spawns (`$1` = python3, `$2`/`$3` = counts).
+/// The guest program measuring syscalls, clock reads and spawns (`$1` = python3, `$2`/`$3`/`$4`
+/// = counts).
 const LOOPS: &str = r#"mark() { echo "PATCHBAY-VT-MARK $1" > /dev/console; }
 "$1" -c '
-import os, sys
-n = int(sys.argv[1])
+import os, sys, time
+n, reads = int(sys.argv[1]), int(sys.argv[2])
 con = open("/dev/console", "w")
 con.write("PATCHBAY-VT-MARK syscall-start\n"); con.flush()
 for _ in range(n):
     os.getppid()
 con.write("PATCHBAY-VT-MARK syscall-end\n"); con.flush()
-' "$2"
+con.write("PATCHBAY-VT-MARK clock-start\n"); con.flush()
+for _ in range(reads):
+    time.monotonic()
+con.write("PATCHBAY-VT-MARK clock-end\n"); con.flush()
+' "$2" "$3"
 mark spawn-start
 i=0
-while [ "$i" -lt "$3" ]; do /bin/true; i=$((i + 1)); done
+while [ "$i" -lt "$4" ]; do /bin/true; i=$((i + 1)); done
 mark spawn-end
 "#;
 
@@ -101,6 +112,9 @@ pub struct Profile {
     pub kernel_path: PathBuf,
     /// `seccomp` or `ptrace`.
     pub processes: &'static str,
+    /// Whether guest processes read the clock without a trap ([`VtOpts::fast_clock`] on a
+    /// kernel that has it).
+    pub fast_clock: bool,
     /// `patchbay vt -- true`, spawn to UML's exit, seconds (median).
     pub vt_true_s: f64,
     /// Spawn to the guest starting the command, seconds (median).
@@ -111,6 +125,8 @@ pub struct Profile {
     pub shutdown_s: f64,
     /// One guest syscall (`getppid`), microseconds.
     pub syscall_us: f64,
+    /// One clock read (`time.monotonic()` in a loop), microseconds.
+    pub clock_read_us: f64,
     /// One process spawn (`/bin/true` from `sh`), milliseconds.
     pub spawn_ms: f64,
     /// The small lab as a whole (`patchbay run --virtual`, boot to exit), seconds.
@@ -162,6 +178,7 @@ fn profile_in(base: &VtOpts, work: &Path) -> Result<Profile> {
             script.clone().into(),
             "/usr/bin/python3".into(),
             SYSCALLS.to_string().into(),
+            CLOCK_READS.to_string().into(),
             SPAWNS.to_string().into(),
         ],
         &opts,
@@ -176,6 +193,7 @@ fn profile_in(base: &VtOpts, work: &Path) -> Result<Profile> {
     };
     let syscall_us = span("syscall-start", "syscall-end")? / f64::from(SYSCALLS) * 1e6;
     let spawn_ms = span("spawn-start", "spawn-end")? / f64::from(SPAWNS) * 1e3;
+    let clock_read_us = span("clock-start", "clock-end")? / f64::from(CLOCK_READS) * 1e6;
 
     let lab = work.join("lab.toml");
     std::fs::write(&lab, LAB).with_context(|| format!("writing {}", lab.display()))?;
@@ -188,11 +206,13 @@ fn profile_in(base: &VtOpts, work: &Path) -> Result<Profile> {
         kernel: kernel.release,
         kernel_path: kernel.path,
         processes: if seccomp { "seccomp" } else { "ptrace" },
+        fast_clock: kernel.fast_clock && base.fast_clock,
         vt_true_s: whole,
         boot_to_command_s: boot,
         kernel_boot_s: kernel_boot,
         shutdown_s: shutdown,
         syscall_us,
+        clock_read_us,
         spawn_ms,
         lab_s: lab_out.wall.as_secs_f64(),
         lab_in_guest_s: secs(lab_out.command_end_wall) - secs(lab_out.boot_to_command_wall),
@@ -259,7 +279,14 @@ pub fn render(profiles: &[Profile]) -> String {
             "kernel",
             profiles
                 .iter()
-                .map(|p| format!("UML {} {}", p.kernel, p.processes))
+                .map(|p| {
+                    let clock = if p.fast_clock {
+                        "vDSO clock"
+                    } else {
+                        "syscall clock"
+                    };
+                    format!("UML {} {} {clock}", p.kernel, p.processes)
+                })
                 .collect(),
         ),
         (
@@ -267,6 +294,13 @@ pub fn render(profiles: &[Profile]) -> String {
             profiles
                 .iter()
                 .map(|p| format!("{:.1} µs", p.syscall_us))
+                .collect(),
+        ),
+        (
+            "clock read (monotonic)",
+            profiles
+                .iter()
+                .map(|p| format!("{:.2} µs", p.clock_read_us))
                 .collect(),
         ),
         (

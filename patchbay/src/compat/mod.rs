@@ -45,6 +45,7 @@ pub use router::{Router, RouterBuilder, RouterIface};
 pub use runner::ReflectorGuard;
 pub use shared::NodeId;
 
+pub use crate::sys::userns::init_userns_for_ctor;
 pub use crate::{IpSupport, NatV6Mode};
 pub use ipnet::Ipv4Net;
 
@@ -63,17 +64,6 @@ pub fn init_userns() -> anyhow::Result<()> {
         .get_or_init(|| crate::init_userns().map_err(|e| e.to_string()))
         .clone()
         .map_err(anyhow::Error::msg)
-}
-
-/// [`init_userns`] for an ELF constructor; a failure is reported by the next
-/// [`init_userns`] call (and by creating a lab).
-///
-/// # Safety
-/// Call it only from a single-threaded constructor (`#[ctor::ctor]`), as upstream requires.
-pub unsafe fn init_userns_for_ctor() {
-    if let Err(e) = init_userns() {
-        eprintln!("patchbay: {e}");
-    }
 }
 
 /// Checks that this process may build labs: root, or `CAP_NET_ADMIN`, `CAP_NET_RAW` and

@@ -8,6 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use crate::dns::{self, DnsServer, DnsZone};
 use crate::error::{Error, Result};
+use crate::sys::spawn::NameOverlay;
 
 use super::node::Node;
 use super::{Lab, LabInner};
@@ -91,14 +92,6 @@ impl LabInner {
         let (hosts, resolv) = self.write_name_files(&node.name)?;
         node.bind_names(hosts, resolv)
     }
-}
-
-/// The files a spawned process of a node sees at `/etc/hosts` and
-/// `/etc/resolv.conf`, as C strings prepared before `fork`.
-#[derive(Debug, Clone)]
-pub(crate) struct NameOverlay {
-    pub hosts: CString,
-    pub resolv: CString,
 }
 
 impl Node {
@@ -205,36 +198,4 @@ impl super::Exchange {
         let addrs = vec![IpAddr::V4(self.ip()), IpAddr::V6(self.ip6())];
         serve_on(self.netns(), "exchange", addrs, zone).await
     }
-}
-
-/// In the child between `fork` and `exec`: a private mount namespace with
-/// the node's files over `/etc/hosts` and `/etc/resolv.conf`. Only
-/// async-signal-safe syscalls on memory prepared before `fork`.
-pub(crate) fn enter_overlay(o: &NameOverlay) -> std::io::Result<()> {
-    // SAFETY: plain syscalls with valid NUL-terminated strings.
-    unsafe {
-        if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // Nothing mounted here may propagate back to the host.
-        if libc::mount(
-            c"none".as_ptr(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        for (src, dst) in [
-            (o.hosts.as_ptr(), c"/etc/hosts".as_ptr()),
-            (o.resolv.as_ptr(), c"/etc/resolv.conf".as_ptr()),
-        ] {
-            if libc::mount(src, dst, std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(())
 }

@@ -89,15 +89,13 @@ impl Exchange {
     }
 
     fn prepare(&self, cmd: &mut std::process::Command) {
-        use std::os::unix::process::CommandExt;
         cmd.env("PATCHBAY_LAB", &self.lab_id);
         cmd.env("PATCHBAY_NODE", "exchange");
-        let procs = self.cgroup_procs.clone();
-        // SAFETY: the closure only makes async-signal-safe syscalls (prctl, open, write,
-        // close) on memory prepared before fork.
-        unsafe {
-            cmd.pre_exec(move || super::node::child_setup(procs.as_ref()));
-        }
+        let setup = crate::sys::spawn::ChildSetup {
+            cgroup_procs: self.cgroup_procs.clone(),
+            names: None,
+        };
+        crate::sys::spawn::prepare(cmd, setup);
     }
 
     /// Spawns a process in the exchange (the lab's root namespace: a host "on the

@@ -129,7 +129,7 @@ impl Router {
             let what = format!("NAT flush of router {}", self.name());
             nft::apply(self.netns(), &what, cmds).await?;
         }
-        nat::flush_conntrack(self.netns())?;
+        crate::sys::conntrack::flush_conntrack(self.netns())?;
         self.record("nat.flushed", serde_json::Value::Null, false);
         Ok(())
     }

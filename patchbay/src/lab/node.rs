@@ -238,21 +238,12 @@ impl Node {
     }
 
     fn prepare_std(&self, cmd: &mut std::process::Command) -> Result<()> {
-        use std::os::unix::process::CommandExt;
         cmd.envs(self.env());
-        let procs = self.inner.cgroup_procs.clone();
-        let overlay = self.name_overlay()?;
-        // SAFETY: the closure only makes async-signal-safe syscalls (prctl,
-        // open, write, close, unshare, mount) on memory prepared before fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                child_setup(procs.as_ref())?;
-                match &overlay {
-                    Some(o) => super::dns_ops::enter_overlay(o),
-                    None => Ok(()),
-                }
-            });
-        }
+        let setup = crate::sys::spawn::ChildSetup {
+            cgroup_procs: self.inner.cgroup_procs.clone(),
+            names: self.name_overlay()?,
+        };
+        crate::sys::spawn::prepare(cmd, setup);
         Ok(())
     }
 
@@ -357,23 +348,4 @@ impl Node {
         self.record(kind, serde_json::json!({"iface": iface}), false);
         Ok(())
     }
-}
-
-pub(crate) fn child_setup(cgroup_procs: Option<&CString>) -> std::io::Result<()> {
-    // SAFETY: plain syscalls on valid pointers.
-    unsafe {
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if let Some(path) = cgroup_procs {
-            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd >= 0 {
-                // Joining the lab cgroup lets the lab kill grandchildren too;
-                // if it fails the PDEATHSIG above still covers this child.
-                libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-            }
-        }
-    }
-    Ok(())
 }

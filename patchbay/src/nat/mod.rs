@@ -20,7 +20,6 @@
 //!   through the same map and source-NATs them to that public address, so
 //!   the receiver sees the sender's external address (RFC 4787 REQ-9).
 
-mod ctflush;
 mod presets;
 mod render;
 mod timeouts;
@@ -32,7 +31,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::addr::LanKind;
 
-pub use ctflush::{CtFlushError, flush_conntrack};
 pub use presets::RouterPreset;
 pub use render::{NAT_TABLE, render_nat};
 pub use timeouts::ConntrackTimeouts;

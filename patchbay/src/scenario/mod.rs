@@ -23,7 +23,6 @@
 
 pub mod bench;
 pub mod bench_dir;
-mod diag;
 pub mod fidelity;
 pub mod modes;
 mod net;

@@ -367,7 +367,7 @@ pub(crate) async fn fin_timeout(k: f64, _size: Size) -> Result<Trace, ScenarioEr
             let mut seen = false;
             let mut due: Option<Instant> = None;
             loop {
-                match super::diag::tcp_state_of_port(port) {
+                match crate::sys::sockdiag::tcp_state_of_port(port) {
                     Ok(Some(sock)) => {
                         if sock.state == TCP_FIN_WAIT2 && !seen {
                             seen = true;

@@ -18,11 +18,14 @@
 pub(crate) mod capture;
 pub(crate) mod cgroup;
 pub(crate) mod cmd;
+pub(crate) mod conntrack;
 pub(crate) mod linkattr;
 pub(crate) mod mountns;
 pub(crate) mod netlink;
 pub(crate) mod netns;
 pub(crate) mod nft;
+pub(crate) mod sockdiag;
+pub(crate) mod spawn;
 pub(crate) mod sysctl;
 pub(crate) mod tc;
 pub(crate) mod userns;

@@ -88,3 +88,16 @@ pub fn init_userns() -> Result<(), UsernsError> {
     IN_USERNS.store(true, Ordering::Relaxed);
     Ok(())
 }
+
+/// [`init_userns`] for an ELF constructor, as upstream patchbay 0.7 has it (the `compat`
+/// layer's `init_userns_for_ctor`); a failure is printed on stderr and reported again by
+/// the next lab.
+///
+/// # Safety
+/// Call it only from a single-threaded constructor (`#[ctor::ctor]`), as upstream requires.
+#[cfg(feature = "compat")]
+pub unsafe fn init_userns_for_ctor() {
+    if let Err(e) = init_userns() {
+        eprintln!("patchbay: {e}");
+    }
+}

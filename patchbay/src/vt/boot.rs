@@ -30,12 +30,14 @@ pub(crate) fn random_seed() -> u64 {
 
 /// The UML kernel command line. `seccomp`: `Some(on)` for kernels that know the `seccomp=`
 /// option, `None` for older ones (ptrace only). `seed`: `patchbay_seed=` and, in virtual
-/// time, the guest's wall clock pinned to [`GUEST_EPOCH`].
+/// time, the guest's wall clock pinned to [`GUEST_EPOCH`]. `slow_clock`: `patchbay_vclock=off`
+/// (every clock read a syscall; only for kernels that know the option).
 pub(crate) fn kernel_args(
     mem: &str,
     clock: VtClock,
     seccomp: Option<bool>,
     seed: Option<u64>,
+    slow_clock: bool,
     uml_dir: &Path,
     init: &Path,
 ) -> Vec<OsString> {
@@ -51,6 +53,7 @@ pub(crate) fn kernel_args(
         VtClock::Real => None,
     };
     let procs = seccomp.map(|on| if on { "seccomp=on" } else { "seccomp=off" });
+    let vclock = slow_clock.then_some("patchbay_vclock=off");
     let fixed = [
         // Host root over hostfs, read-only (the host side is read-only too, see process.rs).
         "root=/dev/root",
@@ -68,6 +71,7 @@ pub(crate) fn kernel_args(
             clock
                 .into_iter()
                 .chain(procs)
+                .chain(vclock)
                 .chain(fixed)
                 .map(OsString::from),
         )
@@ -87,6 +91,7 @@ mod tests {
             VtClock::InfCpu,
             Some(true),
             Some(42),
+            false,
             Path::new("/r/uml"),
             Path::new("/r/init.sh"),
         );
@@ -110,6 +115,7 @@ mod tests {
             VtClock::Real,
             None,
             Some(7),
+            true,
             Path::new("/u"),
             Path::new("/i"),
         );
@@ -125,11 +131,14 @@ mod tests {
         );
         // A seed without virtual time still fixes the randomness, not the clock.
         assert!(real.iter().any(|a| a == "patchbay_seed=7"));
+        assert!(real.iter().any(|a| a == "patchbay_vclock=off"));
+        assert!(!args.iter().any(|a| a.starts_with("patchbay_vclock")));
         let unseeded = kernel_args(
             "1G",
             VtClock::InfCpu,
             None,
             None,
+            false,
             Path::new("/u"),
             Path::new("/i"),
         );

@@ -16,9 +16,10 @@
 //! - `/bin/sh`, `mount` (util-linux, for `mount -a -T`), `sync`, `sleep` and `env` on the
 //!   host (the guest runs the host's binaries through hostfs).
 //!
-//! Guest layout: the host root mounted read-only via hostfs; fresh proc, sysfs, devtmpfs,
-//! cgroup2 (`/sys/fs/cgroup`), bpffs; empty tmpfs over `/tmp`, `/run`, `/var/tmp` and
-//! `/dev/shm`; `lo` up; the results directory mounted writable at the same path as on the host.
+//! Guest layout: the host root via hostfs, read-only underneath a writable overlay whose
+//! writes stay in guest memory ([`GuestRoot`]); fresh proc, sysfs, devtmpfs, cgroup2
+//! (`/sys/fs/cgroup`), bpffs; empty tmpfs over `/tmp`, `/run`, `/var/tmp` and `/dev/shm`; `lo`
+//! up; the results directory mounted writable at the same path as on the host.
 //! The command gets `PATCHBAY_VT=1` and `PATCHBAY_VT_RESULTS=<results dir>` in its environment.
 //!
 //! Results directory layout (written by the guest): `stdout`, `stderr`, `exit_code`,
@@ -31,6 +32,7 @@ mod kernel;
 mod locate;
 mod paths;
 mod process;
+mod root;
 mod rundir;
 mod script;
 mod userns;
@@ -42,13 +44,21 @@ use std::time::{Duration, Instant};
 pub use error::VtError;
 pub use kernel::{GuestProcesses, UmlKernel, probe as probe_kernel};
 pub use locate::find_uml_binary;
+pub use root::GuestRoot;
 
 /// Environment variable naming the UML `linux` binary; overrides the search.
 pub const UML_ENV: &str = "PATCHBAY_UML";
 
 /// Files the guest writes into the results directory; stale ones are removed before a run.
-pub(crate) const RESULT_FILES: &[&str] =
-    &["stdout", "stderr", "exit_code", "uptime", "clock", "error"];
+pub(crate) const RESULT_FILES: &[&str] = &[
+    "stdout",
+    "stderr",
+    "exit_code",
+    "uptime",
+    "clock",
+    "error",
+    root::KEEP_ERROR,
+];
 
 /// The guest's wall clock at boot in seeded virtual-time runs (`time-travel-start`):
 /// 2026-01-01T00:00:00Z, in seconds since the Unix epoch.
@@ -65,7 +75,9 @@ pub const DEFAULT_UPTIME: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum VtClock {
     /// `time-travel=inf-cpu`: virtual time, jumping forward whenever the guest is idle; CPU work
-    /// takes no virtual time (each clock read advances it by 256 ns).
+    /// takes no virtual time. A clock read through a syscall advances it by 256 ns; with the
+    /// fast clock ([`VtOpts::fast_clock`]) reads through the vDSO do not, except every 64th read
+    /// of an unchanged clock.
     #[default]
     InfCpu,
     /// No time travel: the guest clock follows the host clock. For comparing against a virtual
@@ -111,6 +123,21 @@ pub struct VtOpts {
     /// `xtask/uml-seed.patch` ([`UmlKernel::seed`]); with an older one `Some` is an error
     /// and `None` runs unseeded.
     pub seed: Option<u64>,
+    /// What the command may write on the host tree: through an overlay whose writes stay in
+    /// the guest (default), or nothing.
+    pub root: GuestRoot,
+    /// A host directory that receives, after the command, a copy of every file the command
+    /// created or changed on the host tree (the overlay's upper layer; deletions are not
+    /// copied), at its absolute path below the directory: `<dir>/work/app/target/x` for
+    /// `/work/app/target/x`. Files written under the guest's own tmpfs (`/tmp`, `/run`,
+    /// `/var/tmp`) are not host-tree writes and stay in the guest. The directory is created
+    /// and, alone with the results dir, writable for the guest. Needs [`GuestRoot::Overlay`].
+    pub keep_writes: Option<PathBuf>,
+    /// Read the guest clock without a trap where the kernel can ([`UmlKernel::fast_clock`]);
+    /// default `true`. `false` boots such a kernel with `patchbay_vclock=off`: every
+    /// `clock_gettime`, `gettimeofday` and `time` is a syscall that moves the clock by 256 ns,
+    /// as on kernels without `xtask/uml-vdso.patch`. For comparisons.
+    pub fast_clock: bool,
 }
 
 impl Default for VtOpts {
@@ -126,6 +153,9 @@ impl Default for VtOpts {
             processes: GuestProcesses::Auto,
             uptime: DEFAULT_UPTIME,
             seed: None,
+            root: GuestRoot::Overlay,
+            keep_writes: None,
+            fast_clock: true,
         }
     }
 }
@@ -162,6 +192,9 @@ pub struct VtOutcome {
     /// The seed the run used ([`VtOpts::seed`], or the random one chosen); `None` when the
     /// kernel cannot take one.
     pub seed: Option<u64>,
+    /// What the caller should know about the run: a kernel without overlayfs (the host tree
+    /// was read-only) or, for a failed command, without user namespaces.
+    pub warnings: Vec<String>,
 }
 
 /// Set once a host refused UML's seccomp filter: later runs go straight to ptrace.
@@ -295,19 +328,25 @@ fn run_once(
     } else {
         Some(rundir.copy_mount(script::OWN_MOUNT)?)
     };
-    let text = script::render(
+    let keep = match &opts.keep_writes {
+        Some(dir) => Some(root::prepare_keep_dir(dir)?),
+        None => None,
+    };
+    let text = script::render(&script::Init {
         argv,
-        &env,
-        &cwd,
-        &guest_results,
-        &env_binary,
-        &g.join("fstab"),
-        &expose,
-        &uptime,
-        boot::nofile_limits(),
-        own_mount.as_deref(),
+        env: &env,
+        cwd: &cwd,
+        results: &guest_results,
+        env_binary: &env_binary,
+        fstab: &g.join("fstab"),
+        expose: &expose,
+        uptime: &uptime,
+        nofile: boot::nofile_limits(),
+        own_mount: own_mount.as_deref(),
         results_in_fstab,
-    )?;
+        root: opts.root,
+        keep: keep.as_deref(),
+    })?;
     write_executable(&init, &text)?;
     for d in ["mem", "uml"] {
         let d = rundir.path.join(d);
@@ -321,6 +360,7 @@ fn run_once(
         opts.clock,
         procs,
         seed,
+        kernel.fast_clock && !opts.fast_clock,
         &g.join("uml"),
         &g.join("init.sh"),
     );
@@ -328,6 +368,7 @@ fn run_once(
     if !results.starts_with(&rundir.path) {
         writable.push(results.clone());
     }
+    writable.extend(keep.clone());
     let sandbox = process::Sandbox {
         alias: (rundir.path.clone(), g.clone()),
         writable,
@@ -363,6 +404,11 @@ fn run_once(
     };
     let uptime = read("uptime")?.and_then(|b| parse_uptime(&String::from_utf8_lossy(&b)));
     let clock = read("clock")?.and_then(|b| parse_clock(&String::from_utf8_lossy(&b)));
+    if let Some(dir) = &keep
+        && let Some(e) = root::keep_error(read(root::KEEP_ERROR)?, dir)
+    {
+        return Err(e);
+    }
     let stdout = read("stdout")?.unwrap_or_default();
     let stderr = read("stderr")?.unwrap_or_default();
     Ok(VtOutcome {
@@ -374,6 +420,7 @@ fn run_once(
         boot_to_command_wall: finished.command_start,
         virtual_elapsed: clock.or(uptime.map(|(start, end)| end.saturating_sub(start))),
         command_end_wall: finished.command_end,
+        warnings: root::warnings(&finished.marks, exit_code != 0),
         marks: finished.marks,
         kernel: kernel.clone(),
         seccomp,

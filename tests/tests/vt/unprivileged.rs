@@ -2,14 +2,6 @@
 
 use super::*;
 
-/// The `patchbay` CLI next to this test binary (`target/<profile>/patchbay`; `cargo xtask test`
-/// builds it), or `None`.
-fn patchbay_cli() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let p = exe.parent()?.parent()?.join("patchbay");
-    p.is_file().then_some(p)
-}
-
 /// Entries directly in the shared temp directories that belong to `uid`.
 fn owned_entries(uid: u32) -> std::collections::BTreeSet<PathBuf> {
     use std::os::unix::fs::MetadataExt;
@@ -118,8 +110,8 @@ fn unprivileged_user_runs_patchbay_vt() -> anyhow::Result<()> {
     let victim = kit.dir.join("written-by-guest");
     let script = format!(
         "id -u; echo ok > \"$PATCHBAY_VT_RESULTS/probe\"; echo scratch > /tmp/guest-scratch; \
-         touch '{v}' && echo plain-write-succeeded; \
-         mount -o remount,rw / && touch /written-by-guest && echo remount-write-succeeded; \
+         touch '{v}' && echo plain-write-in-the-guest; \
+         mkdir -p /tmp/h && mount -t hostfs hostfs /tmp/h && touch '/tmp/h{v}' && echo hostfs-write-succeeded; \
          ls '{d}' > /dev/null && echo kit-visible",
         v = victim.display(),
         d = kit.dir.display()

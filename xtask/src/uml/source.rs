@@ -1,7 +1,7 @@
 //! Getting a kernel source for `cargo xtask build-uml`: Debian's `linux-source-SERIES`
 //! through a private apt configuration (the matrix's [`PrivateApt`]: own sources list, lists
-//! and cache under `<out>/apt`, so the host's apt setup stays untouched), unpacked and, where
-//! the kernel needs it, patched with `xtask/uml-xstate.patch`.
+//! and cache under `<out>/apt`, so the host's apt setup stays untouched), unpacked and patched
+//! (`patches.rs`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::{fmt_dur, patches, patches_id, run_quiet};
+use super::patches::{self, Applied};
+use super::{fmt_dur, run_quiet};
 use crate::matrix::apt::{MIRROR, PrivateApt, SECURITY_MIRROR};
 
 /// The keyring the private sources are signed by (package debian-archive-keyring).
@@ -91,14 +92,14 @@ pub fn download_source(apt_dir: &Path, series: &str, dir: &Path) -> Result<PathB
     if dir.is_dir()
         && let Some(deb) = find_deb(dir, &package)?
     {
-        println!("[uml] source package: {}", deb.display());
+        eprintln!("[uml] source package: {}", deb.display());
         return Ok(deb);
     }
     let t = Instant::now();
     let apt = private_apt(apt_dir)?;
     let mut have = available_series(&apt)?;
     if !have.iter().any(|s| s == series) {
-        println!(
+        eprintln!(
             "[uml] apt-get update of the private lists in {} (the host's apt is not touched)",
             apt_dir.display()
         );
@@ -117,10 +118,10 @@ pub fn download_source(apt_dir: &Path, series: &str, dir: &Path) -> Result<PathB
             have.join(",")
         );
     }
-    println!("[uml] apt-get download {package} into {}", dir.display());
+    eprintln!("[uml] apt-get download {package} into {}", dir.display());
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let deb = apt.download(&package, dir)?;
-    println!(
+    eprintln!(
         "[uml] downloaded {} in {}",
         deb.display(),
         fmt_dur(t.elapsed())
@@ -177,19 +178,19 @@ pub fn needs_xstate_patch(src: &Path) -> Result<bool> {
 }
 
 /// Unpacks the package and its tarball into `dir` and applies the patches (the seed patch
-/// always, the xstate patch when the source needs it). Returns the source directory and
-/// whether the xstate patch was applied.
-pub fn unpack_source(deb: &Path, series: &str, dir: &Path) -> Result<(PathBuf, bool)> {
+/// always, the xstate patch when the source needs it, the vDSO patch where it applies).
+/// Returns the source directory and the patches it got.
+pub fn unpack_source(deb: &Path, series: &str, dir: &Path) -> Result<(PathBuf, Applied)> {
     let package = format!("linux-source-{series}");
     let src = dir.join(&package);
     let stamp = dir.join(".unpacked");
     match fs::read_to_string(&stamp) {
         Ok(s) => {
-            let xstate = needs_xstate_patch(&src)?;
-            if s.trim() == patches_id(xstate) {
-                return Ok((src, xstate));
+            let applied = Applied::of_source(&src, needs_xstate_patch(&src)?);
+            if s.trim() == applied.id() {
+                return Ok((src, applied));
             }
-            println!("[uml] the patches changed; unpacking the source again");
+            eprintln!("[uml] the patches changed; unpacking the source again");
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", stamp.display())),
@@ -200,7 +201,7 @@ pub fn unpack_source(deb: &Path, series: &str, dir: &Path) -> Result<(PathBuf, b
     }
     let deb_root = dir.join("deb");
     fs::create_dir_all(&deb_root)?;
-    println!("[uml] unpacking {} into {}", deb.display(), dir.display());
+    eprintln!("[uml] unpacking {} into {}", deb.display(), dir.display());
     let mut x = Command::new("dpkg-deb");
     x.arg("-x").arg(deb).arg(&deb_root);
     run_quiet(x)?;
@@ -222,22 +223,12 @@ pub fn unpack_source(deb: &Path, series: &str, dir: &Path) -> Result<(PathBuf, b
     fs::remove_dir_all(&deb_root)?;
     let xstate = needs_xstate_patch(&src)?;
     if !xstate {
-        println!("[uml] no xstate patch: this kernel sizes the host FP state at runtime");
+        eprintln!("[uml] no xstate patch: this kernel sizes the host FP state at runtime");
     }
-    for (name, text) in patches(xstate) {
-        let file = dir.join(name);
-        fs::write(&file, text)?;
-        let mut patch = Command::new("patch");
-        patch
-            .args(["-p1", "--forward", "--batch", "-i"])
-            .arg(&file)
-            .current_dir(&src);
-        run_quiet(patch).with_context(|| format!("applying xtask/{name} to {package}"))?;
-        println!("[uml] applied xtask/{name}");
-    }
-    fs::write(&stamp, patches_id(xstate))?;
-    println!("[uml] unpacked in {}", fmt_dur(t.elapsed()));
-    Ok((src, xstate))
+    let applied = patches::apply(&src, dir, &package, xstate)?;
+    fs::write(&stamp, applied.id())?;
+    eprintln!("[uml] unpacked in {}", fmt_dur(t.elapsed()));
+    Ok((src, applied))
 }
 
 #[cfg(test)]
