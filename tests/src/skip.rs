@@ -82,18 +82,6 @@ pub fn root_unavailable() -> Option<&'static str> {
         .then_some("needs root (CAP_SYS_ADMIN + CAP_NET_ADMIN) to create network namespaces")
 }
 
-/// Skips (returning true) when not root. Tests use [`require_root!`]; this is for callers
-/// that combine the answer themselves.
-pub fn skip_unless_root() -> bool {
-    match root_unavailable() {
-        Some(why) => {
-            skip(why);
-            true
-        }
-        None => false,
-    }
-}
-
 /// Whether `tool` is on the `PATH` (`command -v`).
 pub fn have_tool(tool: &str) -> bool {
     std::process::Command::new("sh")

@@ -20,9 +20,7 @@ fn events(dir: &std::path::Path) -> Vec<serde_json::Value> {
 
 #[tokio::test]
 async fn logs_events_topology_and_capture() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let dir = tmpdir("full");
     let _ = std::fs::remove_dir_all(&dir);
     {
@@ -147,9 +145,7 @@ async fn logs_events_topology_and_capture() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn retention_removes_on_success_and_keeps_on_failure() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let ok = tmpdir("ok");
     let bad = tmpdir("bad");
     {
@@ -184,9 +180,7 @@ async fn retention_removes_on_success_and_keeps_on_failure() -> anyhow::Result<(
 
 #[test]
 fn patchbay_run_outdir_leaves_logs_events_and_a_pcap() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap();

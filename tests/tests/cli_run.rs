@@ -96,9 +96,7 @@ fn processes_of(uid: u32) -> Vec<String> {
 /// before the build, naming `sysctl-only`, and passes with it.
 #[test]
 fn run_as_an_ordinary_user_and_the_sysctl_only_way_out() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let kit = Kit::new("nat-timeout.toml")?;
     let out = kit.run_as_nobody(&["run", "nat-timeout.toml"])?;
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));

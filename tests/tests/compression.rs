@@ -13,11 +13,6 @@ use patchbay::bpf::EventKind;
 use patchbay::{Direction, Lab, LabOpts};
 use patchbay_tests::*;
 
-/// Skips (true) when this host cannot compress at all.
-fn cannot_compress() -> bool {
-    skip_unless_compression()
-}
-
 struct SynRun {
     wall: Duration,
     syn_rtos: usize,
@@ -62,9 +57,7 @@ async fn syn_blackhole(k: f64) -> Result<SynRun> {
 
 #[tokio::test]
 async fn timing_syn_blackhole_k20_is_15x_faster_with_the_same_retransmits() -> Result<()> {
-    if cannot_compress() {
-        return Ok(());
-    }
+    skip_if!(compression_unavailable());
     let real = syn_blackhole(1.0).await?;
     let fast = syn_blackhole(20.0).await?;
     println!(
@@ -126,9 +119,7 @@ async fn data_blackhole(k: f64) -> Result<(Duration, std::io::ErrorKind)> {
 
 #[tokio::test]
 async fn timing_established_blackhole_k20_fails_15x_sooner() -> Result<()> {
-    if cannot_compress() {
-        return Ok(());
-    }
+    skip_if!(compression_unavailable());
     // k = 20 wants the 200 ms RTO minimum at 10 ms.
     if let Some(why) = rto_min_unavailable(10_000)? {
         skip(&format!(
@@ -217,9 +208,7 @@ fn socket2_like() -> std::os::fd::OwnedFd {
 
 #[tokio::test]
 async fn app_set_user_timeout_and_keepalive_are_scaled_only_in_compressed_labs() -> Result<()> {
-    if cannot_compress() {
-        return Ok(());
-    }
+    skip_if!(compression_unavailable());
     let fast = Lab::with_opts(LabOpts::default().time_scale(20.0)).await?;
     let r = fast.add_router("r").build().await?;
     let d = fast.add_device("d").iface("eth0", &r).build().await?;
@@ -269,9 +258,7 @@ fn host_values() -> Vec<Option<String>> {
 
 #[tokio::test]
 async fn report_matches_what_the_kernel_has_and_the_host_is_untouched() -> Result<()> {
-    if cannot_compress() {
-        return Ok(());
-    }
+    skip_if!(compression_unavailable());
     let before = host_values();
     let lab = Lab::with_opts(LabOpts::default().time_scale(20.0)).await?;
     let r = lab.add_router("r").build().await?;
@@ -352,9 +339,7 @@ async fn report_matches_what_the_kernel_has_and_the_host_is_untouched() -> Resul
 
 #[tokio::test]
 async fn bad_time_scales_are_clear_errors() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     for k in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e9, 0.5] {
         let e = Lab::with_opts(LabOpts::default().time_scale(k))
             .await
@@ -384,9 +369,7 @@ async fn child_scale_probe() -> Result<()> {
 
 #[test]
 fn two_labs_with_different_k_in_two_processes() -> Result<()> {
-    if cannot_compress() {
-        return Ok(());
-    }
+    skip_if!(compression_unavailable());
     let spawn = |k: &str| {
         std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "child_scale_probe", "--ignored", "--nocapture"])
@@ -411,9 +394,7 @@ fn two_labs_with_different_k_in_two_processes() -> Result<()> {
 
 #[tokio::test]
 async fn two_labs_with_different_k_in_one_process() -> Result<()> {
-    if cannot_compress() {
-        return Ok(());
-    }
+    skip_if!(compression_unavailable());
     let a = Lab::with_opts(LabOpts::default().time_scale(10.0)).await?;
     let b = Lab::with_opts(LabOpts::default().time_scale(30.0)).await?;
     let ra = a.add_router("r").build().await?;
@@ -430,9 +411,7 @@ async fn two_labs_with_different_k_in_one_process() -> Result<()> {
 
 #[tokio::test]
 async fn sysctl_only_mode_reports_what_is_not_compressed() -> Result<()> {
-    if cannot_compress() {
-        return Ok(());
-    }
+    skip_if!(compression_unavailable());
     let lab = Lab::with_opts(LabOpts::default().time_scale(20.0).sysctl_only(true)).await?;
     let r = lab.add_router("r").build().await?;
     let d = lab.add_device("d").iface("eth0", &r).build().await?;
@@ -469,9 +448,12 @@ async fn sysctl_only_mode_reports_what_is_not_compressed() -> Result<()> {
 /// compressed lab is refused with a message naming the requirement.
 #[tokio::test]
 async fn compression_on_an_old_kernel_is_a_clear_refusal() -> Result<()> {
-    if skip_unless_root() || patchbay::doctor::cgroup2_mount().is_none() {
-        return Ok(());
-    }
+    require_root!();
+    skip_if!(
+        patchbay::doctor::cgroup2_mount()
+            .is_none()
+            .then_some("no cgroup v2 mount: compression attaches eBPF sock_ops to a cgroup")
+    );
     if patchbay::bpf::probe().netns_cookie_in_sock_ops {
         skip(
             "this kernel supports compression (netns cookie in sock_ops); the refusal is tested on older kernels in the kernel matrix",
@@ -497,9 +479,7 @@ async fn compression_on_an_old_kernel_is_a_clear_refusal() -> Result<()> {
 /// option, else it reports the timer as not compressed.
 #[tokio::test]
 async fn rto_bounds_use_the_mechanism_this_kernel_has() -> Result<()> {
-    if cannot_compress() {
-        return Ok(());
-    }
+    skip_if!(compression_unavailable());
     use patchbay::compress::{Mechanism, Status};
     let lab = Lab::with_opts(LabOpts::default().time_scale(20.0)).await?;
     let r = lab.add_router("r").build().await?;

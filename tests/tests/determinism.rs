@@ -10,13 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{Context, Result, ensure};
-use patchbay_tests::{patchbay_bin, skip, skip_unless_root, workspace};
+use patchbay_tests::{patchbay_bin, require_root, skip, workspace};
 
 /// The `patchbay` binary, or `None` (after printing the skip line).
 fn setup() -> Result<Option<PathBuf>> {
-    if skip_unless_root() {
-        return Ok(None);
-    }
+    require_root!();
     let kernel = match patchbay::vt::find_uml_binary() {
         Ok(k) => patchbay::vt::probe_kernel(&k)?,
         Err(e) => {

@@ -31,24 +31,10 @@ async fn run(node: &Node, argv: &[&str]) -> Result<(bool, String)> {
     ))
 }
 
-fn have(tool: &str) -> bool {
-    let ok = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        skip(&format!(
-            "`{tool}` is not installed (cargo xtask test installs it through apt)"
-        ));
-    }
-    ok
-}
-
 #[tokio::test]
 async fn hosts_entries_reach_spawned_processes_only() -> Result<()> {
-    if skip_unless_root() || !have("getent") {
-        return Ok(());
-    }
+    require_root!();
+    skip_if!(tools_unavailable(&["getent"], XTASK_INSTALLS));
     let host_hosts = std::fs::read("/etc/hosts")?;
     let host_resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
     let lab = Lab::with_opts(LabOpts::default().label("hosts")).await?;
@@ -167,17 +153,15 @@ async fn dns_server_answers(k: f64) -> Result<()> {
 
 #[tokio::test]
 async fn dns_server_answers_a_aaaa_txt_in_real_time() -> Result<()> {
-    if skip_unless_root() || !have("dig") || !have("getent") {
-        return Ok(());
-    }
+    require_root!();
+    skip_if!(tools_unavailable(&["dig", "getent"], XTASK_INSTALLS));
     dns_server_answers(1.0).await
 }
 
 #[tokio::test]
 async fn dns_server_answers_a_aaaa_txt_in_compressed_time() -> Result<()> {
-    if skip_unless_root() || !have("dig") || !have("getent") {
-        return Ok(());
-    }
+    require_root!();
+    skip_if!(tools_unavailable(&["dig", "getent"], XTASK_INSTALLS));
     if let Some(why) = compression_unavailable() {
         skip(&why);
         return Ok(());

@@ -98,9 +98,7 @@ fn run_examples(virtual_time: bool) -> Result<()> {
 
 #[test]
 fn every_example_passes() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     run_examples(false)
 }
 
@@ -108,8 +106,6 @@ fn every_example_passes() -> Result<()> {
 /// mobility, NAT timeouts) works in virtual time too, netem included.
 #[test]
 fn every_example_passes_in_virtual_time() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     run_examples(true)
 }

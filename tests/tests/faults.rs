@@ -90,9 +90,7 @@ impl Conn {
 
 #[tokio::test]
 async fn timing_blackhole_stalls_tcp_silently_then_heals() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     for dir in [Direction::Out, Direction::In, Direction::Both] {
         let (_lab, c, s, _d) = trio("bh").await?;
         let to = SocketAddr::from((s.ip().unwrap(), 7001));
@@ -122,9 +120,7 @@ async fn timing_blackhole_stalls_tcp_silently_then_heals() -> anyhow::Result<()>
 
 #[tokio::test]
 async fn dropping_the_guard_heals() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let (_lab, c, s, _d) = trio("bh-drop").await?;
     let sip = s.ip().unwrap();
     let g = c.blackhole("eth0", Direction::Both).await?;
@@ -147,9 +143,7 @@ async fn dropping_the_guard_heals() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn timing_partition_cuts_only_the_pair_then_heals() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let (lab, c, s, d) = trio("part").await?;
     let to = SocketAddr::from((s.ip().unwrap(), 7001));
     let mut conn = Conn::open(&c, to).await?;

@@ -37,9 +37,7 @@ async fn connect_retry(from: &patchbay::Node, to: SocketAddr) -> anyhow::Result<
 
 #[tokio::test]
 async fn device_presets_block_allow_and_reject() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::with_opts(LabOpts::default().label("fw-dev")).await?;
     let r = lab.add_router("r").build().await?;
     let c = lab.add_device("c").iface("eth0", &r).build().await?;
@@ -101,9 +99,7 @@ async fn device_presets_block_allow_and_reject() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn router_block_inbound_protects_its_lan() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::with_opts(LabOpts::default().label("fw-rtr")).await?;
     let outside = lab.add_router("outside").build().await?;
     let office = lab.add_router("office").build().await?;
@@ -141,9 +137,7 @@ async fn router_block_inbound_protects_its_lan() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_bad_custom_rule_names_the_rule_and_nfts_complaint() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::with_opts(LabOpts::default().label("fw-bad")).await?;
     let r = lab.add_router("r").build().await?;
     let c = lab.add_device("c").iface("eth0", &r).build().await?;

@@ -10,9 +10,7 @@ use patchbay_tests::*;
 
 #[tokio::test]
 async fn abort_abort_on_drop_and_detach() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let r = lab.add_router("r").build().await?;
     let d = lab.add_device("d").iface("eth0", &r).build().await?;
@@ -71,9 +69,7 @@ async fn abort_abort_on_drop_and_detach() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn spawn_thread_runs_blocking_code_in_the_namespace() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let r = lab.add_router("r").build().await?;
     let a = lab.add_device("a").iface("eth0", &r).build().await?;
@@ -111,9 +107,7 @@ async fn spawn_thread_runs_blocking_code_in_the_namespace() -> anyhow::Result<()
 
 #[tokio::test]
 async fn the_exchange_reaches_public_routers() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let isp = lab.add_router("isp").build().await?;
     let s = lab.add_device("s").iface("eth0", &isp).build().await?;

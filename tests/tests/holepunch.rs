@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use patchbay::{Lab, Nat};
-use patchbay_tests::skip_unless_root;
+use patchbay_tests::require_root;
 use tokio::net::UdpSocket;
 
 const PUNCH_PORT: u16 = 50_000;
@@ -106,18 +106,14 @@ async fn punch_runs(nat: Nat, late: Duration, runs: usize) -> Result<usize> {
 
 #[tokio::test]
 async fn home_nats_hole_punch_at_once_20_of_20() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     assert_eq!(punch_runs(Nat::Home, Duration::ZERO, 20).await?, 20);
     Ok(())
 }
 
 #[tokio::test]
 async fn home_nats_hole_punch_with_one_side_200ms_late_20_of_20() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     assert_eq!(
         punch_runs(Nat::Home, Duration::from_millis(200), 20).await?,
         20
@@ -129,9 +125,7 @@ async fn home_nats_hole_punch_with_one_side_200ms_late_20_of_20() -> Result<()> 
 /// there, 0 of 5 here.
 #[tokio::test]
 async fn corporate_nats_defeat_hole_punching_as_upstream_strict_does() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     assert_eq!(punch_runs(Nat::Corporate, Duration::ZERO, 5).await?, 0);
     assert_eq!(
         punch_runs(Nat::Corporate, Duration::from_millis(200), 5).await?,
@@ -145,9 +139,7 @@ async fn corporate_nats_defeat_hole_punching_as_upstream_strict_does() -> Result
 /// towards that very sender afterwards (no conntrack entry of the router itself holds it).
 #[tokio::test]
 async fn an_early_datagram_does_not_take_the_mapped_port() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let public = lab.add_router("pub").build().await?;
     let home = lab.add_router("home").nat(Nat::Home).build().await?;

@@ -30,19 +30,6 @@ async fn run(node: &Node, argv: &[&str]) -> Result<(bool, String)> {
     Ok((out.status.success(), text))
 }
 
-fn have(tool: &str) -> bool {
-    let ok = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        skip(&format!(
-            "`{tool}` is not installed (cargo xtask test installs it through apt)"
-        ));
-    }
-    ok
-}
-
 /// A TCP server on `node` that answers each connection with the peer's
 /// address and closes (HTTP/1.0 shaped, for curl).
 async fn start_whoami(node: &Node, port: u16) -> Result<()> {
@@ -74,9 +61,8 @@ async fn start_whoami(node: &Node, port: u16) -> Result<()> {
 
 #[tokio::test]
 async fn ip_modes_give_each_lan_only_its_families() -> Result<()> {
-    if skip_unless_root() || !have("ping") {
-        return Ok(());
-    }
+    require_root!();
+    skip_if!(tools_unavailable(&["ping"], XTASK_INSTALLS));
     let lab = Lab::with_opts(LabOpts::default().label("ipmodes")).await?;
     let dual = lab.add_router("dual").build().await?;
     let v4 = lab
@@ -115,9 +101,8 @@ async fn ip_modes_give_each_lan_only_its_families() -> Result<()> {
 
 #[tokio::test]
 async fn link_local_addresses_answer_ping() -> Result<()> {
-    if skip_unless_root() || !have("ping") {
-        return Ok(());
-    }
+    require_root!();
+    skip_if!(tools_unavailable(&["ping"], XTASK_INSTALLS));
     let lab = Lab::with_opts(LabOpts::default().label("ll6")).await?;
     // Link-local addresses exist even on an IPv4-only LAN.
     let r = lab
@@ -139,9 +124,8 @@ async fn link_local_addresses_answer_ping() -> Result<()> {
 
 #[tokio::test]
 async fn masquerade_and_nptv6_rewrite_ipv6_sources() -> Result<()> {
-    if skip_unless_root() || !have("curl") {
-        return Ok(());
-    }
+    require_root!();
+    skip_if!(tools_unavailable(&["curl"], XTASK_INSTALLS));
     let lab = Lab::with_opts(LabOpts::default().label("nat66")).await?;
     let public = lab.add_router("pub").build().await?;
     let masq = lab
@@ -200,9 +184,11 @@ async fn masquerade_and_nptv6_rewrite_ipv6_sources() -> Result<()> {
 
 #[tokio::test]
 async fn v6_only_device_reaches_v4_server_through_nat64_and_dns64() -> Result<()> {
-    if skip_unless_root() || !have("curl") || !have("tayga") || !have("getent") {
-        return Ok(());
-    }
+    require_root!();
+    skip_if!(tools_unavailable(
+        &["curl", "tayga", "getent"],
+        XTASK_INSTALLS
+    ));
     let lab = Lab::with_opts(LabOpts::default().label("nat64")).await?;
     let isp = lab.add_router("isp").build().await?;
     let v4net = lab
@@ -302,9 +288,7 @@ async fn v6_only_device_reaches_v4_server_through_nat64_and_dns64() -> Result<()
 
 #[tokio::test]
 async fn impossible_ip_plans_name_both_parts() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::with_opts(LabOpts::default().label("ipbad")).await?;
     let e = lab
         .add_router("c")

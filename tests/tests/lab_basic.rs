@@ -10,9 +10,7 @@ const T: Duration = Duration::from_secs(5);
 
 #[tokio::test]
 async fn udp_and_tcp_across_one_router() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::with_opts(LabOpts::default().label("basic")).await?;
     let r = lab.add_router("r1").build().await?;
     let a = lab.add_device("a").iface("eth0", &r).build().await?;
@@ -41,9 +39,7 @@ async fn udp_and_tcp_across_one_router() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn tcp_across_a_chain_of_two_routers() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let isp = lab.add_router("isp").build().await?;
     let home = lab.add_router("home").upstream(&isp).build().await?;

@@ -9,9 +9,7 @@ fn msg<T: std::fmt::Debug>(r: patchbay::Result<T>) -> String {
 
 #[tokio::test]
 async fn duplicate_names_are_rejected() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let r = lab.add_router("x").build().await?;
     let e = msg(lab.add_router("x").build().await);
@@ -28,9 +26,7 @@ async fn duplicate_names_are_rejected() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn interface_names_must_fit_ifnamsiz() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let r = lab.add_router("r").build().await?;
     let e = msg(lab
@@ -48,9 +44,7 @@ async fn interface_names_must_fit_ifnamsiz() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn unknown_routers_are_rejected() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let e = msg(lab.add_device("d").iface_on("eth0", "nope").build().await);
     assert!(e.contains("unknown router \"nope\""), "{e}");
@@ -62,9 +56,7 @@ async fn unknown_routers_are_rejected() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn devices_need_an_interface() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let e = msg(lab.add_device("d").build().await);
     assert!(
@@ -76,9 +68,7 @@ async fn devices_need_an_interface() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn address_pool_exhaustion_is_reported_before_touching_the_kernel() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let r = lab.add_router("r").build().await?;
     let mut b = lab.add_device("greedy");
@@ -107,9 +97,7 @@ async fn unprivileged_child() {
 
 #[test]
 fn not_root_gets_a_clear_error() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
     // A checkout in a private directory (e.g. `mktemp -d`, mode 0700) is not

@@ -84,9 +84,7 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 #[tokio::test]
 async fn drop_leaves_no_namespaces_processes_cgroups_or_interfaces() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let links_before = host_links();
     let lab = Lab::with_opts(LabOpts::default().label("dropme")).await?;
     let r = lab.add_router("r").build().await?;
@@ -218,9 +216,7 @@ fn child(mode: &str) -> Command {
 
 #[test]
 fn two_labs_in_two_processes_at_once() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let a = child("traffic")
         .stdout(std::process::Stdio::piped())
         .spawn()?;
@@ -240,9 +236,7 @@ fn two_labs_in_two_processes_at_once() -> anyhow::Result<()> {
 
 #[test]
 fn sigkill_leaves_nothing_that_outlives_the_process() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     use std::io::BufRead;
     let links_before = host_links();
     let mut c = child("hold").stdout(std::process::Stdio::piped()).spawn()?;
@@ -356,9 +350,7 @@ fn cmdline(pid: i32) -> String {
 
 #[test]
 fn sigkill_of_the_owner_kills_every_lab_process_and_their_descendants() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     if patchbay::doctor::cgroup2_mount().is_none() {
         skip("no cgroup v2 mount: a lab's process tree is held by its cgroup");
         return Ok(());

@@ -9,9 +9,7 @@ const T: Duration = Duration::from_secs(5);
 
 #[tokio::test]
 async fn twenty_devices_reach_one_server() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let r = lab.add_router("r").build().await?;
     let server = lab.add_device("server").iface("eth0", &r).build().await?;
@@ -49,9 +47,7 @@ async fn twenty_devices_reach_one_server() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn two_labs_in_one_process_are_isolated() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let (l1, l2) = (Lab::new().await?, Lab::new().await?);
     assert_ne!(l1.id(), l2.id());
     let mut servers = vec![];
@@ -81,9 +77,7 @@ async fn two_labs_in_one_process_are_isolated() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn lab_traffic_cannot_reach_the_host() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let r = lab.add_router("r").build().await?;
     let d = lab.add_device("d").iface("eth0", &r).build().await?;
@@ -111,11 +105,7 @@ async fn lab_traffic_cannot_reach_the_host() -> anyhow::Result<()> {
 
 /// The host namespace's neighbour entries (all families), as `dst dev`.
 fn host_neighbours() -> anyhow::Result<std::collections::BTreeSet<String>> {
-    let out = std::process::Command::new("ip")
-        .args(["neigh", "show"])
-        .output()?;
-    anyhow::ensure!(out.status.success(), "ip neigh show failed: {out:?}");
-    Ok(String::from_utf8_lossy(&out.stdout)
+    Ok(ip_here(&["neigh", "show"])?
         .lines()
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .collect())
@@ -126,11 +116,7 @@ fn lab_neighbours(lab: &Lab) -> anyhow::Result<(usize, usize)> {
     let (mut v4, mut v6) = (0, 0);
     for name in lab.node_names() {
         let node = lab.node(&name).unwrap();
-        let mut c = std::process::Command::new("ip");
-        c.args(["neigh", "show"])
-            .stdout(std::process::Stdio::piped());
-        let out = node.spawn_command_sync(c)?.wait_with_output()?;
-        for l in String::from_utf8_lossy(&out.stdout).lines() {
+        for l in ip_in(&node, &["neigh", "show"])?.lines() {
             match l.split_whitespace().next() {
                 Some(dst) if dst.contains(':') => v6 += 1,
                 Some(_) => v4 += 1,
@@ -194,16 +180,12 @@ async fn big_lab(routers: usize, devices: usize) -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn one_router_and_a_hundred_devices_with_default_options() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     big_lab(1, 100).await
 }
 
 #[tokio::test]
 async fn ten_routers_and_two_hundred_devices_with_default_options() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     big_lab(10, 200).await
 }

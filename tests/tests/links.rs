@@ -5,76 +5,27 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use patchbay::{Device, Error, Lab, LabOpts, LinkCondition};
+use patchbay::{Device, Error, LinkCondition};
+use patchbay_tests::traffic::*;
 use patchbay_tests::*;
-
-async fn pair(label: &str) -> anyhow::Result<(Lab, Device, Device)> {
-    let lab = Lab::with_opts(LabOpts::default().label(label)).await?;
-    let r = lab.add_router("r").build().await?;
-    let c = lab.add_device("c").iface("eth0", &r).build().await?;
-    let s = lab.add_device("s").iface("eth0", &r).build().await?;
-    Ok((lab, c, s))
-}
-
-/// Starts a sink on `s`: reads each connection to EOF, then answers one
-/// byte. Returns its address.
-async fn start_sink(s: &Device) -> anyhow::Result<SocketAddr> {
-    let addr = SocketAddr::from((s.ip().unwrap(), 9100));
-    let l = s
-        .spawn(move |_| async move { std::net::TcpListener::bind(addr) })?
-        .await??;
-    s.spawn(move |_| async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        l.set_nonblocking(true)?;
-        let l = tokio::net::TcpListener::from_std(l)?;
-        loop {
-            let (mut c, _) = l.accept().await?;
-            let mut buf = vec![0u8; 65536];
-            while c.read(&mut buf).await? > 0 {}
-            c.write_all(b"k").await?;
-        }
-        #[allow(unreachable_code)]
-        Ok::<(), std::io::Error>(())
-    })?;
-    Ok(addr)
-}
-
-/// Sends `bytes` to the sink and returns the goodput in bit/s.
-async fn goodput(c: &Device, to: SocketAddr, bytes: usize) -> anyhow::Result<f64> {
-    let secs = c
-        .spawn(move |_| async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect(to).await?;
-            let t0 = Instant::now();
-            s.write_all(&vec![7u8; bytes]).await?;
-            s.shutdown().await?;
-            let mut k = [0u8; 1];
-            s.read_exact(&mut k).await?;
-            Ok::<f64, std::io::Error>(t0.elapsed().as_secs_f64())
-        })?
-        .await??;
-    Ok(bytes as f64 * 8.0 / secs)
-}
 
 #[tokio::test]
 async fn timing_rate_limit_with_tbf() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
-    let (_lab, c, s) = pair("link-rate").await?;
-    let to = start_sink(&s).await?;
-    goodput(&c, to, 100_000).await?; // warm-up
-    let free = goodput(&c, to, 4_000_000).await?;
+    require_root!();
+    let (_lab, c, s) = device_pair("link-rate").await?;
+    let to = start_tcp_server(&s, 9100, Serve::Sink).await?;
+    goodput_up(&c, to, 100_000).await?; // warm-up
+    let free = goodput_up(&c, to, 4_000_000).await?;
     c.set_link_condition("eth0", LinkCondition::default().rate(10_000_000))
         .await?;
-    let ten = goodput(&c, to, 1_500_000).await?;
+    let ten = goodput_up(&c, to, 1_500_000).await?;
     // Changed at runtime (tc qdisc replace).
     c.set_link_condition("eth0", LinkCondition::default().rate(20_000_000))
         .await?;
-    let twenty = goodput(&c, to, 3_000_000).await?;
+    let twenty = goodput_up(&c, to, 3_000_000).await?;
     c.set_link_condition("eth0", LinkCondition::default())
         .await?;
-    let cleared = goodput(&c, to, 4_000_000).await?;
+    let cleared = goodput_up(&c, to, 4_000_000).await?;
     println!(
         "goodput: unshaped {:.0} Mbit/s, rate 10mbit -> {:.2} Mbit/s, rate 20mbit -> {:.2} Mbit/s, cleared {:.0} Mbit/s",
         free / 1e6,
@@ -121,10 +72,8 @@ fn udp_pinger(c: &Device, s: &Device) -> anyhow::Result<(UdpSocket, SocketAddr)>
 
 #[tokio::test]
 async fn timing_netem_delay_gives_the_configured_rtt() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
-    let (_lab, c, s) = pair("link-delay").await?;
+    require_root!();
+    let (_lab, c, s) = device_pair("link-delay").await?;
     start_udp_reflector(&s, SocketAddr::from(([0, 0, 0, 0], 7000))).await?;
     let delay = Duration::from_micros(20_500);
     if !netem_or_skip(&c, LinkCondition::default().delay(delay)).await? {
@@ -153,10 +102,8 @@ async fn timing_netem_delay_gives_the_configured_rtt() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn timing_netem_loss_ratio_within_bounds() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
-    let (_lab, c, s) = pair("link-loss").await?;
+    require_root!();
+    let (_lab, c, s) = device_pair("link-loss").await?;
     start_udp_reflector(&s, SocketAddr::from(([0, 0, 0, 0], 7000))).await?;
     // 20 % each way: a round trip survives with probability 0.64.
     if !netem_or_skip(&c, LinkCondition::default().loss(20.0)).await? {
@@ -183,10 +130,8 @@ async fn timing_netem_loss_ratio_within_bounds() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn bad_link_input_is_a_clear_error() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
-    let (lab, c, _s) = pair("link-bad").await?;
+    require_root!();
+    let (lab, c, _s) = device_pair("link-bad").await?;
     let e = c
         .set_link_condition("eth0", LinkCondition::default().loss(150.0))
         .await

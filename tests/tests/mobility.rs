@@ -31,9 +31,7 @@ async fn lab() -> anyhow::Result<(Lab, patchbay::Device, patchbay::Device)> {
 
 #[tokio::test]
 async fn udp_peer_sees_a_new_source_after_replug() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let (lab, server, phone) = lab().await?;
     let refl = server
         .spawn_reflector(SocketAddr::new(server.ip().unwrap().into(), 3478))
@@ -73,9 +71,7 @@ async fn udp_peer_sees_a_new_source_after_replug() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn tcp_transfer_stalls_then_times_out_after_replug() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let (_lab, server, phone) = lab().await?;
     let addr = SocketAddr::new(server.ip().unwrap().into(), 5001);
     start_tcp_echo(&server, addr).await?;
@@ -153,9 +149,7 @@ async fn tcp_transfer_stalls_then_times_out_after_replug() -> anyhow::Result<()>
 
 #[tokio::test]
 async fn add_remove_default_route_renew_and_remove_node() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let (lab, server, phone) = lab().await?;
     let refl = server
         .spawn_reflector(SocketAddr::new(server.ip().unwrap().into(), 3478))
@@ -218,21 +212,13 @@ async fn add_remove_default_route_renew_and_remove_node() -> anyhow::Result<()> 
 
 /// Both routing tables of the calling thread's namespace, as `ip` prints them.
 fn routes() -> String {
-    let show = |args: &[&str]| {
-        std::process::Command::new("ip")
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_else(|e| format!("ip failed: {e}"))
-    };
+    let show = |args: &[&str]| ip_here(args).unwrap_or_else(|e| format!("{e:#}"));
     show(&["-4", "route"]) + &show(&["-6", "route"])
 }
 
 #[tokio::test]
 async fn removing_a_router_removes_the_routes_to_its_lan_everywhere() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::with_opts(LabOpts::default().label("rm-routes")).await?;
     // No NAT anywhere: every ancestor and the exchange route the leaf's LAN.
     let isp = lab.add_router("isp").build().await?;
@@ -281,11 +267,8 @@ async fn removing_a_router_removes_the_routes_to_its_lan_everywhere() -> anyhow:
 
 /// Global addresses of `iface` in the calling thread's namespace, per `ip`.
 fn global_addrs(iface: &'static str) -> String {
-    std::process::Command::new("ip")
-        .args(["-o", "addr", "show", "dev", iface, "scope", "global"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_else(|e| format!("ip failed: {e}"))
+    ip_here(&["-o", "addr", "show", "dev", iface, "scope", "global"])
+        .unwrap_or_else(|e| format!("{e:#}"))
 }
 
 /// A node's addresses, routes and neighbours (`ip`), for a failure message.
@@ -298,11 +281,7 @@ fn ip_state() -> String {
         &["neigh"],
         &["-6", "neigh"],
     ] {
-        let out = std::process::Command::new("ip")
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_else(|e| format!("ip failed: {e}\n"));
+        let out = ip_here(args).unwrap_or_else(|e| format!("{e:#}\n"));
         s.push_str(&format!("$ ip {}\n{out}", args.join(" ")));
     }
     s
@@ -310,9 +289,7 @@ fn ip_state() -> String {
 
 #[tokio::test]
 async fn moved_and_added_interfaces_get_only_the_families_of_their_new_lan() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::with_opts(LabOpts::default().label("mob-ip")).await?;
     let isp = lab.add_router("isp").build().await?;
     let home = lab.add_router("home").upstream(&isp).build().await?;

@@ -3,60 +3,12 @@
 //! needed" gets through and stalls when the router drops it; iputils
 //! `tracepath` reports the path MTU.
 
-use std::net::SocketAddr;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use patchbay::{Device, Lab, LabOpts};
+use patchbay_tests::traffic::*;
 use patchbay_tests::*;
-
-/// A sink on `s`: reads each connection to EOF, answers one byte.
-async fn start_sink(s: &Device, port: u16) -> anyhow::Result<SocketAddr> {
-    let addr = SocketAddr::from((s.ip().unwrap(), port));
-    let l = s
-        .spawn(move |_| async move { std::net::TcpListener::bind(addr) })?
-        .await??;
-    s.spawn(move |_| async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        l.set_nonblocking(true)?;
-        let l = tokio::net::TcpListener::from_std(l)?;
-        loop {
-            let (mut c, _) = l.accept().await?;
-            tokio::task::spawn_local(async move {
-                let mut buf = vec![0u8; 65536];
-                while matches!(c.read(&mut buf).await, Ok(n) if n > 0) {}
-                let _ = c.write_all(b"k").await;
-            });
-        }
-        #[allow(unreachable_code)]
-        Ok::<(), std::io::Error>(())
-    })?;
-    Ok(addr)
-}
-
-/// Uploads `bytes` to `to`; `Some(seconds)` when acknowledged within `limit`.
-async fn upload(
-    c: &Device,
-    to: SocketAddr,
-    bytes: usize,
-    limit: Duration,
-) -> anyhow::Result<Option<f64>> {
-    Ok(c.spawn(move |_| async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let t0 = Instant::now();
-        let r = tokio::time::timeout(limit, async {
-            let mut s = tokio::net::TcpStream::connect(to).await?;
-            s.write_all(&vec![7u8; bytes]).await?;
-            s.shutdown().await?;
-            let mut k = [0u8; 1];
-            s.read_exact(&mut k).await?;
-            Ok::<(), std::io::Error>(())
-        })
-        .await;
-        matches!(r, Ok(Ok(()))).then(|| t0.elapsed().as_secs_f64())
-    })?
-    .await?)
-}
 
 async fn tracepath(c: &Device, to: std::net::Ipv4Addr) -> anyhow::Result<String> {
     let mut cmd = tokio::process::Command::new("tracepath");
@@ -73,26 +25,10 @@ async fn tracepath(c: &Device, to: std::net::Ipv4Addr) -> anyhow::Result<String>
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn have_tracepath() -> bool {
-    let ok = std::process::Command::new("sh")
-        .args(["-c", "command -v tracepath"])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        skip(
-            "`tracepath` is not installed (apt package iputils-tracepath; `cargo xtask test` installs it)",
-        );
-    }
-    ok
-}
-
 #[tokio::test]
 async fn pmtu_black_hole_stalls_uploads_and_lifting_it_lets_pmtud_work() -> anyhow::Result<()> {
-    if skip_unless_root() || !have_tracepath() {
-        return Ok(());
-    }
+    require_root!();
+    skip_if!(tools_unavailable(&["tracepath"], XTASK_INSTALLS));
     let lab = Lab::with_opts(LabOpts::default().label("mtu")).await?;
     let isp = lab.add_router("isp").build().await?;
     let vpn = lab
@@ -104,7 +40,7 @@ async fn pmtu_black_hole_stalls_uploads_and_lifting_it_lets_pmtud_work() -> anyh
         .await?;
     let c = lab.add_device("c").iface("eth0", &vpn).build().await?;
     let s = lab.add_device("s").iface("eth0", &isp).build().await?;
-    let to = start_sink(&s, 9200).await?;
+    let to = start_tcp_server(&s, 9200, Serve::Sink).await?;
     // Small transfers fit in one segment of any size and pass.
     assert!(upload(&c, to, 500, Duration::from_secs(3)).await?.is_some());
     let stalled = upload(&c, to, 2_000_000, Duration::from_secs(4)).await?;
@@ -145,9 +81,8 @@ async fn pmtu_black_hole_stalls_uploads_and_lifting_it_lets_pmtud_work() -> anyh
 
 #[tokio::test]
 async fn device_mtu_sets_both_ends_of_the_link_and_routers_report_it() -> anyhow::Result<()> {
-    if skip_unless_root() || !have_tracepath() {
-        return Ok(());
-    }
+    require_root!();
+    skip_if!(tools_unavailable(&["tracepath"], XTASK_INSTALLS));
     let lab = Lab::with_opts(LabOpts::default().label("mtu-dev")).await?;
     let isp = lab.add_router("isp").build().await?;
     let r = lab.add_router("r").upstream(&isp).build().await?;
@@ -157,7 +92,7 @@ async fn device_mtu_sets_both_ends_of_the_link_and_routers_report_it() -> anyhow
     let tp = tracepath(&s, c.ip().unwrap()).await?;
     println!("tracepath s -> c:\n{tp}");
     assert!(tp.contains("pmtu 1300"), "{tp}");
-    let to = start_sink(&c, 9201).await?;
+    let to = start_tcp_server(&c, 9201, Serve::Sink).await?;
     assert!(
         upload(&s, to, 1_000_000, Duration::from_secs(10))
             .await?
@@ -191,9 +126,8 @@ async fn ping_df(c: &Device, to: std::net::Ipv4Addr, size: u32) -> anyhow::Resul
 
 #[tokio::test]
 async fn device_builder_mtu_shows_in_ping_and_tracepath() -> anyhow::Result<()> {
-    if skip_unless_root() || !have_tracepath() {
-        return Ok(());
-    }
+    require_root!();
+    skip_if!(tools_unavailable(&["tracepath"], XTASK_INSTALLS));
     if !std::process::Command::new("sh")
         .args(["-c", "command -v ping"])
         .stdout(Stdio::null())

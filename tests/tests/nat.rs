@@ -78,9 +78,7 @@ fn receives(s: &UdpSocket) -> bool {
 
 #[tokio::test]
 async fn mapping_is_endpoint_independent_except_symmetric() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     for mode in [
         Nat::FullCone,
         Nat::AddressRestricted,
@@ -117,9 +115,7 @@ async fn mapping_is_endpoint_independent_except_symmetric() -> anyhow::Result<()
 
 #[tokio::test]
 async fn filtering_per_mode() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     // (third party, same address other port, same endpoint) get through?
     let table = [
         (Nat::FullCone, [true, true, true]),
@@ -159,9 +155,7 @@ async fn filtering_per_mode() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn hairpin_on_and_off() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     for hairpin in [true, false] {
         let lab = Lab::with_opts(LabOpts::default().label("hairpin")).await?;
         let public = lab.add_router("pub").build().await?;
@@ -202,9 +196,7 @@ async fn hairpin_on_and_off() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn cgnat_chain_shows_the_carrier_address() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::with_opts(LabOpts::default().label("cgnat")).await?;
     let public = lab.add_router("pub").build().await?;
     let cgnat = lab.add_router("carrier").nat(Nat::Cgnat).build().await?;
@@ -238,9 +230,7 @@ async fn cgnat_chain_shows_the_carrier_address() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn timing_conntrack_expiry_gives_a_new_mapping() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let timeouts = ConntrackTimeouts {
         udp: Duration::from_secs(2),
         udp_stream: Duration::from_secs(2),
@@ -268,9 +258,7 @@ async fn timing_conntrack_expiry_gives_a_new_mapping() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn flush_nat_forgets_mappings_and_set_nat_switches_mode() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let w = world("nat-flush", |b| b.nat(Nat::Symmetric)).await?;
     let s = sock(&w.c, 40006)?;
     let a = mapped(&s, &w.r1)?;
@@ -295,9 +283,7 @@ async fn flush_nat_forgets_mappings_and_set_nat_switches_mode() -> anyhow::Resul
 
 #[tokio::test]
 async fn nat_on_a_device_is_a_clear_error() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let w = world("nat-dev", |b| b.nat(Nat::PortRestricted)).await?;
     let e =
         w.c.set_node_nat(Nat::FullCone)
@@ -314,9 +300,7 @@ async fn nat_on_a_device_is_a_clear_error() -> anyhow::Result<()> {
 #[tokio::test]
 async fn timing_full_cone_mapping_lives_as_long_as_the_configured_map_timeout() -> anyhow::Result<()>
 {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let w = world("nat-eim-expiry", |b| b.nat(Nat::FullCone)).await?;
     // Set at runtime: sysctls and the nft map timeout follow.
     let timeouts = ConntrackTimeouts {

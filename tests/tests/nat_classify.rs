@@ -6,9 +6,7 @@ use patchbay_tests::*;
 
 #[tokio::test]
 async fn every_nat_mode_classifies_as_documented() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let table = [
         (
             Nat::None,
@@ -108,9 +106,7 @@ enum Expect {
 
 #[tokio::test]
 async fn every_router_preset_classifies_as_documented() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     if !std::process::Command::new("sh")
         .args(["-c", "command -v tayga"])
         .stdout(std::process::Stdio::null())
@@ -191,9 +187,7 @@ async fn every_router_preset_classifies_as_documented() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn reflector_and_mapping_probe() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let public = lab.add_router("pub").build().await?;
     let home = lab.add_router("home").nat(Nat::Symmetric).build().await?;

@@ -75,29 +75,10 @@ async fn nc_udp(node: &Node, ip: std::net::Ipv4Addr, port: u16) -> anyhow::Resul
     Ok(run(node, &["sh", "-c", &cmd]).await?.1)
 }
 
-fn have_tools() -> bool {
-    for t in ["curl", "nc"] {
-        let ok = std::process::Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            skip(&format!(
-                "`{t}` is not installed (apt packages curl, netcat-openbsd; `cargo xtask test` installs them)"
-            ));
-            return false;
-        }
-    }
-    true
-}
-
 #[tokio::test]
 async fn corporate_router_lets_out_only_web_and_dns() -> anyhow::Result<()> {
-    if skip_unless_root() || !have_tools() {
-        return Ok(());
-    }
+    require_root!();
+    skip_if!(tools_unavailable(&["curl", "nc"], XTASK_INSTALLS));
     let lab = Lab::with_opts(LabOpts::default().label("fw-corp")).await?;
     let isp = lab.add_router("isp").build().await?;
     let corp = lab
@@ -156,9 +137,8 @@ async fn corporate_router_lets_out_only_web_and_dns() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn device_outbound_policy_refuses_at_the_sender() -> anyhow::Result<()> {
-    if skip_unless_root() || !have_tools() {
-        return Ok(());
-    }
+    require_root!();
+    skip_if!(tools_unavailable(&["curl", "nc"], XTASK_INSTALLS));
     let lab = Lab::with_opts(LabOpts::default().label("fw-out-dev")).await?;
     let r = lab.add_router("r").build().await?;
     let s = lab.add_device("s").iface("eth0", &r).build().await?;

@@ -36,9 +36,7 @@ fn receives(s: &UdpSocket) -> bool {
 
 #[tokio::test]
 async fn home_behind_isp_cgnat_is_a_double_nat_with_eif_at_the_carrier() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::with_opts(LabOpts::default().label("preset-cgnat")).await?;
     let internet = lab
         .add_router("internet")
@@ -123,9 +121,7 @@ async fn home_behind_isp_cgnat_is_a_double_nat_with_eif_at_the_carrier() -> anyh
 
 #[tokio::test]
 async fn preset_timeouts_go_through_the_compression_plan() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::with_opts(
         LabOpts::default()
             .label("preset-k")

@@ -313,9 +313,7 @@ async fn guest_quic_mapping_expires() -> Result<()> {
 
 /// Runs one guest-side test of this binary in its own UML guest and checks it passed.
 fn in_vt(test: &str) -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     if let Err(e) = patchbay::vt::find_uml_binary() {
         skip(&format!(
             "no UML kernel ({e}); build it with `cargo xtask build-uml`"
@@ -376,9 +374,7 @@ fn quic_keepalive_40s_migrates_after_the_mapping_expires() -> Result<()> {
 /// address.
 #[tokio::test]
 async fn timing_quic_timers_stay_at_wall_speed_compressed() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let w = world(LabOpts::default().time_scale(20.0)).await?;
     let clock = w.lab.clock();
     let t = Instant::now();

@@ -8,26 +8,9 @@ use std::path::Path;
 use patchbay::labfile::{LabFile, RunOverrides, run};
 use patchbay_tests::*;
 
-fn tool_missing(tools: &[&str]) -> bool {
-    for t in tools {
-        let ok = std::process::Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !ok {
-            skip(&format!(
-                "`{t}` is not installed (`cargo xtask test` installs it)"
-            ));
-            return true;
-        }
-    }
-    false
-}
-
 async fn run_example(name: &str, tools: &[&str]) -> anyhow::Result<()> {
-    if skip_unless_root() || tool_missing(tools) {
-        return Ok(());
-    }
+    require_root!();
+    skip_if!(tools_unavailable(tools, XTASK_INSTALLS));
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples")
         .join(name);

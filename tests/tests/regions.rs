@@ -47,19 +47,6 @@ async fn ping(
     Ok((replies, ttl, avg))
 }
 
-fn have_ping() -> bool {
-    let ok = std::process::Command::new("sh")
-        .args(["-c", "command -v ping"])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        skip("`ping` is not installed (apt package iputils-ping; `cargo xtask test` installs it)");
-    }
-    ok
-}
-
 struct World {
     lab: Lab,
     eu_dev: Device,
@@ -106,9 +93,8 @@ async fn world(label: &str, delays: [u64; 3]) -> anyhow::Result<Option<World>> {
 
 #[tokio::test]
 async fn region_links_reroute_when_broken_and_come_back() -> anyhow::Result<()> {
-    if skip_unless_root() || !have_ping() {
-        return Ok(());
-    }
+    require_root!();
+    skip_if!(tools_unavailable(&["ping"], XTASK_INSTALLS));
     let Some(w) = world("regions", [0, 0, 0]).await? else {
         return Ok(());
     };
@@ -159,9 +145,8 @@ async fn region_links_reroute_when_broken_and_come_back() -> anyhow::Result<()> 
 
 #[tokio::test]
 async fn timing_region_latency_is_measured_rtt() -> anyhow::Result<()> {
-    if skip_unless_root() || !have_ping() {
-        return Ok(());
-    }
+    require_root!();
+    skip_if!(tools_unavailable(&["ping"], XTASK_INSTALLS));
     let Some(w) = world("regions-rtt", [40, 100, 120]).await? else {
         return Ok(());
     };

@@ -6,17 +6,14 @@
 use patchbay::scenario::{Scenario, Size, VerifyResult, fidelity};
 use patchbay_tests::*;
 
-/// Whether the eBPF telemetry the traces need is available.
-fn skip_without_bpf() -> bool {
-    if skip_unless_root() {
-        return true;
+/// Why the eBPF telemetry the traces need is unavailable, if it is.
+fn bpf_unavailable() -> Option<&'static str> {
+    if let Some(why) = root_unavailable() {
+        return Some(why);
     }
     let caps = patchbay::bpf::probe();
-    if !(caps.sock_ops && caps.engine && caps.ringbuf) {
-        skip("eBPF sock_ops telemetry (cgroup v2, ring buffer, Linux 5.15+) is unavailable");
-        return true;
-    }
-    false
+    (!(caps.sock_ops && caps.engine && caps.ringbuf))
+        .then_some("eBPF sock_ops telemetry (cgroup v2, ring buffer, Linux 5.15+) is unavailable")
 }
 
 fn report(r: &VerifyResult) {
@@ -64,9 +61,7 @@ fn report(r: &VerifyResult) {
 }
 
 async fn faithful(s: Scenario, k: f64) -> anyhow::Result<()> {
-    if skip_without_bpf() {
-        return Ok(());
-    }
+    skip_if!(bpf_unavailable());
     let r = patchbay::scenario::verify(s, k, 1.0, Size::Default).await?;
     report(&r);
     assert!(
@@ -137,9 +132,7 @@ async fn timing_app_timer_k10() -> anyhow::Result<()> {
 /// dropped, or one time doubled, fails.
 #[tokio::test]
 async fn timing_checker_rejects_altered_traces() -> anyhow::Result<()> {
-    if skip_without_bpf() {
-        return Ok(());
-    }
+    skip_if!(bpf_unavailable());
     let base = Scenario::SynBlackhole.run(10.0, Size::Default).await?;
     assert!(base.events.len() >= 3, "trace too short: {base:?}");
     assert!(fidelity::check(&base, &base).pass, "a trace matches itself");

@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use patchbay_tests::skip_unless_root;
+use patchbay_tests::require_root;
 use patchbay_tests::upstream::*;
 use upstream::{Device, IpSupport, Lab, Nat, NatV6Mode, ReflectorGuard, Router};
 
@@ -50,9 +50,7 @@ fn echo_of(reflector: SocketAddr) -> SocketAddr {
 /// `ip_support` is IPv4-only (upstream's default) and so is its device.
 #[tokio::test]
 async fn accessors_match_the_addresses_in_use() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let r = lab
         .add_router("r")
@@ -99,9 +97,7 @@ async fn accessors_match_the_addresses_in_use() -> Result<()> {
 /// device's own address: no NAT), and IPv4 to the exchange does not.
 #[tokio::test]
 async fn v6_only_lan() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let (_dc, _r4, r6, _g) = dc(&lab).await?;
     let r = lab
@@ -132,9 +128,7 @@ async fn v6_only_lan() -> Result<()> {
 /// reflectors see the device's own IPv4 and IPv6 addresses.
 #[tokio::test]
 async fn dual_stack_without_nat() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let (dc, r4, r6, _g) = dc(&lab).await?;
     let dev = lab.add_device("dev").uplink(dc.id()).build().await?;
@@ -179,9 +173,7 @@ async fn v6_nat(lab: &Lab, mode: NatV6Mode, behind_isp: bool) -> Result<(Router,
 /// NATed either way.
 #[tokio::test]
 async fn v6_masquerade_and_no_translation() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     for (mode, behind_isp) in [
         (NatV6Mode::Masquerade, true),
         (NatV6Mode::Masquerade, false),
@@ -216,9 +208,7 @@ async fn v6_masquerade_and_no_translation() -> Result<()> {
 /// is NATed.
 #[tokio::test]
 async fn nptv6_maps_the_prefix_both_ways() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let (dc, r4, r6, _g) = dc(&lab).await?;
     let (nat, dev) = v6_nat(&lab, NatV6Mode::Nptv6, false).await?;
@@ -257,9 +247,7 @@ async fn nptv6_maps_the_prefix_both_ways() -> Result<()> {
 /// still work.
 #[tokio::test]
 async fn nat64_reaches_ipv4_hosts() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let (_dc, r4, r6, _g) = dc(&lab).await?;
     let v4only = lab.add_router("v4only").build().await?;

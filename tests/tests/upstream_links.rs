@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use patchbay_tests::skip_unless_root;
+use patchbay_tests::require_root;
 use patchbay_tests::upstream::*;
 use upstream::{Device, IfaceConfig, Lab, LinkCondition, LinkDirection, Nat, Router};
 
@@ -55,9 +55,7 @@ fn within(d: Duration, lo_ms: u64, hi_ms: u64) -> bool {
 /// 1.4 to 3 Mbit/s.
 #[tokio::test]
 async fn timing_rate_caps_upload_and_download() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let (_lab, dc, dev, r, _g) = pair().await?;
     let eth0 = dev.iface("eth0").context("eth0")?;
     eth0.set_condition(rate_kbit(2000), LinkDirection::Egress)
@@ -80,9 +78,7 @@ async fn timing_rate_caps_upload_and_download() -> Result<()> {
 /// caps in a row still give at most 3 Mbit/s.
 #[tokio::test]
 async fn timing_rate_asymmetric_and_stacked() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let (_lab, dc, dev, r, _g) = pair().await?;
     let eth0 = dev.iface("eth0").context("eth0")?;
     eth0.set_condition(rate_kbit(1000), LinkDirection::Egress)
@@ -110,9 +106,7 @@ async fn timing_rate_asymmetric_and_stacked() -> Result<()> {
 /// 1.5 Mbit/s.
 #[tokio::test]
 async fn timing_rate_bottleneck_on_a_router_uplink() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let (lab, _dc, _dev, r, _g) = pair().await?;
     let isp = lab.add_router("isp").build().await?;
     let nat = lab
@@ -136,9 +130,7 @@ async fn timing_rate_bottleneck_on_a_router_uplink() -> Result<()> {
 /// capped at 1 Mbit/s.
 #[tokio::test]
 async fn timing_rate_changes_at_run_time() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let (_lab, _dc, dev, r, _g) = pair().await?;
     let eth0 = dev.default_iface().context("no default interface")?;
     eth0.set_condition(rate_kbit(5000), LinkDirection::Egress)
@@ -170,9 +162,7 @@ async fn timing_rate_changes_at_run_time() -> Result<()> {
 /// queue is full, so nothing need be lost.)
 #[tokio::test]
 async fn timing_rate_caps_udp() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let (_lab, _dc, dev, r, _g) = pair().await?;
     let eth0 = dev.iface("eth0").context("eth0")?;
     eth0.set_condition(rate_kbit(2000), LinkDirection::Egress)
@@ -191,9 +181,7 @@ async fn timing_rate_caps_udp() -> Result<()> {
 /// egress only, which would give 50 ms.
 #[tokio::test]
 async fn timing_latencies_add_up() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let (lab, dc, dev, r, _g) = pair().await?;
     let eth0 = dev.iface("eth0").context("eth0")?;
     let Some(()) = netem_or_skip(eth0.set_condition(delay(20), LinkDirection::Egress).await)?
@@ -229,9 +217,7 @@ async fn timing_latencies_add_up() -> Result<()> {
 /// one way, ±10 ms jitter) makes the round trip about 25 ms longer.
 #[tokio::test]
 async fn timing_latency_changes_at_run_time() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let (lab, dc, dev, r, _g) = pair().await?;
     let base = udp_rtt(&dev, r, 9).await?;
     let eth0 = dev.default_iface().context("no default interface")?;
@@ -275,9 +261,7 @@ async fn timing_latency_changes_at_run_time() -> Result<()> {
 /// LAN; the handle reports each direction's condition.
 #[tokio::test]
 async fn timing_link_directions() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let (lab, dc, sender, _r, _g) = pair().await?;
     let receiver = lab.add_device("receiver").uplink(dc.id()).build().await?;
     let to = SocketAddr::from((receiver.ip().context("receiver ip")?, 21000));
@@ -314,9 +298,7 @@ async fn timing_link_directions() -> Result<()> {
 /// devices a 50 ms round trip.
 #[tokio::test]
 async fn timing_conditions_set_at_build() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let (lab, dc, _dev, r, _g) = pair().await?;
     let cfg = IfaceConfig::routed(dc.id())
         .condition(LinkCondition::mobile_4g(), LinkDirection::Egress)
@@ -349,9 +331,7 @@ async fn timing_conditions_set_at_build() -> Result<()> {
 /// 200 ms).
 #[tokio::test]
 async fn timing_lab_link_condition_shapes_both_directions() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let (lab, dc, sender, _r, _g) = pair().await?;
     let receiver = lab.add_device("receiver").uplink(dc.id()).build().await?;
     let to = SocketAddr::from((receiver.ip().context("receiver ip")?, 19100));
@@ -381,9 +361,7 @@ async fn timing_lab_link_condition_shapes_both_directions() -> Result<()> {
 /// standard deviations wide.
 #[tokio::test]
 async fn loss_rates_as_set() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let (_lab, dc, dev, r, _g) = pair().await?;
     let gap = ms(1);
     ensure!(
@@ -418,9 +396,7 @@ async fn loss_rates_as_set() -> Result<()> {
 /// Upstream `loss_tcp_integrity`: TCP delivers every byte of 200 KiB through 5 % loss.
 #[tokio::test]
 async fn tcp_survives_loss() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let (_lab, _dc, dev, r, _g) = pair().await?;
     let eth0 = dev.iface("eth0").context("eth0")?;
     let c = LinkCondition::new().random_loss(5.0);
@@ -437,9 +413,7 @@ async fn tcp_survives_loss() -> Result<()> {
 /// the lossy presets (`wifi_bad`, `mobile_3g`) lose some of 5000 datagrams.
 #[tokio::test]
 async fn timing_link_presets() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let presets = [
         LinkCondition::lan(),
         LinkCondition::wifi(),

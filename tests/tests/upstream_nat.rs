@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use patchbay_tests::skip_unless_root;
+use patchbay_tests::require_root;
 use patchbay_tests::upstream::*;
 use upstream::{Device, Lab, Nat, NatConfig, NatFiltering, NatMapping, ReflectorGuard, Router};
 
@@ -97,9 +97,7 @@ async fn case(nat: impl Into<Option<NatConfig>>, uplink: Uplink) -> Result<Case>
 /// LAN.
 #[tokio::test]
 async fn reflexive_address_for_every_tier_and_uplink() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let mut failures = vec![];
     for nat in [Nat::None, Nat::Open, Nat::Moderate, Nat::Strict] {
         for uplink in UPLINKS {
@@ -138,9 +136,7 @@ async fn reflexive_address_for_every_tier_and_uplink() -> Result<()> {
 /// a home NAT behind a public ISP gets a public WAN address.
 #[tokio::test]
 async fn cgnat_devices_share_the_isp_address() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let dc = lab.add_router("dc").build().await?;
     let isp = lab.add_router("isp").nat(Nat::Open).build().await?;
@@ -191,9 +187,7 @@ async fn cgnat_devices_share_the_isp_address() -> Result<()> {
 /// public host and the other NAT's public address.
 #[tokio::test]
 async fn nat_lans_are_isolated_and_share_their_public_address() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let dc = lab.add_router("dc").build().await?;
     let nat_a = lab.add_router("nat-a").nat(Nat::Moderate).build().await?;
@@ -238,9 +232,7 @@ async fn ports_towards_two_hosts(c: &Case) -> Result<(u16, u16)> {
 /// port per device, as upstream's).
 #[tokio::test]
 async fn endpoint_independent_mapping_keeps_the_port() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     for uplink in UPLINKS {
         let c = case(Nat::Moderate, uplink).await?;
         let (p1, p2) = ports_towards_two_hosts(&c).await?;
@@ -254,9 +246,7 @@ async fn endpoint_independent_mapping_keeps_the_port() -> Result<()> {
 /// external port towards each host.
 #[tokio::test]
 async fn endpoint_dependent_mapping_changes_the_port() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     for uplink in UPLINKS {
         let c = case(Nat::Strict, uplink).await?;
         let (p1, p2) = ports_towards_two_hosts(&c).await?;
@@ -278,9 +268,7 @@ async fn endpoint_dependent_mapping_changes_the_port() -> Result<()> {
 /// | `Strict` (EDM + APDF) | no | no |
 #[tokio::test]
 async fn filtering_per_nat_tier() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let adf = NatConfig::builder()
         .mapping(NatMapping::EndpointIndependent)
         .filtering(NatFiltering::AddressDependent)
@@ -363,9 +351,7 @@ async fn punch_lab(nat: Nat) -> Result<(Lab, Device, Device, SocketAddr, Reflect
 /// datagrams reach the second at once: full cone needs no simultaneous open).
 #[tokio::test]
 async fn holepunch_open_nats_one_side_first() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let (_lab, d1, d2, r, _g) = punch_lab(Nat::Open).await?;
     let late = Duration::from_secs(1);
     let heard = hole_punch(&d1, &d2, r, late, Duration::from_secs(5)).await?;
@@ -379,9 +365,7 @@ async fn holepunch_open_nats_one_side_first() -> Result<()> {
 /// taking the mapped port away). Three labs each.
 #[tokio::test]
 async fn holepunch_moderate_nats_at_once_and_staggered() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     for late_ms in [0, 200] {
         for run in 0..3 {
             let (_lab, d1, d2, r, _g) = punch_lab(Nat::Moderate).await?;
@@ -401,9 +385,7 @@ async fn holepunch_moderate_nats_at_once_and_staggered() -> Result<()> {
 /// other.
 #[tokio::test]
 async fn holepunch_strict_nats_fails() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let (_lab, d1, d2, r, _g) = punch_lab(Nat::Strict).await?;
     let heard = hole_punch(&d1, &d2, r, Duration::ZERO, Duration::from_secs(2)).await?;
     ensure!(heard == (false, false), "symmetric NATs punched: {heard:?}");
@@ -416,9 +398,7 @@ async fn holepunch_strict_nats_fails() -> Result<()> {
 /// answers; `Nat::Moderate` leaves hairpinning off and nothing comes back.
 #[tokio::test]
 async fn hairpin_per_nat_config() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let eim = NatConfig::builder().mapping(NatMapping::EndpointIndependent);
     let table: [(&str, NatConfig, bool); 3] = [
         (
@@ -467,9 +447,7 @@ async fn hairpin_per_nat_config() -> Result<()> {
 /// destination, `Strict` to `Moderate` makes it stable.
 #[tokio::test]
 async fn set_nat_switches_the_mapping_behaviour() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     for (from, to, stable) in [
         (Nat::Moderate, Nat::Strict, false),
         (Nat::Strict, Nat::Moderate, true),
@@ -490,9 +468,7 @@ async fn set_nat_switches_the_mapping_behaviour() -> Result<()> {
 /// its own.
 #[tokio::test]
 async fn set_nat_from_none_hides_the_device() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let c = case(Nat::None, Uplink::Direct).await?;
     let any = SocketAddr::from(([0; 4], 0));
     let before = udp_observed(&c.dev, c.r_dc, any).await?;
@@ -515,9 +491,7 @@ async fn set_nat_from_none_hides_the_device() -> Result<()> {
 /// it, and the same flow gets a new port.
 #[tokio::test]
 async fn flush_nat_state_forgets_the_mapping() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let c = case(Nat::Strict, Uplink::Direct).await?;
     let first = c.dev.probe_udp_mapping(c.r_dc)?;
     let again = c.dev.probe_udp_mapping(c.r_dc)?;

@@ -20,7 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use patchbay_tests::skip_unless_root;
+use patchbay_tests::require_root;
 use patchbay_tests::upstream::*;
 use upstream::{
     Device, IpSupport, Ipv6Profile, Lab, Nat, NatFiltering, NatMapping, NatV6Mode, ReflectorGuard,
@@ -218,9 +218,7 @@ async fn check_outbound(w: &World, dev: &Device, want: Expect) -> Result<()> {
 /// NAT mode as a built router reports them, and the recommended IPv6 profile.
 #[tokio::test]
 async fn preset_settings_as_upstream_documents() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     use IpSupport::*;
     use RouterPreset::*;
     let (eim, edm) = (
@@ -285,9 +283,7 @@ async fn preset_settings_as_upstream_documents() -> Result<()> {
 /// behind the firewall.
 #[tokio::test]
 async fn preset_home() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     check(RouterPreset::Home, |b| b, HOME).await
 }
 
@@ -296,9 +292,7 @@ async fn preset_home() -> Result<()> {
 /// in.
 #[tokio::test]
 async fn preset_override_changes_only_the_nat() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     check(RouterPreset::Home, |b| b.nat(Nat::Open), HOME).await
 }
 
@@ -306,9 +300,7 @@ async fn preset_override_changes_only_the_nat() -> Result<()> {
 /// addresses (IPv6 from `2001:db8:1::/48`), no NAT, no firewall.
 #[tokio::test]
 async fn preset_public() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     check(RouterPreset::Public, |b| b, OPEN_INTERNET).await?;
     let lab = Lab::new().await?;
     let dc = lab
@@ -325,9 +317,7 @@ async fn preset_public() -> Result<()> {
 /// Upstream `preset.rs` `preset_public_v4`: `Public` without IPv6.
 #[tokio::test]
 async fn preset_public_v4() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let want = Expect {
         ip: IpSupport::V4Only,
         ..OPEN_INTERNET
@@ -339,18 +329,14 @@ async fn preset_public_v4() -> Result<()> {
 /// models RFC 6888 CGNAT as EIM + APDF behind a block-inbound firewall).
 #[tokio::test]
 async fn preset_isp_cgnat() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     check(RouterPreset::IspCgnat, |b| b, HOME).await
 }
 
 /// The `IspCgnatSymmetric` docs: as `IspCgnat`, with endpoint-dependent mapping.
 #[tokio::test]
 async fn preset_isp_cgnat_symmetric() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let want = Expect {
         mapping: Some(NatMapping::EndpointDependent),
         ..HOME
@@ -362,9 +348,7 @@ async fn preset_isp_cgnat_symmetric() -> Result<()> {
 /// NAT; outbound only TCP 80/443 and UDP 53.
 #[tokio::test]
 async fn preset_corporate() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let want = Expect {
         mapping: Some(NatMapping::EndpointDependent),
         udp_any: false,
@@ -378,9 +362,7 @@ async fn preset_corporate() -> Result<()> {
 /// NAT, a captive-portal firewall: TCP to any port, UDP only to 53.
 #[tokio::test]
 async fn preset_hotel() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let want = Expect {
         ip: IpSupport::V4Only,
         mapping: Some(NatMapping::EndpointDependent),
@@ -394,9 +376,7 @@ async fn preset_hotel() -> Result<()> {
 /// alone, the LAN's untranslated IPv6 is reachable.
 #[tokio::test]
 async fn preset_cloud() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let want = Expect {
         mapping: Some(NatMapping::EndpointDependent),
         inbound_v4: false,
@@ -411,9 +391,7 @@ async fn preset_cloud() -> Result<()> {
 /// address is built with the core's `nat64_embed`, as upstream 0.7 has no public helper.
 #[tokio::test]
 async fn preset_isp_v6() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let want = Expect {
         ip: IpSupport::V6Only,
         inbound_v6: false,

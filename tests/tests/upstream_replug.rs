@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use patchbay_tests::skip_unless_root;
+use patchbay_tests::require_root;
 use patchbay_tests::upstream::*;
 use upstream::{
     Device, IfaceConfig, Ipv4Net, Lab, LinkCondition, LinkDirection, Nat, ReflectorGuard, Router,
@@ -52,9 +52,7 @@ async fn dc_with_servers(lab: &Lab) -> Result<(Router, SocketAddr, SocketAddr, R
 /// device's `/proc/net/route`, read in-process on the device, lists only its own interfaces.
 #[tokio::test]
 async fn replug_moves_the_interface_to_another_router() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let (_dc, reflector, _echo, _g) = dc_with_servers(&lab).await?;
     let nat_a = lab.add_router("nat-a").nat(Nat::Moderate).build().await?;
@@ -103,9 +101,7 @@ async fn replug_moves_the_interface_to_another_router() -> Result<()> {
 /// chosen NAT, and a TCP exchange works.
 #[tokio::test]
 async fn set_default_route_switches_the_path() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let (_dc, reflector, echo, _g) = dc_with_servers(&lab).await?;
     let nat_a = lab.add_router("nat-a").nat(Nat::Moderate).build().await?;
@@ -150,9 +146,7 @@ async fn set_default_route_switches_the_path() -> Result<()> {
 /// `link_up`.
 #[tokio::test]
 async fn link_down_breaks_and_link_up_restores() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let (dc, reflector, echo, _g) = dc_with_servers(&lab).await?;
     let dev = lab.add_device("dev").uplink(dc.id()).build().await?;
@@ -218,9 +212,7 @@ fn link_state(dev: &Device) -> Result<String> {
 /// run time or at build, are errors.
 #[tokio::test]
 async fn add_and_remove_interfaces_at_run_time() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let (dc, reflector, _echo, _g) = dc_with_servers(&lab).await?;
     let home = lab.add_router("home").nat(Nat::Moderate).build().await?;
@@ -272,9 +264,7 @@ async fn add_and_remove_interfaces_at_run_time() -> Result<()> {
 /// one no longer answers); `add_ip` adds a second address, and both answer.
 #[tokio::test]
 async fn renew_ip_and_secondary_addresses() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let dc = lab.add_router("dc").build().await?;
     let dev = lab.add_device("dev").uplink(dc.id()).build().await?;
@@ -305,9 +295,7 @@ async fn renew_ip_and_secondary_addresses() -> Result<()> {
 /// `CONFIG_DUMMY` (skips without it; the UML guest has it).
 #[tokio::test]
 async fn dummy_interfaces() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let dc = lab.add_router("dc").build().await?;
     let docker: Ipv4Net = "172.17.0.2/16".parse()?;
@@ -356,9 +344,7 @@ async fn dummy_interfaces() -> Result<()> {
 /// do it (upstream allows both).
 #[tokio::test]
 async fn run_time_dummies_and_fixed_routed_addresses_are_refused() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     let lab = Lab::new().await?;
     let dc = lab.add_router("dc").build().await?;
     let dev = lab.add_device("dev").uplink(dc.id()).build().await?;

@@ -83,9 +83,7 @@ async fn unprivileged_child() -> anyhow::Result<()> {
 
 #[test]
 fn unprivileged_lab_with_nat_and_firewall() -> anyhow::Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
     let max: u64 = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")

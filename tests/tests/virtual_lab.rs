@@ -40,9 +40,7 @@ async fn guest_syn_blackhole() -> Result<()> {
 
 #[test]
 fn a_lab_runs_in_virtual_time() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     if let Err(e) = patchbay::vt::find_uml_binary() {
         skip(&format!(
             "no UML kernel ({e}); build it with `cargo xtask build-uml`"
@@ -119,9 +117,7 @@ fn a_lab_runs_in_virtual_time() -> Result<()> {
 /// is the first program of the lab and paces its probes (the guest's realistic uptime).
 #[test]
 fn lab_file_under_tmp_runs_in_virtual_time() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     if let Err(e) = patchbay::vt::find_uml_binary() {
         skip(&format!(
             "no UML kernel ({e}); build it with `cargo xtask build-uml`"
@@ -205,9 +201,7 @@ cmd = ["ping", "-n", "-c", "3", "-i", "2", "${server.ip}"]
 /// its own is refused and keeps them.
 #[test]
 fn outdir_of_a_virtual_run_lands_on_the_host() -> Result<()> {
-    if skip_unless_root() {
-        return Ok(());
-    }
+    require_root!();
     if let Err(e) = patchbay::vt::find_uml_binary() {
         skip(&format!(
             "no UML kernel ({e}); build it with `cargo xtask build-uml`"

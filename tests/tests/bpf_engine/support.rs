@@ -3,21 +3,18 @@
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail, ensure};
 use patchbay::bpf::{Engine, EventKind, NetnsConfig, TcpEvent, netns_cookie_of_current_thread};
-use patchbay_tests::{skip, skip_unless_root};
+use patchbay_tests::{ip_here, require_root, skip};
 
 /// The engine, or None after printing the skip line when this host cannot run it at all.
 /// Any other failure (verifier, attach, ...) fails the test.
 pub(crate) fn engine_or_skip() -> Result<Option<Arc<Engine>>> {
-    if skip_unless_root() {
-        return Ok(None);
-    }
+    require_root!();
     if patchbay::doctor::cgroup2_mount().is_none() {
         skip("no cgroup2 mount: the eBPF engine attaches to a cgroup v2");
         return Ok(None);
@@ -40,26 +37,11 @@ pub(crate) fn in_new_netns<T: Send + 'static>(
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
             bail!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
         }
-        ip(&["link", "set", "lo", "up"])?;
+        ip_here(&["link", "set", "lo", "up"])?;
         f()
     })
     .join()
     .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
-}
-
-/// Runs `ip ARGS` in the calling thread's network namespace (children inherit it).
-pub(crate) fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    ensure!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
 }
 
 /// Writes a sysctl of the calling thread's network namespace.
@@ -71,12 +53,12 @@ pub(crate) fn sysctl(key: &str, value: &str) -> Result<()> {
 /// Makes 10.99.0.2 a black hole: a veth pair inside this namespace, a permanent neighbour entry
 /// for 10.99.0.2 on one end, and no address on the other, so SYNs leave and are never answered.
 pub(crate) fn blackhole() -> Result<SocketAddr> {
-    ip(&["link", "add", "bh0", "type", "veth", "peer", "name", "bh1"])?;
-    ip(&["addr", "add", "10.99.0.1/24", "dev", "bh0"])?;
-    ip(&["link", "set", "bh0", "up"])?;
-    ip(&["link", "set", "bh1", "up"])?;
+    ip_here(&["link", "add", "bh0", "type", "veth", "peer", "name", "bh1"])?;
+    ip_here(&["addr", "add", "10.99.0.1/24", "dev", "bh0"])?;
+    ip_here(&["link", "set", "bh0", "up"])?;
+    ip_here(&["link", "set", "bh1", "up"])?;
     let neigh = ["neigh", "add", "10.99.0.2", "lladdr", "02:00:00:00:99:02"];
-    ip(&[&neigh[..], &["dev", "bh0", "nud", "permanent"]].concat())?;
+    ip_here(&[&neigh[..], &["dev", "bh0", "nud", "permanent"]].concat())?;
     Ok(SocketAddr::from((Ipv4Addr::new(10, 99, 0, 2), 9)))
 }
 
@@ -282,8 +264,8 @@ pub(crate) fn with_blackholable_peer<T: Send + 'static>(
         in_new_netns(move || {
             tid_tx.send(gettid())?;
             go_rx.recv()?;
-            ip(&["addr", "add", "10.98.0.2/24", "dev", "bh1"])?;
-            ip(&["link", "set", "bh1", "up"])?;
+            ip_here(&["addr", "add", "10.98.0.2/24", "dev", "bh1"])?;
+            ip_here(&["link", "set", "bh1", "up"])?;
             let listener = TcpListener::bind(PEER)?;
             listener.set_nonblocking(true)?;
             ready_tx.send(())?;
@@ -305,10 +287,10 @@ pub(crate) fn with_blackholable_peer<T: Send + 'static>(
     });
     let result = in_new_netns(move || {
         let tid = tid_rx.recv()?;
-        ip(&["link", "add", "bh0", "type", "veth", "peer", "name", "bh1"])?;
-        ip(&["link", "set", "bh1", "netns", &tid.to_string()])?;
-        ip(&["addr", "add", "10.98.0.1/24", "dev", "bh0"])?;
-        ip(&["link", "set", "bh0", "up"])?;
+        ip_here(&["link", "add", "bh0", "type", "veth", "peer", "name", "bh1"])?;
+        ip_here(&["link", "set", "bh1", "netns", &tid.to_string()])?;
+        ip_here(&["addr", "add", "10.98.0.1/24", "dev", "bh0"])?;
+        ip_here(&["link", "set", "bh0", "up"])?;
         go_tx.send(())?;
         ready_rx.recv()?;
         let blackhole = || {
@@ -319,7 +301,7 @@ pub(crate) fn with_blackholable_peer<T: Send + 'static>(
                 "lladdr",
                 "02:00:00:00:98:99",
             ];
-            ip(&[&bogus[..], &["dev", "bh0", "nud", "permanent"]].concat())
+            ip_here(&[&bogus[..], &["dev", "bh0", "nud", "permanent"]].concat()).map(drop)
         };
         client(&blackhole)
     });

@@ -19,7 +19,6 @@ mod runs;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail, ensure};
@@ -27,7 +26,7 @@ use cdp::{Browser, DESKTOP, PHONE, Viewport};
 use patchbay::scenario::bench::bench_scenario;
 use patchbay::scenario::{Scenario, Size, bench_dir};
 use patchbay::serve::{ServeOpts, Server};
-use patchbay_tests::{skip, skip_unless_root};
+use patchbay_tests::{ip_here, require_root, skip};
 
 fn scratch(name: &str) -> anyhow::Result<PathBuf> {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -64,9 +63,7 @@ fn chromium() -> anyhow::Result<Option<PathBuf>> {
 /// Chromium when the test can run: as root (the labs) with a browser; else
 /// `None`, the skip printed.
 fn root_and_chromium() -> anyhow::Result<Option<PathBuf>> {
-    if skip_unless_root() {
-        return Ok(None);
-    }
+    require_root!();
     chromium()
 }
 
@@ -478,10 +475,7 @@ fn get(addr: SocketAddr, path: &str, host: &str) -> anyhow::Result<(u16, String)
 /// This host's first non-loopback IPv4 address (connecting to it stays on
 /// this machine).
 fn non_loopback_ip() -> anyhow::Result<Option<IpAddr>> {
-    let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show"])
-        .output()?;
-    Ok(String::from_utf8_lossy(&out.stdout)
+    Ok(ip_here(&["-4", "-o", "addr", "show"])?
         .lines()
         .filter_map(|l| l.split_whitespace().nth(3)?.split('/').next()?.parse().ok())
         .find(|ip: &IpAddr| !ip.is_loopback()))

@@ -10,15 +10,13 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use patchbay::vt::{self, VtClock, VtError, VtOpts};
-use patchbay_tests::{skip, skip_unless_root};
+use patchbay_tests::{require_root, skip};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Options for a test run, or `None` (after printing the skip line) when UML is unavailable.
 fn setup() -> Option<(VtOpts, MutexGuard<'static, ()>)> {
-    if skip_unless_root() {
-        return None;
-    }
+    require_root!();
     match vt::find_uml_binary() {
         Ok(binary) => {
             let guard = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
