@@ -106,7 +106,13 @@ impl Compression {
     /// computes the plan. Fails when k > 1 needs BPF that is missing, unless
     /// the user opted into sysctl-only compression.
     pub fn new(opts: &LabOpts) -> Result<Compression> {
-        let scale = TimeScale::new(opts.time_scale).map_err(|e| Error::Invalid(e.to_string()))?;
+        let scale = TimeScale::new(opts.time_scale).map_err(|e| {
+            Error::invalid(
+                "time_scale",
+                crate::InvalidReason::OutOfRange,
+                e.to_string(),
+            )
+        })?;
         let mut counts = BTreeMap::new();
         if let Some(n) = opts.syn_retries {
             counts.insert("net/ipv4/tcp_syn_retries".to_string(), n.to_string());
@@ -177,8 +183,13 @@ impl Compression {
             if c.engine.is_none() || opts.sysctl_only {
                 caps.bpf = BpfFeatures::default();
             }
-            let plan = Plan::compute(scale, &caps, &k.defaults, &c.inputs)
-                .map_err(|e| Error::Invalid(format!("cannot plan compression: {e}")))?;
+            let plan = Plan::compute(scale, &caps, &k.defaults, &c.inputs).map_err(|e| {
+                Error::invalid(
+                    "time_scale",
+                    crate::InvalidReason::Unsupported,
+                    format!("cannot plan compression: {e}"),
+                )
+            })?;
             c.plan = Some(plan);
         }
         if c.engine.is_some() {
@@ -305,8 +316,13 @@ impl Compression {
         }
         let plan = match &self.plan {
             Some(p) => p.clone(),
-            None => Plan::compute(self.scale, &caps, &k.defaults, &self.inputs)
-                .map_err(|e| Error::Invalid(format!("cannot plan compression: {e}")))?,
+            None => Plan::compute(self.scale, &caps, &k.defaults, &self.inputs).map_err(|e| {
+                Error::invalid(
+                    "time_scale",
+                    crate::InvalidReason::Unsupported,
+                    format!("cannot plan compression: {e}"),
+                )
+            })?,
         };
         let faithful = Plan::largest_faithful_k(&caps, &k.defaults, &self.inputs).ok();
         Ok(CompressionReport::new(&plan, &caps, faithful.as_ref()))
