@@ -40,19 +40,21 @@ struct Kernel {
     defaults: SysctlDefaults,
 }
 
-static KERNEL: OnceLock<std::result::Result<Kernel, String>> = OnceLock::new();
+static KERNEL: OnceLock<std::result::Result<Kernel, probe::ProbeError>> = OnceLock::new();
 
 fn kernel() -> Result<&'static Kernel> {
     KERNEL
         .get_or_init(|| {
             let b = bpf::probe();
-            let (caps, defaults) = probe::probe_kernel(b.features()).map_err(|e| e.to_string())?;
+            let (caps, defaults) = probe::probe_kernel(b.features())?;
             Ok(Kernel { caps, defaults })
         })
         .as_ref()
+        // The cached error is shared by every later lab, so it is rendered
+        // into the hint rather than moved.
         .map_err(|e| Error::KernelFeature {
             feature: "timer compression probe".into(),
-            hint: e.clone(),
+            hint: e.to_string(),
         })
 }
 

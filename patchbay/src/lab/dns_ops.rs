@@ -18,8 +18,7 @@ impl Lab {
     /// process spawned in any node of the lab (also ones already running:
     /// the file is rewritten in place).
     pub fn dns_entry(&self, name: &str, ip: IpAddr) -> Result<()> {
-        let n = dns::normalize_name(name)
-            .map_err(|e| Error::invalid("name", crate::InvalidReason::OutOfRange, e.to_string()))?;
+        let n = dns::normalize_name(name)?;
         self.inner.dns().entries.entry(n).or_default().insert(ip);
         self.inner.rewrite_name_files()
     }
@@ -124,8 +123,7 @@ impl Node {
     /// Adds a hosts entry that only this node sees (`/etc/hosts` of its processes and of
     /// in-process resolvers on its worker), next to the lab's ([`crate::Lab::dns_entry`]).
     pub fn dns_entry(&self, name: &str, ip: IpAddr) -> Result<()> {
-        let n = dns::normalize_name(name)
-            .map_err(|e| Error::invalid("name", crate::InvalidReason::OutOfRange, e.to_string()))?;
+        let n = dns::normalize_name(name)?;
         let lab = self.lab_inner()?;
         lab.dns()
             .node_entries

@@ -209,12 +209,12 @@ pub(crate) async fn apply(lab: &Lab, dns: &DnsSection) -> Result<()> {
 mod tests {
     use std::path::Path;
 
-    use crate::labfile::LabFile;
+    use crate::labfile::{LabFile, LabFileError};
 
     const BASE: &str = "[[router]]\nname = \"r\"\n[[device]]\nname = \"ns\"\niface = [{ name = \"eth0\", router = \"r\" }]\n";
 
-    fn parse(extra: &str) -> Result<LabFile, String> {
-        LabFile::parse(&format!("{BASE}{extra}"), Path::new("t.toml")).map_err(|e| e.to_string())
+    fn parse(extra: &str) -> Result<LabFile, LabFileError> {
+        LabFile::parse(&format!("{BASE}{extra}"), Path::new("t.toml"))
     }
 
     #[test]
@@ -226,12 +226,17 @@ mod tests {
         let d = ok.dns.unwrap();
         assert_eq!(d.servers.len(), 1);
         assert!(d.servers[0].dns64);
-        let e = parse("[dns]\nnameserver = \"nobody\"\n").unwrap_err();
+        let e = parse("[dns]\nnameserver = \"nobody\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nobody"), "{e}");
-        let e = parse("[dns]\nentries = [{ name = \"a.lab\", txt = \"x\" }]\n").unwrap_err();
+        let e = parse("[dns]\nentries = [{ name = \"a.lab\", txt = \"x\" }]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("txt"), "{e}");
         let e = parse("[dns]\nentries = [{ name = \"a.lab\", ip = \"1.2.3.4\", node = \"ns\" }]\n")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("exactly one"), "{e}");
         let e = parse("[[router]]\nname = \"c\"\nip-support = \"v4-only\"\nnat-v6 = \"nat64\"\n")
             .map(|f| f.routers[1].nat_v6)

@@ -243,11 +243,12 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::labfile::LabFileError;
 
     const TOPO: &str = "[[router]]\nname = \"isp\"\n[[router]]\nname = \"wifi\"\nupstream = \"isp\"\n[[router]]\nname = \"cell\"\nupstream = \"isp\"\n[[device]]\nname = \"phone\"\niface = [{ name = \"eth0\", router = \"wifi\" }]\n";
 
-    fn parse(steps: &str) -> Result<LabFile, String> {
-        LabFile::parse(&format!("{TOPO}{steps}"), Path::new("m.toml")).map_err(|e| e.to_string())
+    fn parse(steps: &str) -> Result<LabFile, LabFileError> {
+        LabFile::parse(&format!("{TOPO}{steps}"), Path::new("m.toml"))
     }
 
     #[test]
@@ -285,36 +286,71 @@ mod tests {
 
     #[test]
     fn bad_mobility_steps_name_the_fix() {
-        let e = parse("[[step]]\nreplug = \"phone.eth0\"\nto = \"nope\"\n").unwrap_err();
+        let e = parse("[[step]]\nreplug = \"phone.eth0\"\nto = \"nope\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("step 1") && e.contains("unknown router \"nope\"") && e.contains("cell"),
             "{e}"
         );
-        let e = parse("[[step]]\nreplug = \"phone.wlan9\"\nto = \"cell\"\n").unwrap_err();
+        let e = parse("[[step]]\nreplug = \"phone.wlan9\"\nto = \"cell\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no interface \"wlan9\""), "{e}");
-        let e = parse("[[step]]\nremove-iface = \"phone.eth0\"\n").unwrap_err();
+        let e = parse("[[step]]\nremove-iface = \"phone.eth0\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("carries the default route") && e.contains("default-route = \"phone."),
             "{e}"
         );
         // After moving the default, the removal is fine.
         parse("[[step]]\nadd-iface = \"phone.wwan0\"\nto = \"cell\"\n[[step]]\ndefault-route = \"phone.wwan0\"\n[[step]]\nremove-iface = \"phone.eth0\"\n").unwrap();
-        let e = parse("[[step]]\nreplug = \"phone.eth0\"\n").unwrap_err();
+        let e = parse("[[step]]\nreplug = \"phone.eth0\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("needs `to"), "{e}");
-        let e = parse("[[step]]\nrenew = \"phone.eth0\"\nto = \"cell\"\n").unwrap_err();
+        let e = parse("[[step]]\nrenew = \"phone.eth0\"\nto = \"cell\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`to` belongs"), "{e}");
-        let e = parse("[[step]]\nremove-node = \"wifi\"\n").unwrap_err();
+        let e = parse("[[step]]\nremove-node = \"wifi\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("phone") && e.contains("replug"), "{e}");
-        let e = parse("[[step]]\nremove-node = \"isp\"\n").unwrap_err();
+        let e = parse("[[step]]\nremove-node = \"isp\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("wifi"), "{e}");
-        let e = parse("[[step]]\nrenew = \"isp.wan\"\n").unwrap_err();
+        let e = parse("[[step]]\nrenew = \"isp.wan\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("names router \"isp\""), "{e}");
         let e =
             parse("[[step]]\nremove-node = \"phone\"\n[[step]]\nrun = \"phone\"\ncmd = \"true\"\n")
-                .unwrap_err();
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("step 2") && e.contains("removed"), "{e}");
         let e = parse("[[step]]\nreplug = \"phone.eth0\"\nto = \"cell\"\nsleep = \"1s\"\n")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("exactly one"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_step_names_its_entry_line_node_and_field() {
+        let e =
+            parse("[[step]]\nsleep = \"1s\"\n\n[[step]]\nrenew = \"phone.wlan9\"\n").unwrap_err();
+        let LabFileError::Invalid { line, invalid, .. } = &e else {
+            panic!("{e}");
+        };
+        assert_eq!(invalid.at, Entry::Step(2));
+        assert_eq!(invalid.error.node.as_deref(), Some("phone"));
+        assert_eq!(invalid.error.field, "renew");
+        assert_eq!(invalid.error.reason, InvalidReason::Unknown);
+        // TOPO has 11 lines; the second step's table starts on line 15 or 16.
+        assert!(matches!(line, Some(15 | 16)), "{e}");
+        assert!(e.to_string().starts_with("m.toml:1"), "{e}");
+        assert!(e.to_string().contains(": step 2: `renew = "), "{e}");
     }
 }
