@@ -83,6 +83,8 @@ pub enum LabFileError {
     Parse {
         /// The path.
         path: PathBuf,
+        /// The line of the error (1-based), when the parser knows it.
+        line: Option<usize>,
         /// The parser's message with line, column and a snippet (the
         /// parser's error type is not part of patchbay's API).
         message: String,
@@ -127,6 +129,11 @@ struct Spans {
     step: Vec<Spanned<toml::Table>>,
 }
 
+/// The line (1-based) of byte `offset` in `text`.
+pub(super) fn line_at(text: &str, offset: usize) -> Option<usize> {
+    Some(text.get(..offset)?.matches('\n').count() + 1)
+}
+
 /// The line (1-based) where `at` starts in `text`, when the text has it.
 pub(super) fn line_of(text: &str, at: &Entry) -> Option<usize> {
     let s: Spans = toml::from_str(text).ok()?;
@@ -140,7 +147,7 @@ pub(super) fn line_of(text: &str, at: &Entry) -> Option<usize> {
         Entry::Dns => s.dns.as_ref().map(start),
         Entry::Step(n) => nth(&s.step, *n),
     }?;
-    Some(text.get(..start)?.matches('\n').count() + 1)
+    line_at(text, start)
 }
 
 #[cfg(test)]

@@ -34,10 +34,14 @@ use std::path::Path;
 impl LabFile {
     /// Parses and validates a lab description. `path` is used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<LabFile, LabFileError> {
-        let file: LabFile = toml::from_str(text).map_err(|e| LabFileError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        // The parser's error type stays out of the API: its rendered text
+        // (line, column, snippet) and the line are kept.
+        let file: LabFile =
+            toml::from_str(text).map_err(|e: toml::de::Error| LabFileError::Parse {
+                path: path.to_path_buf(),
+                line: e.span().and_then(|s| error::line_at(text, s.start)),
+                message: e.to_string(),
+            })?;
         file.validate().map_err(|invalid| LabFileError::Invalid {
             path: path.to_path_buf(),
             line: error::line_of(text, &invalid.at),

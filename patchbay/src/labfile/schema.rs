@@ -265,7 +265,16 @@ wait = "srv"
 
     #[test]
     fn syntax_errors_have_line_and_column() {
-        let e = err("[[router]]\nname = \"a\"\nupstream = \n");
+        let text = "[[router]]\nname = \"a\"\nupstream = \n";
+        let parsed = LabFile::parse(text, Path::new("x.toml"));
+        assert!(
+            matches!(
+                parsed,
+                Err(crate::labfile::LabFileError::Parse { line: Some(3), .. })
+            ),
+            "{parsed:?}"
+        );
+        let e = err(text);
         assert!(e.contains("line 3"), "{e}");
         assert!(e.contains("column"), "{e}");
     }
