@@ -251,6 +251,10 @@ mod tests {
         LabFile::parse(&format!("{TOPO}{steps}"), Path::new("m.toml"))
     }
 
+    fn err(steps: &str) -> String {
+        parse(steps).unwrap_err().to_string()
+    }
+
     #[test]
     fn mobility_steps_parse() {
         let f = parse(
@@ -286,54 +290,34 @@ mod tests {
 
     #[test]
     fn bad_mobility_steps_name_the_fix() {
-        let e = parse("[[step]]\nreplug = \"phone.eth0\"\nto = \"nope\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = err("[[step]]\nreplug = \"phone.eth0\"\nto = \"nope\"\n");
         assert!(
             e.contains("step 1") && e.contains("unknown router \"nope\"") && e.contains("cell"),
             "{e}"
         );
-        let e = parse("[[step]]\nreplug = \"phone.wlan9\"\nto = \"cell\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = err("[[step]]\nreplug = \"phone.wlan9\"\nto = \"cell\"\n");
         assert!(e.contains("no interface \"wlan9\""), "{e}");
-        let e = parse("[[step]]\nremove-iface = \"phone.eth0\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = err("[[step]]\nremove-iface = \"phone.eth0\"\n");
         assert!(
             e.contains("carries the default route") && e.contains("default-route = \"phone."),
             "{e}"
         );
         // After moving the default, the removal is fine.
         parse("[[step]]\nadd-iface = \"phone.wwan0\"\nto = \"cell\"\n[[step]]\ndefault-route = \"phone.wwan0\"\n[[step]]\nremove-iface = \"phone.eth0\"\n").unwrap();
-        let e = parse("[[step]]\nreplug = \"phone.eth0\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = err("[[step]]\nreplug = \"phone.eth0\"\n");
         assert!(e.contains("needs `to"), "{e}");
-        let e = parse("[[step]]\nrenew = \"phone.eth0\"\nto = \"cell\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = err("[[step]]\nrenew = \"phone.eth0\"\nto = \"cell\"\n");
         assert!(e.contains("`to` belongs"), "{e}");
-        let e = parse("[[step]]\nremove-node = \"wifi\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = err("[[step]]\nremove-node = \"wifi\"\n");
         assert!(e.contains("phone") && e.contains("replug"), "{e}");
-        let e = parse("[[step]]\nremove-node = \"isp\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = err("[[step]]\nremove-node = \"isp\"\n");
         assert!(e.contains("wifi"), "{e}");
-        let e = parse("[[step]]\nrenew = \"isp.wan\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = err("[[step]]\nrenew = \"isp.wan\"\n");
         assert!(e.contains("names router \"isp\""), "{e}");
         let e =
-            parse("[[step]]\nremove-node = \"phone\"\n[[step]]\nrun = \"phone\"\ncmd = \"true\"\n")
-                .unwrap_err()
-                .to_string();
+            err("[[step]]\nremove-node = \"phone\"\n[[step]]\nrun = \"phone\"\ncmd = \"true\"\n");
         assert!(e.contains("step 2") && e.contains("removed"), "{e}");
-        let e = parse("[[step]]\nreplug = \"phone.eth0\"\nto = \"cell\"\nsleep = \"1s\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = err("[[step]]\nreplug = \"phone.eth0\"\nto = \"cell\"\nsleep = \"1s\"\n");
         assert!(e.contains("exactly one"), "{e}");
     }
 

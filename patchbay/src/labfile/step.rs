@@ -194,29 +194,22 @@ fn bad(field: &'static str, reason: InvalidReason, message: impl Into<String>) -
 
 /// `NODE.IFACE` of the key `what`.
 pub(super) fn node_iface(what: &'static str, v: &str) -> Result<(String, String), InvalidLab> {
-    v.split_once('.')
-        .filter(|(n, i)| !n.is_empty() && !i.is_empty())
-        .map(|(n, i)| (n.to_string(), i.to_string()))
-        .ok_or_else(|| {
-            bad(
-                what,
-                InvalidReason::OutOfRange,
-                format!("`{what} = {v:?}` needs NODE.IFACE, e.g. \"server.eth0\""),
-            )
-        })
+    dotted(what, v, "NODE.IFACE, e.g. \"server.eth0\"")
 }
 
 /// `DEVICE.IFACE` of the mobility key `key`.
 fn dev_iface(key: &'static str, v: &str) -> Result<(String, String), InvalidLab> {
+    dotted(key, v, "DEVICE.IFACE, e.g. \"phone.eth0\"")
+}
+
+/// `A.B`, both non-empty, as the value of `key`; `shape` says what it needs.
+fn dotted(key: &'static str, v: &str, shape: &str) -> Result<(String, String), InvalidLab> {
     v.split_once('.')
         .filter(|(n, i)| !n.is_empty() && !i.is_empty())
         .map(|(n, i)| (n.to_string(), i.to_string()))
         .ok_or_else(|| {
-            bad(
-                key,
-                InvalidReason::OutOfRange,
-                format!("`{key} = {v:?}` needs DEVICE.IFACE, e.g. \"phone.eth0\""),
-            )
+            let msg = format!("`{key} = {v:?}` needs {shape}");
+            bad(key, InvalidReason::OutOfRange, msg)
         })
 }
 
