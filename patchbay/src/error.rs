@@ -1,6 +1,7 @@
 //! The library's top-level error type.
 
 use crate::addr::AddrError;
+use crate::invalid::{InvalidLab, InvalidReason};
 use crate::link::LinkError;
 use crate::sys::cgroup::CgroupError;
 use crate::sys::cmd::CmdError;
@@ -14,9 +15,10 @@ use crate::sys::tc::TcError;
 /// Any error of the patchbay library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The lab description is invalid (caught before touching the kernel).
+    /// The lab description or request is invalid (caught before touching
+    /// the kernel): which node, which field, why.
     #[error("invalid lab: {0}")]
-    Invalid(String),
+    Invalid(#[from] InvalidLab),
     /// This process lacks a privilege patchbay needs.
     #[error("{0}")]
     Privilege(String),
@@ -81,6 +83,27 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl Error {
+    /// An [`Error::Invalid`] about `field`.
+    pub(crate) fn invalid(
+        field: &'static str,
+        reason: InvalidReason,
+        message: impl Into<String>,
+    ) -> Error {
+        Error::Invalid(InvalidLab::new(field, reason, message))
+    }
+
+    /// An [`Error::Invalid`] about `field` of `node`.
+    pub(crate) fn invalid_node(
+        node: impl Into<String>,
+        field: &'static str,
+        reason: InvalidReason,
+        message: impl Into<String>,
+    ) -> Error {
+        Error::Invalid(InvalidLab::new(field, reason, message).node(node))
+    }
 }
 
 /// The library's result type.

@@ -28,6 +28,7 @@ mod dns;
 pub mod doctor;
 mod error;
 mod firewall;
+mod invalid;
 mod lab;
 pub mod labfile;
 mod link;
@@ -42,6 +43,7 @@ pub use bpf::{EventKind, TcpEvent};
 pub use dns::{DnsError, DnsRecord, DnsServer, DnsZone};
 pub use error::{Error, Result};
 pub use firewall::{Firewall, FirewallAction, FirewallPolicy, OutboundPolicy, PortPolicy};
+pub use invalid::{InvalidLab, InvalidReason};
 pub use lab::{
     CaptureGuard, Device, DeviceBuilder, Direction, Exchange, FaultGuard, Iface, Lab, LabClock,
     LabEvent, LabOpts, NatBehavior, NatFiltering, NatMapping, Node, NodeKind, Reflector, Region,

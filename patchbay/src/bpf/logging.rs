@@ -37,15 +37,24 @@ pub(crate) fn level_value(level: tracing::Level) -> u32 {
     }
 }
 
+/// A `PATCHBAY_BPF_LOG` value that is no level.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{}={:?} is not a level; use error, warn, info, debug, trace or off",
+    LOG_ENV,
+    .0
+)]
+pub(crate) struct BadLevel(String);
+
 /// Parses a `PATCHBAY_BPF_LOG` value: `Ok(None)` for off.
-pub(crate) fn parse_level(text: &str) -> Result<Option<tracing::Level>, String> {
+pub(crate) fn parse_level(text: &str) -> Result<Option<tracing::Level>, BadLevel> {
     let t = text.trim();
     if t.is_empty() || t.eq_ignore_ascii_case("off") || t == "0" {
         return Ok(None);
     }
-    t.parse::<tracing::Level>().map(Some).map_err(|_| {
-        format!("{LOG_ENV}={text:?} is not a level; use error, warn, info, debug, trace or off")
-    })
+    t.parse::<tracing::Level>()
+        .map(Some)
+        .map_err(|_| BadLevel(text.to_string()))
 }
 
 /// The level `PATCHBAY_BPF_LOG` asks for; an invalid value is reported and ignored.
@@ -234,7 +243,7 @@ mod tests {
         assert_eq!(parse_level("WARN"), Ok(Some(tracing::Level::WARN)));
         assert_eq!(parse_level(" off "), Ok(None));
         assert_eq!(parse_level(""), Ok(None));
-        assert!(parse_level("loud").is_err_and(|e| e.contains("PATCHBAY_BPF_LOG")));
+        assert!(parse_level("loud").is_err_and(|e| e.to_string().contains("PATCHBAY_BPF_LOG")));
         assert_eq!(level_value(tracing::Level::DEBUG), common::LOG_DEBUG);
         assert_eq!(level_value(tracing::Level::ERROR), common::LOG_ERROR);
     }

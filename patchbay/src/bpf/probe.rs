@@ -109,9 +109,16 @@ pub fn probe() -> BpfCaps {
     let probed = std::thread::Builder::new()
         .name("patchbay-bpf-probe".into())
         .spawn(move || probe_sockopts(&engine))
-        .map_err(|e| e.to_string())
-        .and_then(|h| h.join().map_err(|_| "probe thread panicked".to_owned()))
-        .and_then(|r| r.map_err(|e| e.to_string()));
+        .map_err(|e| super::BpfError::io("spawning the socket-option probe thread", e))
+        .and_then(|h| {
+            h.join().unwrap_or_else(|_| {
+                let panicked = std::io::Error::other("it panicked");
+                Err(super::BpfError::io(
+                    "the socket-option probe thread",
+                    panicked,
+                ))
+            })
+        });
     if let Some((map, timeout_init)) = record(errs, "sockopts", probed) {
         caps.sockopts = map;
         caps.timeout_init = timeout_init;

@@ -59,11 +59,13 @@ pub use dns::DnsServer;
 /// root; does nothing when the process is root. Call it before any thread starts (first
 /// thing in `main`, or in a `#[ctor]` of a test binary). Idempotent.
 pub fn init_userns() -> anyhow::Result<()> {
-    static RESULT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    // Shared with every later call, so the error sits behind an Arc.
+    type Once = Result<(), std::sync::Arc<crate::UsernsError>>;
+    static RESULT: std::sync::OnceLock<Once> = std::sync::OnceLock::new();
     RESULT
-        .get_or_init(|| crate::init_userns().map_err(|e| e.to_string()))
+        .get_or_init(|| crate::init_userns().map_err(std::sync::Arc::new))
         .clone()
-        .map_err(anyhow::Error::msg)
+        .map_err(anyhow::Error::from)
 }
 
 /// Checks that this process may build labs: root, or `CAP_NET_ADMIN`, `CAP_NET_RAW` and

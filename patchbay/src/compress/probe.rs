@@ -99,16 +99,28 @@ pub fn probe_hz() -> Result<(u32, HzSource), ProbeError> {
     })
 }
 
-fn measure_hz_from_timer_list() -> Result<u32, String> {
+/// Why measuring HZ from /proc/timer_list failed (one of the attempts
+/// [`ProbeError::Hz`] lists).
+#[derive(Debug, thiserror::Error)]
+enum TimerListError {
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    #[error("no `now at` / `jiffies:` lines")]
+    NoLines,
+    #[error("samples {a:?} and {b:?} match no HZ")]
+    NoMatch { a: (u64, u64), b: (u64, u64) },
+}
+
+fn measure_hz_from_timer_list() -> Result<u32, TimerListError> {
     let path = Path::new("/proc/timer_list");
-    let sample = || -> Result<(u64, u64), String> {
-        let text = fs::read_to_string(path).map_err(|e| e.to_string())?;
-        parse_timer_list(&text).ok_or_else(|| "no `now at` / `jiffies:` lines".to_string())
+    let sample = || -> Result<(u64, u64), TimerListError> {
+        let text = fs::read_to_string(path)?;
+        parse_timer_list(&text).ok_or(TimerListError::NoLines)
     };
     let a = sample()?;
     std::thread::sleep(Duration::from_millis(200));
     let b = sample()?;
-    hz_from_samples(a, b).ok_or_else(|| format!("samples {a:?} and {b:?} match no HZ"))
+    hz_from_samples(a, b).ok_or(TimerListError::NoMatch { a, b })
 }
 
 /// Extracts `(now_ns, jiffies)` from /proc/timer_list text.
@@ -146,12 +158,10 @@ pub fn parse_config_hz(text: &str) -> Option<u32> {
         .find_map(|l| l.trim().strip_prefix("CONFIG_HZ=")?.trim().parse().ok())
 }
 
-fn read_config_gz(path: &Path) -> Result<String, String> {
-    let file = fs::File::open(path).map_err(|e| e.to_string())?;
+fn read_config_gz(path: &Path) -> std::io::Result<String> {
+    let file = fs::File::open(path)?;
     let mut text = String::new();
-    flate2::read::GzDecoder::new(file)
-        .read_to_string(&mut text)
-        .map_err(|e| e.to_string())?;
+    flate2::read::GzDecoder::new(file).read_to_string(&mut text)?;
     Ok(text)
 }
 

@@ -77,6 +77,16 @@ pub enum DnsError {
     },
 }
 
+/// Bad DNS input is an invalid lab ([`crate::Error::Invalid`], field `dns`),
+/// so `?` works on [`DnsZone`]'s builders in code returning
+/// [`crate::Result`].
+impl From<DnsError> for crate::Error {
+    fn from(e: DnsError) -> crate::Error {
+        let reason = crate::InvalidReason::OutOfRange;
+        crate::Error::Invalid(crate::InvalidLab::new("dns", reason, e.to_string()))
+    }
+}
+
 /// Normalises a name: lower case, no trailing dot; checks labels.
 pub fn normalize_name(name: &str) -> Result<String, DnsError> {
     let n = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();

@@ -123,20 +123,24 @@ fn rdata(name: &str, rec: DnsRecord) -> Result<RData, DnsError> {
     })
 }
 
-fn catalog(zone: &DnsZone) -> Result<(Catalog, Arc<Handler>), String> {
+/// The zone as hickory's catalog; a bad record keeps its [`DnsError`] as
+/// the I/O error's source.
+fn catalog(zone: &DnsZone) -> Result<(Catalog, Arc<Handler>), std::io::Error> {
     let root = Name::root();
     let mut h = Handler::empty(root.clone(), ZoneType::Primary, AxfrPolicy::Deny);
-    let lab = Name::from_ascii("patchbay.lab.").map_err(|e| e.to_string())?;
+    let lab = fqdn("patchbay.lab").map_err(std::io::Error::other)?;
     let soa = SOA::new(lab.clone(), lab, 1, 3600, 600, 86400, zone.ttl_secs());
     h.upsert_mut(
         Record::from_rdata(root.clone(), zone.ttl_secs(), RData::SOA(soa)),
         1,
     );
     for (name, rec) in zone.records() {
-        let n = fqdn(&name).map_err(|e| e.to_string())?;
-        let rdata = rdata(&name, rec).map_err(|e| e.to_string())?;
+        let n = fqdn(&name).map_err(std::io::Error::other)?;
+        let rdata = rdata(&name, rec).map_err(std::io::Error::other)?;
         if !h.upsert_mut(Record::from_rdata(n, zone.ttl_secs(), rdata), 1) {
-            return Err(format!("hickory refused a record of {name}"));
+            return Err(std::io::Error::other(format!(
+                "hickory refused a record of {name}"
+            )));
         }
     }
     let h = Arc::new(h);
@@ -153,7 +157,7 @@ pub(crate) async fn serve(
     addrs: Vec<IpAddr>,
     zone: DnsZone,
 ) -> Result<DnsServer, std::io::Error> {
-    let (catalog, handler) = catalog(&zone).map_err(std::io::Error::other)?;
+    let (catalog, handler) = catalog(&zone)?;
     let any = SocketAddr::from((Ipv6Addr::UNSPECIFIED, 53));
     let udp = tokio::net::UdpSocket::bind(any).await?;
     let tcp = tokio::net::TcpListener::bind(any).await?;

@@ -18,6 +18,8 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::invalid::{InvalidLab, InvalidReason};
+
 use super::{FirewallAction, FirewallPolicy};
 
 /// Which destination ports of one protocol may be used outbound. In TOML:
@@ -42,15 +44,19 @@ enum RawPorts {
 }
 
 impl TryFrom<RawPorts> for PortPolicy {
-    type Error = String;
-    fn try_from(r: RawPorts) -> Result<Self, String> {
+    type Error = InvalidLab;
+    fn try_from(r: RawPorts) -> Result<Self, InvalidLab> {
         match r {
             RawPorts::Ports(p) => Ok(PortPolicy::Allow(p)),
             RawPorts::Word(w) => match w.as_str() {
                 "allow-all" => Ok(PortPolicy::AllowAll),
                 "block-all" => Ok(PortPolicy::BlockAll),
-                _ => Err(format!(
-                    "unknown outbound port policy {w:?}: use \"allow-all\", \"block-all\" or a list of ports such as [80, 443]"
+                _ => Err(InvalidLab::new(
+                    "outbound",
+                    InvalidReason::Unknown,
+                    format!(
+                        "unknown outbound port policy {w:?}: use \"allow-all\", \"block-all\" or a list of ports such as [80, 443]"
+                    ),
                 )),
             },
         }
@@ -174,11 +180,16 @@ pub(crate) fn check_outside(
     node: &str,
     out: &OutboundPolicy,
     outside: &[String],
-) -> Result<(), String> {
+) -> Result<(), InvalidLab> {
     if outside.is_empty() && !out.is_open() {
-        return Err(format!(
-            "node {node} has an outbound firewall policy ({out:?}) but no interfaces to apply it to: add an interface first, or drop the outbound policy"
-        ));
+        return Err(InvalidLab::new(
+            "firewall",
+            InvalidReason::Missing,
+            format!(
+                "node {node} has an outbound firewall policy ({out:?}) but no interfaces to apply it to: add an interface first, or drop the outbound policy"
+            ),
+        )
+        .node(node));
     }
     Ok(())
 }
@@ -227,6 +238,10 @@ mod tests {
             .to_string();
         assert!(e.contains("unknown outbound port policy"), "{e}");
         let e = check_outside("d", &OutboundPolicy::corporate(), &[]).unwrap_err();
-        assert!(e.contains("node d") && e.contains("no interfaces"), "{e}");
+        assert!(
+            e.message.contains("node d") && e.message.contains("no interfaces"),
+            "{e}"
+        );
+        assert_eq!(e.node.as_deref(), Some("d"));
     }
 }

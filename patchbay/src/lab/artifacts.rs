@@ -153,10 +153,14 @@ fn check_reusable(dir: &Path) -> Result<bool> {
         .and_then(|v| v.get("format").and_then(Value::as_str).map(str::to_string))
         .is_some_and(|f| f == "patchbay-run");
     if !is_run {
-        return Err(Error::Invalid(format!(
-            "output directory {} is not empty and holds no previous patchbay run (run.json); choose a fresh or empty directory",
-            dir.display()
-        )));
+        return Err(Error::invalid(
+            "outdir",
+            crate::InvalidReason::Conflict,
+            format!(
+                "output directory {} is not empty and holds no previous patchbay run (run.json); choose a fresh or empty directory",
+                dir.display()
+            ),
+        ));
     }
     Ok(true)
 }

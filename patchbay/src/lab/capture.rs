@@ -77,10 +77,10 @@ impl CaptureGuard {
                     source,
                 })?,
                 Err(_) => {
-                    return Err(Error::Invalid(format!(
-                        "the capture thread of {} panicked",
-                        self.what
-                    )));
+                    return Err(Error::Io {
+                        context: format!("the capture thread of {}", self.what),
+                        source: std::io::Error::other("it panicked"),
+                    });
                 }
             }
         }
@@ -120,21 +120,26 @@ impl Node {
     pub async fn capture(&self, iface: &str) -> Result<CaptureGuard> {
         let lab = self.lab()?;
         let art = lab.artifacts().cloned().ok_or_else(|| {
-            Error::Invalid(format!(
+            Error::invalid_node(self.name(), "outdir", crate::InvalidReason::Missing, format!(
                 "cannot capture {}.{iface}: the lab has no output directory; set LabOpts::outdir (or `[lab] outdir`, or `patchbay run --outdir`)",
                 self.name()
             ))
         })?;
         let i = self.iface(iface).ok_or_else(|| {
-            Error::Invalid(format!(
-                "cannot capture {}.{iface}: node {} has no interface {iface:?} (it has {:?})",
+            Error::invalid_node(
                 self.name(),
-                self.name(),
-                self.ifaces()
-                    .iter()
-                    .map(|i| i.name.clone())
-                    .collect::<Vec<_>>()
-            ))
+                "iface",
+                crate::InvalidReason::Unknown,
+                format!(
+                    "cannot capture {}.{iface}: node {} has no interface {iface:?} (it has {:?})",
+                    self.name(),
+                    self.name(),
+                    self.ifaces()
+                        .iter()
+                        .map(|i| i.name.clone())
+                        .collect::<Vec<_>>()
+                ),
+            )
         })?;
         let index = i.index;
         let what = format!("{}.{iface}", self.name());

@@ -40,19 +40,21 @@ struct Kernel {
     defaults: SysctlDefaults,
 }
 
-static KERNEL: OnceLock<std::result::Result<Kernel, String>> = OnceLock::new();
+static KERNEL: OnceLock<std::result::Result<Kernel, probe::ProbeError>> = OnceLock::new();
 
 fn kernel() -> Result<&'static Kernel> {
     KERNEL
         .get_or_init(|| {
             let b = bpf::probe();
-            let (caps, defaults) = probe::probe_kernel(b.features()).map_err(|e| e.to_string())?;
+            let (caps, defaults) = probe::probe_kernel(b.features())?;
             Ok(Kernel { caps, defaults })
         })
         .as_ref()
+        // The cached error is shared by every later lab, so it is rendered
+        // into the hint rather than moved.
         .map_err(|e| Error::KernelFeature {
             feature: "timer compression probe".into(),
-            hint: e.clone(),
+            hint: e.to_string(),
         })
 }
 
@@ -106,7 +108,13 @@ impl Compression {
     /// computes the plan. Fails when k > 1 needs BPF that is missing, unless
     /// the user opted into sysctl-only compression.
     pub fn new(opts: &LabOpts) -> Result<Compression> {
-        let scale = TimeScale::new(opts.time_scale).map_err(|e| Error::Invalid(e.to_string()))?;
+        let scale = TimeScale::new(opts.time_scale).map_err(|e| {
+            Error::invalid(
+                "time_scale",
+                crate::InvalidReason::OutOfRange,
+                e.to_string(),
+            )
+        })?;
         let mut counts = BTreeMap::new();
         if let Some(n) = opts.syn_retries {
             counts.insert("net/ipv4/tcp_syn_retries".to_string(), n.to_string());
@@ -177,8 +185,13 @@ impl Compression {
             if c.engine.is_none() || opts.sysctl_only {
                 caps.bpf = BpfFeatures::default();
             }
-            let plan = Plan::compute(scale, &caps, &k.defaults, &c.inputs)
-                .map_err(|e| Error::Invalid(format!("cannot plan compression: {e}")))?;
+            let plan = Plan::compute(scale, &caps, &k.defaults, &c.inputs).map_err(|e| {
+                Error::invalid(
+                    "time_scale",
+                    crate::InvalidReason::Unsupported,
+                    format!("cannot plan compression: {e}"),
+                )
+            })?;
             c.plan = Some(plan);
         }
         if c.engine.is_some() {
@@ -305,8 +318,13 @@ impl Compression {
         }
         let plan = match &self.plan {
             Some(p) => p.clone(),
-            None => Plan::compute(self.scale, &caps, &k.defaults, &self.inputs)
-                .map_err(|e| Error::Invalid(format!("cannot plan compression: {e}")))?,
+            None => Plan::compute(self.scale, &caps, &k.defaults, &self.inputs).map_err(|e| {
+                Error::invalid(
+                    "time_scale",
+                    crate::InvalidReason::Unsupported,
+                    format!("cannot plan compression: {e}"),
+                )
+            })?,
         };
         let faithful = Plan::largest_faithful_k(&caps, &k.defaults, &self.inputs).ok();
         Ok(CompressionReport::new(&plan, &caps, faithful.as_ref()))

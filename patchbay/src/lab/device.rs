@@ -90,13 +90,22 @@ impl DeviceBuilder {
 
     fn validate(&self) -> Result<String> {
         if self.name.is_empty() {
-            return Err(Error::Invalid("a device needs a non-empty name".into()));
+            return Err(Error::invalid(
+                "name",
+                crate::InvalidReason::Missing,
+                "a device needs a non-empty name",
+            ));
         }
         if self.ifaces.is_empty() {
-            return Err(Error::Invalid(format!(
-                "device {} has no interface; add one with .iface(\"eth0\", &router)",
-                self.name
-            )));
+            return Err(Error::invalid_node(
+                &self.name,
+                "iface",
+                crate::InvalidReason::Missing,
+                format!(
+                    "device {} has no interface; add one with .iface(\"eth0\", &router)",
+                    self.name
+                ),
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for i in self
@@ -107,10 +116,12 @@ impl DeviceBuilder {
         {
             check_ifname(&self.name, i)?;
             if !seen.insert(i) {
-                return Err(Error::Invalid(format!(
-                    "device {} has two interfaces named {i:?}",
-                    self.name
-                )));
+                return Err(Error::invalid_node(
+                    &self.name,
+                    "iface",
+                    crate::InvalidReason::Duplicate,
+                    format!("device {} has two interfaces named {i:?}", self.name),
+                ));
             }
         }
         let dv = self
@@ -118,11 +129,16 @@ impl DeviceBuilder {
             .clone()
             .unwrap_or_else(|| self.ifaces[0].0.clone());
         if !self.ifaces.iter().any(|(i, _)| *i == dv) {
-            return Err(Error::Invalid(format!(
-                "device {}: default_via({dv:?}) names no interface of it (it has {:?})",
-                self.name,
-                seen.iter().collect::<Vec<_>>()
-            )));
+            return Err(Error::invalid_node(
+                &self.name,
+                "default_via",
+                crate::InvalidReason::Unknown,
+                format!(
+                    "device {}: default_via({dv:?}) names no interface of it (it has {:?})",
+                    self.name,
+                    seen.iter().collect::<Vec<_>>()
+                ),
+            ));
         }
         Ok(dv)
     }

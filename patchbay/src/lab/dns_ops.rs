@@ -18,7 +18,7 @@ impl Lab {
     /// process spawned in any node of the lab (also ones already running:
     /// the file is rewritten in place).
     pub fn dns_entry(&self, name: &str, ip: IpAddr) -> Result<()> {
-        let n = dns::normalize_name(name).map_err(|e| Error::Invalid(e.to_string()))?;
+        let n = dns::normalize_name(name)?;
         self.inner.dns().entries.entry(n).or_default().insert(ip);
         self.inner.rewrite_name_files()
     }
@@ -107,10 +107,11 @@ impl Node {
         let (hosts, resolv) = lab.write_name_files(self.name())?;
         let c = |p: &std::path::Path| {
             CString::new(p.as_os_str().as_bytes()).map_err(|_| {
-                Error::Invalid(format!(
-                    "the lab directory path {} holds a NUL byte",
-                    p.display()
-                ))
+                Error::invalid(
+                    "outdir",
+                    crate::InvalidReason::OutOfRange,
+                    format!("the lab directory path {} holds a NUL byte", p.display()),
+                )
             })
         };
         Ok(Some(NameOverlay {
@@ -122,7 +123,7 @@ impl Node {
     /// Adds a hosts entry that only this node sees (`/etc/hosts` of its processes and of
     /// in-process resolvers on its worker), next to the lab's ([`crate::Lab::dns_entry`]).
     pub fn dns_entry(&self, name: &str, ip: IpAddr) -> Result<()> {
-        let n = dns::normalize_name(name).map_err(|e| Error::Invalid(e.to_string()))?;
+        let n = dns::normalize_name(name)?;
         let lab = self.lab_inner()?;
         lab.dns()
             .node_entries
@@ -164,10 +165,14 @@ impl Node {
     }
 
     fn lab_inner(&self) -> Result<std::sync::Arc<LabInner>> {
-        self.inner
-            .lab
-            .upgrade()
-            .ok_or_else(|| Error::Invalid(format!("node {} outlived its lab", self.name())))
+        self.inner.lab.upgrade().ok_or_else(|| {
+            Error::invalid_node(
+                self.name(),
+                "lab",
+                crate::InvalidReason::Gone,
+                format!("node {} outlived its lab", self.name()),
+            )
+        })
     }
 }
 

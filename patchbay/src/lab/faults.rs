@@ -127,20 +127,30 @@ pub fn render_drop_table(table: &str, chains: &BTreeMap<String, Vec<String>>) ->
 /// The other end of a node's veth interface: its namespace and name.
 pub(crate) async fn peer_end(node: &Node, iface: &str) -> Result<(Netns, String)> {
     let i = node.iface(iface).ok_or_else(|| {
-        Error::Invalid(format!(
-            "node {} has no interface {iface:?} (it has {:?})",
+        Error::invalid_node(
             node.name(),
-            node.ifaces()
-                .iter()
-                .map(|i| i.name.clone())
-                .collect::<Vec<_>>()
-        ))
+            "iface",
+            crate::InvalidReason::Unknown,
+            format!(
+                "node {} has no interface {iface:?} (it has {:?})",
+                node.name(),
+                node.ifaces()
+                    .iter()
+                    .map(|i| i.name.clone())
+                    .collect::<Vec<_>>()
+            ),
+        )
     })?;
     if node.kind() == super::NodeKind::Router && i.name == "lan" {
-        return Err(Error::Invalid(format!(
-            "{}.lan is the router's LAN bridge, not a link: apply link conditions and faults to the devices' interfaces (or the router's wan) instead",
-            node.name()
-        )));
+        return Err(Error::invalid_node(
+            node.name(),
+            "iface",
+            crate::InvalidReason::Unsupported,
+            format!(
+                "{}.lan is the router's LAN bridge, not a link: apply link conditions and faults to the devices' interfaces (or the router's wan) instead",
+                node.name()
+            ),
+        ));
     }
     let lab = node.lab()?;
     let peer_ns = if i.peer == "exchange" {
@@ -150,7 +160,14 @@ pub(crate) async fn peer_end(node: &Node, iface: &str) -> Result<(Netns, String)
             .routers
             .get(&i.peer)
             .map(|r| r.node.ns().clone())
-            .ok_or_else(|| Error::Invalid(format!("unknown peer router {:?}", i.peer)))?
+            .ok_or_else(|| {
+                Error::invalid_node(
+                    node.name(),
+                    "iface",
+                    crate::InvalidReason::Gone,
+                    format!("unknown peer router {:?}", i.peer),
+                )
+            })?
     };
     let index = i.index;
     let ctx = |op: &str| format!("{op} of {}.{iface}", node.name());
@@ -159,12 +176,26 @@ pub(crate) async fn peer_end(node: &Node, iface: &str) -> Result<(Netns, String)
         .run(move || netlink::veth_peer_index(index))
         .await?
         .ctx(|| ctx("finding the veth peer"))?
-        .ok_or_else(|| Error::Invalid(format!("{}.{iface} is not a veth", node.name())))?;
+        .ok_or_else(|| {
+            Error::invalid_node(
+                node.name(),
+                "iface",
+                crate::InvalidReason::Unsupported,
+                format!("{}.{iface} is not a veth", node.name()),
+            )
+        })?;
     let name = peer_ns
         .run(move || netlink::link_name(peer_index))
         .await?
         .ctx(|| ctx("naming the veth peer"))?
-        .ok_or_else(|| Error::Invalid(format!("peer of {}.{iface} has no name", node.name())))?;
+        .ok_or_else(|| {
+            Error::invalid_node(
+                node.name(),
+                "iface",
+                crate::InvalidReason::Gone,
+                format!("peer of {}.{iface} has no name", node.name()),
+            )
+        })?;
     Ok((peer_ns, name))
 }
 
@@ -280,10 +311,12 @@ impl Lab {
     /// addresses are cut only in the direction that uses a real address.
     pub async fn partition(&self, a: &Node, b: &Node) -> Result<FaultGuard> {
         if a.name() == b.name() {
-            return Err(Error::Invalid(format!(
-                "cannot partition node {} from itself",
-                a.name()
-            )));
+            return Err(Error::invalid_node(
+                a.name(),
+                "node",
+                crate::InvalidReason::Conflict,
+                format!("cannot partition node {} from itself", a.name()),
+            ));
         }
         let mut plan = vec![];
         for (x, y) in [(a, b), (b, a)] {

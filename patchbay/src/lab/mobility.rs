@@ -45,14 +45,19 @@ fn alloc(rec: &mut RouterRec) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
 impl Device {
     fn iface_or_err(&self, iface: &str) -> Result<Iface> {
         self.iface(iface).ok_or_else(|| {
-            Error::Invalid(format!(
-                "device {} has no interface {iface:?} (it has {:?})",
+            Error::invalid_node(
                 self.name(),
-                self.ifaces()
-                    .iter()
-                    .map(|i| i.name.clone())
-                    .collect::<Vec<_>>()
-            ))
+                "iface",
+                crate::InvalidReason::Unknown,
+                format!(
+                    "device {} has no interface {iface:?} (it has {:?})",
+                    self.name(),
+                    self.ifaces()
+                        .iter()
+                        .map(|i| i.name.clone())
+                        .collect::<Vec<_>>()
+                ),
+            )
         })
     }
 
@@ -67,10 +72,15 @@ impl Device {
     pub async fn add_iface(&self, name: &str, router: &str) -> Result<Iface> {
         check_ifname(self.name(), name)?;
         if self.iface(name).is_some() {
-            return Err(Error::Invalid(format!(
-                "device {} already has an interface {name:?}; remove it first or choose another name",
-                self.name()
-            )));
+            return Err(Error::invalid_node(
+                self.name(),
+                "iface",
+                crate::InvalidReason::Duplicate,
+                format!(
+                    "device {} already has an interface {name:?}; remove it first or choose another name",
+                    self.name()
+                ),
+            ));
         }
         let lab = self.lab()?;
         let i = attach(&lab, self, name, router, false).await?;
@@ -89,10 +99,15 @@ impl Device {
     pub async fn remove_iface(&self, name: &str) -> Result<()> {
         self.iface_or_err(name)?;
         if self.is_default(name) {
-            return Err(Error::Invalid(format!(
-                "interface {}.{name} carries the default route; point it elsewhere first with set_default_route(\"<other iface>\"), or move the interface with replug_iface",
-                self.name()
-            )));
+            return Err(Error::invalid_node(
+                self.name(),
+                "iface",
+                crate::InvalidReason::Conflict,
+                format!(
+                    "interface {}.{name} carries the default route; point it elsewhere first with set_default_route(\"<other iface>\"), or move the interface with replug_iface",
+                    self.name()
+                ),
+            ));
         }
         let lab = self.lab()?;
         detach(&lab, self, name).await?;
@@ -211,9 +226,14 @@ impl Device {
             .await?
             .ctx(|| format!("renewing the address of {}.{iface}", self.name()))?;
         let mut ifaces = lock(&self.inner.ifaces);
-        let i = ifaces
-            .get_mut(iface)
-            .ok_or_else(|| Error::Invalid(format!("{}.{iface} vanished", self.name())))?;
+        let i = ifaces.get_mut(iface).ok_or_else(|| {
+            Error::invalid_node(
+                self.name(),
+                "iface",
+                crate::InvalidReason::Gone,
+                format!("{}.{iface} vanished", self.name()),
+            )
+        })?;
         i.ip = v4;
         i.ip6 = v6;
         let i = i.clone();
@@ -369,10 +389,12 @@ impl Lab {
     /// too.
     pub async fn remove_node(&self, name: &str) -> Result<()> {
         let node = self.node(name).ok_or_else(|| {
-            Error::Invalid(format!(
-                "unknown node {name:?}: the lab has {:?}",
-                self.node_names()
-            ))
+            Error::invalid_node(
+                name,
+                "node",
+                crate::InvalidReason::Unknown,
+                format!("unknown node {name:?}: the lab has {:?}", self.node_names()),
+            )
         })?;
         let lab = self.inner.clone();
         if node.kind() == NodeKind::Router {
@@ -390,9 +412,14 @@ impl Lab {
                     .unwrap_or_default()
             };
             if !members.is_empty() {
-                return Err(Error::Invalid(format!(
-                    "router {name} still has {members:?} on its LAN; remove or replug them first"
-                )));
+                return Err(Error::invalid_node(
+                    name,
+                    "node",
+                    crate::InvalidReason::Conflict,
+                    format!(
+                        "router {name} still has {members:?} on its LAN; remove or replug them first"
+                    ),
+                ));
             }
             remove_routes_to_lan(&lab, name).await?;
         }

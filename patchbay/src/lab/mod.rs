@@ -112,13 +112,17 @@ impl Lab {
     pub async fn with_opts(opts: LabOpts) -> Result<Lab> {
         check_privileges()?;
         if opts.virtual_time && std::env::var_os("PATCHBAY_VT").is_none() {
-            return Err(Error::Invalid(
-                "this lab asks for virtual time, but the process is not running inside patchbay's User-Mode-Linux kernel: run it as `patchbay vt -- <command>` (for tests, set CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=\"patchbay vt --\"; build the kernel once with `cargo xtask build-uml`)".into(),
+            return Err(Error::invalid(
+                "virtual_time",
+                crate::InvalidReason::Unsupported,
+                "this lab asks for virtual time, but the process is not running inside patchbay's User-Mode-Linux kernel: run it as `patchbay vt -- <command>` (for tests, set CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=\"patchbay vt --\"; build the kernel once with `cargo xtask build-uml`)",
             ));
         }
         if opts.virtual_time && opts.time_scale != 1.0 {
-            return Err(Error::Invalid(
-                "virtual time and a time scale exclude each other: under virtual time every timer is already exact; drop time_scale".into(),
+            return Err(Error::invalid(
+                "time_scale",
+                crate::InvalidReason::Conflict,
+                "virtual time and a time scale exclude each other: under virtual time every timer is already exact; drop time_scale",
             ));
         }
         let comp = compression::Compression::new(&opts)?;

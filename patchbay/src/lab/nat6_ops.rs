@@ -22,31 +22,51 @@ pub(crate) fn check_ip_plan(
 ) -> Result<()> {
     let up = upstream.map_or("the exchange".to_string(), |u| format!("router {u}"));
     if nat_v6 != NatV6Mode::None && !ip.has_v6() {
-        return Err(Error::Invalid(format!(
-            "router {name}: nat_v6 = {} needs IPv6 on its LAN, but its ip_support is {}; use ip_support dual-stack or v6-only, or drop nat_v6",
-            nat_v6.name(),
-            ip.name()
-        )));
+        return Err(Error::invalid_node(
+            name,
+            "nat_v6",
+            crate::InvalidReason::Conflict,
+            format!(
+                "router {name}: nat_v6 = {} needs IPv6 on its LAN, but its ip_support is {}; use ip_support dual-stack or v6-only, or drop nat_v6",
+                nat_v6.name(),
+                ip.name()
+            ),
+        ));
     }
     if nat_v6 == NatV6Mode::Nat64 && !up_ip.has_v4() {
-        return Err(Error::Invalid(format!(
-            "router {name}: nat_v6 = nat64 translates to IPv4, but its upstream {up} is {} (no IPv4 uplink); attach it to a dual-stack or v4-only upstream",
-            up_ip.name()
-        )));
+        return Err(Error::invalid_node(
+            name,
+            "nat_v6",
+            crate::InvalidReason::Conflict,
+            format!(
+                "router {name}: nat_v6 = nat64 translates to IPv4, but its upstream {up} is {} (no IPv4 uplink); attach it to a dual-stack or v4-only upstream",
+                up_ip.name()
+            ),
+        ));
     }
     if ip.has_v4() && !up_ip.has_v4() {
-        return Err(Error::Invalid(format!(
-            "router {name} is {} but its upstream {up} is {}: IPv4 on its LAN would lead nowhere; make {name} v6-only or give the upstream IPv4",
-            ip.name(),
-            up_ip.name()
-        )));
+        return Err(Error::invalid_node(
+            name,
+            "ip_support",
+            crate::InvalidReason::Conflict,
+            format!(
+                "router {name} is {} but its upstream {up} is {}: IPv4 on its LAN would lead nowhere; make {name} v6-only or give the upstream IPv4",
+                ip.name(),
+                up_ip.name()
+            ),
+        ));
     }
     if ip.has_v6() && !up_ip.has_v6() && nat_v6 != NatV6Mode::Nat64 {
-        return Err(Error::Invalid(format!(
-            "router {name} is {} but its upstream {up} is {}: IPv6 on its LAN would lead nowhere; make {name} v4-only, give the upstream IPv6, or translate with nat_v6 = nat64",
-            ip.name(),
-            up_ip.name()
-        )));
+        return Err(Error::invalid_node(
+            name,
+            "ip_support",
+            crate::InvalidReason::Conflict,
+            format!(
+                "router {name} is {} but its upstream {up} is {}: IPv6 on its LAN would lead nowhere; make {name} v4-only, give the upstream IPv6, or translate with nat_v6 = nat64",
+                ip.name(),
+                up_ip.name()
+            ),
+        ));
     }
     Ok(())
 }
@@ -115,6 +135,8 @@ impl Router {
             source,
         })?;
         let what = format!("NAT64 of router {}", self.name());
+        // Creating the TUN device: a failure's CmdError names the command,
+        // the namespace and what tayga said.
         cmd::run(
             self.netns(),
             "tayga",
@@ -125,8 +147,7 @@ impl Router {
             ],
             None,
         )
-        .await
-        .map_err(|e| Error::Invalid(format!("{what}: creating the TUN device failed: {e}")))?;
+        .await?;
         let tayga6 = nat::tayga_v6(lan_v6);
         self.netns()
             .run(move || async move {

@@ -32,13 +32,28 @@ impl Router {
 
     fn nat_spec(&self, cfg: &NatConfig) -> Result<NatSpec> {
         let wan_ip = self.ip().ok_or_else(|| {
-            Error::Invalid(format!("router {} has no IPv4 uplink address", self.name()))
+            Error::invalid_node(
+                self.name(),
+                "wan",
+                crate::InvalidReason::Missing,
+                format!("router {} has no IPv4 uplink address", self.name()),
+            )
         })?;
         let lan = self.iface("lan").ok_or_else(|| {
-            Error::Invalid(format!("router {} has no LAN interface", self.name()))
+            Error::invalid_node(
+                self.name(),
+                "lan",
+                crate::InvalidReason::Missing,
+                format!("router {} has no LAN interface", self.name()),
+            )
         })?;
         let lan_ip = lan.ip.ok_or_else(|| {
-            Error::Invalid(format!("router {} has no IPv4 LAN address", self.name()))
+            Error::invalid_node(
+                self.name(),
+                "lan",
+                crate::InvalidReason::Missing,
+                format!("router {} has no IPv4 LAN address", self.name()),
+            )
         })?;
         let mask = u32::MAX
             .checked_shl(32 - u32::from(lan.prefix))
@@ -66,10 +81,14 @@ impl Router {
     pub fn nat_config(&self) -> Result<NatConfig> {
         let lab = self.lab()?;
         let t = lab.topo();
-        let rec = t
-            .routers
-            .get(self.name())
-            .ok_or_else(|| Error::Invalid(format!("router {} is not in its lab", self.name())))?;
+        let rec = t.routers.get(self.name()).ok_or_else(|| {
+            Error::invalid_node(
+                self.name(),
+                "lab",
+                crate::InvalidReason::Gone,
+                format!("router {} is not in its lab", self.name()),
+            )
+        })?;
         Ok(rec.nat.clone())
     }
 
@@ -138,10 +157,14 @@ impl Router {
 impl Node {
     /// The node's lab, or an error if it was dropped.
     pub(crate) fn lab(&self) -> Result<std::sync::Arc<super::LabInner>> {
-        self.inner
-            .lab
-            .upgrade()
-            .ok_or_else(|| Error::Invalid(format!("the lab of node {} was dropped", self.name())))
+        self.inner.lab.upgrade().ok_or_else(|| {
+            Error::invalid_node(
+                self.name(),
+                "lab",
+                crate::InvalidReason::Gone,
+                format!("the lab of node {} was dropped", self.name()),
+            )
+        })
     }
 
     /// Sets the NAT mode of this node, which must be a router: devices
@@ -149,12 +172,17 @@ impl Node {
     pub async fn set_node_nat(&self, mode: Nat) -> Result<()> {
         match Router::from_node(self.clone()) {
             Some(r) => r.set_nat(mode).await,
-            None => Err(Error::Invalid(format!(
-                "node {} is a device and cannot do NAT ({}): NAT is a router feature; put the device behind a router with `nat = \"{}\"`",
+            None => Err(Error::invalid_node(
                 self.name(),
-                mode.name(),
-                mode.name()
-            ))),
+                "nat",
+                crate::InvalidReason::Unsupported,
+                format!(
+                    "node {} is a device and cannot do NAT ({}): NAT is a router feature; put the device behind a router with `nat = \"{}\"`",
+                    self.name(),
+                    mode.name(),
+                    mode.name()
+                ),
+            )),
         }
     }
 
@@ -220,10 +248,15 @@ impl Node {
     pub async fn set_link_condition(&self, iface: &str, condition: LinkCondition) -> Result<()> {
         condition.validate()?;
         if self.kind() == NodeKind::Router && self.iface(iface).is_some_and(|i| i.name == "lan") {
-            return Err(Error::Invalid(format!(
-                "{}.lan is the router's LAN bridge: set link conditions on the devices' interfaces instead",
-                self.name()
-            )));
+            return Err(Error::invalid_node(
+                self.name(),
+                "iface",
+                crate::InvalidReason::Unsupported,
+                format!(
+                    "{}.lan is the router's LAN bridge: set link conditions on the devices' interfaces instead",
+                    self.name()
+                ),
+            ));
         }
         let (peer_ns, peer_dev) = super::faults::peer_end(self, iface).await?;
         let condition = match self.inner.lab.upgrade() {

@@ -331,7 +331,12 @@ impl Node {
         let index = self
             .iface(iface)
             .ok_or_else(|| {
-                Error::Invalid(format!("node {} has no interface {iface:?}", self.name()))
+                Error::invalid_node(
+                    self.name(),
+                    "iface",
+                    crate::InvalidReason::Unknown,
+                    format!("node {} has no interface {iface:?}", self.name()),
+                )
             })?
             .index;
         let what = format!(

@@ -105,7 +105,10 @@ impl Node {
         let node = self.clone();
         tokio::task::spawn_blocking(move || node.probe_udp_mapping_blocking(reflector))
             .await
-            .map_err(|e| Error::Invalid(format!("mapping probe task failed: {e}")))?
+            .map_err(|e| Error::Io {
+                context: "the mapping probe task".into(),
+                source: e.into(),
+            })?
     }
 
     /// The blocking form of [`Node::probe_udp_mapping`].
@@ -113,7 +116,7 @@ impl Node {
         let port = self.probe_port();
         let sock = self.client_socket(reflector.is_ipv6(), port)?;
         ask(&sock, reflector).ok_or_else(|| {
-            Error::Invalid(format!(
+            Error::invalid_node(self.name(), "reflector", crate::InvalidReason::Unknown, format!(
                 "no answer from reflector {reflector} to {} (probe port {port}) after {PROBE_TRIES} tries: is a reflector running there (Node::spawn_reflector), and is it reachable?",
                 self.name()
             ))
@@ -267,7 +270,7 @@ impl Lab {
         };
         let server = |n: &Node, p: u16| -> Result<UdpSocket> {
             let ip = ip_of(n).ok_or_else(|| {
-                Error::Invalid(format!(
+                Error::invalid_node(n.name(), "ip", crate::InvalidReason::Missing, format!(
                     "{} has no {family} address to probe from (the client {} probes over {family})",
                     n.name(),
                     client.name()
@@ -284,15 +287,23 @@ impl Lab {
             Ok(s)
         };
         if ip_of(a) == ip_of(b) {
-            return Err(Error::Invalid(format!(
-                "classify_nat needs two public nodes with different addresses; {} and {} share {:?}",
-                a.name(),
-                b.name(),
-                a.ip()
-            )));
+            return Err(Error::invalid(
+                "node",
+                crate::InvalidReason::Conflict,
+                format!(
+                    "classify_nat needs two public nodes with different addresses; {} and {} share {:?}",
+                    a.name(),
+                    b.name(),
+                    a.ip()
+                ),
+            ));
         }
         let p2 = port.checked_add(1).ok_or_else(|| {
-            Error::Invalid(format!("probe port {port} leaves no room for port + 1"))
+            Error::invalid(
+                "port",
+                crate::InvalidReason::OutOfRange,
+                format!("probe port {port} leaves no room for port + 1"),
+            )
         })?;
         let a1 = server(a, port)?;
         let a2 = server(a, p2)?;
@@ -307,9 +318,14 @@ impl Lab {
         }
         let cname = client.name().to_string();
         let client_ip = ip_of(client);
-        let job = move || -> std::result::Result<NatBehavior, String> {
-            let no = |what: &str| format!("{what}: no datagram from {cname} arrived");
-            let local = c_map.local_addr().map_err(|e| e.to_string())?;
+        let job = move || -> Result<NatBehavior> {
+            let no = |what: &str| Error::Io {
+                context: format!("NAT classification: {what}: no datagram from {cname} arrived"),
+                source: std::io::ErrorKind::TimedOut.into(),
+            };
+            let local = c_map.local_addr().map_err(io_ctx(
+                "NAT classification: the client socket's address".into(),
+            ))?;
             let m1 = seen_by(&c_map, &a1).ok_or_else(|| no("probe to a:p"))?;
             let m2 = seen_by(&c_map, &b1).ok_or_else(|| no("probe to b:p"))?;
             let m3 = seen_by(&c_map, &b2).ok_or_else(|| no("probe to b:p+1"))?;
@@ -343,8 +359,10 @@ impl Lab {
         };
         let r = tokio::task::spawn_blocking(job)
             .await
-            .map_err(|e| Error::Invalid(format!("NAT classification task failed: {e}")))?
-            .map_err(|e| Error::Invalid(format!("NAT classification: {e}")))?;
+            .map_err(|e| Error::Io {
+                context: "the NAT classification task".into(),
+                source: e.into(),
+            })??;
         super::artifacts::emit(
             &self.inner,
             Some(client.name()),

@@ -152,7 +152,14 @@ async fn route_via(
         .routers
         .get(router)
         .map(|r| r.node.ns().clone())
-        .ok_or_else(|| Error::Invalid(format!("region router {router} vanished")))?;
+        .ok_or_else(|| {
+            Error::invalid_node(
+                router,
+                "region",
+                crate::InvalidReason::Gone,
+                format!("region router {router} vanished"),
+            )
+        })?;
     let what = format!("routing region traffic in {router}");
     ns.run(move || async move {
         for (p, len) in prefixes {
@@ -176,12 +183,20 @@ impl Lab {
             || name.len() > MAX_NAME
             || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         {
-            return Err(Error::Invalid(format!(
-                "region name {name:?} must be 1 to {MAX_NAME} bytes of letters, digits and '-' (it names the link interface rg-NAME)"
-            )));
+            return Err(Error::invalid(
+                "region",
+                crate::InvalidReason::OutOfRange,
+                format!(
+                    "region name {name:?} must be 1 to {MAX_NAME} bytes of letters, digits and '-' (it names the link interface rg-NAME)"
+                ),
+            ));
         }
         if self.inner.regions().names.contains_key(name) {
-            return Err(Error::Invalid(format!("duplicate region {name:?}")));
+            return Err(Error::invalid(
+                "region",
+                crate::InvalidReason::Duplicate,
+                format!("duplicate region {name:?}"),
+            ));
         }
         let rname = format!("{ROUTER_PREFIX}{name}");
         let router = self.add_router(&rname).build().await?;
@@ -204,7 +219,7 @@ impl Lab {
     fn region_named(&self, link: &str, name: &str) -> Result<Region> {
         self.region(name).ok_or_else(|| {
             let known: Vec<String> = self.inner.regions().names.keys().cloned().collect();
-            Error::Invalid(format!(
+            Error::invalid("region", crate::InvalidReason::Unknown, format!(
                 "region link {link}: unknown region {name:?} (known regions: {known:?}); add it with lab.add_region({name:?})"
             ))
         })
@@ -234,23 +249,33 @@ impl Lab {
         let label = format!("{a}–{b}");
         let (ra, rb) = (self.region_named(&label, a)?, self.region_named(&label, b)?);
         if a == b {
-            return Err(Error::Invalid(format!(
-                "region link {label}: a region cannot be linked to itself"
-            )));
+            return Err(Error::invalid(
+                "region_link",
+                crate::InvalidReason::Conflict,
+                format!("region link {label}: a region cannot be linked to itself"),
+            ));
         }
         condition.validate()?;
         let (lo, hi) = if a < b { (&ra, &rb) } else { (&rb, &ra) };
         let n = {
             let mut r = self.inner.regions();
             if r.links.contains_key(&key(a, b)) {
-                return Err(Error::Invalid(format!(
-                    "region link {label} exists already"
-                )));
+                return Err(Error::invalid(
+                    "region_link",
+                    crate::InvalidReason::Duplicate,
+                    format!("region link {label} exists already"),
+                ));
             }
             let n = u8::try_from(r.links.len())
                 .ok()
                 .filter(|n| *n < 63)
-                .ok_or_else(|| Error::Invalid("at most 63 region links per lab".into()))?;
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "region_link",
+                        crate::InvalidReason::OutOfRange,
+                        "at most 63 region links per lab",
+                    )
+                })?;
             r.links.insert(
                 key(a, b),
                 LinkRec {
@@ -360,14 +385,18 @@ impl Lab {
         let (n, via) = {
             let r = self.inner.regions();
             let rec = r.links.get(&key(a, b)).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "region link {label} does not exist: link the regions first"
-                ))
+                Error::invalid(
+                    "region_link",
+                    crate::InvalidReason::Unknown,
+                    format!("region link {label} does not exist: link the regions first"),
+                )
             })?;
             if rec.broken.is_some() {
-                return Err(Error::Invalid(format!(
-                    "region link {label} is broken already"
-                )));
+                return Err(Error::invalid(
+                    "region_link",
+                    crate::InvalidReason::Conflict,
+                    format!("region link {label} is broken already"),
+                ));
             }
             // A third region with intact links to both.
             let intact =
@@ -448,12 +477,18 @@ impl Lab {
             match r.links.get(&key(a, b)) {
                 Some(rec) if rec.broken.is_some() => (rec.n, rec.cut_table.clone()),
                 Some(_) => {
-                    return Err(Error::Invalid(format!("region link {label} is not broken")));
+                    return Err(Error::invalid(
+                        "region_link",
+                        crate::InvalidReason::Conflict,
+                        format!("region link {label} is not broken"),
+                    ));
                 }
                 None => {
-                    return Err(Error::Invalid(format!(
-                        "region link {label} does not exist"
-                    )));
+                    return Err(Error::invalid(
+                        "region_link",
+                        crate::InvalidReason::Unknown,
+                        format!("region link {label} does not exist"),
+                    ));
                 }
             }
         };

@@ -124,7 +124,11 @@ impl RouterBuilder {
         } = self;
         let lan_kind = lan_kind.unwrap_or(nat.nat.lan_kind());
         if name.is_empty() {
-            return Err(Error::Invalid("a router needs a non-empty name".into()));
+            return Err(Error::invalid(
+                "name",
+                crate::InvalidReason::Missing,
+                "a router needs a non-empty name",
+            ));
         }
         extras.validate(&name)?;
         // Validate and allocate under the lock, touch the kernel after.
@@ -179,10 +183,13 @@ impl RouterBuilder {
             ),
             Upstream::Router(p) => {
                 let t = lab.topo();
-                let rec = t
-                    .routers
-                    .get(p)
-                    .ok_or_else(|| Error::Invalid(format!("unknown router {p:?}")))?;
+                let rec = t.routers.get(p).ok_or_else(|| {
+                    Error::invalid(
+                        "upstream",
+                        crate::InvalidReason::Unknown,
+                        format!("unknown router {p:?}"),
+                    )
+                })?;
                 (
                     rec.node.ns().clone(),
                     rec.lan.bridge_index,

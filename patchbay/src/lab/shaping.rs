@@ -42,14 +42,20 @@ pub(crate) fn check_mtu(link: &str, mtu: u32, v6: Option<std::net::Ipv6Addr>) ->
     if let Some(a) = v6
         && mtu < IPV6_MIN_MTU
     {
-        return Err(Error::Invalid(format!(
-            "MTU {mtu} on {link} is below {IPV6_MIN_MTU}, the IPv6 minimum (RFC 8200), and {link} carries IPv6 ({a}): use an MTU of at least {IPV6_MIN_MTU}"
-        )));
+        return Err(Error::invalid(
+            "mtu",
+            crate::InvalidReason::OutOfRange,
+            format!(
+                "MTU {mtu} on {link} is below {IPV6_MIN_MTU}, the IPv6 minimum (RFC 8200), and {link} carries IPv6 ({a}): use an MTU of at least {IPV6_MIN_MTU}"
+            ),
+        ));
     }
     if !(IPV4_MIN_MTU..=MAX_MTU).contains(&mtu) {
-        return Err(Error::Invalid(format!(
-            "MTU {mtu} on {link} is out of range: use {IPV4_MIN_MTU}..={MAX_MTU}"
-        )));
+        return Err(Error::invalid(
+            "mtu",
+            crate::InvalidReason::OutOfRange,
+            format!("MTU {mtu} on {link} is out of range: use {IPV4_MIN_MTU}..={MAX_MTU}"),
+        ));
     }
     Ok(())
 }
@@ -97,7 +103,10 @@ impl RouterExtras {
                 Some(std::net::Ipv6Addr::LOCALHOST),
             )
             .map_err(|e| match e {
-                Error::Invalid(s) => Error::Invalid(s.replace(" (::1)", "")),
+                Error::Invalid(mut i) => {
+                    i.message = i.message.replace(" (::1)", "");
+                    Error::Invalid(i.node(router))
+                }
                 e => e,
             }),
             None => Ok(()),
@@ -214,10 +223,15 @@ impl Node {
     /// the interface carries IPv6.
     pub async fn set_mtu(&self, iface: &str, mtu: u32) -> Result<()> {
         let i = self.iface(iface).ok_or_else(|| {
-            Error::Invalid(format!(
-                "node {} has no interface {iface:?} to set the MTU of",
-                self.name()
-            ))
+            Error::invalid_node(
+                self.name(),
+                "iface",
+                crate::InvalidReason::Unknown,
+                format!(
+                    "node {} has no interface {iface:?} to set the MTU of",
+                    self.name()
+                ),
+            )
         })?;
         check_mtu(&format!("{}.{iface}", self.name()), mtu, i.ip6)?;
         let what = || format!("setting the MTU of {}.{iface} to {mtu}", self.name());

@@ -87,18 +87,25 @@ impl Topology {
     /// Fails if `name` is taken.
     pub fn check_free(&self, name: &str) -> Result<()> {
         if self.nodes.contains_key(name) {
-            return Err(Error::Invalid(format!(
-                "duplicate node name {name:?}: every router and device in a lab needs a unique name"
-            )));
+            return Err(Error::invalid_node(
+                name,
+                "name",
+                crate::InvalidReason::Duplicate,
+                format!(
+                    "duplicate node name {name:?}: every router and device in a lab needs a unique name"
+                ),
+            ));
         }
         Ok(())
     }
 
     pub fn router_mut(&mut self, name: &str) -> Result<&mut RouterRec> {
         self.routers.get_mut(name).ok_or_else(|| {
-            Error::Invalid(format!(
-                "unknown router {name:?}: add it with lab.add_router({name:?}) first"
-            ))
+            Error::invalid(
+                "upstream",
+                crate::InvalidReason::Unknown,
+                format!("unknown router {name:?}: add it with lab.add_router({name:?}) first"),
+            )
         })
     }
 
@@ -121,20 +128,30 @@ impl Topology {
 pub(crate) fn check_ifname(node: &str, name: &str) -> Result<()> {
     const IFNAMSIZ: usize = 16;
     if name.is_empty() || name.len() >= IFNAMSIZ {
-        return Err(Error::Invalid(format!(
-            "interface name {name:?} of {node} is {} bytes; Linux allows 1 to {} (IFNAMSIZ - 1); choose a shorter name such as \"eth0\"",
-            name.len(),
-            IFNAMSIZ - 1
-        )));
+        return Err(Error::invalid_node(
+            node,
+            "iface",
+            crate::InvalidReason::OutOfRange,
+            format!(
+                "interface name {name:?} of {node} is {} bytes; Linux allows 1 to {} (IFNAMSIZ - 1); choose a shorter name such as \"eth0\"",
+                name.len(),
+                IFNAMSIZ - 1
+            ),
+        ));
     }
     if name == "."
         || name == ".."
         || name.contains(['/', ':'])
         || name.chars().any(char::is_whitespace)
     {
-        return Err(Error::Invalid(format!(
-            "interface name {name:?} of {node} is not valid: it must not be \".\" or \"..\" nor contain '/', ':' or whitespace"
-        )));
+        return Err(Error::invalid_node(
+            node,
+            "iface",
+            crate::InvalidReason::OutOfRange,
+            format!(
+                "interface name {name:?} of {node} is not valid: it must not be \".\" or \"..\" nor contain '/', ':' or whitespace"
+            ),
+        ));
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::{DnsZone, Lab, Node};
+use crate::{DnsZone, InvalidLab, InvalidReason, Lab, Node};
 
 /// The `[dns]` table.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -63,14 +63,17 @@ pub struct DnsServerSpec {
 impl DnsSection {
     /// Checks node references and record shapes against the lab's node
     /// names.
-    pub fn validate(&self, nodes: &BTreeSet<&str>) -> std::result::Result<(), String> {
+    pub fn validate(&self, nodes: &BTreeSet<&str>) -> std::result::Result<(), InvalidLab> {
         let known = |n: &str, what: &str| {
             if nodes.contains(n) {
                 Ok(())
             } else {
-                Err(format!(
-                    "[dns] {what} names unknown node {n:?}; known nodes: {nodes:?}"
-                ))
+                Err(InvalidLab::new(
+                    "node",
+                    InvalidReason::Unknown,
+                    format!("[dns] {what} names unknown node {n:?}; known nodes: {nodes:?}"),
+                )
+                .node(n))
             }
         };
         if let Some(ns) = &self.nameserver
@@ -101,32 +104,49 @@ impl DnsSection {
 }
 
 impl NameSpec {
-    fn check(&self, txt_ok: bool) -> std::result::Result<(), String> {
+    fn check(&self, txt_ok: bool) -> std::result::Result<(), InvalidLab> {
         let set = [self.ip.is_some(), self.node.is_some(), self.txt.is_some()]
             .iter()
             .filter(|b| **b)
             .count();
         if set != 1 {
-            return Err(format!(
-                "[dns] name {:?} needs exactly one of `ip`, `node`{}; it has {set}",
-                self.name,
-                if txt_ok { " or `txt`" } else { "" }
+            let reason = if set == 0 {
+                InvalidReason::Missing
+            } else {
+                InvalidReason::Conflict
+            };
+            return Err(InvalidLab::new(
+                "name",
+                reason,
+                format!(
+                    "[dns] name {:?} needs exactly one of `ip`, `node`{}; it has {set}",
+                    self.name,
+                    if txt_ok { " or `txt`" } else { "" }
+                ),
             ));
         }
         if self.txt.is_some() && !txt_ok {
-            return Err(format!(
-                "[dns] entry {:?}: `txt` records exist only on a [[dns.server]]; hosts entries hold addresses",
-                self.name
+            return Err(InvalidLab::new(
+                "txt",
+                InvalidReason::Unsupported,
+                format!(
+                    "[dns] entry {:?}: `txt` records exist only on a [[dns.server]]; hosts entries hold addresses",
+                    self.name
+                ),
             ));
         }
-        crate::dns::normalize_name(&self.name).map_err(|e| format!("[dns] {e}"))?;
+        crate::dns::normalize_name(&self.name).map_err(|e| {
+            InvalidLab::new("name", InvalidReason::OutOfRange, format!("[dns] {e}"))
+        })?;
         Ok(())
     }
 }
 
 fn node(lab: &Lab, name: &str) -> Result<Node> {
-    lab.node(name)
-        .ok_or_else(|| Error::Invalid(format!("[dns] unknown node {name:?}")))
+    lab.node(name).ok_or_else(|| {
+        let msg = format!("[dns] unknown node {name:?}");
+        Error::invalid_node(name, "node", InvalidReason::Unknown, msg)
+    })
 }
 
 fn node_addrs(n: &Node) -> Vec<IpAddr> {
@@ -151,7 +171,10 @@ pub(crate) async fn apply(lab: &Lab, dns: &DnsSection) -> Result<()> {
             zone = zone.ttl(t);
         }
         for r in &s.records {
-            let bad = |e: crate::DnsError| Error::Invalid(e.to_string());
+            let bad = |e: crate::DnsError| {
+                let msg = format!("[dns] server on {}: {e}", s.node);
+                Error::invalid_node(&s.node, "records", InvalidReason::OutOfRange, msg)
+            };
             zone = match (&r.ip, &r.node, &r.txt) {
                 (Some(ip), _, _) => zone.addr(&r.name, *ip).map_err(bad)?,
                 (_, Some(n), _) => {
@@ -186,12 +209,12 @@ pub(crate) async fn apply(lab: &Lab, dns: &DnsSection) -> Result<()> {
 mod tests {
     use std::path::Path;
 
-    use crate::labfile::LabFile;
+    use crate::labfile::{LabFile, LabFileError};
 
     const BASE: &str = "[[router]]\nname = \"r\"\n[[device]]\nname = \"ns\"\niface = [{ name = \"eth0\", router = \"r\" }]\n";
 
-    fn parse(extra: &str) -> Result<LabFile, String> {
-        LabFile::parse(&format!("{BASE}{extra}"), Path::new("t.toml")).map_err(|e| e.to_string())
+    fn parse(extra: &str) -> Result<LabFile, LabFileError> {
+        LabFile::parse(&format!("{BASE}{extra}"), Path::new("t.toml"))
     }
 
     #[test]
@@ -203,12 +226,17 @@ mod tests {
         let d = ok.dns.unwrap();
         assert_eq!(d.servers.len(), 1);
         assert!(d.servers[0].dns64);
-        let e = parse("[dns]\nnameserver = \"nobody\"\n").unwrap_err();
+        let e = parse("[dns]\nnameserver = \"nobody\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nobody"), "{e}");
-        let e = parse("[dns]\nentries = [{ name = \"a.lab\", txt = \"x\" }]\n").unwrap_err();
+        let e = parse("[dns]\nentries = [{ name = \"a.lab\", txt = \"x\" }]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("txt"), "{e}");
         let e = parse("[dns]\nentries = [{ name = \"a.lab\", ip = \"1.2.3.4\", node = \"ns\" }]\n")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("exactly one"), "{e}");
         let e = parse("[[router]]\nname = \"c\"\nip-support = \"v4-only\"\nnat-v6 = \"nat64\"\n")
             .map(|f| f.routers[1].nat_v6)

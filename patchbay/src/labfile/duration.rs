@@ -2,19 +2,26 @@
 
 use std::time::Duration;
 
+use crate::{InvalidLab, InvalidReason};
+
 /// Parses durations like `1500us`, `150ms`, `2s`, `1.5s`, `5m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, InvalidLab> {
+    let bad = |reason, msg: String| InvalidLab::new("duration", reason, msg);
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. \"150ms\", \"2s\""))?;
+    let v: f64 = num.parse().map_err(|_| {
+        bad(
+            InvalidReason::OutOfRange,
+            format!("invalid duration {s:?}: expected e.g. \"150ms\", \"2s\""),
+        )
+    })?;
     if !v.is_finite() || v < 0.0 {
-        return Err(format!(
-            "invalid duration {s:?}: must be a non-negative number with a unit"
+        return Err(bad(
+            InvalidReason::OutOfRange,
+            format!("invalid duration {s:?}: must be a non-negative number with a unit"),
         ));
     }
     let secs = match unit.trim() {
@@ -25,8 +32,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" | "min" => v * 60.0,
         "h" => v * 3600.0,
         u => {
-            return Err(format!(
-                "invalid duration {s:?}: unknown unit {u:?} (use ns, us, ms, s, m, h)"
+            return Err(bad(
+                InvalidReason::Unknown,
+                format!("invalid duration {s:?}: unknown unit {u:?} (use ns, us, ms, s, m, h)"),
             ));
         }
     };

@@ -2,66 +2,50 @@
 //!
 //! The format is documented in `docs/toml.md`. Parsing and validation are
 //! pure; [`run`] builds the lab and executes the steps.
+//!
+//! Inside: [`schema`](LabFile) and [`step`](Step) are the file's shape;
+//! `validate` and `mobility_check` check it before anything is built;
+//! `run` builds the lab and `exec` executes each step.
 
 mod dns;
 mod duration;
+mod error;
+mod exec;
+mod mobility;
+mod mobility_check;
 mod programs;
 mod run;
 mod schema;
-mod steps_mobility;
+mod step;
 mod subst;
 mod validate;
 
 pub use dns::{DnsSection, DnsServerSpec, NameSpec};
-pub use run::{RunOverrides, RunReport, StepOutcome, run};
-pub use schema::{
-    DeviceSpec, IfaceSpec, LabFile, LabSection, RegionSpec, RouterSpec, Step, StepKind, TimeMode,
-};
-pub use steps_mobility::MobilityStep;
-pub use subst::{Vars, substitute};
+pub use error::{Entry, InvalidEntry, LabFileError};
+pub use exec::StepOutcome;
+pub use mobility::MobilityStep;
+pub use run::{RunOverrides, RunReport, run};
+pub use schema::{DeviceSpec, IfaceSpec, LabFile, LabSection, RegionSpec, RouterSpec, TimeMode};
+pub use step::{Step, StepKind};
+pub use subst::{SubstError, Vars, substitute};
 
-use std::path::{Path, PathBuf};
-
-/// Errors of reading or validating a lab file.
-#[derive(Debug, thiserror::Error)]
-pub enum LabFileError {
-    /// The file could not be read.
-    #[error("cannot read lab file {path}: {source}")]
-    Read {
-        /// The path.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// TOML syntax or schema error; the message carries line and column.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The path.
-        path: PathBuf,
-        /// The parser's message with line, column and a snippet.
-        message: String,
-    },
-    /// The description is inconsistent.
-    #[error("{path}: {message}")]
-    Invalid {
-        /// The path.
-        path: PathBuf,
-        /// What is wrong and how to fix it.
-        message: String,
-    },
-}
+use std::path::Path;
 
 impl LabFile {
     /// Parses and validates a lab description. `path` is used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<LabFile, LabFileError> {
-        let file: LabFile = toml::from_str(text).map_err(|e| LabFileError::Parse {
+        // The parser's error type stays out of the API: its rendered text
+        // (line, column, snippet) and the line are kept.
+        let file: LabFile =
+            toml::from_str(text).map_err(|e: toml::de::Error| LabFileError::Parse {
+                path: path.to_path_buf(),
+                line: e.span().and_then(|s| error::line_at(text, s.start)),
+                message: e.to_string(),
+            })?;
+        file.validate().map_err(|invalid| LabFileError::Invalid {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        file.validate().map_err(|message| LabFileError::Invalid {
-            path: path.to_path_buf(),
-            message,
+            line: error::line_of(text, &invalid.at),
+            invalid,
         })?;
         Ok(file)
     }

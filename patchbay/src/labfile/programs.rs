@@ -6,7 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use super::schema::{Command, LabFile};
+use super::schema::LabFile;
+use super::step::Command;
 
 /// Shell words that are not programs: keywords and the builtins of `sh`.
 const NOT_PROGRAMS: &[&str] = &[

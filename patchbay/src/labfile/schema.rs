@@ -1,11 +1,8 @@
 //! The TOML schema of lab files, with validation.
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 
-use super::duration::opt_duration;
-use super::steps_mobility::MobilityStep;
+use super::step::Step;
 
 /// A whole lab file.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -200,305 +197,12 @@ pub struct IfaceSpec {
     pub mtu: Option<u32>,
 }
 
-/// A `[[step]]` entry: exactly one action key plus modifiers.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Step {
-    /// Run a command on this node.
-    #[serde(default)]
-    pub run: Option<String>,
-    /// The command: a string (run with `sh -c`) or an argv array.
-    #[serde(default)]
-    pub cmd: Option<Command>,
-    /// Run in the background under this name (for `wait` / `kill`).
-    #[serde(default)]
-    pub background: Option<String>,
-    /// Sleep this long (e.g. "500ms", "2s").
-    #[serde(default, with = "opt_duration")]
-    pub sleep: Option<Duration>,
-    /// Wait for the named background step to exit.
-    #[serde(default)]
-    pub wait: Option<String>,
-    /// Kill the named background step.
-    #[serde(default)]
-    pub kill: Option<String>,
-    /// Expected exit code (foreground `run` and `wait`); default 0.
-    #[serde(default)]
-    pub expect_exit: Option<i32>,
-    /// Text the command's stdout must contain.
-    #[serde(default)]
-    pub expect_output: Option<String>,
-    /// Limit for a foreground command or a wait (default 60 s).
-    #[serde(default, with = "opt_duration")]
-    pub timeout: Option<Duration>,
-    /// Blackhole `node.iface` (silent drops; see `direction`, `name`).
-    #[serde(default)]
-    pub blackhole: Option<String>,
-    /// Direction of a blackhole: `in`, `out` or `both` (default).
-    #[serde(default)]
-    pub direction: Option<crate::Direction>,
-    /// Name of a fault, for a later `heal`.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Heal the named fault.
-    #[serde(default)]
-    pub heal: Option<String>,
-    /// Partition two nodes from each other.
-    #[serde(default)]
-    pub partition: Option<[String; 2]>,
-    /// Change the link condition of `node.iface` to `condition`.
-    #[serde(default)]
-    pub link: Option<String>,
-    /// The new condition of a `link` step.
-    #[serde(default)]
-    pub condition: Option<crate::LinkCondition>,
-    /// Flush the NAT state of a router.
-    #[serde(default)]
-    pub flush_nat: Option<String>,
-    /// Set `node.iface` administratively down.
-    #[serde(default)]
-    pub link_down: Option<String>,
-    /// Set `node.iface` administratively up.
-    #[serde(default)]
-    pub link_up: Option<String>,
-    /// Break the link between two regions.
-    #[serde(default)]
-    pub break_region_link: Option<[String; 2]>,
-    /// Restore a broken link between two regions.
-    #[serde(default)]
-    pub restore_region_link: Option<[String; 2]>,
-    /// Move `device.iface` to the router `to` (mobility; see `docs/toml.md`).
-    #[serde(default)]
-    pub replug: Option<String>,
-    /// Add `device.iface` on the router `to`.
-    #[serde(default)]
-    pub add_iface: Option<String>,
-    /// Remove `device.iface` (not the one carrying the default route).
-    #[serde(default)]
-    pub remove_iface: Option<String>,
-    /// Point the default routes of a device at `device.iface`.
-    #[serde(default)]
-    pub default_route: Option<String>,
-    /// Give `device.iface` a new address on its LAN.
-    #[serde(default)]
-    pub renew: Option<String>,
-    /// Remove a device, or a router with nothing on its LAN.
-    #[serde(default)]
-    pub remove_node: Option<String>,
-    /// The router of a `replug` or `add-iface` step.
-    #[serde(default)]
-    pub to: Option<String>,
-}
-
-/// A command as a shell string or an argv list.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum Command {
-    /// Run with `sh -c`.
-    Shell(String),
-    /// Run directly.
-    Argv(Vec<String>),
-}
-
-/// What a step does, once validated.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StepKind {
-    /// Run a command in the foreground.
-    Run {
-        /// Node.
-        node: String,
-    },
-    /// Start a command in the background.
-    Spawn {
-        /// Node.
-        node: String,
-        /// Name for later `wait`/`kill`.
-        name: String,
-    },
-    /// Sleep.
-    Sleep(Duration),
-    /// Wait for a background command.
-    Wait(String),
-    /// Kill a background command.
-    Kill(String),
-    /// Blackhole an interface.
-    Blackhole {
-        /// Node.
-        node: String,
-        /// Interface.
-        iface: String,
-        /// Direction.
-        direction: crate::Direction,
-        /// Fault name for `heal`.
-        name: Option<String>,
-    },
-    /// Heal a named fault.
-    Heal(String),
-    /// Partition two nodes.
-    Partition {
-        /// One side.
-        a: String,
-        /// The other side.
-        b: String,
-        /// Fault name for `heal`.
-        name: Option<String>,
-    },
-    /// Change a link condition.
-    Link {
-        /// Node.
-        node: String,
-        /// Interface.
-        iface: String,
-        /// The condition.
-        condition: crate::LinkCondition,
-    },
-    /// Flush a router's NAT state.
-    FlushNat(String),
-    /// Set an interface down (`false`) or up (`true`).
-    SetLink {
-        /// Node.
-        node: String,
-        /// Interface.
-        iface: String,
-        /// Up or down.
-        up: bool,
-    },
-    /// Break (`true`) or restore (`false`) a region link.
-    RegionLink {
-        /// One region.
-        a: String,
-        /// The other region.
-        b: String,
-        /// Break or restore.
-        broken: bool,
-    },
-    /// Move, add or remove interfaces, routes, addresses and nodes.
-    Mobility(MobilityStep),
-}
-
-pub(super) fn node_iface(what: &str, v: &str) -> Result<(String, String), String> {
-    v.split_once('.')
-        .filter(|(n, i)| !n.is_empty() && !i.is_empty())
-        .map(|(n, i)| (n.to_string(), i.to_string()))
-        .ok_or_else(|| format!("`{what} = {v:?}` needs NODE.IFACE, e.g. \"server.eth0\""))
-}
-
-impl Step {
-    /// The step's action; validated by [`LabFile::validate`].
-    pub fn kind(&self) -> Result<StepKind, String> {
-        let actions = [
-            self.run.is_some(),
-            self.sleep.is_some(),
-            self.wait.is_some(),
-            self.kill.is_some(),
-            self.blackhole.is_some(),
-            self.heal.is_some(),
-            self.partition.is_some(),
-            self.link.is_some(),
-            self.flush_nat.is_some(),
-            self.link_down.is_some(),
-            self.link_up.is_some(),
-            self.break_region_link.is_some(),
-            self.restore_region_link.is_some(),
-        ];
-        let mobility = super::steps_mobility::count(self);
-        if actions.iter().filter(|a| **a).count() + mobility != 1 {
-            return Err("each [[step]] needs exactly one of `run`, `sleep`, `wait`, `kill`, `blackhole`, `heal`, `partition`, `link`, `flush-nat`, `link-down`, `link-up`, `break-region-link`, `restore-region-link`, `replug`, `add-iface`, `remove-iface`, `default-route`, `renew`, `remove-node`".into());
-        }
-        if (self.cmd.is_some() || self.background.is_some()) && self.run.is_none() {
-            return Err("`cmd` and `background` belong to a `run` step".into());
-        }
-        if self.direction.is_some() && self.blackhole.is_none() && self.link.is_none() {
-            return Err("`direction` belongs to a `blackhole` or `link` step".into());
-        }
-        if self.condition.is_some() != self.link.is_some() {
-            return Err("a `link` step needs a `condition` (and `condition` needs `link`)".into());
-        }
-        if self.name.is_some() && self.blackhole.is_none() && self.partition.is_none() {
-            return Err("`name` belongs to a `blackhole` or `partition` step".into());
-        }
-        if let Some(m) = super::steps_mobility::kind(self)? {
-            return Ok(StepKind::Mobility(m));
-        }
-        if let Some(node) = &self.run {
-            if self.cmd.is_none() {
-                return Err(format!("step `run = {node:?}` has no `cmd`"));
-            }
-            return Ok(match &self.background {
-                Some(name) => StepKind::Spawn {
-                    node: node.clone(),
-                    name: name.clone(),
-                },
-                None => StepKind::Run { node: node.clone() },
-            });
-        }
-        if let Some(d) = self.sleep {
-            return Ok(StepKind::Sleep(d));
-        }
-        if let Some(w) = &self.wait {
-            return Ok(StepKind::Wait(w.clone()));
-        }
-        if let Some(k) = &self.kill {
-            return Ok(StepKind::Kill(k.clone()));
-        }
-        if let Some(b) = &self.blackhole {
-            let (node, iface) = node_iface("blackhole", b)?;
-            let direction = self.direction.unwrap_or(crate::Direction::Both);
-            return Ok(StepKind::Blackhole {
-                node,
-                iface,
-                direction,
-                name: self.name.clone(),
-            });
-        }
-        if let Some(h) = &self.heal {
-            return Ok(StepKind::Heal(h.clone()));
-        }
-        if let Some([a, b]) = &self.partition {
-            return Ok(StepKind::Partition {
-                a: a.clone(),
-                b: b.clone(),
-                name: self.name.clone(),
-            });
-        }
-        if let (Some(l), Some(c)) = (&self.link, &self.condition) {
-            let (node, iface) = node_iface("link", l)?;
-            return Ok(StepKind::Link {
-                node,
-                iface,
-                condition: c.clone(),
-            });
-        }
-        if let Some(r) = &self.flush_nat {
-            return Ok(StepKind::FlushNat(r.clone()));
-        }
-        for (v, broken) in [
-            (&self.break_region_link, true),
-            (&self.restore_region_link, false),
-        ] {
-            if let Some([a, b]) = v {
-                return Ok(StepKind::RegionLink {
-                    a: a.clone(),
-                    b: b.clone(),
-                    broken,
-                });
-            }
-        }
-        let (v, up) = match (&self.link_down, &self.link_up) {
-            (Some(v), _) => (v, false),
-            (_, Some(v)) => (v, true),
-            _ => return Err("empty step".into()),
-        };
-        let (node, iface) = node_iface(if up { "link-up" } else { "link-down" }, v)?;
-        Ok(StepKind::SetLink { node, iface, up })
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::labfile::LabFile;
     use std::path::Path;
+    use std::time::Duration;
+
+    use crate::labfile::{LabFile, StepKind};
 
     const GOOD: &str = r#"
 [lab]
@@ -561,7 +265,16 @@ wait = "srv"
 
     #[test]
     fn syntax_errors_have_line_and_column() {
-        let e = err("[[router]]\nname = \"a\"\nupstream = \n");
+        let text = "[[router]]\nname = \"a\"\nupstream = \n";
+        let parsed = LabFile::parse(text, Path::new("x.toml"));
+        assert!(
+            matches!(
+                parsed,
+                Err(crate::labfile::LabFileError::Parse { line: Some(3), .. })
+            ),
+            "{parsed:?}"
+        );
+        let e = err(text);
         assert!(e.contains("line 3"), "{e}");
         assert!(e.contains("column"), "{e}");
     }

@@ -43,9 +43,31 @@ impl Vars {
     }
 }
 
+/// A `${...}` that cannot be replaced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubstError {
+    /// A `${` without its `}`.
+    #[error("unterminated ${{...}} in {text:?}")]
+    Unterminated {
+        /// The text.
+        text: String,
+    },
+    /// A name that is not a variable of the lab.
+    #[error("unknown variable ${{{name}}} in {text:?}; available: {}", .available.join(", "))]
+    Unknown {
+        /// The name.
+        name: String,
+        /// The text.
+        text: String,
+        /// Some of the variables that exist (at most 12).
+        available: Vec<String>,
+    },
+}
+
 /// Replaces every `${name}` in `text`. `$$` stands for a literal `$`.
 /// An unknown name is an error that lists what is available.
-pub fn substitute(text: &str, vars: &Vars) -> Result<String, String> {
+pub fn substitute(text: &str, vars: &Vars) -> Result<String, SubstError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(pos) = rest.find('$') {
@@ -57,14 +79,12 @@ pub fn substitute(text: &str, vars: &Vars) -> Result<String, String> {
         } else if let Some(body) = after.strip_prefix('{') {
             let end = body
                 .find('}')
-                .ok_or_else(|| format!("unterminated ${{...}} in {text:?}"))?;
+                .ok_or_else(|| SubstError::Unterminated { text: text.into() })?;
             let name = &body[..end];
-            let value = vars.0.get(name).ok_or_else(|| {
-                let known: Vec<&str> = vars.0.keys().map(String::as_str).take(12).collect();
-                format!(
-                    "unknown variable ${{{name}}} in {text:?}; available: {}",
-                    known.join(", ")
-                )
+            let value = vars.0.get(name).ok_or_else(|| SubstError::Unknown {
+                name: name.into(),
+                text: text.into(),
+                available: vars.0.keys().take(12).cloned().collect(),
             })?;
             out.push_str(value);
             rest = &body[end + 1..];
@@ -110,7 +130,7 @@ mod tests {
 
     #[test]
     fn unknown_names_fail_with_the_list() {
-        let e = substitute("${nope.ip}", &vars()).unwrap_err();
+        let e = substitute("${nope.ip}", &vars()).unwrap_err().to_string();
         assert!(
             e.contains("unknown variable ${nope.ip}") && e.contains("server.ip"),
             "{e}"
@@ -118,6 +138,7 @@ mod tests {
         assert!(
             substitute("${server.ip", &vars())
                 .unwrap_err()
+                .to_string()
                 .contains("unterminated")
         );
     }

@@ -7,10 +7,8 @@ struct Doc {
     link: LinkCondition,
 }
 
-fn parse(s: &str) -> Result<LinkCondition, String> {
-    toml::from_str::<Doc>(s)
-        .map(|d| d.link)
-        .map_err(|e| e.to_string())
+fn parse(s: &str) -> Result<LinkCondition, toml::de::Error> {
+    toml::from_str::<Doc>(s).map(|d| d.link)
 }
 
 #[test]
@@ -27,15 +25,19 @@ fn presets_by_name_and_table_overrides() {
 
 #[test]
 fn bad_input_is_named() {
-    let e = parse("link = \"5g\"").unwrap_err();
+    let e = parse("link = \"5g\"").unwrap_err().to_string();
     assert!(e.contains("unknown link preset \"5g\""), "{e}");
-    let e = parse("link = { loss = \"150%\" }").unwrap_err();
+    let e = parse("link = { loss = \"150%\" }").unwrap_err().to_string();
     assert!(e.contains("loss = 150% is out of range"), "{e}");
-    let e = parse("link = { delay = \"-5ms\" }").unwrap_err();
+    let e = parse("link = { delay = \"-5ms\" }")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("negative duration \"-5ms\""), "{e}");
-    let e = parse("link = { jitter = \"5ms\" }").unwrap_err();
+    let e = parse("link = { jitter = \"5ms\" }")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("jitter needs a delay"), "{e}");
-    let e = parse("link = { delya = \"5ms\" }").unwrap_err();
+    let e = parse("link = { delya = \"5ms\" }").unwrap_err().to_string();
     assert!(e.contains("unknown field `delya`"), "{e}");
     assert!(LinkCondition::default().loss(101.0).validate().is_err());
 }

@@ -147,7 +147,7 @@ impl std::str::FromStr for Nat {
             .into_iter()
             .find(|n| n.name() == s.trim())
             .ok_or_else(|| {
-                crate::Error::Invalid(format!(
+                crate::Error::invalid("nat", crate::InvalidReason::Unknown, format!(
                     "unknown NAT mode {s:?}: use one of none, full-cone, address-restricted, port-restricted, symmetric, cgnat, home, corporate, cloud-nat"
                 ))
             })

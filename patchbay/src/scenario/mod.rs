@@ -331,16 +331,19 @@ pub enum Mode {
     Virtual,
 }
 
+/// A [`Mode`] name that is none of `real`, `compressed`, `virtual`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown mode {0:?}: use real, compressed or virtual (comma-separated for bench --modes)")]
+pub struct UnknownMode(pub String);
+
 impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownMode;
+    fn from_str(s: &str) -> Result<Self, UnknownMode> {
         match s {
             "real" => Ok(Mode::Real),
             "compressed" => Ok(Mode::Compressed),
             "virtual" => Ok(Mode::Virtual),
-            _ => Err(format!(
-                "unknown mode {s:?}: use real, compressed or virtual (comma-separated for bench --modes)"
-            )),
+            _ => Err(UnknownMode(s.to_string())),
         }
     }
 }

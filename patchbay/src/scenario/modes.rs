@@ -188,7 +188,7 @@ mod tests {
         assert_eq!(runs_per_scenario(&all), 5);
         assert_eq!(runs_per_scenario(&[Mode::Compressed]), 2);
         assert_eq!(runs_per_scenario(&[Mode::Virtual]), 3);
-        let e = "fast".parse::<Mode>().expect_err("unknown");
+        let e = "fast".parse::<Mode>().expect_err("unknown").to_string();
         assert!(e.contains("real, compressed or virtual"), "{e}");
     }
 

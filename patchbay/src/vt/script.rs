@@ -73,11 +73,11 @@ pub(crate) fn shell_quote(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Environment variables by name.
+type Env = BTreeMap<String, String>;
+
 /// The command's environment: defaults, then the caller's variables (which win), sorted.
-pub(crate) fn command_env(
-    results: &Path,
-    user: &[(String, String)],
-) -> Result<BTreeMap<String, String>, VtError> {
+pub(crate) fn command_env(results: &Path, user: &[(String, String)]) -> Result<Env, VtError> {
     let mut env = BTreeMap::new();
     env.insert("PATH".to_string(), DEFAULT_PATH.to_string());
     env.insert("HOME".to_string(), "/root".to_string());
