@@ -17,6 +17,9 @@ pub enum Error {
     /// The lab description is invalid (caught before touching the kernel).
     #[error("invalid lab: {0}")]
     Invalid(String),
+    /// A time scale outside 1 ≤ k ≤ [`crate::compress::MAX_TIME_SCALE`].
+    #[error(transparent)]
+    TimeScale(#[from] crate::compress::ScaleError),
     /// This process lacks a privilege patchbay needs.
     #[error("{0}")]
     Privilege(String),

@@ -68,7 +68,7 @@ pub(crate) struct Artifacts {
     dir: PathBuf,
     keep: bool,
     start: Instant,
-    scale: f64,
+    scale: crate::compress::TimeScale,
     seq: AtomicU64,
     events: Mutex<Option<File>>,
     manifest: Mutex<Manifest>,
@@ -169,8 +169,8 @@ impl Artifacts {
         keep: bool,
         id: &str,
         name: &str,
-        time_mode: &'static str,
-        scale: f64,
+        mode: super::TimeMode,
+        seed: Option<u64>,
         start: Instant,
     ) -> Result<Artifacts> {
         if check_reusable(dir)? {
@@ -189,7 +189,7 @@ impl Artifacts {
             dir: dir.to_path_buf(),
             keep,
             start,
-            scale,
+            scale: mode.scale(),
             seq: AtomicU64::new(0),
             events: Mutex::new(Some(events)),
             manifest: Mutex::new(Manifest {
@@ -198,9 +198,9 @@ impl Artifacts {
                 kind: "lab",
                 name: name.to_string(),
                 id: id.to_string(),
-                time_mode,
-                time_scale: scale,
-                seed: None,
+                time_mode: mode.name(),
+                time_scale: mode.scale().get(),
+                seed,
                 started_unix_ms: unix_ms(),
                 ended_unix_ms: None,
                 status: "running",
@@ -219,7 +219,11 @@ impl Artifacts {
             warned: AtomicBool::new(false),
         };
         a.write_manifest();
-        a.emit(None, "lab.start", json!({ "id": id, "time_scale": scale }));
+        a.emit(
+            None,
+            "lab.start",
+            json!({ "id": id, "time_scale": mode.scale().get() }),
+        );
         Ok(a)
     }
 
@@ -236,7 +240,7 @@ impl Artifacts {
     /// (wall_ms, virtual_ms) of a wall offset since the lab start.
     pub fn at(&self, since_start: Duration) -> (f64, f64) {
         let w = ms(since_start);
-        (w, w * self.scale)
+        (w, self.scale.get() * w)
     }
 
     fn warn_once(&self, what: &str, e: &dyn std::fmt::Display) {
@@ -411,7 +415,7 @@ impl Artifacts {
             let data = serde_json::to_value(ev.tcp).unwrap_or(Value::Null);
             self.emit_at(w, v, Some(&ev.node), "tcp", data);
         }
-        if lab.compression().scale() > 1.0 {
+        if !lab.compression().scale().is_real_time() {
             match lab.compression().report() {
                 Ok(r) => {
                     self.write_json("compression.json", &r);
@@ -522,16 +526,10 @@ pub(crate) fn for_lab(
     opts: &super::LabOpts,
     id: &str,
     comp: &super::compression::Compression,
+    seed: Option<u64>,
 ) -> Result<Option<Arc<Artifacts>>> {
     let Some(dir) = &opts.outdir else {
         return Ok(None);
-    };
-    let mode = if opts.virtual_time {
-        "virtual"
-    } else if comp.scale() > 1.0 {
-        "compressed"
-    } else {
-        "real"
     };
     let name = opts.label.clone().unwrap_or_else(|| "lab".into());
     let a = Artifacts::create(
@@ -539,8 +537,8 @@ pub(crate) fn for_lab(
         opts.keep_artifacts,
         id,
         &name,
-        mode,
-        comp.scale(),
+        opts.time,
+        seed,
         comp.clock().start(),
     )?;
     Ok(Some(Arc::new(a)))
@@ -589,7 +587,16 @@ mod tests {
         let base = std::env::temp_dir().join(format!("pb-art-ev-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         let start = Instant::now() - Duration::from_millis(100);
-        let a = Artifacts::create(&base, true, "t-1-0", "t", "compressed", 10.0, start).unwrap();
+        let a = Artifacts::create(
+            &base,
+            true,
+            "t-1-0",
+            "t",
+            crate::lab::TimeMode::compressed(10.0).unwrap(),
+            None,
+            start,
+        )
+        .unwrap();
         a.emit(Some("n"), "mark", json!({"x": 1}));
         let text = std::fs::read_to_string(base.join("events.jsonl")).unwrap();
         let lines: Vec<Value> = text

@@ -158,8 +158,8 @@ impl Node {
             source,
         })?;
         let comp = lab.compression();
-        let scale = comp.scale();
-        let virtual_time = lab.opts().virtual_time;
+        let scale = comp.scale().get();
+        let virtual_time = lab.opts().time.is_virtual();
         let since_start = comp.clock().start().elapsed();
         let now_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -52,7 +52,7 @@ pub use device::{Device, DeviceBuilder};
 pub use faults::{Direction, FaultGuard};
 pub use handle::Exchange;
 pub use node::{Iface, Node, NodeKind};
-pub use opts::LabOpts;
+pub use opts::{LabOpts, TimeMode};
 pub use probe::{NatBehavior, NatFiltering, NatMapping, Reflector};
 pub use region::Region;
 pub use router::{Router, RouterBuilder};
@@ -111,16 +111,10 @@ impl Lab {
     /// bridge that top-level routers join.
     pub async fn with_opts(opts: LabOpts) -> Result<Lab> {
         check_privileges()?;
-        if opts.virtual_time && std::env::var_os("PATCHBAY_VT").is_none() {
-            return Err(Error::Invalid(
-                "this lab asks for virtual time, but the process is not running inside patchbay's User-Mode-Linux kernel: run it as `patchbay vt -- <command>` (for tests, set CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=\"patchbay vt --\"; build the kernel once with `cargo xtask build-uml`)".into(),
-            ));
-        }
-        if opts.virtual_time && opts.time_scale != 1.0 {
-            return Err(Error::Invalid(
-                "virtual time and a time scale exclude each other: under virtual time every timer is already exact; drop time_scale".into(),
-            ));
-        }
+        let seed = match opts.time {
+            TimeMode::Virtual { seed } => Some(check_virtual_time(seed)?),
+            _ => None,
+        };
         let comp = compression::Compression::new(&opts)?;
         let n = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
         let id = format!(
@@ -136,7 +130,7 @@ impl Lab {
             Err(_) if crate::sys::userns::in_userns() => None,
             Err(e) => return Err(e.into()),
         };
-        let artifacts = artifacts::for_lab(&opts, &id, &comp)?;
+        let artifacts = artifacts::for_lab(&opts, &id, &comp, seed.flatten())?;
         let root = Netns::new(&format!("{id}-root"))?;
         let inner = Arc::new(LabInner {
             id,
@@ -199,9 +193,14 @@ impl Lab {
         self.node(name).and_then(Router::from_node)
     }
 
-    /// The lab's time scale k (1 = real time).
-    pub fn time_scale(&self) -> f64 {
+    /// The lab's time scale k (1 = real time, and under virtual time).
+    pub fn time_scale(&self) -> crate::compress::TimeScale {
         self.inner.comp.scale()
+    }
+
+    /// How time runs in the lab (see [`LabOpts::time_mode`]).
+    pub fn time_mode(&self) -> TimeMode {
+        self.inner.opts.time
     }
 
     /// The lab clock: virtual time since the lab started.
@@ -406,6 +405,36 @@ fn sweep_stale_state_dirs() {
     }
 }
 
+/// Checks that this process runs inside patchbay's User-Mode-Linux kernel (`PATCHBAY_VT` is
+/// set by its init) booted with `want` when a seed is asked for. Returns the guest's seed.
+fn check_virtual_time(want: Option<u64>) -> Result<Option<u64>> {
+    if std::env::var_os("PATCHBAY_VT").is_none() {
+        return Err(Error::Invalid(
+            "this lab asks for virtual time, but the process is not running inside patchbay's User-Mode-Linux kernel: run it as `patchbay vt -- <command>` (for tests, set CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=\"patchbay vt --\"; build the kernel once with `cargo xtask build-uml`)".into(),
+        ));
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|source| Error::Io {
+        context: "reading /proc/cmdline for the guest's seed".into(),
+        source,
+    })?;
+    let have = guest_seed(&cmdline);
+    match want {
+        Some(w) if have != Some(w) => Err(Error::Invalid(format!(
+            "this lab asks for virtual time with seed {w}, but the guest kernel was booted with {}: run it as `patchbay vt --seed {w} -- <command>`, or ask for TimeMode::Virtual {{ seed: None }}",
+            have.map_or("no seed".to_string(), |s| format!("seed {s}"))
+        ))),
+        _ => Ok(have),
+    }
+}
+
+/// The `patchbay_seed=N` of a kernel command line.
+fn guest_seed(cmdline: &str) -> Option<u64> {
+    cmdline
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("patchbay_seed="))
+        .and_then(|n| n.parse().ok())
+}
+
 fn check_privileges() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         let caps = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -423,4 +452,15 @@ fn check_privileges() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guest_seed_comes_from_the_kernel_command_line() {
+        assert_eq!(guest_seed("mem=1G patchbay_seed=17 time-travel"), Some(17));
+        assert_eq!(guest_seed("mem=1G time-travel"), None);
+    }
 }
