@@ -311,14 +311,19 @@ impl Artifacts {
     }
 
     /// Writes a topology change left pending, once it is due.
-    fn flush_topology(&self, lab: &super::LabInner) {
+    pub fn flush_topology(&self, lab: &super::LabInner) {
         if self.topo_pending.load(Ordering::Relaxed) {
             self.topology_changed(lab);
         }
     }
 
     /// Remembers node `name` as it is now (see `Extras::snapshot`).
-    fn snapshot(&self, lab: &super::LabInner, name: &str) {
+    /// Records the firewall of `node` for topology.json.
+    pub fn set_firewall(&self, node: &str, fw: Value) {
+        lock(&self.firewalls).insert(node.to_string(), fw);
+    }
+
+    pub fn snapshot(&self, lab: &super::LabInner, name: &str) {
         let fws = lock(&self.firewalls).clone();
         let regions = lab.region_routers();
         let t = lab.topo();
@@ -455,68 +460,6 @@ impl Artifacts {
                 lock(&self.manifest).id,
                 self.dir.display()
             );
-        }
-    }
-}
-
-impl super::Lab {
-    /// The lab's output directory, if it has one ([`super::LabOpts::outdir`]).
-    pub fn outdir(&self) -> Option<PathBuf> {
-        self.inner.artifacts().map(|a| a.dir().to_path_buf())
-    }
-
-    /// Marks the run failed: `run.json` says `failed` (with `why`) and the
-    /// output directory is kept. A lab dropped while its thread panics (a
-    /// failed assertion) is marked failed on its own; call this when a test
-    /// fails by returning an error.
-    pub fn fail(&self, why: impl Into<String>) {
-        if let Some(a) = self.inner.artifacts() {
-            a.fail(Some(why.into()));
-        }
-    }
-
-    /// Appends an event to `events.jsonl` (no-op without an outdir), and
-    /// writes a topology change left pending (callers hold no lab lock).
-    pub(crate) fn emit(&self, node: Option<&str>, kind: &str, data: Value) {
-        emit(&self.inner, node, kind, data);
-        if let Some(a) = self.inner.artifacts() {
-            a.flush_topology(&self.inner);
-        }
-    }
-
-    /// Writes a user mark into `events.jsonl` (kind `mark`), e.g. to label
-    /// the phases of a test on the web view's timeline.
-    pub fn mark(&self, label: &str, data: Value) {
-        emit(
-            &self.inner,
-            None,
-            "mark",
-            json!({"label": label, "data": data}),
-        );
-    }
-}
-
-impl super::node::Node {
-    /// Records a firewall change (event and topology.json).
-    pub(crate) fn firewall_changed(&self, fw: &crate::Firewall) {
-        let v = serde_json::to_value(fw).unwrap_or_default();
-        if let Some(lab) = self.inner.lab.upgrade()
-            && let Some(a) = lab.artifacts()
-        {
-            lock(&a.firewalls).insert(self.name().to_string(), v.clone());
-        }
-        self.record("firewall.changed", v, true);
-    }
-
-    /// Records an event about this node (no-op without an outdir); with
-    /// `topology`, rewrites topology.json too.
-    pub(crate) fn record(&self, kind: &str, data: Value, topology: bool) {
-        if let Some(lab) = self.inner.lab.upgrade() {
-            emit(&lab, Some(self.name()), kind, data);
-            if topology && let Some(a) = lab.artifacts() {
-                a.snapshot(&lab, self.name());
-                a.topology_changed(&lab);
-            }
         }
     }
 }

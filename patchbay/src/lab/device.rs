@@ -11,6 +11,7 @@ use crate::sys::netns::{Netns, Task};
 use super::LabInner;
 use super::node::{Iface, Node, NodeInner, NodeKind};
 use super::topo::{Member, check_ifname};
+use super::wiring::sync_carriers;
 
 /// Builds a [`Device`]; from [`crate::Lab::add_device`].
 #[derive(Debug)]
@@ -146,7 +147,7 @@ impl DeviceBuilder {
                 let rec = t.router_mut(r)?;
                 if let Some(m) = mtu {
                     let v6 = rec.lan.ip.has_v6().then(|| rec.lan.lan.gateway().1);
-                    super::shaping::check_mtu(&format!("{name}.{i}"), m, v6)?;
+                    super::wiring::check_mtu(&format!("{name}.{i}"), m, v6)?;
                 }
             }
             let mut planned = vec![];
@@ -348,17 +349,6 @@ async fn add_dummy(
         prefix: v4.map_or(0, |n| n.prefix_len()),
         peer: String::new(),
     })
-}
-
-/// Runs the link watcher for freshly connected interfaces so they can send
-/// at once (see [`netlink::sync_carrier`]). Failures only cost the delay the
-/// kernel would have imposed anyway, so they are logged, not returned.
-pub(crate) fn sync_carriers(names: &[&str]) {
-    for n in names {
-        if let Err(e) = netlink::sync_carrier(n) {
-            tracing::debug!("ETHTOOL_GLINK on {n} failed: {e}");
-        }
-    }
 }
 
 /// A device of a lab. Cheap to clone; dereferences to [`Node`].

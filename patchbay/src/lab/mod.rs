@@ -36,9 +36,11 @@ mod presets;
 mod prewarm;
 mod probe;
 mod region;
+mod region_routes;
 mod router;
 mod shaping;
 mod topo;
+mod wiring;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -88,7 +90,7 @@ pub(crate) struct LabInner {
     state_dir: Mutex<Option<std::path::PathBuf>>,
     /// Names and nameservers (see `dns_ops.rs`).
     pub(crate) dns: Mutex<crate::dns::LabDns>,
-    regions: Mutex<region::Regions>,
+    regions: Mutex<region_routes::Regions>,
     artifacts: Option<Arc<artifacts::Artifacts>>,
 }
 
@@ -154,7 +156,7 @@ impl Lab {
             netlink::create_bridge("ix", IX_BRIDGE_INDEX, bridge_mac).await?;
             netlink::add_addr(IX_BRIDGE_INDEX, addr::IX_ROOT_V4.into(), addr::V4_PREFIX).await?;
             netlink::add_addr(IX_BRIDGE_INDEX, addr::IX_ROOT_V6.into(), addr::V6_PREFIX).await?;
-            device::sync_carriers(&["ix"]);
+            wiring::sync_carriers(&["ix"]);
             Ok(())
         })
         .await?
@@ -224,6 +226,41 @@ impl Lab {
     /// Names of all nodes, sorted.
     pub fn node_names(&self) -> Vec<String> {
         self.inner.topo().names()
+    }
+
+    /// The lab's output directory, if it has one ([`LabOpts::outdir`]).
+    pub fn outdir(&self) -> Option<std::path::PathBuf> {
+        self.inner.artifacts().map(|a| a.dir().to_path_buf())
+    }
+
+    /// Marks the run failed: `run.json` says `failed` (with `why`) and the
+    /// output directory is kept. A lab dropped while its thread panics (a
+    /// failed assertion) is marked failed on its own; call this when a test
+    /// fails by returning an error.
+    pub fn fail(&self, why: impl Into<String>) {
+        if let Some(a) = self.inner.artifacts() {
+            a.fail(Some(why.into()));
+        }
+    }
+
+    /// Appends an event to `events.jsonl` (no-op without an outdir), and
+    /// writes a topology change left pending (callers hold no lab lock).
+    pub(crate) fn emit(&self, node: Option<&str>, kind: &str, data: serde_json::Value) {
+        artifacts::emit(&self.inner, node, kind, data);
+        if let Some(a) = self.inner.artifacts() {
+            a.flush_topology(&self.inner);
+        }
+    }
+
+    /// Writes a user mark into `events.jsonl` (kind `mark`), e.g. to label
+    /// the phases of a test on the web view's timeline.
+    pub fn mark(&self, label: &str, data: serde_json::Value) {
+        artifacts::emit(
+            &self.inner,
+            None,
+            "mark",
+            serde_json::json!({"label": label, "data": data}),
+        );
     }
 }
 

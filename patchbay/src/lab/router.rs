@@ -24,7 +24,7 @@ pub struct RouterBuilder {
     pub(super) lan_kind: Option<LanKind>,
     pub(super) nat: crate::nat::NatConfig,
     pub(super) firewall: Option<crate::firewall::Firewall>,
-    pub(super) extras: super::shaping::RouterExtras,
+    pub(super) extras: RouterExtras,
     pub(super) ip: IpSupport,
     pub(super) nat_v6: NatV6Mode,
 }
@@ -142,7 +142,7 @@ impl RouterBuilder {
                 Upstream::Exchange => IpSupport::DualStack,
                 Upstream::Router(p) => t.router_mut(p)?.lan.ip,
             };
-            super::nat6_ops::check_ip_plan(&name, ip, nat_v6, upstream.as_deref(), up_ip)?;
+            check_ip_plan(&name, ip, nat_v6, upstream.as_deref(), up_ip)?;
             let mut lan = t.addr.alloc_lan(lan_kind)?;
             if nat_v6.hides_lan() {
                 lan.v6 = addr::ula_of(lan.v6);
@@ -237,7 +237,7 @@ impl RouterBuilder {
                 netlink::add_addr(wan_index, uplink.1.into(), addr::V6_PREFIX).await?;
                 netlink::add_route_v6(Ipv6Addr::UNSPECIFIED, 0, parent_gw.1).await?;
             }
-            super::device::sync_carriers(&["wan"]);
+            super::wiring::sync_carriers(&["wan"]);
             Ok(())
         })
         .await?
@@ -252,7 +252,7 @@ impl RouterBuilder {
             "lan"
         };
         parent_ns
-            .run_sync(move || super::device::sync_carriers(&[&port_name, parent_bridge_name]))?;
+            .run_sync(move || super::wiring::sync_carriers(&[&port_name, parent_bridge_name]))?;
 
         node.add_iface(Iface {
             name: "wan".into(),
@@ -342,7 +342,7 @@ impl RouterBuilder {
         router.configure(firewall).await?;
         router.configure_v6(nat_v6, lan_v6).await?;
         extras.apply(&router).await?;
-        super::region::router_added(&lab, &name).await?;
+        super::region_routes::router_added(&lab, &name).await?;
         router.record(
             "node.added",
             serde_json::json!({"kind": "router", "upstream": upstream, "nat": router.nat_config()?.nat.name()}),
@@ -480,5 +480,146 @@ impl Router {
             IpAddr::V4(_) => self.ip().map(IpAddr::V4),
             IpAddr::V6(_) => self.ip6().map(IpAddr::V6),
         }
+    }
+}
+
+/// Build-time MTU and PMTU settings of a router (see [`RouterBuilder::mtu`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RouterExtras {
+    pub mtu: Option<u32>,
+    pub block_pmtu: bool,
+}
+
+impl RouterExtras {
+    pub(crate) fn validate(&self, router: &str) -> Result<()> {
+        match self.mtu {
+            // Every lab link carries IPv6 today.
+            Some(m) => super::wiring::check_mtu(
+                &format!("router {router} (wan and lan)"),
+                m,
+                Some(std::net::Ipv6Addr::LOCALHOST),
+            )
+            .map_err(|e| match e {
+                Error::Invalid(s) => Error::Invalid(s.replace(" (::1)", "")),
+                e => e,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) async fn apply(&self, router: &Router) -> Result<()> {
+        if let Some(m) = self.mtu {
+            router.set_mtu("wan", m).await?;
+            router.set_mtu("lan", m).await?;
+        }
+        if self.block_pmtu {
+            router.block_icmp_frag_needed(true).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a router's address families against its NAT modes and its
+/// upstream, before anything is allocated.
+pub(crate) fn check_ip_plan(
+    name: &str,
+    ip: IpSupport,
+    nat_v6: NatV6Mode,
+    upstream: Option<&str>,
+    up_ip: IpSupport,
+) -> Result<()> {
+    let up = upstream.map_or("the exchange".to_string(), |u| format!("router {u}"));
+    if nat_v6 != NatV6Mode::None && !ip.has_v6() {
+        return Err(Error::Invalid(format!(
+            "router {name}: nat_v6 = {} needs IPv6 on its LAN, but its ip_support is {}; use ip_support dual-stack or v6-only, or drop nat_v6",
+            nat_v6.name(),
+            ip.name()
+        )));
+    }
+    if nat_v6 == NatV6Mode::Nat64 && !up_ip.has_v4() {
+        return Err(Error::Invalid(format!(
+            "router {name}: nat_v6 = nat64 translates to IPv4, but its upstream {up} is {} (no IPv4 uplink); attach it to a dual-stack or v4-only upstream",
+            up_ip.name()
+        )));
+    }
+    if ip.has_v4() && !up_ip.has_v4() {
+        return Err(Error::Invalid(format!(
+            "router {name} is {} but its upstream {up} is {}: IPv4 on its LAN would lead nowhere; make {name} v6-only or give the upstream IPv4",
+            ip.name(),
+            up_ip.name()
+        )));
+    }
+    if ip.has_v6() && !up_ip.has_v6() && nat_v6 != NatV6Mode::Nat64 {
+        return Err(Error::Invalid(format!(
+            "router {name} is {} but its upstream {up} is {}: IPv6 on its LAN would lead nowhere; make {name} v4-only, give the upstream IPv6, or translate with nat_v6 = nat64",
+            ip.name(),
+            up_ip.name()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_router_mtu_below_the_ipv6_minimum_names_the_router() {
+        let e = RouterExtras {
+            mtu: Some(1000),
+            block_pmtu: false,
+        }
+        .validate("r")
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("router r (wan and lan)") && e.contains("IPv6"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_plans_name_both_parts() {
+        let e = check_ip_plan(
+            "carrier",
+            IpSupport::V4Only,
+            NatV6Mode::Nat64,
+            None,
+            IpSupport::DualStack,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("nat64") && e.contains("v4-only"), "{e}");
+        let e = check_ip_plan(
+            "carrier",
+            IpSupport::V6Only,
+            NatV6Mode::Nat64,
+            Some("isp"),
+            IpSupport::V6Only,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("router isp") && e.contains("nat64"), "{e}");
+        let e = check_ip_plan(
+            "home",
+            IpSupport::DualStack,
+            NatV6Mode::None,
+            Some("isp"),
+            IpSupport::V6Only,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("home") && e.contains("router isp"), "{e}");
+        assert!(
+            check_ip_plan(
+                "c",
+                IpSupport::V6Only,
+                NatV6Mode::Nat64,
+                None,
+                IpSupport::DualStack
+            )
+            .is_ok()
+        );
     }
 }
