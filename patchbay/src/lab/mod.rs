@@ -38,6 +38,7 @@ mod probe;
 mod region;
 mod region_routes;
 mod router;
+mod router_build;
 mod shaping;
 mod topo;
 mod wiring;
