@@ -19,6 +19,9 @@ pub enum Error {
     /// the kernel): which node, which field, why.
     #[error("invalid lab: {0}")]
     Invalid(#[from] InvalidLab),
+    /// A time scale outside 1 ≤ k ≤ [`crate::compress::MAX_TIME_SCALE`].
+    #[error(transparent)]
+    TimeScale(#[from] crate::compress::ScaleError),
     /// This process lacks a privilege patchbay needs.
     #[error("{0}")]
     Privilege(String),

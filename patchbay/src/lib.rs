@@ -47,7 +47,7 @@ pub use invalid::{InvalidLab, InvalidReason};
 pub use lab::{
     CaptureGuard, Device, DeviceBuilder, Direction, Exchange, FaultGuard, Iface, Lab, LabClock,
     LabEvent, LabOpts, NatBehavior, NatFiltering, NatMapping, Node, NodeKind, Reflector, Region,
-    Router, RouterBuilder,
+    Router, RouterBuilder, TimeMode,
 };
 pub use link::{LinkCondition, LinkError, LinkTiming, Preset};
 pub use nat::{

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use patchbay::bpf::EventKind;
-use patchbay::{Direction, Lab, LabOpts};
+use patchbay::{Direction, Lab, LabOpts, TimeMode};
 use patchbay_tests::*;
 
 struct SynRun {
@@ -24,7 +24,7 @@ struct SynRun {
 async fn syn_blackhole(k: f64) -> Result<SynRun> {
     let lab = Lab::with_opts(
         LabOpts::default()
-            .time_scale(k)
+            .time_mode(TimeMode::compressed(k)?)
             .telemetry(true)
             .tcp_syn_retries(3),
     )
@@ -89,7 +89,12 @@ async fn timing_syn_blackhole_k20_is_15x_faster_with_the_same_retransmits() -> R
 /// An established connection, then the server goes silent, then the client
 /// writes until the kernel gives up.
 async fn data_blackhole(k: f64) -> Result<(Duration, std::io::ErrorKind)> {
-    let lab = Lab::with_opts(LabOpts::default().time_scale(k).tcp_retries2(5)).await?;
+    let lab = Lab::with_opts(
+        LabOpts::default()
+            .time_mode(TimeMode::compressed(k)?)
+            .tcp_retries2(5),
+    )
+    .await?;
     let r = lab.add_router("r").build().await?;
     let server = lab.add_device("server").iface("eth0", &r).build().await?;
     let client = lab.add_device("client").iface("eth0", &r).build().await?;
@@ -209,7 +214,7 @@ fn socket2_like() -> std::os::fd::OwnedFd {
 #[tokio::test]
 async fn app_set_user_timeout_and_keepalive_are_scaled_only_in_compressed_labs() -> Result<()> {
     skip_if!(compression_unavailable());
-    let fast = Lab::with_opts(LabOpts::default().time_scale(20.0)).await?;
+    let fast = Lab::with_opts(LabOpts::default().time_mode(TimeMode::compressed(20.0)?)).await?;
     let r = fast.add_router("r").build().await?;
     let d = fast.add_device("d").iface("eth0", &r).build().await?;
     let real = Lab::with_opts(LabOpts::default().telemetry(true)).await?;
@@ -260,7 +265,7 @@ fn host_values() -> Vec<Option<String>> {
 async fn report_matches_what_the_kernel_has_and_the_host_is_untouched() -> Result<()> {
     skip_if!(compression_unavailable());
     let before = host_values();
-    let lab = Lab::with_opts(LabOpts::default().time_scale(20.0)).await?;
+    let lab = Lab::with_opts(LabOpts::default().time_mode(TimeMode::compressed(20.0)?)).await?;
     let r = lab.add_router("r").build().await?;
     let d = lab.add_device("d").iface("eth0", &r).build().await?;
     let report = lab.compression_report()?;
@@ -339,12 +344,8 @@ async fn report_matches_what_the_kernel_has_and_the_host_is_untouched() -> Resul
 
 #[tokio::test]
 async fn bad_time_scales_are_clear_errors() -> Result<()> {
-    require_root!();
     for k in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e9, 0.5] {
-        let e = Lab::with_opts(LabOpts::default().time_scale(k))
-            .await
-            .expect_err("must fail")
-            .to_string();
+        let e = TimeMode::compressed(k).expect_err("must fail").to_string();
         assert!(e.contains("time scale"), "k={k}: {e}");
     }
     Ok(())
@@ -358,7 +359,8 @@ async fn child_scale_probe() -> Result<()> {
     let Ok(k) = std::env::var("PATCHBAY_TEST_CHILD_K") else {
         return Ok(());
     };
-    let lab = Lab::with_opts(LabOpts::default().time_scale(k.parse()?)).await?;
+    let lab =
+        Lab::with_opts(LabOpts::default().time_mode(TimeMode::compressed(k.parse()?)?)).await?;
     let r = lab.add_router("r").build().await?;
     let d = lab.add_device("d").iface("eth0", &r).build().await?;
     // Hold the lab while the other process builds its own.
@@ -395,8 +397,8 @@ fn two_labs_with_different_k_in_two_processes() -> Result<()> {
 #[tokio::test]
 async fn two_labs_with_different_k_in_one_process() -> Result<()> {
     skip_if!(compression_unavailable());
-    let a = Lab::with_opts(LabOpts::default().time_scale(10.0)).await?;
-    let b = Lab::with_opts(LabOpts::default().time_scale(30.0)).await?;
+    let a = Lab::with_opts(LabOpts::default().time_mode(TimeMode::compressed(10.0)?)).await?;
+    let b = Lab::with_opts(LabOpts::default().time_mode(TimeMode::compressed(30.0)?)).await?;
     let ra = a.add_router("r").build().await?;
     let rb = b.add_router("r").build().await?;
     let da = a.add_device("d").iface("eth0", &ra).build().await?;
@@ -412,7 +414,12 @@ async fn two_labs_with_different_k_in_one_process() -> Result<()> {
 #[tokio::test]
 async fn sysctl_only_mode_reports_what_is_not_compressed() -> Result<()> {
     skip_if!(compression_unavailable());
-    let lab = Lab::with_opts(LabOpts::default().time_scale(20.0).sysctl_only(true)).await?;
+    let lab = Lab::with_opts(
+        LabOpts::default()
+            .time_mode(TimeMode::compressed(20.0)?)
+            .sysctl_only(true),
+    )
+    .await?;
     let r = lab.add_router("r").build().await?;
     let d = lab.add_device("d").iface("eth0", &r).build().await?;
     assert_eq!(
@@ -460,14 +467,19 @@ async fn compression_on_an_old_kernel_is_a_clear_refusal() -> Result<()> {
         );
         return Ok(());
     }
-    let e = Lab::with_opts(LabOpts::default().time_scale(20.0))
+    let e = Lab::with_opts(LabOpts::default().time_mode(TimeMode::compressed(20.0)?))
         .await
         .expect_err("compression must be refused without the netns cookie")
         .to_string();
     println!("refusal: {e}");
     assert!(e.contains("5.15") && e.contains("sysctl_only"), "{e}");
     // The documented way out works: sysctl-only compression.
-    let lab = Lab::with_opts(LabOpts::default().time_scale(20.0).sysctl_only(true)).await?;
+    let lab = Lab::with_opts(
+        LabOpts::default()
+            .time_mode(TimeMode::compressed(20.0)?)
+            .sysctl_only(true),
+    )
+    .await?;
     let r = lab.add_router("r").build().await?;
     let d = lab.add_device("d").iface("eth0", &r).build().await?;
     assert_eq!(d.sysctl("net/ipv4/tcp_fin_timeout")?, "3");
@@ -481,7 +493,7 @@ async fn compression_on_an_old_kernel_is_a_clear_refusal() -> Result<()> {
 async fn rto_bounds_use_the_mechanism_this_kernel_has() -> Result<()> {
     skip_if!(compression_unavailable());
     use patchbay::compress::{Mechanism, Status};
-    let lab = Lab::with_opts(LabOpts::default().time_scale(20.0)).await?;
+    let lab = Lab::with_opts(LabOpts::default().time_mode(TimeMode::compressed(20.0)?)).await?;
     let r = lab.add_router("r").build().await?;
     let d = lab.add_device("d").iface("eth0", &r).build().await?;
     let report = lab.compression_report()?;

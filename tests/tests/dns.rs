@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use patchbay::{DnsZone, Lab, LabOpts, Node};
+use patchbay::{DnsZone, Lab, LabOpts, Node, TimeMode};
 use patchbay_tests::*;
 
 async fn run(node: &Node, argv: &[&str]) -> Result<(bool, String)> {
@@ -76,7 +76,12 @@ async fn hosts_entries_reach_spawned_processes_only() -> Result<()> {
 }
 
 async fn dns_server_answers(k: f64) -> Result<()> {
-    let lab = Lab::with_opts(LabOpts::default().label("dns").time_scale(k)).await?;
+    let lab = Lab::with_opts(
+        LabOpts::default()
+            .label("dns")
+            .time_mode(TimeMode::compressed(k)?),
+    )
+    .await?;
     let r = lab.add_router("r").build().await?;
     let dns = lab.add_device("dns").iface("eth0", &r).build().await?;
     let client = lab.add_device("client").iface("eth0", &r).build().await?;

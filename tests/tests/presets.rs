@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
-use patchbay::{Device, Lab, LabOpts, Nat, RouterPreset};
+use patchbay::{Device, Lab, LabOpts, Nat, RouterPreset, TimeMode};
 use patchbay_tests::*;
 
 const REFLECT: u16 = 7000;
@@ -125,7 +125,7 @@ async fn preset_timeouts_go_through_the_compression_plan() -> anyhow::Result<()>
     let lab = Lab::with_opts(
         LabOpts::default()
             .label("preset-k")
-            .time_scale(10.0)
+            .time_mode(TimeMode::compressed(10.0)?)
             .sysctl_only(true),
     )
     .await?;

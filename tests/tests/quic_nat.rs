@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use patchbay::{ConntrackTimeouts, Device, Lab, LabOpts, Nat};
+use patchbay::{ConntrackTimeouts, Device, Lab, LabOpts, Nat, TimeMode};
 use patchbay_tests::*;
 
 const PORT: u16 = 4433;
@@ -240,7 +240,7 @@ async fn guest_quic_idle_timeout() -> Result<()> {
     if !in_guest() {
         return Ok(());
     }
-    let w = world(LabOpts::default().virtual_time(true)).await?;
+    let w = world(LabOpts::default().time_mode(TimeMode::Virtual { seed: None })).await?;
     let (after, reason, view) = idle_timeout_case(&w).await?;
     println!("QUIC-IDLE client closed {after:?} after the last arrival: {reason}; server {view:?}");
     assert!(reason.contains("timed out"), "{reason}");
@@ -258,7 +258,7 @@ async fn guest_quic_keepalive_holds() -> Result<()> {
     if !in_guest() {
         return Ok(());
     }
-    let w = world(LabOpts::default().virtual_time(true)).await?;
+    let w = world(LabOpts::default().time_mode(TimeMode::Virtual { seed: None })).await?;
     let idle = Duration::from_secs(600);
     let t = Instant::now();
     let (reply, view) =
@@ -287,7 +287,7 @@ async fn guest_quic_mapping_expires() -> Result<()> {
     if !in_guest() {
         return Ok(());
     }
-    let w = world(LabOpts::default().virtual_time(true)).await?;
+    let w = world(LabOpts::default().time_mode(TimeMode::Virtual { seed: None })).await?;
     let (reply, view) = keepalive_case(
         &w,
         Duration::from_secs(120),
@@ -375,7 +375,7 @@ fn quic_keepalive_40s_migrates_after_the_mapping_expires() -> Result<()> {
 #[tokio::test]
 async fn timing_quic_timers_stay_at_wall_speed_compressed() -> Result<()> {
     require_root!();
-    let w = world(LabOpts::default().time_scale(20.0)).await?;
+    let w = world(LabOpts::default().time_mode(TimeMode::compressed(20.0)?)).await?;
     let clock = w.lab.clock();
     let t = Instant::now();
     let v0 = clock.now();
@@ -392,7 +392,7 @@ async fn timing_quic_timers_stay_at_wall_speed_compressed() -> Result<()> {
         after >= Duration::from_secs(19),
         "quinn's idle timer is not compressed: {after:?}"
     );
-    let w = world(LabOpts::default().time_scale(20.0)).await?;
+    let w = world(LabOpts::default().time_mode(TimeMode::compressed(20.0)?)).await?;
     let (reply, view) = keepalive_case(
         &w,
         Duration::from_secs(20),

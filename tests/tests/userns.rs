@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use patchbay::{Firewall, Lab, LabOpts, Nat};
+use patchbay::{Firewall, Lab, LabOpts, Nat, TimeMode};
 use patchbay_tests::*;
 
 /// Runs before `main`, while the process has one thread: the only moment
@@ -65,12 +65,17 @@ async fn unprivileged_child() -> anyhow::Result<()> {
         .await?;
     assert!(blocked, "inbound connection attempts are dropped");
     // Compression at k > 1 without BPF: a clear error, or the sysctl-only plan.
-    let e = Lab::with_opts(LabOpts::default().time_scale(10.0))
+    let e = Lab::with_opts(LabOpts::default().time_mode(TimeMode::compressed(10.0)?))
         .await
         .unwrap_err()
         .to_string();
     assert!(e.contains("sysctl_only"), "{e}");
-    let k10 = Lab::with_opts(LabOpts::default().time_scale(10.0).sysctl_only(true)).await?;
+    let k10 = Lab::with_opts(
+        LabOpts::default()
+            .time_mode(TimeMode::compressed(10.0)?)
+            .sysctl_only(true),
+    )
+    .await?;
     let r = k10.add_router("r").build().await?;
     assert_eq!(
         r.sysctl("net/ipv4/tcp_fin_timeout")?,

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use patchbay::{Direction, Lab, LabOpts};
+use patchbay::{Direction, Lab, LabOpts, TimeMode};
 use patchbay_tests::*;
 
 /// Runs inside the guest (started by the test below).
@@ -15,7 +15,12 @@ async fn guest_syn_blackhole() -> Result<()> {
     if std::env::var_os("PATCHBAY_VT").is_none() {
         return Ok(());
     }
-    let lab = Lab::with_opts(LabOpts::default().virtual_time(true).tcp_syn_retries(3)).await?;
+    let lab = Lab::with_opts(
+        LabOpts::default()
+            .time_mode(TimeMode::Virtual { seed: None })
+            .tcp_syn_retries(3),
+    )
+    .await?;
     let r = lab.add_router("r").build().await?;
     let server = lab.add_device("server").iface("eth0", &r).build().await?;
     let client = lab.add_device("client").iface("eth0", &r).build().await?;

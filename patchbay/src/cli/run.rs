@@ -16,7 +16,7 @@ pub struct RunArgs {
     json: bool,
     /// Override the file's `[lab] time-scale` (k; 1 = real time).
     #[arg(long, conflicts_with = "virtual_time")]
-    time_scale: Option<f64>,
+    time_scale: Option<patchbay::compress::TimeScale>,
     /// Run the lab in virtual time, inside a User-Mode-Linux kernel (the
     /// same as `[lab] time = "virtual"`).
     #[arg(long = "virtual")]
@@ -78,8 +78,11 @@ pub fn before_runtime(args: &RunArgs) -> anyhow::Result<()> {
 /// ordinary user in a user namespace: eBPF (compression at k > 1, or
 /// telemetry) must be attached in the initial user namespace. The library
 /// refuses the same; this says it in the lab file's words, before the build.
-fn needs_root(file: &LabFile, time_scale: Option<f64>) -> Option<String> {
-    let k = time_scale.or(file.lab.time_scale).unwrap_or(1.0);
+fn needs_root(file: &LabFile, time_scale: Option<patchbay::compress::TimeScale>) -> Option<String> {
+    let k = time_scale
+        .map(f64::from)
+        .or(file.lab.time_scale)
+        .unwrap_or(1.0);
     if k > 1.0 && !file.lab.sysctl_only {
         return Some(format!(
             "time scale {k} compresses TCP timers with eBPF sock_ops, which only root can attach, \
@@ -291,14 +294,21 @@ mod tests {
         let parse = |t: &str| LabFile::parse(t, std::path::Path::new("x.toml")).unwrap();
         let plain = parse("[lab]\nlabel = \"x\"\n");
         assert_eq!(needs_root(&plain, None), None);
-        let why = needs_root(&plain, Some(10.0)).unwrap();
+        let why = needs_root(
+            &plain,
+            Some(patchbay::compress::TimeScale::new(10.0).unwrap()),
+        )
+        .unwrap();
         assert!(
             why.contains("sysctl-only = true") && why.contains("--sysctl-only"),
             "{why}"
         );
         let k10 = parse("[lab]\ntime-scale = 10\n");
         assert!(needs_root(&k10, None).is_some());
-        assert_eq!(needs_root(&k10, Some(1.0)), None);
+        assert_eq!(
+            needs_root(&k10, Some(patchbay::compress::TimeScale::REAL_TIME)),
+            None
+        );
         let sysctl = parse("[lab]\ntime-scale = 10\nsysctl-only = true\n");
         assert_eq!(needs_root(&sysctl, None), None);
         let tele = parse("[lab]\ntelemetry = true\n");

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 
-use super::iface::{Iface, IfaceConfig, IfaceKind};
+use super::iface::{IfaceConfig, IfaceKind};
+use super::link::{LinkCondition, LinkDirection};
 use super::runner::{Runner, run_methods};
 use super::shared::{Entry, IfaceSettings, Kind, LabRef, NodeId, Shared};
 
@@ -165,7 +166,7 @@ impl Device {
             e.ifaces
                 .insert(ifname.to_string(), IfaceSettings::default());
         });
-        cfg.apply_after_build(self, ifname).await?;
+        apply_after_build(&cfg, self, ifname).await?;
         Ok(Iface::new(self.clone(), ifname))
     }
 
@@ -234,7 +235,7 @@ impl DeviceBuilder {
 
     /// Accepted for upstream compatibility; IPv6 routes are always installed statically
     /// here (see the porting guide).
-    pub fn ipv6_provisioning_mode(self, _mode: super::lab::Ipv6ProvisioningMode) -> Self {
+    pub fn ipv6_provisioning_mode(self, _mode: super::ipv6::Ipv6ProvisioningMode) -> Self {
         self
     }
 
@@ -310,7 +311,7 @@ impl DeviceBuilder {
         let id = lab.register(entry.clone());
         let dev = Device::new(id, &entry, LabRef(Arc::downgrade(lab)));
         for (name, cfg) in &self.ifaces {
-            cfg.apply_after_build(&dev, name).await?;
+            apply_after_build(cfg, &dev, name).await?;
         }
         Ok(dev)
     }
@@ -320,4 +321,198 @@ impl DeviceBuilder {
 pub(crate) fn by_id(lab: &Arc<Shared>, id: NodeId) -> Option<Device> {
     let e = lab.entry(id)?;
     (e.kind == Kind::Device).then(|| Device::new(id, &e, LabRef(Arc::downgrade(lab))))
+}
+
+/// What the core builder does not do: conditions and the down state, applied right
+/// after the interface exists, before the caller gets the device.
+pub(crate) async fn apply_after_build(cfg: &IfaceConfig, dev: &Device, name: &str) -> Result<()> {
+    let iface = Iface::new(dev.clone(), name);
+    match (cfg.egress, cfg.ingress) {
+        (Some(e), Some(i)) if e == i => iface.set_condition(e, LinkDirection::Both).await?,
+        (e, i) => {
+            if let Some(e) = e {
+                iface.set_condition(e, LinkDirection::Egress).await?;
+            }
+            if let Some(i) = i {
+                iface.set_condition(i, LinkDirection::Ingress).await?;
+            }
+        }
+    }
+    if cfg.down {
+        iface.link_down().await?;
+    }
+    Ok(())
+}
+
+/// A device interface. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Iface {
+    dev: Device,
+    name: String,
+}
+
+impl Iface {
+    pub(crate) fn new(dev: Device, name: &str) -> Iface {
+        Iface {
+            dev,
+            name: name.to_string(),
+        }
+    }
+
+    fn core(&self) -> Option<crate::Iface> {
+        self.dev.core().ok()?.iface(&self.name)
+    }
+
+    fn settings(&self) -> Option<super::shared::IfaceSettings> {
+        let lab = self.dev.lab_ref().get().ok()?;
+        lab.entry(self.dev.id())?.ifaces.get(&self.name).cloned()
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The device's id.
+    pub fn device_id(&self) -> NodeId {
+        self.dev.id()
+    }
+
+    /// Its IPv4 address.
+    pub fn ip(&self) -> Option<Ipv4Addr> {
+        self.core()?.ip
+    }
+
+    /// Its IPv6 address.
+    pub fn ip6(&self) -> Option<Ipv6Addr> {
+        self.core()?.ip6
+    }
+
+    /// Its link-local IPv6 address.
+    pub fn ll6(&self) -> Option<Ipv6Addr> {
+        Some(self.core()?.ll6())
+    }
+
+    /// The condition on what the device sends.
+    pub fn egress(&self) -> Option<LinkCondition> {
+        self.settings()?.egress
+    }
+
+    /// The condition on what the device receives.
+    pub fn ingress(&self) -> Option<LinkCondition> {
+        self.settings()?.ingress
+    }
+
+    /// Whether it is on a router's LAN.
+    pub fn is_routed(&self) -> bool {
+        self.settings().is_some_and(|s| !s.dummy)
+    }
+
+    /// Whether it is a dummy interface.
+    pub fn is_dummy(&self) -> bool {
+        self.settings().is_some_and(|s| s.dummy)
+    }
+
+    /// Sets the link condition in `direction`.
+    pub async fn set_condition(
+        &self,
+        condition: LinkCondition,
+        direction: LinkDirection,
+    ) -> Result<()> {
+        self.shape(Some(condition), direction).await
+    }
+
+    /// Removes the link condition in `direction`.
+    pub async fn clear_condition(&self, direction: LinkDirection) -> Result<()> {
+        self.shape(None, direction).await
+    }
+
+    async fn shape(&self, c: Option<LinkCondition>, direction: LinkDirection) -> Result<()> {
+        if self.is_dummy() && direction != LinkDirection::Egress {
+            bail!(
+                "{}.{} is a dummy interface: it has no link to shape inbound",
+                self.dev.name(),
+                self.name
+            );
+        }
+        let core_c = c.map(LinkCondition::to_core).unwrap_or_default();
+        self.dev
+            .core()?
+            .set_link_condition_dir(&self.name, core_c, direction.to_core())
+            .await?;
+        let lab = self.dev.lab_ref().get()?;
+        lab.update(self.dev.id(), |e| {
+            let s = e.ifaces.entry(self.name.clone()).or_default();
+            if direction != LinkDirection::Ingress {
+                s.egress = c;
+            }
+            if direction != LinkDirection::Egress {
+                s.ingress = c;
+            }
+        });
+        Ok(())
+    }
+
+    /// Takes the link down (`ip link set dev … down`).
+    pub async fn link_down(&self) -> Result<()> {
+        Ok(self.dev.core()?.link_down(&self.name).await?)
+    }
+
+    /// Brings the link up.
+    pub async fn link_up(&self) -> Result<()> {
+        Ok(self.dev.core()?.link_up(&self.name).await?)
+    }
+
+    /// Adds an IPv4 address (kept next to the interface's own).
+    pub async fn add_ip(&self, ip: Ipv4Addr, prefix_len: u8) -> Result<()> {
+        Ok(self
+            .dev
+            .core()?
+            .add_addr(&self.name, ip.into(), prefix_len)
+            .await?)
+    }
+
+    /// Refuses `op` on a dummy interface (it has no router to take an address from or to move
+    /// to), as upstream does.
+    fn not_dummy(&self, op: &str) -> Result<()> {
+        if self.is_dummy() {
+            bail!(
+                "cannot {op} dummy interface {}.{}: it has no router; declare a routed interface (IfaceConfig::routed) for that",
+                self.dev.name(),
+                self.name
+            );
+        }
+        Ok(())
+    }
+
+    /// A new address from the same LAN (the old one is gone). Refused on a dummy interface.
+    pub async fn renew_ip(&self) -> Result<Ipv4Addr> {
+        self.not_dummy("renew the IP of")?;
+        let i = self.dev.core()?.renew_addr(&self.name).await?;
+        i.ip.ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}.{} has no IPv4 address (a v6-only LAN)",
+                self.dev.name(),
+                self.name
+            )
+        })
+    }
+
+    /// Moves the interface to another router's LAN (same name, new address). Refused on a
+    /// dummy interface.
+    pub async fn replug(&self, to_router: NodeId) -> Result<()> {
+        self.not_dummy("replug")?;
+        let lab = self.dev.lab_ref().get()?;
+        let router = lab.router_core(to_router)?;
+        self.dev.core()?.replug_iface(&self.name, &router).await?;
+        Ok(())
+    }
+
+    /// Removes the interface.
+    pub async fn remove(&self) -> Result<()> {
+        self.dev.core()?.remove_iface(&self.name).await?;
+        let lab = self.dev.lab_ref().get()?;
+        lab.update(self.dev.id(), |e| e.ifaces.remove(&self.name));
+        Ok(())
+    }
 }

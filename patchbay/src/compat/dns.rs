@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Result, anyhow};
 pub use hickory_server::proto::rr::RecordType;
 
-use super::shared::{Shared, block_on, lock};
+use super::sync::{block_on, lock};
 use crate::{DnsRecord, DnsZone};
 
 /// Upstream's record TTL: one second, so changes show at once.
@@ -28,17 +28,15 @@ pub struct DnsServer {
 
 impl DnsServer {
     /// The lab's server, started on first call.
-    pub(crate) fn of(shared: &Shared) -> Result<DnsServer> {
-        let mut slot = lock(&shared.dns);
+    pub(crate) fn of(core: &crate::Lab, slot: &Mutex<Option<DnsServer>>) -> Result<DnsServer> {
+        let mut slot = lock(slot);
         if let Some(s) = slot.as_ref() {
             return Ok(s.clone());
         }
-        let ex = shared.core.exchange();
+        let ex = core.exchange();
         let zone = DnsZone::new().ttl(TTL);
         let server = block_on(ex.serve_dns(zone))?;
-        shared
-            .core
-            .set_nameservers(&[IpAddr::V4(ex.ip()), IpAddr::V6(ex.ip6())])?;
+        core.set_nameservers(&[IpAddr::V4(ex.ip()), IpAddr::V6(ex.ip6())])?;
         let s = DnsServer {
             server: Arc::new(server),
             names: Arc::default(),

@@ -5,15 +5,17 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
-use anyhow::{Result, anyhow, bail};
-use serde::Deserialize;
+use anyhow::{Context, Result, anyhow, bail};
 
 use super::device::{self, Device, DeviceBuilder};
 use super::dns::DnsServer;
+use super::ipv6::{Ipv6DadMode, Ipv6Profile, Ipv6ProvisioningMode};
 use super::ix::Ix;
 use super::link::LinkCondition;
+use super::region::{DefaultRegions, Region, RegionLink};
 use super::router::{self, Router, RouterBuilder};
-use super::shared::{Kind, NodeId, Shared, block_on};
+use super::shared::{Entry, Kind, NodeId, RouterSettings, Shared};
+use super::sync::block_on;
 
 /// Where a lab writes its run directory ([`crate::Lab`]'s artifacts: `run.json`,
 /// `events.jsonl`, command logs; see docs/artifacts.md).
@@ -23,40 +25,6 @@ pub enum OutDir {
     Nested(PathBuf),
     /// Exactly this directory.
     Exact(PathBuf),
-}
-
-/// IPv6 duplicate address detection (accepted for upstream compatibility: addresses are
-/// usable at once here either way).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Ipv6DadMode {
-    /// Kernel default.
-    Enabled,
-    /// Off (upstream's default).
-    #[default]
-    Disabled,
-}
-
-/// How IPv6 routes are provisioned (accepted for upstream compatibility: always static
-/// here).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Ipv6ProvisioningMode {
-    /// Routes installed at build time.
-    #[default]
-    Static,
-    /// Router-advertisement driven (not modelled here: routes stay static).
-    RaDriven,
-}
-
-/// Upstream's IPv6 profiles (accepted; see [`Ipv6ProvisioningMode`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Ipv6Profile {
-    /// DAD off, static routes.
-    Deterministic,
-    /// DAD on, RA-driven routes.
-    Realistic,
 }
 
 /// Configures a [`Lab`]: from [`Lab::builder`].
@@ -292,12 +260,12 @@ impl Lab {
     /// and every node's `/etc/resolv.conf` (for processes and in-process resolvers) points
     /// at it from then on.
     pub fn dns_server(&self) -> Result<DnsServer> {
-        DnsServer::of(&self.shared)
+        DnsServer::of(&self.shared.core, &self.shared.dns)
     }
 
     /// A name's address from the DNS server's records (`None` before it is started).
     pub fn resolve(&self, name: &str) -> Option<IpAddr> {
-        let dns = super::shared::lock(&self.shared.dns).clone()?;
+        let dns = super::sync::lock(&self.shared.dns).clone()?;
         dns.resolve(name)
     }
 
@@ -399,7 +367,78 @@ impl Drop for TestGuard {
     }
 }
 
-pub use super::region::{DefaultRegions, Region, RegionLink};
+impl Lab {
+    fn core_region(&self, r: &Region) -> Result<crate::Region> {
+        self.shared
+            .core
+            .region(r.name())
+            .with_context(|| format!("region {} is not in this lab", r.name()))
+    }
+
+    /// Adds a region.
+    pub async fn add_region(&self, name: &str) -> Result<Region> {
+        let r = self.shared.core.add_region(name).await?;
+        let rname = r.router().name().to_string();
+        let router_id = self.shared.register(Entry {
+            core: rname.clone(),
+            name: rname,
+            kind: Kind::Router,
+            router: Some(RouterSettings {
+                nat: None,
+                nat_v6: crate::NatV6Mode::None,
+                firewall: super::Firewall::None,
+                ip_support: crate::IpSupport::DualStack,
+                mtu: None,
+                region: Some(name.to_string()),
+                ra_enabled: true,
+                ra_interval_secs: 30,
+                ra_lifetime_secs: 1800,
+                downlink: None,
+            }),
+            ifaces: Default::default(),
+            mtu: None,
+        });
+        Ok(Region {
+            name: name.into(),
+            router_id,
+        })
+    }
+
+    /// Links two regions.
+    pub async fn link_regions(&self, a: &Region, b: &Region, link: RegionLink) -> Result<()> {
+        let (ra, rb) = (self.core_region(a)?, self.core_region(b)?);
+        Ok(self
+            .shared
+            .core
+            .link_regions(&ra, &rb, link.to_core())
+            .await?)
+    }
+
+    /// Breaks a region link (traffic detours through a third region linked to both, else is
+    /// dropped).
+    pub async fn break_region_link(&self, a: &Region, b: &Region) -> Result<()> {
+        let (ra, rb) = (self.core_region(a)?, self.core_region(b)?);
+        Ok(self.shared.core.break_region_link(&ra, &rb).await?)
+    }
+
+    /// Restores a broken region link.
+    pub async fn restore_region_link(&self, a: &Region, b: &Region) -> Result<()> {
+        let (ra, rb) = (self.core_region(a)?, self.core_region(b)?);
+        Ok(self.shared.core.restore_region_link(&ra, &rb).await?)
+    }
+
+    /// Adds `us`, `eu` and `asia`, linked with one-way latencies of 40 ms (us–eu), 95 ms
+    /// (us–asia) and 120 ms (eu–asia).
+    pub async fn add_default_regions(&self) -> Result<DefaultRegions> {
+        let us = self.add_region("us").await?;
+        let eu = self.add_region("eu").await?;
+        let asia = self.add_region("asia").await?;
+        self.link_regions(&us, &eu, RegionLink::good(40)).await?;
+        self.link_regions(&us, &asia, RegionLink::good(95)).await?;
+        self.link_regions(&eu, &asia, RegionLink::good(120)).await?;
+        Ok(DefaultRegions { us, eu, asia })
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,7 @@ mod device;
 mod dns;
 mod firewall;
 mod iface;
+mod ipv6;
 mod ix;
 mod lab;
 mod link;
@@ -26,21 +27,21 @@ mod region;
 mod router;
 mod runner;
 mod shared;
+mod sync;
 
-pub use device::{Device, DeviceBuilder};
+pub use device::{Device, DeviceBuilder, Iface};
 pub use firewall::{Firewall, FirewallConfig, FirewallConfigBuilder, PortPolicy};
-pub use iface::{Iface, IfaceConfig};
+pub use iface::IfaceConfig;
+pub use ipv6::{Ipv6DadMode, Ipv6Profile, Ipv6ProvisioningMode};
 pub use ix::Ix;
-pub use lab::{
-    DefaultRegions, Ipv6DadMode, Ipv6Profile, Ipv6ProvisioningMode, Lab, LabBuilder, OutDir,
-    Region, RegionLink, TestGuard,
-};
+pub use lab::{Lab, LabBuilder, OutDir, TestGuard};
 pub use link::{LinkCondition, LinkDirection};
 pub use metrics::MetricsBuilder;
 pub use nat::{
     ConntrackTimeouts, Nat, NatConfig, NatConfigBuilder, NatConfigError, NatFiltering, NatMapping,
 };
 pub use preset::RouterPreset;
+pub use region::{DefaultRegions, Region, RegionLink};
 pub use router::{Router, RouterBuilder, RouterIface};
 pub use runner::ReflectorGuard;
 pub use shared::NodeId;

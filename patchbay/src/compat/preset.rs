@@ -53,8 +53,8 @@ pub(crate) struct Expanded {
 
 impl RouterPreset {
     /// Upstream's recommended IPv6 profile (always `Realistic`).
-    pub fn recommended_ipv6_profile(self) -> super::lab::Ipv6Profile {
-        super::lab::Ipv6Profile::Realistic
+    pub fn recommended_ipv6_profile(self) -> super::ipv6::Ipv6Profile {
+        super::ipv6::Ipv6Profile::Realistic
     }
 
     pub(crate) fn expand(self) -> Expanded {

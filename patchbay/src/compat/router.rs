@@ -8,10 +8,10 @@ use anyhow::{Context, Result, bail};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::firewall::{Firewall, FirewallConfigBuilder};
-use super::lab::Region;
 use super::link::LinkCondition;
 use super::nat::NatConfig;
 use super::preset::RouterPreset;
+use super::region::Region;
 use super::runner::{Runner, run_methods};
 use super::shared::{Entry, Kind, LabRef, NodeId, RouterSettings, Shared};
 use crate::addr::LanKind;

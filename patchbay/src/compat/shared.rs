@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use anyhow::{Context, Result, anyhow};
 
 use super::firewall::Firewall;
 use super::link::LinkCondition;
 use super::nat::NatConfig;
+pub(crate) use super::sync::lock;
 use crate::{IpSupport, NatV6Mode};
 
 /// Identifies a router or device of a lab ([`super::Device::id`], [`super::Router::id`]).
@@ -86,10 +87,6 @@ impl std::fmt::Debug for Shared {
             .field("label", &self.label)
             .finish_non_exhaustive()
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {
@@ -206,11 +203,4 @@ impl LabRef {
             .upgrade()
             .context("the lab was dropped: keep the Lab alive while its handles are in use")
     }
-}
-
-/// Runs a future of the core to completion from synchronous code. Only for core operations
-/// that wait on namespace workers through channels (never on timers of the caller's
-/// runtime), so blocking the calling thread cannot stall them.
-pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    futures::executor::block_on(f)
 }

@@ -23,7 +23,7 @@ pub struct ScaledLink {
 /// Scales a link: delay and jitter / k, rate x k so that bytes per virtual second are
 /// preserved (via [`LinkTiming::scaled`]), with µs rounding reported.
 pub fn scale_link(name: &str, link: &LinkTiming, k: TimeScale) -> ScaledLink {
-    let timing = link.scaled(k.get());
+    let timing = link.scaled(k);
     let mut entries = Vec::new();
     for (what, default, applied) in [
         ("delay", link.delay_us, timing.delay_us),

@@ -68,7 +68,7 @@ pub(crate) struct Artifacts {
     dir: PathBuf,
     keep: bool,
     start: Instant,
-    scale: f64,
+    scale: crate::compress::TimeScale,
     seq: AtomicU64,
     events: Mutex<Option<File>>,
     manifest: Mutex<Manifest>,
@@ -173,8 +173,8 @@ impl Artifacts {
         keep: bool,
         id: &str,
         name: &str,
-        time_mode: &'static str,
-        scale: f64,
+        mode: super::TimeMode,
+        seed: Option<u64>,
         start: Instant,
     ) -> Result<Artifacts> {
         if check_reusable(dir)? {
@@ -193,7 +193,7 @@ impl Artifacts {
             dir: dir.to_path_buf(),
             keep,
             start,
-            scale,
+            scale: mode.scale(),
             seq: AtomicU64::new(0),
             events: Mutex::new(Some(events)),
             manifest: Mutex::new(Manifest {
@@ -202,9 +202,9 @@ impl Artifacts {
                 kind: "lab",
                 name: name.to_string(),
                 id: id.to_string(),
-                time_mode,
-                time_scale: scale,
-                seed: None,
+                time_mode: mode.name(),
+                time_scale: mode.scale().get(),
+                seed,
                 started_unix_ms: unix_ms(),
                 ended_unix_ms: None,
                 status: "running",
@@ -223,7 +223,11 @@ impl Artifacts {
             warned: AtomicBool::new(false),
         };
         a.write_manifest();
-        a.emit(None, "lab.start", json!({ "id": id, "time_scale": scale }));
+        a.emit(
+            None,
+            "lab.start",
+            json!({ "id": id, "time_scale": mode.scale().get() }),
+        );
         Ok(a)
     }
 
@@ -240,7 +244,7 @@ impl Artifacts {
     /// (wall_ms, virtual_ms) of a wall offset since the lab start.
     pub fn at(&self, since_start: Duration) -> (f64, f64) {
         let w = ms(since_start);
-        (w, w * self.scale)
+        (w, self.scale.get() * w)
     }
 
     fn warn_once(&self, what: &str, e: &dyn std::fmt::Display) {
@@ -311,14 +315,19 @@ impl Artifacts {
     }
 
     /// Writes a topology change left pending, once it is due.
-    fn flush_topology(&self, lab: &super::LabInner) {
+    pub fn flush_topology(&self, lab: &super::LabInner) {
         if self.topo_pending.load(Ordering::Relaxed) {
             self.topology_changed(lab);
         }
     }
 
     /// Remembers node `name` as it is now (see `Extras::snapshot`).
-    fn snapshot(&self, lab: &super::LabInner, name: &str) {
+    /// Records the firewall of `node` for topology.json.
+    pub fn set_firewall(&self, node: &str, fw: Value) {
+        lock(&self.firewalls).insert(node.to_string(), fw);
+    }
+
+    pub fn snapshot(&self, lab: &super::LabInner, name: &str) {
         let fws = lock(&self.firewalls).clone();
         let regions = lab.region_routers();
         let t = lab.topo();
@@ -415,7 +424,7 @@ impl Artifacts {
             let data = serde_json::to_value(ev.tcp).unwrap_or(Value::Null);
             self.emit_at(w, v, Some(&ev.node), "tcp", data);
         }
-        if lab.compression().scale() > 1.0 {
+        if !lab.compression().scale().is_real_time() {
             match lab.compression().report() {
                 Ok(r) => {
                     self.write_json("compression.json", &r);
@@ -459,83 +468,15 @@ impl Artifacts {
     }
 }
 
-impl super::Lab {
-    /// The lab's output directory, if it has one ([`super::LabOpts::outdir`]).
-    pub fn outdir(&self) -> Option<PathBuf> {
-        self.inner.artifacts().map(|a| a.dir().to_path_buf())
-    }
-
-    /// Marks the run failed: `run.json` says `failed` (with `why`) and the
-    /// output directory is kept. A lab dropped while its thread panics (a
-    /// failed assertion) is marked failed on its own; call this when a test
-    /// fails by returning an error.
-    pub fn fail(&self, why: impl Into<String>) {
-        if let Some(a) = self.inner.artifacts() {
-            a.fail(Some(why.into()));
-        }
-    }
-
-    /// Appends an event to `events.jsonl` (no-op without an outdir), and
-    /// writes a topology change left pending (callers hold no lab lock).
-    pub(crate) fn emit(&self, node: Option<&str>, kind: &str, data: Value) {
-        emit(&self.inner, node, kind, data);
-        if let Some(a) = self.inner.artifacts() {
-            a.flush_topology(&self.inner);
-        }
-    }
-
-    /// Writes a user mark into `events.jsonl` (kind `mark`), e.g. to label
-    /// the phases of a test on the web view's timeline.
-    pub fn mark(&self, label: &str, data: Value) {
-        emit(
-            &self.inner,
-            None,
-            "mark",
-            json!({"label": label, "data": data}),
-        );
-    }
-}
-
-impl super::node::Node {
-    /// Records a firewall change (event and topology.json).
-    pub(crate) fn firewall_changed(&self, fw: &crate::Firewall) {
-        let v = serde_json::to_value(fw).unwrap_or_default();
-        if let Some(lab) = self.inner.lab.upgrade()
-            && let Some(a) = lab.artifacts()
-        {
-            lock(&a.firewalls).insert(self.name().to_string(), v.clone());
-        }
-        self.record("firewall.changed", v, true);
-    }
-
-    /// Records an event about this node (no-op without an outdir); with
-    /// `topology`, rewrites topology.json too.
-    pub(crate) fn record(&self, kind: &str, data: Value, topology: bool) {
-        if let Some(lab) = self.inner.lab.upgrade() {
-            emit(&lab, Some(self.name()), kind, data);
-            if topology && let Some(a) = lab.artifacts() {
-                a.snapshot(&lab, self.name());
-                a.topology_changed(&lab);
-            }
-        }
-    }
-}
-
 /// The artifact writer for a new lab, if its options ask for one.
 pub(crate) fn for_lab(
     opts: &super::LabOpts,
     id: &str,
     comp: &super::compression::Compression,
+    seed: Option<u64>,
 ) -> Result<Option<Arc<Artifacts>>> {
     let Some(dir) = &opts.outdir else {
         return Ok(None);
-    };
-    let mode = if opts.virtual_time {
-        "virtual"
-    } else if comp.scale() > 1.0 {
-        "compressed"
-    } else {
-        "real"
     };
     let name = opts.label.clone().unwrap_or_else(|| "lab".into());
     let a = Artifacts::create(
@@ -543,8 +484,8 @@ pub(crate) fn for_lab(
         opts.keep_artifacts,
         id,
         &name,
-        mode,
-        comp.scale(),
+        opts.time,
+        seed,
         comp.clock().start(),
     )?;
     Ok(Some(Arc::new(a)))
@@ -593,7 +534,16 @@ mod tests {
         let base = std::env::temp_dir().join(format!("pb-art-ev-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         let start = Instant::now() - Duration::from_millis(100);
-        let a = Artifacts::create(&base, true, "t-1-0", "t", "compressed", 10.0, start).unwrap();
+        let a = Artifacts::create(
+            &base,
+            true,
+            "t-1-0",
+            "t",
+            crate::lab::TimeMode::compressed(10.0).unwrap(),
+            None,
+            start,
+        )
+        .unwrap();
         a.emit(Some("n"), "mark", json!({"x": 1}));
         let text = std::fs::read_to_string(base.join("events.jsonl")).unwrap();
         let lines: Vec<Value> = text

@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::compress::TimeScale;
+
 /// Virtual time of a lab: wall time since the lab started, times the lab's
 /// time scale k. Kernel timers in a lab at k run k times faster; code that
 /// takes its timeouts from this clock stays in step with them.
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy)]
 pub struct LabClock {
     start: Instant,
-    scale: f64,
+    scale: TimeScale,
 }
 
 /// `CLOCK_MONOTONIC` now, as a duration since boot.
@@ -22,15 +24,15 @@ pub(crate) fn monotonic_now() -> Duration {
 }
 
 impl LabClock {
-    pub(crate) fn new(start: Instant, scale: f64) -> Self {
+    pub(crate) fn new(start: Instant, scale: TimeScale) -> Self {
         LabClock { start, scale }
     }
 
     /// The clock of the lab this process was spawned in, from
     /// `PATCHBAY_TIME_SCALE` and `PATCHBAY_CLOCK_START_NS`; `None` outside a
-    /// lab.
+    /// lab (or when they do not hold a valid scale and instant).
     pub fn from_env() -> Option<LabClock> {
-        let scale: f64 = std::env::var("PATCHBAY_TIME_SCALE").ok()?.parse().ok()?;
+        let scale: TimeScale = std::env::var("PATCHBAY_TIME_SCALE").ok()?.parse().ok()?;
         let start_ns: u64 = std::env::var("PATCHBAY_CLOCK_START_NS")
             .ok()?
             .parse()
@@ -41,7 +43,7 @@ impl LabClock {
     }
 
     /// The time scale k.
-    pub fn scale(&self) -> f64 {
+    pub fn scale(&self) -> TimeScale {
         self.scale
     }
 
@@ -62,12 +64,12 @@ impl LabClock {
 
     /// The wall-clock duration of a virtual one.
     pub fn to_wall(self, virtual_time: Duration) -> Duration {
-        virtual_time.div_f64(self.scale)
+        self.scale.to_wall(virtual_time)
     }
 
     /// The virtual duration of a wall-clock one.
     pub fn to_virtual(self, wall: Duration) -> Duration {
-        wall.mul_f64(self.scale)
+        self.scale.to_virtual(wall)
     }
 
     /// Sleeps for a virtual duration.
@@ -87,7 +89,7 @@ mod tests {
 
     #[test]
     fn converts_both_ways() {
-        let c = LabClock::new(Instant::now(), 20.0);
+        let c = LabClock::new(Instant::now(), TimeScale::new(20.0).expect("k"));
         assert_eq!(
             c.to_wall(Duration::from_secs(30)),
             Duration::from_millis(1500)

@@ -177,41 +177,39 @@ fn relay_loop(
     }
 }
 
-impl super::node::Node {
-    /// With an output directory: numbers the command, records `cmd.start`
-    /// and turns its default streams into pipes to relay.
-    pub(crate) fn cmd_log(
-        &self,
-        cmd: &mut std::process::Command,
-    ) -> Option<(CmdLog, (Want, Want))> {
-        let lab = self.inner.lab.upgrade()?;
-        let art = lab.artifacts()?.clone();
-        let program = cmd.get_program().to_string_lossy().into_owned();
-        let argv: Vec<String> = std::iter::once(program.clone())
-            .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
-            .collect();
-        let (n, base, jsonl) = art.next_cmd(self.name(), &program);
-        let w = prepare(cmd);
-        let rel = base
-            .strip_prefix(art.dir())
-            .unwrap_or(&base)
-            .to_string_lossy()
-            .into_owned();
-        art.emit(
-            Some(self.name()),
-            "cmd.start",
-            json!({"cmd": n, "argv": argv, "log": rel}),
-        );
-        Some((
-            CmdLog {
-                n,
-                base,
-                jsonl,
-                art,
-            },
-            w,
-        ))
-    }
+/// With an output directory: numbers the command `node` is about to run,
+/// records `cmd.start` and turns its default streams into pipes to relay.
+pub(crate) fn start(
+    lab: &super::LabInner,
+    node: &str,
+    cmd: &mut std::process::Command,
+) -> Option<(CmdLog, (Want, Want))> {
+    let art = lab.artifacts()?.clone();
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let argv: Vec<String> = std::iter::once(program.clone())
+        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect();
+    let (n, base, jsonl) = art.next_cmd(node, &program);
+    let w = prepare(cmd);
+    let rel = base
+        .strip_prefix(art.dir())
+        .unwrap_or(&base)
+        .to_string_lossy()
+        .into_owned();
+    art.emit(
+        Some(node),
+        "cmd.start",
+        json!({"cmd": n, "argv": argv, "log": rel}),
+    );
+    Some((
+        CmdLog {
+            n,
+            base,
+            jsonl,
+            art,
+        },
+        w,
+    ))
 }
 
 /// Relays the streams of a freshly spawned tokio child. Runs on the

@@ -108,13 +108,7 @@ impl Compression {
     /// computes the plan. Fails when k > 1 needs BPF that is missing, unless
     /// the user opted into sysctl-only compression.
     pub fn new(opts: &LabOpts) -> Result<Compression> {
-        let scale = TimeScale::new(opts.time_scale).map_err(|e| {
-            Error::invalid(
-                "time_scale",
-                crate::InvalidReason::OutOfRange,
-                e.to_string(),
-            )
-        })?;
+        let scale = opts.time.scale();
         let mut counts = BTreeMap::new();
         if let Some(n) = opts.syn_retries {
             counts.insert("net/ipv4/tcp_syn_retries".to_string(), n.to_string());
@@ -216,12 +210,12 @@ impl Compression {
         Ok(c)
     }
 
-    pub fn scale(&self) -> f64 {
-        self.scale.get()
+    pub fn scale(&self) -> TimeScale {
+        self.scale
     }
 
     pub fn clock(&self) -> LabClock {
-        LabClock::new(self.start, self.scale.get())
+        LabClock::new(self.start, self.scale)
     }
 
     pub fn start_mono(&self) -> Duration {
@@ -298,7 +292,7 @@ impl Compression {
             let at = ev.monotonic.saturating_sub(self.start_mono);
             log.push(LabEvent {
                 at,
-                virtual_at: at.mul_f64(self.scale.get()),
+                virtual_at: self.scale.to_virtual(at),
                 node: names
                     .get(&ev.netns_cookie)
                     .cloned()
@@ -341,7 +335,9 @@ mod tests {
     /// begins: the time `new` took is not on the virtual axis.
     #[test]
     fn the_clock_starts_after_the_set_up() {
-        let opts = LabOpts::default().time_scale(10.0).sysctl_only(true);
+        let opts = LabOpts::default()
+            .time_mode(super::super::TimeMode::compressed(10.0).expect("k"))
+            .sysctl_only(true);
         let before = Instant::now();
         let c = Compression::new(&opts).unwrap();
         let took = before.elapsed();

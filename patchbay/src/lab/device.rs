@@ -11,6 +11,7 @@ use crate::sys::netns::{Netns, Task};
 use super::LabInner;
 use super::node::{Iface, Node, NodeInner, NodeKind};
 use super::topo::{Member, check_ifname};
+use super::wiring::sync_carriers;
 
 /// Builds a [`Device`]; from [`crate::Lab::add_device`].
 #[derive(Debug)]
@@ -154,119 +155,16 @@ impl DeviceBuilder {
             mtu,
             ..
         } = self;
-        let planned = {
-            let mut t = lab.topo();
-            t.check_free(&name)?;
-            // Check every router first so a bad one allocates nothing.
-            for (i, r) in &ifaces {
-                let rec = t.router_mut(r)?;
-                if let Some(m) = mtu {
-                    let v6 = rec.lan.ip.has_v6().then(|| rec.lan.lan.gateway().1);
-                    super::shaping::check_mtu(&format!("{name}.{i}"), m, v6)?;
-                }
-            }
-            let mut planned = vec![];
-            for (iface, router) in &ifaces {
-                let rec = t.router_mut(router)?;
-                let (mut v4, mut v6) = rec.lan.lan.alloc()?;
-                let ip = rec.lan.ip;
-                if !ip.has_v4() {
-                    v4 = Ipv4Addr::UNSPECIFIED;
-                }
-                if !ip.has_v6() {
-                    v6 = Ipv6Addr::UNSPECIFIED;
-                }
-                rec.lan.next_port += 1;
-                planned.push(Planned {
-                    iface: iface.clone(),
-                    router: router.clone(),
-                    v4,
-                    v6,
-                    gw: rec.lan.lan.gateway(),
-                    bridge_mac: rec.lan.bridge_mac,
-                    bridge_index: rec.lan.bridge_index,
-                    router_ns: rec.node.ns().clone(),
-                    port: rec.lan.next_port,
-                    ip,
-                });
-            }
-            planned
-        };
+        let planned = plan(&lab, &name, &ifaces, mtu)?;
         let ns = Netns::new(&format!("{}-{name}", lab.id()))?;
         lab.prepare_ns(&ns, false, &name)?;
         let node = Arc::new(NodeInner::new(&lab, &name, NodeKind::Device, ns.clone()));
         ns.run(|| netlink::set_up(1, true))
             .await?
             .ctx(|| format!("bringing up lo of {name}"))?;
-
         let mut members = vec![];
         for (k, p) in planned.iter().enumerate() {
-            // Lab-unique indexes; see the note in router.rs.
-            let index = lab.next_ifindex();
-            let mac = addr::mac(node.ordinal, k as u8 + 1);
-            let port_index = lab.next_ifindex();
-            let dev_end = VethEnd {
-                name: p.iface.clone(),
-                index,
-                mac,
-                netns_fd: ns.raw_fd()?,
-            };
-            let rtr_end = VethEnd {
-                name: format!("p{}", p.port),
-                index: port_index,
-                mac: addr::mac(node.ordinal, 0x80 + k as u8),
-                netns_fd: p.router_ns.raw_fd()?,
-            };
-            let ctx = format!("connecting {name}.{} to router {}", p.iface, p.router);
-            let bridge_index = p.bridge_index;
-            p.router_ns
-                .run(move || async move {
-                    netlink::create_veth(&dev_end, &rtr_end).await?;
-                    netlink::set_master_up(port_index, bridge_index).await
-                })
-                .await?
-                .ctx(|| ctx.clone())?;
-            let (v4, v6, gw, default) = (p.v4, p.v6, p.gw, p.iface == default_via);
-            let ifname = p.iface.clone();
-            ns.run(move || async move {
-                netlink::set_up(index, true).await?;
-                sync_carriers(&[&ifname]);
-                if !v4.is_unspecified() {
-                    netlink::add_addr(index, v4.into(), addr::V4_PREFIX).await?;
-                    if default {
-                        netlink::add_route_v4(Ipv4Addr::UNSPECIFIED, 0, gw.0).await?;
-                    }
-                }
-                if !v6.is_unspecified() {
-                    netlink::add_addr(index, v6.into(), addr::V6_PREFIX).await?;
-                    if default {
-                        netlink::add_route_v6(Ipv6Addr::UNSPECIFIED, 0, gw.1).await?;
-                    }
-                }
-                Ok(())
-            })
-            .await?
-            .ctx(|| ctx.clone())?;
-            lab.prepare_iface(&ns, &p.iface)?;
-            let port_name = format!("p{}", p.port);
-            p.router_ns
-                .run_sync(move || sync_carriers(&[&port_name, "lan"]))?;
-            node.add_iface(Iface {
-                name: p.iface.clone(),
-                index,
-                mac,
-                ip: p.ip.has_v4().then_some(v4),
-                ip6: p.ip.has_v6().then_some(v6),
-                prefix: addr::V4_PREFIX,
-                peer: p.router.clone(),
-            });
-            members.push(Member {
-                node: node.clone(),
-                v4,
-                v6,
-                mac,
-                index,
-            });
+            members.push(connect(&lab, &node, k, p, p.iface == default_via).await?);
         }
         for (k, (iface, addrs)) in dummies.iter().enumerate() {
             node.add_iface(add_dummy(&lab, &ns, node.ordinal, k, iface, addrs).await?);
@@ -274,24 +172,7 @@ impl DeviceBuilder {
         }
         // The default route's interface is the primary one.
         *node.primary.lock().unwrap_or_else(|p| p.into_inner()) = Some(default_via);
-        let mut siblings = vec![];
-        {
-            let mut t = lab.topo();
-            t.nodes.insert(name.clone(), node.clone());
-            for (p, m) in planned.iter().zip(&members) {
-                let lan = &mut t.router_mut(&p.router)?.lan.members;
-                siblings.push(lan.clone());
-                lan.push(m.clone());
-            }
-        }
-        lab.names_for_new_node(&node)?;
-        if lab.opts().prewarm_neighbors {
-            for ((p, m), sibs) in planned.iter().zip(&members).zip(&siblings) {
-                lab.prewarm()
-                    .member(m, &p.router_ns, p.bridge_index, p.gw, p.bridge_mac, sibs)
-                    .await?;
-            }
-        }
+        register(&lab, &node, &planned, &members).await?;
         let dev = Device {
             node: Node::from_inner(node),
         };
@@ -366,15 +247,159 @@ async fn add_dummy(
     })
 }
 
-/// Runs the link watcher for freshly connected interfaces so they can send
-/// at once (see [`netlink::sync_carrier`]). Failures only cost the delay the
-/// kernel would have imposed anyway, so they are logged, not returned.
-pub(crate) fn sync_carriers(names: &[&str]) {
-    for n in names {
-        if let Err(e) = netlink::sync_carrier(n) {
-            tracing::debug!("ETHTOOL_GLINK on {n} failed: {e}");
+/// Checks every router and the MTU first, so a bad one allocates nothing, then allocates
+/// each interface's addresses and bridge port, under the topology lock.
+fn plan(
+    lab: &LabInner,
+    name: &str,
+    ifaces: &[(String, String)],
+    mtu: Option<u32>,
+) -> Result<Vec<Planned>> {
+    let mut t = lab.topo();
+    t.check_free(name)?;
+    for (i, r) in ifaces {
+        let rec = t.router_mut(r)?;
+        if let Some(m) = mtu {
+            let v6 = rec.lan.ip.has_v6().then(|| rec.lan.lan.gateway().1);
+            super::wiring::check_mtu(&format!("{name}.{i}"), m, v6)?;
         }
     }
+    let mut planned = vec![];
+    for (iface, router) in ifaces {
+        let rec = t.router_mut(router)?;
+        let (mut v4, mut v6) = rec.lan.lan.alloc()?;
+        let ip = rec.lan.ip;
+        if !ip.has_v4() {
+            v4 = Ipv4Addr::UNSPECIFIED;
+        }
+        if !ip.has_v6() {
+            v6 = Ipv6Addr::UNSPECIFIED;
+        }
+        rec.lan.next_port += 1;
+        planned.push(Planned {
+            iface: iface.clone(),
+            router: router.clone(),
+            v4,
+            v6,
+            gw: rec.lan.lan.gateway(),
+            bridge_mac: rec.lan.bridge_mac,
+            bridge_index: rec.lan.bridge_index,
+            router_ns: rec.node.ns().clone(),
+            port: rec.lan.next_port,
+            ip,
+        });
+    }
+    Ok(planned)
+}
+
+/// Connects interface number `k` of a new device to its router's LAN bridge: the veth
+/// pair, the addresses and, on the `default` interface, the default routes.
+async fn connect(
+    lab: &LabInner,
+    node: &Arc<NodeInner>,
+    k: usize,
+    p: &Planned,
+    default: bool,
+) -> Result<Member> {
+    let ns = node.ns().clone();
+    // Lab-unique indexes; see the note in router_build.rs.
+    let index = lab.next_ifindex();
+    let mac = addr::mac(node.ordinal, k as u8 + 1);
+    let port_index = lab.next_ifindex();
+    let dev_end = VethEnd {
+        name: p.iface.clone(),
+        index,
+        mac,
+        netns_fd: ns.raw_fd()?,
+    };
+    let rtr_end = VethEnd {
+        name: format!("p{}", p.port),
+        index: port_index,
+        mac: addr::mac(node.ordinal, 0x80 + k as u8),
+        netns_fd: p.router_ns.raw_fd()?,
+    };
+    let ctx = format!(
+        "connecting {}.{} to router {}",
+        node.name, p.iface, p.router
+    );
+    let bridge_index = p.bridge_index;
+    p.router_ns
+        .run(move || async move {
+            netlink::create_veth(&dev_end, &rtr_end).await?;
+            netlink::set_master_up(port_index, bridge_index).await
+        })
+        .await?
+        .ctx(|| ctx.clone())?;
+    let (v4, v6, gw) = (p.v4, p.v6, p.gw);
+    let ifname = p.iface.clone();
+    ns.run(move || async move {
+        netlink::set_up(index, true).await?;
+        sync_carriers(&[&ifname]);
+        if !v4.is_unspecified() {
+            netlink::add_addr(index, v4.into(), addr::V4_PREFIX).await?;
+            if default {
+                netlink::add_route_v4(Ipv4Addr::UNSPECIFIED, 0, gw.0).await?;
+            }
+        }
+        if !v6.is_unspecified() {
+            netlink::add_addr(index, v6.into(), addr::V6_PREFIX).await?;
+            if default {
+                netlink::add_route_v6(Ipv6Addr::UNSPECIFIED, 0, gw.1).await?;
+            }
+        }
+        Ok(())
+    })
+    .await?
+    .ctx(|| ctx.clone())?;
+    lab.prepare_iface(&ns, &p.iface)?;
+    let port_name = format!("p{}", p.port);
+    p.router_ns
+        .run_sync(move || sync_carriers(&[&port_name, "lan"]))?;
+    node.add_iface(Iface {
+        name: p.iface.clone(),
+        index,
+        mac,
+        ip: p.ip.has_v4().then_some(v4),
+        ip6: p.ip.has_v6().then_some(v6),
+        prefix: addr::V4_PREFIX,
+        peer: p.router.clone(),
+    });
+    Ok(Member {
+        node: node.clone(),
+        v4,
+        v6,
+        mac,
+        index,
+    })
+}
+
+/// Enters the device into the topology and the lab's names, joins each interface to its
+/// router's LAN and pre-warms its neighbours there.
+async fn register(
+    lab: &LabInner,
+    node: &Arc<NodeInner>,
+    planned: &[Planned],
+    members: &[Member],
+) -> Result<()> {
+    let mut siblings = vec![];
+    {
+        let mut t = lab.topo();
+        t.nodes.insert(node.name.clone(), node.clone());
+        for (p, m) in planned.iter().zip(members) {
+            let lan = &mut t.router_mut(&p.router)?.lan.members;
+            siblings.push(lan.clone());
+            lan.push(m.clone());
+        }
+    }
+    lab.names_for_new_node(node)?;
+    if lab.opts().prewarm_neighbors {
+        for ((p, m), sibs) in planned.iter().zip(members).zip(&siblings) {
+            lab.prewarm()
+                .member(m, &p.router_ns, p.bridge_index, p.gw, p.bridge_mac, sibs)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// A device of a lab. Cheap to clone; dereferences to [`Node`].

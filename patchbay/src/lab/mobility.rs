@@ -15,9 +15,10 @@ use crate::addr;
 use crate::error::{Error, NetlinkContext, Result};
 use crate::sys::netlink::{self, VethEnd};
 
-use super::device::{Device, sync_carriers};
-use super::node::{Iface, NodeKind};
+use super::device::Device;
+use super::node::{Iface, Node, NodeKind};
 use super::topo::{Member, RouterRec, check_ifname};
+use super::wiring::sync_carriers;
 use super::{Lab, LabInner};
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -489,4 +490,19 @@ async fn remove_routes_to_lan(lab: &Arc<LabInner>, name: &str) -> Result<()> {
         .ctx(|| format!("removing the routes to the LAN of {name} (via {via4} / {via6})"))?;
     }
     Ok(())
+}
+
+impl Node {
+    /// Sets an interface administratively up (`ip link set IFACE up`). On a device whose
+    /// default route went through it, the default route is put back (the kernel removed it
+    /// with the link).
+    pub async fn link_up(&self, iface: &str) -> Result<()> {
+        self.set_link(iface, true).await?;
+        if self.primary_name().as_deref() == Some(iface)
+            && let Some(dev) = Device::from_node(self.clone())
+        {
+            dev.route_default_via(iface).await?;
+        }
+        Ok(())
+    }
 }

@@ -36,9 +36,12 @@ mod presets;
 mod prewarm;
 mod probe;
 mod region;
+mod region_routes;
 mod router;
+mod router_build;
 mod shaping;
 mod topo;
+mod wiring;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -52,7 +55,7 @@ pub use device::{Device, DeviceBuilder};
 pub use faults::{Direction, FaultGuard};
 pub use handle::Exchange;
 pub use node::{Iface, Node, NodeKind};
-pub use opts::LabOpts;
+pub use opts::{LabOpts, TimeMode};
 pub use probe::{NatBehavior, NatFiltering, NatMapping, Reflector};
 pub use region::Region;
 pub use router::{Router, RouterBuilder};
@@ -88,7 +91,7 @@ pub(crate) struct LabInner {
     state_dir: Mutex<Option<std::path::PathBuf>>,
     /// Names and nameservers (see `dns_ops.rs`).
     pub(crate) dns: Mutex<crate::dns::LabDns>,
-    regions: Mutex<region::Regions>,
+    regions: Mutex<region_routes::Regions>,
     artifacts: Option<Arc<artifacts::Artifacts>>,
 }
 
@@ -111,20 +114,10 @@ impl Lab {
     /// bridge that top-level routers join.
     pub async fn with_opts(opts: LabOpts) -> Result<Lab> {
         check_privileges()?;
-        if opts.virtual_time && std::env::var_os("PATCHBAY_VT").is_none() {
-            return Err(Error::invalid(
-                "virtual_time",
-                crate::InvalidReason::Unsupported,
-                "this lab asks for virtual time, but the process is not running inside patchbay's User-Mode-Linux kernel: run it as `patchbay vt -- <command>` (for tests, set CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=\"patchbay vt --\"; build the kernel once with `cargo xtask build-uml`)",
-            ));
-        }
-        if opts.virtual_time && opts.time_scale != 1.0 {
-            return Err(Error::invalid(
-                "time_scale",
-                crate::InvalidReason::Conflict,
-                "virtual time and a time scale exclude each other: under virtual time every timer is already exact; drop time_scale",
-            ));
-        }
+        let seed = match opts.time {
+            TimeMode::Virtual { seed } => Some(check_virtual_time(seed)?),
+            _ => None,
+        };
         let comp = compression::Compression::new(&opts)?;
         let n = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
         let id = format!(
@@ -140,7 +133,7 @@ impl Lab {
             Err(_) if crate::sys::userns::in_userns() => None,
             Err(e) => return Err(e.into()),
         };
-        let artifacts = artifacts::for_lab(&opts, &id, &comp)?;
+        let artifacts = artifacts::for_lab(&opts, &id, &comp, seed.flatten())?;
         let root = Netns::new(&format!("{id}-root"))?;
         let inner = Arc::new(LabInner {
             id,
@@ -164,7 +157,7 @@ impl Lab {
             netlink::create_bridge("ix", IX_BRIDGE_INDEX, bridge_mac).await?;
             netlink::add_addr(IX_BRIDGE_INDEX, addr::IX_ROOT_V4.into(), addr::V4_PREFIX).await?;
             netlink::add_addr(IX_BRIDGE_INDEX, addr::IX_ROOT_V6.into(), addr::V6_PREFIX).await?;
-            device::sync_carriers(&["ix"]);
+            wiring::sync_carriers(&["ix"]);
             Ok(())
         })
         .await?
@@ -203,9 +196,14 @@ impl Lab {
         self.node(name).and_then(Router::from_node)
     }
 
-    /// The lab's time scale k (1 = real time).
-    pub fn time_scale(&self) -> f64 {
+    /// The lab's time scale k (1 = real time, and under virtual time).
+    pub fn time_scale(&self) -> crate::compress::TimeScale {
         self.inner.comp.scale()
+    }
+
+    /// How time runs in the lab (see [`LabOpts::time_mode`]).
+    pub fn time_mode(&self) -> TimeMode {
+        self.inner.opts.time
     }
 
     /// The lab clock: virtual time since the lab started.
@@ -229,6 +227,41 @@ impl Lab {
     /// Names of all nodes, sorted.
     pub fn node_names(&self) -> Vec<String> {
         self.inner.topo().names()
+    }
+
+    /// The lab's output directory, if it has one ([`LabOpts::outdir`]).
+    pub fn outdir(&self) -> Option<std::path::PathBuf> {
+        self.inner.artifacts().map(|a| a.dir().to_path_buf())
+    }
+
+    /// Marks the run failed: `run.json` says `failed` (with `why`) and the
+    /// output directory is kept. A lab dropped while its thread panics (a
+    /// failed assertion) is marked failed on its own; call this when a test
+    /// fails by returning an error.
+    pub fn fail(&self, why: impl Into<String>) {
+        if let Some(a) = self.inner.artifacts() {
+            a.fail(Some(why.into()));
+        }
+    }
+
+    /// Appends an event to `events.jsonl` (no-op without an outdir), and
+    /// writes a topology change left pending (callers hold no lab lock).
+    pub(crate) fn emit(&self, node: Option<&str>, kind: &str, data: serde_json::Value) {
+        artifacts::emit(&self.inner, node, kind, data);
+        if let Some(a) = self.inner.artifacts() {
+            a.flush_topology(&self.inner);
+        }
+    }
+
+    /// Writes a user mark into `events.jsonl` (kind `mark`), e.g. to label
+    /// the phases of a test on the web view's timeline.
+    pub fn mark(&self, label: &str, data: serde_json::Value) {
+        artifacts::emit(
+            &self.inner,
+            None,
+            "mark",
+            serde_json::json!({"label": label, "data": data}),
+        );
     }
 }
 
@@ -410,6 +443,42 @@ fn sweep_stale_state_dirs() {
     }
 }
 
+/// Checks that this process runs inside patchbay's User-Mode-Linux kernel (`PATCHBAY_VT` is
+/// set by its init) booted with `want` when a seed is asked for. Returns the guest's seed.
+fn check_virtual_time(want: Option<u64>) -> Result<Option<u64>> {
+    if std::env::var_os("PATCHBAY_VT").is_none() {
+        return Err(Error::invalid(
+            "time_mode",
+            crate::InvalidReason::Unsupported,
+            "this lab asks for virtual time, but the process is not running inside patchbay's User-Mode-Linux kernel: run it as `patchbay vt -- <command>` (for tests, set CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=\"patchbay vt --\"; build the kernel once with `cargo xtask build-uml`)",
+        ));
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|source| Error::Io {
+        context: "reading /proc/cmdline for the guest's seed".into(),
+        source,
+    })?;
+    let have = guest_seed(&cmdline);
+    match want {
+        Some(w) if have != Some(w) => Err(Error::invalid(
+            "seed",
+            crate::InvalidReason::Conflict,
+            format!(
+                "this lab asks for virtual time with seed {w}, but the guest kernel was booted with {}: run it as `patchbay vt --seed {w} -- <command>`, or ask for TimeMode::Virtual {{ seed: None }}",
+                have.map_or("no seed".to_string(), |s| format!("seed {s}"))
+            ),
+        )),
+        _ => Ok(have),
+    }
+}
+
+/// The `patchbay_seed=N` of a kernel command line.
+fn guest_seed(cmdline: &str) -> Option<u64> {
+    cmdline
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("patchbay_seed="))
+        .and_then(|n| n.parse().ok())
+}
+
 fn check_privileges() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         let caps = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -427,4 +496,15 @@ fn check_privileges() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guest_seed_comes_from_the_kernel_command_line() {
+        assert_eq!(guest_seed("mem=1G patchbay_seed=17 time-travel"), Some(17));
+        assert_eq!(guest_seed("mem=1G time-travel"), None);
+    }
 }

@@ -11,66 +11,6 @@ use crate::sys::{cmd, netlink, nft};
 
 use super::router::Router;
 
-/// Checks a router's address families against its NAT modes and its
-/// upstream, before anything is allocated.
-pub(crate) fn check_ip_plan(
-    name: &str,
-    ip: IpSupport,
-    nat_v6: NatV6Mode,
-    upstream: Option<&str>,
-    up_ip: IpSupport,
-) -> Result<()> {
-    let up = upstream.map_or("the exchange".to_string(), |u| format!("router {u}"));
-    if nat_v6 != NatV6Mode::None && !ip.has_v6() {
-        return Err(Error::invalid_node(
-            name,
-            "nat_v6",
-            crate::InvalidReason::Conflict,
-            format!(
-                "router {name}: nat_v6 = {} needs IPv6 on its LAN, but its ip_support is {}; use ip_support dual-stack or v6-only, or drop nat_v6",
-                nat_v6.name(),
-                ip.name()
-            ),
-        ));
-    }
-    if nat_v6 == NatV6Mode::Nat64 && !up_ip.has_v4() {
-        return Err(Error::invalid_node(
-            name,
-            "nat_v6",
-            crate::InvalidReason::Conflict,
-            format!(
-                "router {name}: nat_v6 = nat64 translates to IPv4, but its upstream {up} is {} (no IPv4 uplink); attach it to a dual-stack or v4-only upstream",
-                up_ip.name()
-            ),
-        ));
-    }
-    if ip.has_v4() && !up_ip.has_v4() {
-        return Err(Error::invalid_node(
-            name,
-            "ip_support",
-            crate::InvalidReason::Conflict,
-            format!(
-                "router {name} is {} but its upstream {up} is {}: IPv4 on its LAN would lead nowhere; make {name} v6-only or give the upstream IPv4",
-                ip.name(),
-                up_ip.name()
-            ),
-        ));
-    }
-    if ip.has_v6() && !up_ip.has_v6() && nat_v6 != NatV6Mode::Nat64 {
-        return Err(Error::invalid_node(
-            name,
-            "ip_support",
-            crate::InvalidReason::Conflict,
-            format!(
-                "router {name} is {} but its upstream {up} is {}: IPv6 on its LAN would lead nowhere; make {name} v4-only, give the upstream IPv6, or translate with nat_v6 = nat64",
-                ip.name(),
-                up_ip.name()
-            ),
-        ));
-    }
-    Ok(())
-}
-
 impl super::node::Iface {
     /// The interface's IPv6 link-local address (`fe80::/64`, derived from
     /// its MAC as the kernel does). Every interface has one, whatever the
@@ -184,54 +124,5 @@ impl Router {
         // cgroup (or the worker's death signal) ends it with the lab.
         drop(self.spawn_command(tayga)?);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bad_plans_name_both_parts() {
-        let e = check_ip_plan(
-            "carrier",
-            IpSupport::V4Only,
-            NatV6Mode::Nat64,
-            None,
-            IpSupport::DualStack,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("nat64") && e.contains("v4-only"), "{e}");
-        let e = check_ip_plan(
-            "carrier",
-            IpSupport::V6Only,
-            NatV6Mode::Nat64,
-            Some("isp"),
-            IpSupport::V6Only,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("router isp") && e.contains("nat64"), "{e}");
-        let e = check_ip_plan(
-            "home",
-            IpSupport::DualStack,
-            NatV6Mode::None,
-            Some("isp"),
-            IpSupport::V6Only,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("home") && e.contains("router isp"), "{e}");
-        assert!(
-            check_ip_plan(
-                "c",
-                IpSupport::V6Only,
-                NatV6Mode::Nat64,
-                None,
-                IpSupport::DualStack
-            )
-            .is_ok()
-        );
     }
 }

@@ -155,18 +155,6 @@ impl Router {
 }
 
 impl Node {
-    /// The node's lab, or an error if it was dropped.
-    pub(crate) fn lab(&self) -> Result<std::sync::Arc<super::LabInner>> {
-        self.inner.lab.upgrade().ok_or_else(|| {
-            Error::invalid_node(
-                self.name(),
-                "lab",
-                crate::InvalidReason::Gone,
-                format!("the lab of node {} was dropped", self.name()),
-            )
-        })
-    }
-
     /// Sets the NAT mode of this node, which must be a router: devices
     /// cannot NAT (put them behind a router built with `.nat(..)`).
     pub async fn set_node_nat(&self, mode: Nat) -> Result<()> {

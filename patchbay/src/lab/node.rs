@@ -13,6 +13,7 @@ use crate::sys::netlink;
 use crate::sys::netns::{Netns, Task};
 
 use super::LabInner;
+use super::capture::CaptureGuard;
 
 /// Whether a node is a router or a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -297,6 +298,88 @@ impl Node {
             })
     }
 
+    /// The node's lab, or an error if it was dropped.
+    pub(crate) fn lab(&self) -> Result<std::sync::Arc<super::LabInner>> {
+        self.inner.lab.upgrade().ok_or_else(|| {
+            Error::invalid_node(
+                self.name(),
+                "lab",
+                crate::InvalidReason::Gone,
+                format!("the lab of node {} was dropped", self.name()),
+            )
+        })
+    }
+
+    /// Starts a pcapng capture of `iface` (every frame it sends and
+    /// receives) into `<outdir>/pcap/<node>-<iface>.pcapng`. Needs an output
+    /// directory ([`crate::LabOpts::outdir`]) and `CAP_NET_RAW`
+    /// (`CONFIG_PACKET`). The lab keeps the capture running until the
+    /// returned guard is dropped or stopped, or the lab ends.
+    pub async fn capture(&self, iface: &str) -> Result<CaptureGuard> {
+        let lab = self.lab()?;
+        let i = self.iface(iface).ok_or_else(|| {
+            Error::invalid_node(
+                self.name(),
+                "iface",
+                crate::InvalidReason::Unknown,
+                format!(
+                    "cannot capture {}.{iface}: node {} has no interface {iface:?} (it has {:?})",
+                    self.name(),
+                    self.name(),
+                    self.ifaces()
+                        .iter()
+                        .map(|i| i.name.clone())
+                        .collect::<Vec<_>>()
+                ),
+            )
+        })?;
+        super::capture::start(&lab, self.name(), self.netns(), iface, i.index)
+    }
+
+    /// Like [`Node::capture`], but the lab owns the capture: it runs until
+    /// the lab ends (used by `[lab] capture` in lab files).
+    pub async fn capture_until_end(&self, iface: &str) -> Result<()> {
+        let g = self.capture(iface).await?;
+        let lab = self.lab()?;
+        super::capture::keep_until_end(&lab, g);
+        Ok(())
+    }
+
+    /// The command's log relay, when the lab writes artifacts (see `cmdlog.rs`).
+    fn cmd_log(
+        &self,
+        cmd: &mut std::process::Command,
+    ) -> Option<(
+        super::cmdlog::CmdLog,
+        (super::cmdlog::Want, super::cmdlog::Want),
+    )> {
+        let lab = self.inner.lab.upgrade()?;
+        super::cmdlog::start(&lab, self.name(), cmd)
+    }
+
+    /// Records a firewall change (event and topology.json).
+    pub(crate) fn firewall_changed(&self, fw: &crate::Firewall) {
+        let v = serde_json::to_value(fw).unwrap_or_default();
+        if let Some(lab) = self.inner.lab.upgrade()
+            && let Some(a) = lab.artifacts()
+        {
+            a.set_firewall(self.name(), v.clone());
+        }
+        self.record("firewall.changed", v, true);
+    }
+
+    /// Records an event about this node (no-op without an outdir); with
+    /// `topology`, rewrites topology.json too.
+    pub(crate) fn record(&self, kind: &str, data: serde_json::Value, topology: bool) {
+        if let Some(lab) = self.inner.lab.upgrade() {
+            super::artifacts::emit(&lab, Some(self.name()), kind, data);
+            if topology && let Some(a) = lab.artifacts() {
+                a.snapshot(&lab, self.name());
+                a.topology_changed(&lab);
+            }
+        }
+    }
+
     /// Writes a sysctl inside the node's namespace (key relative to
     /// `/proc/sys`, e.g. `net/ipv4/tcp_keepalive_probes`). Timer values
     /// written this way are taken as they are, not scaled by the lab's k.
@@ -314,20 +397,7 @@ impl Node {
         self.set_link(iface, false).await
     }
 
-    /// Sets an interface administratively up (`ip link set IFACE up`). On a device whose
-    /// default route went through it, the default route is put back (the kernel removed it
-    /// with the link).
-    pub async fn link_up(&self, iface: &str) -> Result<()> {
-        self.set_link(iface, true).await?;
-        if self.primary_name().as_deref() == Some(iface)
-            && let Some(dev) = super::device::Device::from_node(self.clone())
-        {
-            dev.route_default_via(iface).await?;
-        }
-        Ok(())
-    }
-
-    async fn set_link(&self, iface: &str, up: bool) -> Result<()> {
+    pub(super) async fn set_link(&self, iface: &str, up: bool) -> Result<()> {
         let index = self
             .iface(iface)
             .ok_or_else(|| {

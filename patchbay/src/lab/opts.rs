@@ -1,16 +1,81 @@
-//! Lab options.
+//! Lab options and the lab's time mode.
+
+use crate::compress::{ScaleError, TimeScale};
+
+/// How time runs in a lab: one choice, so that no two settings can conflict.
+///
+/// ```
+/// use patchbay::{LabOpts, TimeMode};
+/// # fn demo() -> Result<(), patchbay::compress::ScaleError> {
+/// let real = LabOpts::default();
+/// let fast = LabOpts::default().time_mode(TimeMode::compressed(20.0)?);
+/// let exact = LabOpts::default().time_mode(TimeMode::Virtual { seed: None });
+/// # let _ = (real, fast, exact); Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub enum TimeMode {
+    /// Wall-clock time, nothing compressed (the default).
+    #[default]
+    Real,
+    /// Every kernel timer that shapes timeout-heavy scenarios runs k times faster inside the
+    /// lab's namespaces only (see `docs/compression.md`). k > 1 needs root, cgroup v2 and
+    /// eBPF `sock_ops` (Linux 5.15+) unless [`LabOpts::sysctl_only`]; k = 1 is real time.
+    Compressed(TimeScale),
+    /// The lab runs inside patchbay's User-Mode-Linux kernel in time-travel mode
+    /// (`patchbay vt -- <test binary>`, or the cargo runner in `docs/virtual-time.md`), where
+    /// every timer of kernel and application runs on a virtual clock. Outside such a kernel,
+    /// creating the lab fails with a message that says how to get there.
+    Virtual {
+        /// The seed the guest kernel must have been booted with (`patchbay vt --seed N`):
+        /// with `Some(n)`, creating the lab fails when the guest runs another seed, so a
+        /// test that relies on one replay cannot silently run another. `None` takes the
+        /// guest's seed, whatever it is. The seed in effect is written to `run.json`.
+        seed: Option<u64>,
+    },
+}
+
+impl TimeMode {
+    /// Compressed time at scale `k`, validated ([`TimeScale::new`]: 1 ≤ k ≤
+    /// [`crate::compress::MAX_TIME_SCALE`]).
+    pub fn compressed(k: f64) -> Result<TimeMode, ScaleError> {
+        Ok(TimeMode::Compressed(TimeScale::new(k)?))
+    }
+
+    /// The scale kernel timers are divided by: k under [`TimeMode::Compressed`], 1 otherwise
+    /// (under virtual time every timer is already exact).
+    pub fn scale(self) -> TimeScale {
+        match self {
+            TimeMode::Compressed(k) => k,
+            TimeMode::Real | TimeMode::Virtual { .. } => TimeScale::REAL_TIME,
+        }
+    }
+
+    /// Whether the lab runs in virtual time.
+    pub fn is_virtual(self) -> bool {
+        matches!(self, TimeMode::Virtual { .. })
+    }
+
+    /// `"real"`, `"compressed"` (k > 1) or `"virtual"`, as written in `run.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeMode::Virtual { .. } => "virtual",
+            m if m.scale().is_real_time() => "real",
+            _ => "compressed",
+        }
+    }
+}
 
 /// Options of a lab. Build with [`LabOpts::default`] and the setters.
 #[derive(Debug, Clone)]
 pub struct LabOpts {
     pub(crate) label: Option<String>,
     pub(crate) prewarm_neighbors: bool,
-    pub(crate) time_scale: f64,
+    pub(crate) time: TimeMode,
     pub(crate) telemetry: Option<bool>,
     pub(crate) sysctl_only: bool,
     pub(crate) syn_retries: Option<u8>,
     pub(crate) retries2: Option<u8>,
-    pub(crate) virtual_time: bool,
     pub(crate) outdir: Option<std::path::PathBuf>,
     pub(crate) keep_artifacts: bool,
     pub(crate) bpf_log: Option<tracing::Level>,
@@ -21,12 +86,11 @@ impl Default for LabOpts {
         LabOpts {
             label: None,
             prewarm_neighbors: true,
-            time_scale: 1.0,
+            time: TimeMode::Real,
             telemetry: None,
             sysctl_only: false,
             syn_retries: None,
             retries2: None,
-            virtual_time: false,
             outdir: None,
             keep_artifacts: false,
             bpf_log: None,
@@ -57,14 +121,9 @@ impl LabOpts {
         self
     }
 
-    /// The time scale k (default 1 = real time). Every kernel timer that
-    /// shapes timeout-heavy scenarios is divided by k inside the lab's
-    /// namespaces only (see `docs/compression.md`). Validated when the lab is
-    /// created: finite, at least 1, at most
-    /// [`crate::compress::MAX_TIME_SCALE`]. k > 1 needs root, cgroup v2 and
-    /// eBPF `sock_ops` (Linux 5.15+) unless [`LabOpts::sysctl_only`].
-    pub fn time_scale(mut self, k: f64) -> Self {
-        self.time_scale = k;
+    /// How time runs in the lab (default [`TimeMode::Real`]).
+    pub fn time_mode(mut self, mode: TimeMode) -> Self {
+        self.time = mode;
         self
     }
 
@@ -89,16 +148,6 @@ impl LabOpts {
     /// scaled); the compression plan uses it to place deadlines.
     pub fn tcp_syn_retries(mut self, n: u8) -> Self {
         self.syn_retries = Some(n);
-        self
-    }
-
-    /// Requires virtual time: the lab must run inside a User-Mode-Linux
-    /// kernel in time-travel mode (`patchbay vt -- <test binary>`, or the
-    /// cargo runner in `docs/virtual-time.md`), where every timer of kernel
-    /// and application runs on a virtual clock. Outside such a kernel,
-    /// creating the lab fails with a message that says how to get there.
-    pub fn virtual_time(mut self, on: bool) -> Self {
-        self.virtual_time = on;
         self
     }
 

@@ -21,16 +21,16 @@
 //! fails with [`Error::KernelFeature`], like any link condition.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::addr::{self, LanKind};
+use crate::addr;
 use crate::error::{Error, NetlinkContext, Result};
 use crate::link::{LinkCondition, qdisc_of, render_tc};
 use crate::sys::netlink::{self, VethEnd};
-use crate::sys::{linkattr, nft, tc};
+use crate::sys::{nft, tc};
 
+use super::Lab;
+use super::region_routes::{LinkRec, key, region_prefixes, route_via, transit};
 use super::router::{Router, RouterBuilder};
-use super::{Lab, LabInner};
 
 /// Prefix of region router names.
 const ROUTER_PREFIX: &str = "region-";
@@ -56,123 +56,12 @@ impl Region {
     }
 }
 
-#[derive(Debug)]
-struct LinkRec {
-    /// Link number (addresses come from it).
-    n: u8,
-    /// How the pair currently routes: `None` direct, `Some(m)` via region m,
-    /// `Some("")` cut.
-    broken: Option<String>,
-    /// Name of the drop table while cut.
-    cut_table: Option<String>,
-}
-
-/// The lab's regions and links (in `LabInner`).
-#[derive(Debug, Default)]
-pub(crate) struct Regions {
-    names: BTreeMap<String, String>,
-    /// Keyed by the sorted pair.
-    links: BTreeMap<(String, String), LinkRec>,
-}
-
-fn key(a: &str, b: &str) -> (String, String) {
-    if a <= b {
-        (a.to_string(), b.to_string())
-    } else {
-        (b.to_string(), a.to_string())
-    }
-}
-
-/// Transit addresses of link `n`: (lower-named side, higher-named side).
-fn transit(n: u8) -> ((Ipv4Addr, Ipv6Addr), (Ipv4Addr, Ipv6Addr)) {
-    let base = 4 * u32::from(n);
-    let v4 = |h: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 254, 0)) + base + h);
-    let v6 = |h: u16| Ipv6Addr::new(0x2001, 0xdb8, 0xfe, u16::from(n), 0, 0, 0, h);
-    ((v4(1), v6(1)), (v4(2), v6(2)))
-}
-
 impl RouterBuilder {
     /// Places the router in `region`: its uplink joins the region router's
     /// LAN (upstream patchbay's `.region(&region)`).
     pub fn region(self, region: &Region) -> Self {
         self.upstream_name(region.router.name())
     }
-}
-
-impl LabInner {
-    fn regions(&self) -> std::sync::MutexGuard<'_, Regions> {
-        self.regions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Region router name → region name (for topology.json).
-    pub(crate) fn region_routers(&self) -> BTreeMap<String, String> {
-        self.regions()
-            .names
-            .iter()
-            .map(|(name, router)| (router.clone(), name.clone()))
-            .collect()
-    }
-}
-
-/// The networks of a region's subtree that the region router routes:
-/// its own LAN, and the LANs below it reachable without crossing a NAT
-/// (IPv4), every LAN below it (IPv6).
-fn region_prefixes(lab: &LabInner, router: &str) -> Vec<(IpAddr, u8)> {
-    let t = lab.topo();
-    let mut v = vec![];
-    for (name, rec) in &t.routers {
-        let chain = t.ancestry(name);
-        let Some(pos) = chain.iter().position(|c| c == router) else {
-            continue;
-        };
-        // Routers strictly between `name` and the region router, and
-        // `name` itself, must be public for its IPv4 LAN to be routed.
-        let v4_ok = chain[..pos].iter().all(|r| {
-            t.routers
-                .get(r)
-                .is_some_and(|x| x.lan.kind == LanKind::Public)
-        });
-        if v4_ok {
-            v.push((IpAddr::V4(rec.lan.lan.v4), addr::V4_PREFIX));
-        }
-        v.push((IpAddr::V6(rec.lan.lan.v6), addr::V6_PREFIX));
-    }
-    v
-}
-
-/// Points the routes of `router` for `prefixes` at `via4`/`via6`.
-async fn route_via(
-    lab: &LabInner,
-    router: &str,
-    prefixes: Vec<(IpAddr, u8)>,
-    via: (Ipv4Addr, Ipv6Addr),
-) -> Result<()> {
-    let ns = lab
-        .topo()
-        .routers
-        .get(router)
-        .map(|r| r.node.ns().clone())
-        .ok_or_else(|| {
-            Error::invalid_node(
-                router,
-                "region",
-                crate::InvalidReason::Gone,
-                format!("region router {router} vanished"),
-            )
-        })?;
-    let what = format!("routing region traffic in {router}");
-    ns.run(move || async move {
-        for (p, len) in prefixes {
-            let gw = match p {
-                IpAddr::V4(_) => IpAddr::V4(via.0),
-                IpAddr::V6(_) => IpAddr::V6(via.1),
-            };
-            linkattr::replace_route(p, len, gw).await?;
-        }
-        Ok(())
-    })
-    .await?
-    .ctx(|| what)
 }
 
 impl Lab {
@@ -314,7 +203,7 @@ impl Lab {
         ] {
             ns.run(move || async move {
                 netlink::set_up(idx, true).await?;
-                super::device::sync_carriers(&[&ifname]);
+                super::wiring::sync_carriers(&[&ifname]);
                 netlink::add_addr(idx, me.0.into(), 30).await?;
                 netlink::add_addr(idx, me.1.into(), 64).await
             })
@@ -530,47 +419,4 @@ impl Lab {
         );
         Ok(())
     }
-}
-
-/// Called after a router is built: if it sits below a region router with
-/// links, the linked regions learn to route its networks.
-pub(crate) async fn router_added(lab: &std::sync::Arc<LabInner>, name: &str) -> Result<()> {
-    let chain = lab.topo().ancestry(name);
-    // (region router of `name`, [(linked region router, our transit address)])
-    type Transit = (Ipv4Addr, Ipv6Addr);
-    let (region_router, routes): (String, Vec<(String, Transit)>) = {
-        let r = lab.regions();
-        let Some((region, region_router)) = r
-            .names
-            .iter()
-            .find(|(_, rn)| chain.iter().skip(1).any(|c| c == *rn))
-        else {
-            return Ok(());
-        };
-        let mut v = vec![];
-        for ((x, y), rec) in &r.links {
-            let (other, me_lo) = if x == region {
-                (y, true)
-            } else if y == region {
-                (x, false)
-            } else {
-                continue;
-            };
-            if rec.broken.is_some() {
-                continue;
-            }
-            let (lo, hi) = transit(rec.n);
-            let via = if me_lo { lo } else { hi };
-            v.push((r.names[other].clone(), via));
-        }
-        (region_router.clone(), v)
-    };
-    if routes.is_empty() {
-        return Ok(());
-    }
-    let all = region_prefixes(lab, &region_router);
-    for (other_router, via) in routes {
-        route_via(lab, &other_router, all.clone(), via).await?;
-    }
-    Ok(())
 }

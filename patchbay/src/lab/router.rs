@@ -7,24 +7,23 @@ use std::sync::Arc;
 use crate::addr::{self, IpSupport, LanKind};
 use crate::error::{Error, NetlinkContext, Result};
 use crate::nat::NatV6Mode;
-use crate::sys::netlink::{self, VethEnd};
+use crate::sys::netlink;
 use crate::sys::netns::{Netns, Task};
 
-use super::node::{Iface, Node, NodeInner, NodeKind};
-use super::topo::{LanState, Member, RouterRec, Upstream};
-use super::{IX_BRIDGE_INDEX, LabInner};
+use super::LabInner;
+use super::node::{Node, NodeKind};
 
 /// Builds a [`Router`]; from [`crate::Lab::add_router`].
 #[derive(Debug)]
 #[must_use = "call .build().await"]
 pub struct RouterBuilder {
-    lab: Arc<LabInner>,
-    name: String,
-    upstream: Option<String>,
+    pub(super) lab: Arc<LabInner>,
+    pub(super) name: String,
+    pub(super) upstream: Option<String>,
     pub(super) lan_kind: Option<LanKind>,
     pub(super) nat: crate::nat::NatConfig,
     pub(super) firewall: Option<crate::firewall::Firewall>,
-    pub(super) extras: super::shaping::RouterExtras,
+    pub(super) extras: RouterExtras,
     pub(super) ip: IpSupport,
     pub(super) nat_v6: NatV6Mode,
 }
@@ -108,261 +107,12 @@ impl RouterBuilder {
         self.nat_v6 = mode;
         self
     }
-
-    /// Creates the router's namespace and links.
-    pub async fn build(self) -> Result<Router> {
-        let RouterBuilder {
-            lab,
-            name,
-            upstream,
-            lan_kind,
-            nat,
-            firewall,
-            ip,
-            nat_v6,
-            extras,
-        } = self;
-        let lan_kind = lan_kind.unwrap_or(nat.nat.lan_kind());
-        if name.is_empty() {
-            return Err(Error::invalid(
-                "name",
-                crate::InvalidReason::Missing,
-                "a router needs a non-empty name",
-            ));
-        }
-        extras.validate(&name)?;
-        // Validate and allocate under the lock, touch the kernel after.
-        let (up, uplink, lan, parent_port, up_ip) = {
-            let mut t = lab.topo();
-            t.check_free(&name)?;
-            let up = match &upstream {
-                None => Upstream::Exchange,
-                Some(p) => {
-                    t.router_mut(p)?;
-                    Upstream::Router(p.clone())
-                }
-            };
-            let up_ip = match &up {
-                Upstream::Exchange => IpSupport::DualStack,
-                Upstream::Router(p) => t.router_mut(p)?.lan.ip,
-            };
-            super::nat6_ops::check_ip_plan(&name, ip, nat_v6, upstream.as_deref(), up_ip)?;
-            let mut lan = t.addr.alloc_lan(lan_kind)?;
-            if nat_v6.hides_lan() {
-                lan.v6 = addr::ula_of(lan.v6);
-            }
-            let (uplink, parent_port) = match &up {
-                Upstream::Exchange => {
-                    let a = t.addr.alloc_exchange()?;
-                    t.next_ix_port += 1;
-                    (a, t.next_ix_port)
-                }
-                Upstream::Router(p) => {
-                    let rec = t.router_mut(p)?;
-                    let a = rec.lan.lan.alloc()?;
-                    rec.lan.next_port += 1;
-                    (a, rec.lan.next_port)
-                }
-            };
-            (up, uplink, lan, parent_port, up_ip)
-        };
-        let ns = Netns::new(&format!("{}-{name}", lab.id()))?;
-        lab.prepare_ns(&ns, true, &name)?;
-        let node = Arc::new(NodeInner::new(&lab, &name, NodeKind::Router, ns.clone()));
-        let wan_mac = addr::mac(node.ordinal, 1);
-        let bridge_mac = addr::mac(node.ordinal, 0);
-        let (gw4, gw6) = lan.gateway();
-
-        // Parent side: the exchange root, or the upstream router.
-        let (parent_ns, parent_bridge, parent_bridge_mac, parent_gw) = match &up {
-            Upstream::Exchange => (
-                lab.root().clone(),
-                IX_BRIDGE_INDEX,
-                addr::mac(0, 0),
-                (addr::IX_ROOT_V4, addr::IX_ROOT_V6),
-            ),
-            Upstream::Router(p) => {
-                let t = lab.topo();
-                let rec = t.routers.get(p).ok_or_else(|| {
-                    Error::invalid(
-                        "upstream",
-                        crate::InvalidReason::Unknown,
-                        format!("unknown router {p:?}"),
-                    )
-                })?;
-                (
-                    rec.node.ns().clone(),
-                    rec.lan.bridge_index,
-                    rec.lan.bridge_mac,
-                    rec.lan.lan.gateway(),
-                )
-            }
-        };
-        // Indexes are unique across the lab: kernels before ~6.14 check a
-        // requested index in the namespace that sends the request, not only
-        // in the target one.
-        let port_index = lab.next_ifindex();
-        let wan_index = lab.next_ifindex();
-        let lan_index = lab.next_ifindex();
-        let wan = VethEnd {
-            name: "wan".into(),
-            index: wan_index,
-            mac: wan_mac,
-            netns_fd: ns.raw_fd()?,
-        };
-        let port = VethEnd {
-            name: format!("p{parent_port}"),
-            index: port_index,
-            mac: addr::mac(node.ordinal, 2),
-            netns_fd: parent_ns.raw_fd()?,
-        };
-        let ctx = format!("building router {name}");
-        parent_ns
-            .run(move || async move {
-                netlink::create_veth(&wan, &port).await?;
-                netlink::set_master_up(port_index, parent_bridge).await
-            })
-            .await?
-            .ctx(|| ctx.clone())?;
-
-        // Inside the router: loopback, LAN bridge, uplink, default routes.
-        ns.run(move || async move {
-            netlink::set_up(1, true).await?;
-            netlink::create_bridge("lan", lan_index, bridge_mac).await?;
-            if ip.has_v4() {
-                netlink::add_addr(lan_index, gw4.into(), addr::V4_PREFIX).await?;
-            }
-            if ip.has_v6() {
-                netlink::add_addr(lan_index, gw6.into(), addr::V6_PREFIX).await?;
-            }
-            netlink::set_up(wan_index, true).await?;
-            if up_ip.has_v4() {
-                netlink::add_addr(wan_index, uplink.0.into(), addr::V4_PREFIX).await?;
-                netlink::add_route_v4(Ipv4Addr::UNSPECIFIED, 0, parent_gw.0).await?;
-            }
-            if up_ip.has_v6() {
-                netlink::add_addr(wan_index, uplink.1.into(), addr::V6_PREFIX).await?;
-                netlink::add_route_v6(Ipv6Addr::UNSPECIFIED, 0, parent_gw.1).await?;
-            }
-            super::device::sync_carriers(&["wan"]);
-            Ok(())
-        })
-        .await?
-        .ctx(|| ctx.clone())?;
-
-        lab.prepare_iface(&ns, "wan")?;
-        lab.prepare_iface(&ns, "lan")?;
-        let port_name = format!("p{parent_port}");
-        let parent_bridge_name = if parent_bridge == IX_BRIDGE_INDEX {
-            "ix"
-        } else {
-            "lan"
-        };
-        parent_ns
-            .run_sync(move || super::device::sync_carriers(&[&port_name, parent_bridge_name]))?;
-
-        node.add_iface(Iface {
-            name: "wan".into(),
-            index: wan_index,
-            mac: wan_mac,
-            ip: up_ip.has_v4().then_some(uplink.0),
-            ip6: up_ip.has_v6().then_some(uplink.1),
-            prefix: addr::V4_PREFIX,
-            peer: upstream.clone().unwrap_or_else(|| "exchange".into()),
-        });
-        node.add_iface(Iface {
-            name: "lan".into(),
-            index: lan_index,
-            mac: bridge_mac,
-            ip: ip.has_v4().then_some(gw4),
-            ip6: ip.has_v6().then_some(gw6),
-            prefix: addr::V4_PREFIX,
-            peer: name.clone(),
-        });
-
-        let me = Member {
-            node: node.clone(),
-            v4: if up_ip.has_v4() {
-                uplink.0
-            } else {
-                Ipv4Addr::UNSPECIFIED
-            },
-            v6: if up_ip.has_v6() {
-                uplink.1
-            } else {
-                Ipv6Addr::UNSPECIFIED
-            },
-            mac: wan_mac,
-            index: wan_index,
-        };
-        let lan_v4 = lan.v4;
-        let lan_v6 = lan.v6;
-        {
-            let mut t = lab.topo();
-            t.nodes.insert(name.clone(), node.clone());
-            t.routers.insert(
-                name.clone(),
-                RouterRec {
-                    node: node.clone(),
-                    upstream: up.clone(),
-                    lan: LanState {
-                        lan,
-                        kind: lan_kind,
-                        ip,
-                        bridge_mac,
-                        bridge_index: lan_index,
-                        members: vec![],
-                        next_port: 0,
-                    },
-                    nat,
-                    nat_v6,
-                },
-            );
-        }
-        lab.names_for_new_node(&node)?;
-        let siblings = {
-            let mut t = lab.topo();
-            let lan = match &up {
-                Upstream::Exchange => &mut t.exchange,
-                Upstream::Router(p) => &mut t.router_mut(p)?.lan.members,
-            };
-            let siblings = lan.clone();
-            lan.push(me.clone());
-            siblings
-        };
-        if lab.opts().prewarm_neighbors {
-            lab.prewarm()
-                .member(
-                    &me,
-                    &parent_ns,
-                    port_index,
-                    parent_gw,
-                    parent_bridge_mac,
-                    &siblings,
-                )
-                .await?;
-        }
-        routes_to_lan(&lab, &name, lan_kind, lan_v4, lan_v6).await?;
-        let router = Router {
-            node: Node::from_inner(node),
-        };
-        router.configure(firewall).await?;
-        router.configure_v6(nat_v6, lan_v6).await?;
-        extras.apply(&router).await?;
-        super::region::router_added(&lab, &name).await?;
-        router.record(
-            "node.added",
-            serde_json::json!({"kind": "router", "upstream": upstream, "nat": router.nat_config()?.nat.name()}),
-            true,
-        );
-        Ok(router)
-    }
 }
 
 /// Installs routes to a new router's LAN in every ancestor, so replies find
 /// their way back: IPv4 up to the first NAT (beyond it the LAN is hidden),
 /// IPv6 (never NATed) all the way to the exchange root.
-async fn routes_to_lan(
+pub(super) async fn routes_to_lan(
     lab: &Arc<LabInner>,
     name: &str,
     kind: LanKind,
@@ -446,7 +196,7 @@ pub(super) fn uplink_of(t: &super::topo::Topology, router: &str) -> (Ipv4Addr, I
 /// A router of a lab. Cheap to clone; dereferences to [`Node`].
 #[derive(Debug, Clone)]
 pub struct Router {
-    node: Node,
+    pub(super) node: Node,
 }
 
 impl std::ops::Deref for Router {
@@ -487,5 +237,169 @@ impl Router {
             IpAddr::V4(_) => self.ip().map(IpAddr::V4),
             IpAddr::V6(_) => self.ip6().map(IpAddr::V6),
         }
+    }
+}
+
+/// Build-time MTU and PMTU settings of a router (see [`RouterBuilder::mtu`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RouterExtras {
+    pub mtu: Option<u32>,
+    pub block_pmtu: bool,
+}
+
+impl RouterExtras {
+    pub(crate) fn validate(&self, router: &str) -> Result<()> {
+        match self.mtu {
+            // Every lab link carries IPv6 today.
+            Some(m) => super::wiring::check_mtu(
+                &format!("router {router} (wan and lan)"),
+                m,
+                Some(std::net::Ipv6Addr::LOCALHOST),
+            )
+            .map_err(|e| match e {
+                Error::Invalid(mut i) => {
+                    i.message = i.message.replace(" (::1)", "");
+                    Error::Invalid(i)
+                }
+                e => e,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) async fn apply(&self, router: &Router) -> Result<()> {
+        if let Some(m) = self.mtu {
+            router.set_mtu("wan", m).await?;
+            router.set_mtu("lan", m).await?;
+        }
+        if self.block_pmtu {
+            router.block_icmp_frag_needed(true).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a router's address families against its NAT modes and its
+/// upstream, before anything is allocated.
+pub(super) fn check_ip_plan(
+    name: &str,
+    ip: IpSupport,
+    nat_v6: NatV6Mode,
+    upstream: Option<&str>,
+    up_ip: IpSupport,
+) -> Result<()> {
+    let up = upstream.map_or("the exchange".to_string(), |u| format!("router {u}"));
+    if nat_v6 != NatV6Mode::None && !ip.has_v6() {
+        return Err(Error::invalid_node(
+            name,
+            "ip_support",
+            crate::InvalidReason::Conflict,
+            format!(
+                "router {name}: nat_v6 = {} needs IPv6 on its LAN, but its ip_support is {}; use ip_support dual-stack or v6-only, or drop nat_v6",
+                nat_v6.name(),
+                ip.name()
+            ),
+        ));
+    }
+    if nat_v6 == NatV6Mode::Nat64 && !up_ip.has_v4() {
+        return Err(Error::invalid_node(
+            name,
+            "ip_support",
+            crate::InvalidReason::Conflict,
+            format!(
+                "router {name}: nat_v6 = nat64 translates to IPv4, but its upstream {up} is {} (no IPv4 uplink); attach it to a dual-stack or v4-only upstream",
+                up_ip.name()
+            ),
+        ));
+    }
+    if ip.has_v4() && !up_ip.has_v4() {
+        return Err(Error::invalid_node(
+            name,
+            "ip_support",
+            crate::InvalidReason::Conflict,
+            format!(
+                "router {name} is {} but its upstream {up} is {}: IPv4 on its LAN would lead nowhere; make {name} v6-only or give the upstream IPv4",
+                ip.name(),
+                up_ip.name()
+            ),
+        ));
+    }
+    if ip.has_v6() && !up_ip.has_v6() && nat_v6 != NatV6Mode::Nat64 {
+        return Err(Error::invalid_node(
+            name,
+            "ip_support",
+            crate::InvalidReason::Conflict,
+            format!(
+                "router {name} is {} but its upstream {up} is {}: IPv6 on its LAN would lead nowhere; make {name} v4-only, give the upstream IPv6, or translate with nat_v6 = nat64",
+                ip.name(),
+                up_ip.name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_router_mtu_below_the_ipv6_minimum_names_the_router() {
+        let e = RouterExtras {
+            mtu: Some(1000),
+            block_pmtu: false,
+        }
+        .validate("r")
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("router r (wan and lan)") && e.contains("IPv6"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_plans_name_both_parts() {
+        let e = check_ip_plan(
+            "carrier",
+            IpSupport::V4Only,
+            NatV6Mode::Nat64,
+            None,
+            IpSupport::DualStack,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("nat64") && e.contains("v4-only"), "{e}");
+        let e = check_ip_plan(
+            "carrier",
+            IpSupport::V6Only,
+            NatV6Mode::Nat64,
+            Some("isp"),
+            IpSupport::V6Only,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("router isp") && e.contains("nat64"), "{e}");
+        let e = check_ip_plan(
+            "home",
+            IpSupport::DualStack,
+            NatV6Mode::None,
+            Some("isp"),
+            IpSupport::V6Only,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("home") && e.contains("router isp"), "{e}");
+        assert!(
+            check_ip_plan(
+                "c",
+                IpSupport::V6Only,
+                NatV6Mode::Nat64,
+                None,
+                IpSupport::DualStack
+            )
+            .is_ok()
+        );
     }
 }

@@ -26,39 +26,10 @@ use crate::sys::{linkattr, nft, tc};
 use super::faults::Direction;
 use super::node::{Node, NodeKind};
 use super::router::{Router, RouterBuilder};
+use super::wiring::check_mtu;
 
 /// The nft table (family `inet`) of a router's PMTU black hole.
 pub const PMTU_TABLE: &str = "patchbay-pmtu";
-
-/// The smallest MTU IPv6 allows on a link (RFC 8200).
-pub const IPV6_MIN_MTU: u32 = 1280;
-/// The smallest MTU IPv4 allows (RFC 791).
-pub const IPV4_MIN_MTU: u32 = 68;
-/// The largest MTU a veth accepts.
-pub const MAX_MTU: u32 = 65535;
-
-/// Checks an MTU for a link that carries IPv6 (`v6`), naming the link.
-pub(crate) fn check_mtu(link: &str, mtu: u32, v6: Option<std::net::Ipv6Addr>) -> Result<()> {
-    if let Some(a) = v6
-        && mtu < IPV6_MIN_MTU
-    {
-        return Err(Error::invalid(
-            "mtu",
-            crate::InvalidReason::OutOfRange,
-            format!(
-                "MTU {mtu} on {link} is below {IPV6_MIN_MTU}, the IPv6 minimum (RFC 8200), and {link} carries IPv6 ({a}): use an MTU of at least {IPV6_MIN_MTU}"
-            ),
-        ));
-    }
-    if !(IPV4_MIN_MTU..=MAX_MTU).contains(&mtu) {
-        return Err(Error::invalid(
-            "mtu",
-            crate::InvalidReason::OutOfRange,
-            format!("MTU {mtu} on {link} is out of range: use {IPV4_MIN_MTU}..={MAX_MTU}"),
-        ));
-    }
-    Ok(())
-}
 
 /// Renders the PMTU black-hole table: drops ICMP "fragmentation needed"
 /// (type 3 code 4) and ICMPv6 "packet too big" that the router forwards or
@@ -84,45 +55,6 @@ pub fn render_pmtu_blackhole(on: bool) -> String {
     }
     let _ = writeln!(b, "}}");
     nft::replace_table("inet", PMTU_TABLE, &b)
-}
-
-/// Build-time MTU and PMTU settings of a router (see [`RouterBuilder::mtu`]).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct RouterExtras {
-    pub mtu: Option<u32>,
-    pub block_pmtu: bool,
-}
-
-impl RouterExtras {
-    pub(crate) fn validate(&self, router: &str) -> Result<()> {
-        match self.mtu {
-            // Every lab link carries IPv6 today.
-            Some(m) => check_mtu(
-                &format!("router {router} (wan and lan)"),
-                m,
-                Some(std::net::Ipv6Addr::LOCALHOST),
-            )
-            .map_err(|e| match e {
-                Error::Invalid(mut i) => {
-                    i.message = i.message.replace(" (::1)", "");
-                    Error::Invalid(i.node(router))
-                }
-                e => e,
-            }),
-            None => Ok(()),
-        }
-    }
-
-    pub(crate) async fn apply(&self, router: &Router) -> Result<()> {
-        if let Some(m) = self.mtu {
-            router.set_mtu("wan", m).await?;
-            router.set_mtu("lan", m).await?;
-        }
-        if self.block_pmtu {
-            router.block_icmp_frag_needed(true).await?;
-        }
-        Ok(())
-    }
 }
 
 impl RouterBuilder {
@@ -266,30 +198,6 @@ impl Node {
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mtu_checks_name_the_link_and_the_ipv6_minimum() {
-        let v6 = Some("2001:db8:1:1::2".parse().unwrap());
-        let e = check_mtu("c.eth0", 1200, v6).unwrap_err().to_string();
-        assert!(
-            e.contains("c.eth0") && e.contains("1280") && e.contains("2001:db8:1:1::2"),
-            "{e}"
-        );
-        assert!(check_mtu("c.eth0", 1200, None).is_ok());
-        assert!(check_mtu("c.eth0", 60, None).is_err());
-        assert!(check_mtu("c.eth0", 1400, v6).is_ok());
-        let e = RouterExtras {
-            mtu: Some(1000),
-            block_pmtu: false,
-        }
-        .validate("r")
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("router r (wan and lan)") && e.contains("IPv6"),
-            "{e}"
-        );
-    }
 
     #[test]
     fn pmtu_blackhole_renders_both_hooks() {

@@ -29,20 +29,44 @@ pub struct RunReport {
 #[derive(Debug, Clone, Default)]
 pub struct RunOverrides {
     /// Replaces `[lab] time-scale`.
-    pub time_scale: Option<f64>,
+    pub time_scale: Option<crate::compress::TimeScale>,
     /// Forces virtual time.
     pub virtual_time: bool,
     /// Replaces `[lab] outdir`; a directory given here is always kept.
     pub outdir: Option<std::path::PathBuf>,
 }
 
-fn lab_opts(file: &LabFile, o: &RunOverrides) -> LabOpts {
+/// The lab's time mode from `[lab] time` and `time-scale` and the overrides.
+fn time_mode(file: &LabFile, o: &RunOverrides) -> Result<crate::TimeMode> {
+    let l = &file.lab;
+    let k = match o.time_scale {
+        Some(k) => Some(k),
+        None => l
+            .time_scale
+            .map(crate::compress::TimeScale::new)
+            .transpose()?,
+    };
+    let virt = l.time == Some(super::schema::TimeMode::Virtual) || o.virtual_time;
+    Ok(match (virt, k) {
+        (true, Some(k)) if !k.is_real_time() => {
+            return Err(Error::invalid(
+                "time-scale",
+                InvalidReason::Conflict,
+                "virtual time and a time scale exclude each other: under virtual time every timer is already exact; drop time-scale",
+            ));
+        }
+        (true, _) => crate::TimeMode::Virtual { seed: None },
+        (false, Some(k)) => crate::TimeMode::Compressed(k),
+        (false, None) => crate::TimeMode::Real,
+    })
+}
+
+fn lab_opts(file: &LabFile, o: &RunOverrides) -> Result<LabOpts> {
     let l = &file.lab;
     let mut opts = LabOpts::default()
         .prewarm_neighbors(l.prewarm_neighbors)
-        .time_scale(o.time_scale.or(l.time_scale).unwrap_or(1.0))
-        .sysctl_only(l.sysctl_only)
-        .virtual_time(l.time == Some(super::schema::TimeMode::Virtual) || o.virtual_time);
+        .time_mode(time_mode(file, o)?)
+        .sysctl_only(l.sysctl_only);
     if let Some(label) = &l.label {
         opts = opts.label(label.clone());
     }
@@ -60,11 +84,11 @@ fn lab_opts(file: &LabFile, o: &RunOverrides) -> LabOpts {
         (None, Some(d)) => opts = opts.outdir(d.clone()).keep_artifacts(l.keep),
         (None, None) => {}
     }
-    opts
+    Ok(opts)
 }
 
 async fn build(file: &LabFile, o: &RunOverrides) -> Result<Lab> {
-    let lab = Lab::with_opts(lab_opts(file, o)).await?;
+    let lab = Lab::with_opts(lab_opts(file, o)?).await?;
     for name in file.regions.keys() {
         lab.add_region(name).await?;
     }
@@ -191,7 +215,7 @@ pub async fn run(
             // Addresses changed: `${phone.ip}` is the new one from now on.
             vars = Vars::from_lab(&lab);
         }
-        out.virtual_s = out.wall_s * lab.time_scale();
+        out.virtual_s = out.wall_s * lab.time_scale().get();
         lab.emit(
             out.node.as_deref(),
             "step.end",
@@ -215,7 +239,7 @@ pub async fn run(
     let ok = steps.iter().all(|s| s.ok) && steps.len() == file.steps.len();
     Ok(RunReport {
         lab: lab.id().to_string(),
-        time_scale: lab.time_scale(),
+        time_scale: lab.time_scale().get(),
         build_s,
         steps,
         ok,

@@ -202,11 +202,8 @@ pub struct LinkTiming {
 
 impl LinkTiming {
     /// Time runs `k` times faster: delay and jitter ÷ k, rate × k.
-    /// `k` must be > 0 (values ≤ 0 leave the timing unchanged).
-    pub fn scaled(self, k: f64) -> LinkTiming {
-        if k.is_nan() || k <= 0.0 {
-            return self;
-        }
+    pub fn scaled(self, k: crate::compress::TimeScale) -> LinkTiming {
+        let k = k.get();
         LinkTiming {
             delay_us: (self.delay_us as f64 / k).round() as u64,
             jitter_us: (self.jitter_us as f64 / k).round() as u64,

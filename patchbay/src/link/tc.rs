@@ -267,7 +267,9 @@ mod tests {
         let c = LinkCondition::default()
             .rate(1_000_000)
             .queue(Duration::from_millis(400));
-        let t = c.timing().scaled(10.0);
+        let t = c
+            .timing()
+            .scaled(crate::compress::TimeScale::new(10.0).expect("k"));
         assert_eq!(t.queue_us, Some(40_000));
         assert_eq!(t.rate_bps, Some(10_000_000));
         assert_eq!(c.with_timing(t).queue, Some(Duration::from_millis(40)));

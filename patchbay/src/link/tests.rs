@@ -45,7 +45,9 @@ fn bad_input_is_named() {
 #[test]
 fn timing_scales_delay_down_and_rate_up() {
     let c = Preset::Satellite.condition();
-    let t = c.timing().scaled(10.0);
+    let t = c
+        .timing()
+        .scaled(crate::compress::TimeScale::new(10.0).expect("k"));
     assert_eq!(t.delay_us, 30_000);
     assert_eq!(t.jitter_us, 2_000);
     assert_eq!(t.rate_bps, Some(100_000_000));

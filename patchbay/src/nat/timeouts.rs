@@ -136,14 +136,10 @@ impl ConntrackTimeouts {
         }
     }
 
-    /// Every timeout divided by `k` (time runs `k` times faster). `k` must
-    /// be > 0; other values return an unchanged copy. Sysctls round to whole
+    /// Every timeout divided by `k` (time runs `k` times faster). Sysctls round to whole
     /// seconds (at least 1 s), nft map timeouts to milliseconds.
-    pub fn scaled(&self, k: f64) -> ConntrackTimeouts {
-        if k.is_nan() || k <= 0.0 {
-            return self.clone();
-        }
-        self.map_durations(|d| Duration::from_secs_f64(d.as_secs_f64() / k))
+    pub fn scaled(&self, k: crate::compress::TimeScale) -> ConntrackTimeouts {
+        self.map_durations(|d| k.to_wall(d))
     }
 }
 
@@ -169,7 +165,7 @@ mod tests {
         assert_eq!(t.udp, Duration::from_secs(3));
         assert_eq!(t.icmp, Duration::from_secs(30));
         assert_eq!(t.eim_map(), Duration::from_millis(2500));
-        let k = t.scaled(10.0);
+        let k = t.scaled(crate::compress::TimeScale::new(10.0).expect("k"));
         assert_eq!(k.udp, Duration::from_millis(300));
         assert_eq!(k.eim_map(), Duration::from_millis(250));
         assert_eq!(

@@ -199,9 +199,9 @@ pub enum ScenarioError {
         /// What happened.
         what: String,
     },
-    /// The time scale is invalid.
-    #[error("invalid time scale {0}: use a finite k >= 1 (e.g. --scale 20)")]
-    Scale(f64),
+    /// The time scale is invalid (outside 1 ≤ k ≤ [`crate::compress::MAX_TIME_SCALE`]).
+    #[error(transparent)]
+    Scale(#[from] crate::compress::ScaleError),
     /// Running the scenario inside the User-Mode-Linux guest failed.
     #[error("scenario {scenario}: {what}: {source}")]
     Guest {
@@ -265,13 +265,11 @@ pub(crate) async fn scenario_lab(
     k: f64,
     opts: impl FnOnce(LabOpts) -> LabOpts,
 ) -> Result<Lab, ScenarioError> {
-    if !k.is_finite() || k < 1.0 {
-        return Err(ScenarioError::Scale(k));
-    }
+    let k = crate::compress::TimeScale::new(k)?;
     let o = opts(
         LabOpts::default()
             .label(scenario)
-            .time_scale(k)
+            .time_mode(crate::TimeMode::Compressed(k))
             .telemetry(true),
     );
     Lab::with_opts(o).await.lab(scenario, "creating the lab")
@@ -469,9 +467,13 @@ pub fn compare(scenario: Scenario, size: Size, baseline: Trace, compressed: Trac
 pub async fn clamped_timers(scenario: Scenario, k: f64) -> Result<Vec<String>, ScenarioError> {
     use crate::compress::Status;
     let sc = scenario.name();
-    let lab = Lab::with_opts(LabOpts::default().label("report").time_scale(k))
-        .await
-        .lab(sc, "creating a lab for the compression report")?;
+    let lab = Lab::with_opts(
+        LabOpts::default()
+            .label("report")
+            .time_mode(crate::TimeMode::compressed(k)?),
+    )
+    .await
+    .lab(sc, "creating a lab for the compression report")?;
     let report = lab
         .compression_report()
         .lab(sc, "computing the compression report")?;

@@ -197,7 +197,7 @@ impl Recorder {
         let last = *lock(&self.last);
         Trace {
             scenario: self.scenario.clone(),
-            scale: self.clock.scale(),
+            scale: self.clock.scale().get(),
             wall: last.saturating_duration_since(self.t0),
             events,
         }

@@ -24,6 +24,7 @@ pub(crate) mod mountns;
 pub(crate) mod netlink;
 pub(crate) mod netns;
 pub(crate) mod nft;
+pub(crate) mod sandbox;
 pub(crate) mod sockdiag;
 pub(crate) mod spawn;
 pub(crate) mod sysctl;

@@ -15,17 +15,12 @@ pub(crate) fn nofile_limits() -> (u64, u64) {
 
 /// A random seed for a run without one (small enough to type when replaying).
 pub(crate) fn random_seed() -> u64 {
-    let mut b = [0u8; 4];
-    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n == 4 {
-        u64::from(u32::from_ne_bytes(b))
-    } else {
-        // No getrandom (never on a supported host): the clock's nanoseconds will do.
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::from(d.subsec_nanos()))
-    }
+    use std::hash::{BuildHasher, Hasher};
+    // std seeds every RandomState from the OS's randomness (getrandom), without unsafe here.
+    let h = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    u64::from(h as u32)
 }
 
 /// The UML kernel command line. `seccomp`: `Some(on)` for kernels that know the `seccomp=`

@@ -102,120 +102,6 @@ fn cstring(p: &Path) -> Result<CString, VtError> {
         .map_err(|_| VtError::InvalidArgument(format!("path {} contains NUL", p.display())))
 }
 
-/// Runs in the forked child before exec: only async-signal-safe syscalls, no allocation.
-/// Unprivileged callers first enter a user namespace in which they are root.
-fn enter_sandbox(
-    alias: &(CString, CString),
-    writable: &[CString],
-    mem_dir: &CString,
-    userns: Option<&super::userns::Maps>,
-) -> std::io::Result<()> {
-    if let Some(maps) = userns {
-        super::userns::enter(maps)?;
-    }
-    fn check(rc: libc::c_long) -> std::io::Result<()> {
-        if rc < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    }
-    let root = c"/";
-    let tmpfs = c"tmpfs";
-    let set_ro = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    let clr_ro = libc::mount_attr {
-        attr_set: 0,
-        attr_clr: libc::MOUNT_ATTR_RDONLY,
-        ..set_ro
-    };
-    let size = std::mem::size_of::<libc::mount_attr>();
-    // SAFETY: plain syscalls on NUL-terminated strings and a properly sized mount_attr that
-    // all outlive the calls; the child is single-threaded between fork and exec.
-    unsafe {
-        // If the runner's thread dies, `unshare` dies, which kills UML (--kill-child), which
-        // tears down its PID namespace with every guest process in it.
-        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL).into())?;
-        // No host ASLR for UML (inherited through `unshare`'s exec): interrupt entropy mixes
-        // in the host instruction pointer an IRQ interrupted, often in libc, whose address
-        // would otherwise differ from run to run and make seeded runs diverge.
-        let current = libc::personality(0xffff_ffff);
-        check(
-            libc::personality(
-                (current as libc::c_ulong) | libc::ADDR_NO_RANDOMIZE as libc::c_ulong,
-            )
-            .into(),
-        )?;
-        check(libc::unshare(libc::CLONE_NEWNS).into())?;
-        let none = std::ptr::null();
-        check(
-            libc::mount(
-                none,
-                root.as_ptr(),
-                none,
-                libc::MS_REC | libc::MS_PRIVATE,
-                none.cast(),
-            )
-            .into(),
-        )?;
-        check(
-            libc::mount(
-                alias.0.as_ptr(),
-                alias.1.as_ptr(),
-                none,
-                libc::MS_BIND | libc::MS_REC,
-                none.cast(),
-            )
-            .into(),
-        )?;
-        for w in writable {
-            check(
-                libc::mount(
-                    w.as_ptr(),
-                    w.as_ptr(),
-                    none,
-                    libc::MS_BIND | libc::MS_REC,
-                    none.cast(),
-                )
-                .into(),
-            )?;
-        }
-        check(libc::syscall(
-            libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            root.as_ptr(),
-            libc::AT_RECURSIVE,
-            &set_ro,
-            size,
-        ))?;
-        for w in writable {
-            check(libc::syscall(
-                libc::SYS_mount_setattr,
-                libc::AT_FDCWD,
-                w.as_ptr(),
-                libc::AT_RECURSIVE,
-                &clr_ro,
-                size,
-            ))?;
-        }
-        check(
-            libc::mount(
-                tmpfs.as_ptr(),
-                mem_dir.as_ptr(),
-                tmpfs.as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                none.cast(),
-            )
-            .into(),
-        )?;
-    }
-    Ok(())
-}
-
 /// Spawns `binary args`, waits at most `guard`, then kills the process group and reaps it.
 pub(crate) fn run_uml(
     binary: &Path,
@@ -232,6 +118,12 @@ pub(crate) fn run_uml(
     let alias = (cstring(&sandbox.alias.0)?, cstring(&sandbox.alias.1)?);
     let userns = super::userns::plan();
     let unprivileged = userns.is_some();
+    let child = crate::sys::sandbox::ChildSandbox {
+        alias,
+        writable,
+        mem_dir,
+        userns,
+    };
     // The console goes to a regular file, not a pipe: every read of a pipe sends SIGIO to its
     // writer (O_ASYNC, which UML sets on its console fd), and that SIGIO would interrupt the
     // guest at a moment set by the host's scheduling, making seeded runs diverge. A file has
@@ -268,10 +160,7 @@ pub(crate) fn run_uml(
         .stdout(writer)
         .stderr(writer2)
         .process_group(0);
-    // SAFETY: the closure only makes raw syscalls on data prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || enter_sandbox(&alias, &writable, &mem_dir, userns.as_ref()));
-    }
+    crate::sys::sandbox::install(&mut cmd, child);
     let started = Instant::now();
     let mut child = match cmd.spawn() {
         Ok(c) => c,

@@ -12,11 +12,7 @@ use super::VtError;
 
 /// The id maps written into the new user namespace, prepared before `fork` (the child may not
 /// allocate).
-#[derive(Debug)]
-pub(crate) struct Maps {
-    uid_map: Vec<u8>,
-    gid_map: Vec<u8>,
-}
+pub(crate) use crate::sys::sandbox::UsernsMaps as Maps;
 
 /// The maps for the calling user, or `None` when already root (no user namespace then: the
 /// runner behaves exactly as before).
@@ -30,37 +26,6 @@ pub(crate) fn plan() -> Option<Maps> {
         uid_map: format!("0 {uid} 1\n").into_bytes(),
         gid_map: format!("0 {gid} 1\n").into_bytes(),
     })
-}
-
-/// Runs in the forked child before exec: `unshare(CLONE_NEWUSER)` and the id maps, with raw
-/// syscalls only.
-pub(crate) fn enter(maps: &Maps) -> std::io::Result<()> {
-    fn check(rc: libc::c_long) -> std::io::Result<()> {
-        if rc < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    }
-    fn write_file(path: &std::ffi::CStr, data: &[u8]) -> std::io::Result<()> {
-        // SAFETY: open/write/close on a NUL-terminated path and a live buffer.
-        unsafe {
-            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            check(fd.into())?;
-            let n = libc::write(fd, data.as_ptr().cast(), data.len());
-            let write_err = std::io::Error::last_os_error();
-            libc::close(fd);
-            if n < 0 {
-                return Err(write_err);
-            }
-        }
-        Ok(())
-    }
-    // SAFETY: a plain syscall.
-    check(unsafe { libc::unshare(libc::CLONE_NEWUSER) }.into())?;
-    write_file(c"/proc/self/setgroups", b"deny")?;
-    write_file(c"/proc/self/uid_map", &maps.uid_map)?;
-    write_file(c"/proc/self/gid_map", &maps.gid_map)
 }
 
 /// Turns a failed spawn into [`VtError::NoUserNamespaces`] when the cause is that the host

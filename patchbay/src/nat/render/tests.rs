@@ -58,7 +58,9 @@ fn every_timeout_comes_from_the_config() {
     let r = render_nat(&s);
     assert_eq!(r.matches("2500ms").count(), 4, "{r}");
     assert!(!r.contains("3000ms"), "{r}");
-    let k = s.timeouts.scaled(10.0);
+    let k = s
+        .timeouts
+        .scaled(crate::compress::TimeScale::new(10.0).expect("k"));
     s.timeouts = k;
     assert!(render_nat(&s).contains("timeout 250ms"));
 }
