@@ -220,21 +220,36 @@ const QDISCS: &[(&str, &[&str])] = &[
     ("clsact", &["clsact"]),
 ];
 
+/// Why the compression section of a doctor report could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompressionCheckError {
+    /// The time scale is out of range.
+    #[error(transparent)]
+    Scale(#[from] crate::compress::ScaleError),
+    /// Probing the kernel failed.
+    #[error(transparent)]
+    Probe(#[from] crate::compress::probe::ProbeError),
+    /// No compression plan fits this kernel.
+    #[error(transparent)]
+    Plan(#[from] crate::compress::PlanError),
+}
+
 /// The compression capabilities and plan at time scale `k`.
 pub fn compression(
     k: f64,
 ) -> (
     crate::bpf::BpfCaps,
-    Result<crate::compress::CompressionReport, String>,
+    Result<crate::compress::CompressionReport, CompressionCheckError>,
 ) {
     use crate::compress::{CompressionReport, Plan, TimeScale, TimerInputs, probe};
     let b = crate::bpf::probe();
     let report = (|| {
-        let scale = TimeScale::new(k).map_err(|e| e.to_string())?;
-        let (caps, defaults) = probe::probe_kernel(b.features()).map_err(|e| e.to_string())?;
+        let scale = TimeScale::new(k)?;
+        let (caps, defaults) = probe::probe_kernel(b.features())?;
         let inputs = TimerInputs::default();
-        let plan = Plan::compute(scale, &caps, &defaults, &inputs).map_err(|e| e.to_string())?;
-        let fk = Plan::largest_faithful_k(&caps, &defaults, &inputs).map_err(|e| e.to_string())?;
+        let plan = Plan::compute(scale, &caps, &defaults, &inputs)?;
+        let fk = Plan::largest_faithful_k(&caps, &defaults, &inputs)?;
         Ok(CompressionReport::new(&plan, &caps, Some(&fk)))
     })();
     (b, report)
@@ -253,13 +268,18 @@ pub async fn probe_with_scale(k: f64) -> DoctorReport {
             }),
     );
     if r.root {
-        let (b, report) = tokio::task::spawn_blocking(move || compression(k))
-            .await
-            .unwrap_or_else(|e| (crate::bpf::BpfCaps::default(), Err(e.to_string())));
-        r.bpf = Some(b);
-        match report {
-            Ok(rep) => r.compression = Some(rep),
-            Err(e) => r.compression_error = Some(e),
+        match tokio::task::spawn_blocking(move || compression(k)).await {
+            Ok((b, report)) => {
+                r.bpf = Some(b);
+                match report {
+                    Ok(rep) => r.compression = Some(rep),
+                    Err(e) => r.compression_error = Some(e.to_string()),
+                }
+            }
+            Err(e) => {
+                r.bpf = Some(crate::bpf::BpfCaps::default());
+                r.compression_error = Some(format!("the compression probe task failed: {e}"));
+            }
         }
     } else {
         r.compression_error = Some("needs root to probe eBPF and namespace sysctls".into());
@@ -371,12 +391,8 @@ async fn probe_links(ns: &Netns, checks: &mut Vec<Check>) {
                 mac: [2, 0, 0, 0, 0, 2],
                 netns_fd: fd,
             };
-            let veth = netlink::create_veth(&a, &b)
-                .await
-                .map_err(|e| e.to_string());
-            let bridge = netlink::create_bridge("pbr", 0, [2, 0, 0, 0, 0, 3])
-                .await
-                .map_err(|e| e.to_string());
+            let veth = netlink::create_veth(&a, &b).await;
+            let bridge = netlink::create_bridge("pbr", 0, [2, 0, 0, 0, 0, 3]).await;
             (veth, bridge)
         })
         .await;
@@ -386,13 +402,16 @@ async fn probe_links(ns: &Netns, checks: &mut Vec<Check>) {
                 checks,
                 "veth",
                 veth.is_ok(),
-                veth.err().unwrap_or_else(|| "available".into()),
+                veth.err()
+                    .map_or_else(|| "available".into(), |e| e.to_string()),
             );
             push(
                 checks,
                 "bridge",
                 bridge.is_ok(),
-                bridge.err().unwrap_or_else(|| "available".into()),
+                bridge
+                    .err()
+                    .map_or_else(|| "available".into(), |e| e.to_string()),
             );
         }
         Err(e) => push(checks, "veth", false, e.to_string()),
