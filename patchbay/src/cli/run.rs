@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::labfile::{LabFile, RunReport, StepOutcome};
 use anyhow::Context;
-use patchbay::labfile::{LabFile, RunReport, StepOutcome};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -64,10 +64,10 @@ pub fn before_runtime(args: &RunArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let file = LabFile::load(&args.file)?;
-    if args.virtual_time || file.lab.time == Some(patchbay::labfile::TimeMode::Virtual) {
+    if args.virtual_time || file.lab.time == Some(crate::labfile::TimeMode::Virtual) {
         return Ok(());
     }
-    patchbay::init_userns().context(
+    crate::init_userns().context(
         "running a lab as an ordinary user needs a user namespace (docs/unprivileged.md)",
     )?;
     IN_USERNS.store(true, Ordering::Relaxed);
@@ -134,7 +134,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
 
 async fn run_lab(args: &RunArgs, file: &LabFile) -> anyhow::Result<ExitCode> {
     let wants_virtual =
-        args.virtual_time || file.lab.time == Some(patchbay::labfile::TimeMode::Virtual);
+        args.virtual_time || file.lab.time == Some(crate::labfile::TimeMode::Virtual);
     let seed = args.seed.or(file.lab.seed);
     anyhow::ensure!(
         seed.is_none() || wants_virtual,
@@ -145,12 +145,12 @@ async fn run_lab(args: &RunArgs, file: &LabFile) -> anyhow::Result<ExitCode> {
         return reexec_in_vt(args, file, seed);
     }
     let json = args.json;
-    let o = patchbay::labfile::RunOverrides {
+    let o = crate::labfile::RunOverrides {
         time_scale: args.time_scale,
         virtual_time: wants_virtual,
         outdir: args.outdir.clone(),
     };
-    let report = patchbay::labfile::run(file, o, |s| {
+    let report = crate::labfile::run(file, o, |s| {
         if !json {
             eprintln!(
                 "  step {:>2} {:<5} {}",
@@ -251,14 +251,14 @@ fn reexec_in_vt(args: &RunArgs, file: &LabFile, seed: Option<u64>) -> anyhow::Re
         argv.push(d.clone().into());
     }
     argv.push("--virtual".into());
-    let opts = patchbay::vt::VtOpts {
+    let opts = crate::vt::VtOpts {
         guard: std::time::Duration::from_secs(args.guard),
         env: super::vt::forwarded_env(),
         seed,
         results_dir: outdir.clone(),
         ..Default::default()
     };
-    let out = patchbay::vt::run(&argv, &opts)?;
+    let out = crate::vt::run(&argv, &opts)?;
     if let Some(d) = outdir.filter(|_| remove_on_success && out.exit_code == 0) {
         std::fs::remove_dir_all(&d).with_context(|| format!("removing {}", d.display()))?;
     }

@@ -8,7 +8,8 @@ use crate::addr::{self, IpSupport, LanKind};
 use crate::error::{Error, NetlinkContext, Result};
 use crate::nat::NatV6Mode;
 use crate::sys::netlink::{self, VethEnd};
-use crate::sys::netns::{Netns, Task};
+use crate::sys::netns::Netns;
+use crate::task::Task;
 
 use super::node::{Iface, Node, NodeInner, NodeKind};
 use super::topo::{LanState, Member, RouterRec, Upstream};

@@ -12,18 +12,32 @@ mod steps_mobility;
 mod subst;
 mod validate;
 
-pub use dns::{DnsSection, DnsServerSpec, NameSpec};
+// The loader is the API: read and check a file (`LabFile`), run it (`run`),
+// read the report. The schema's sections are the file format (docs/toml.md),
+// not Rust API; they stay crate-private so the format can grow.
 pub use run::{RunOverrides, RunReport, StepOutcome, run};
-pub use schema::{
-    DeviceSpec, IfaceSpec, LabFile, LabSection, RegionSpec, RouterSpec, Step, StepKind, TimeMode,
-};
-pub use steps_mobility::MobilityStep;
-pub use subst::{Vars, substitute};
+pub use schema::LabFile;
+
+internal! {
+    pub use dns::{DnsSection, DnsServerSpec, NameSpec};
+}
+internal! {
+    pub use schema::{
+        DeviceSpec, IfaceSpec, LabSection, RegionSpec, RouterSpec, Step, StepKind, TimeMode,
+    };
+}
+internal! {
+    pub use steps_mobility::MobilityStep;
+}
+internal! {
+    pub use subst::{Vars, substitute};
+}
 
 use std::path::{Path, PathBuf};
 
 /// Errors of reading or validating a lab file.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LabFileError {
     /// The file could not be read.
     #[error("cannot read lab file {path}: {source}")]

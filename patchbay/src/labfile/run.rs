@@ -64,6 +64,7 @@ struct Bg {
 
 /// Overrides of a lab file's settings from the command line.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct RunOverrides {
     /// Replaces `[lab] time-scale`.
     pub time_scale: Option<f64>,

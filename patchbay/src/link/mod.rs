@@ -24,6 +24,7 @@ use units::UnitError;
 
 /// Invalid link-condition input.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LinkError {
     /// A percentage outside 0..=100.
     #[error("{field} = {value}% is out of range: it must be between 0% and 100%")]
@@ -54,6 +55,7 @@ pub enum LinkError {
 /// [`Preset::condition`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Preset {
     /// Gigabit Ethernet: 1 gbit/s, no added delay (works without netem).
     Lan,

@@ -44,6 +44,7 @@ pub use v6::{
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Nat {
     /// No NAT: the LAN uses public addresses and is routed.
     #[default]

@@ -53,6 +53,7 @@ impl NatConfig {
 /// Debian's `tayga`); the others are dual-stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum RouterPreset {
     /// Home router: NAT [`Nat::Home`] (EIM + APDF, upstream's timeouts),
     /// block-inbound firewall, private LAN.

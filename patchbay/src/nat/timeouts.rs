@@ -18,6 +18,7 @@ use crate::link::units;
 /// duration string: `[router.conntrack] udp = "30s"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ConntrackTimeouts {
     /// UDP flow seen in one direction only (`nf_conntrack_udp_timeout`).
     #[serde(with = "units::duration")]

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 /// Everything that can go wrong while running a command inside the UML guest.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum VtError {
     /// No UML kernel binary was found.
     #[error(
