@@ -91,7 +91,9 @@ pub use lab::{
     LabEvent, LabOpts, NatBehavior, NatFiltering, NatMapping, Node, NodeKind, Reflector, Region,
     Router, RouterBuilder,
 };
-pub use link::{LinkCondition, LinkError, LinkTiming, Preset};
+pub use link::{LinkCondition, LinkError, Preset};
+// The timing half of a link condition, as the compression plan scales it.
+pub(crate) use link::LinkTiming;
 pub use nat::{
     ConntrackTimeouts, Nat, NatConfig, NatV6Mode, RouterPreset, nat64_embed, nat64_extract,
 };

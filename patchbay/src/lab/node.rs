@@ -132,7 +132,7 @@ impl Node {
     }
 
     /// The node's namespace worker.
-    pub fn netns(&self) -> &Netns {
+    pub(crate) fn netns(&self) -> &Netns {
         self.inner.ns()
     }
 

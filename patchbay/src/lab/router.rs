@@ -58,8 +58,13 @@ impl RouterBuilder {
     }
 
     /// Which address pool the LAN draws from (default: from the NAT mode:
-    /// public without NAT, 100.64/10 for CGNAT, 10/8 otherwise).
-    pub fn lan_kind(mut self, kind: LanKind) -> Self {
+    /// public without NAT, 100.64/10 for CGNAT, 10/8 otherwise). Crate-
+    /// private: `LanKind` is not API (the compat layer's routers use it).
+    #[cfg_attr(
+        not(feature = "compat"),
+        expect(dead_code, reason = "used by the compat layer only")
+    )]
+    pub(crate) fn lan_kind(mut self, kind: LanKind) -> Self {
         self.lan_kind = Some(kind);
         self
     }

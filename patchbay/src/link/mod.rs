@@ -314,7 +314,7 @@ impl LinkCondition {
     }
 
     /// Whether this condition needs `netem` (anything but a rate limit).
-    pub fn needs_netem(&self) -> bool {
+    pub(crate) fn needs_netem(&self) -> bool {
         !self.delay.is_zero()
             || !self.jitter.is_zero()
             || self.loss > 0.0
@@ -329,7 +329,7 @@ impl LinkCondition {
     }
 
     /// The time-related values.
-    pub fn timing(&self) -> LinkTiming {
+    pub(crate) fn timing(&self) -> LinkTiming {
         LinkTiming {
             delay_us: self.delay.as_micros() as u64,
             jitter_us: self.jitter.as_micros() as u64,
@@ -339,7 +339,7 @@ impl LinkCondition {
     }
 
     /// A copy with the time-related values replaced.
-    pub fn with_timing(&self, t: LinkTiming) -> LinkCondition {
+    pub(crate) fn with_timing(&self, t: LinkTiming) -> LinkCondition {
         LinkCondition {
             delay: Duration::from_micros(t.delay_us),
             jitter: Duration::from_micros(t.jitter_us),

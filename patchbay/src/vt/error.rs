@@ -172,8 +172,8 @@ pub enum VtError {
         what: &'static str,
         /// The UML pid.
         pid: i32,
-        /// The errno.
+        /// The errno (as an `io::Error`: no dependency's type in the API).
         #[source]
-        source: nix::Error,
+        source: std::io::Error,
     },
 }
