@@ -24,6 +24,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Address-pool exhaustion.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AddrError {
     /// No more LANs of this kind.
     #[error(

@@ -26,6 +26,7 @@ pub const FIREWALL_TABLE: &str = "patchbay-fw";
 /// What a firewall lets in.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "preset")]
+#[non_exhaustive]
 pub enum FirewallPolicy {
     /// Everything in (only the custom rules apply).
     #[default]
@@ -53,6 +54,7 @@ pub enum FirewallPolicy {
 /// What happens to blocked traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum FirewallAction {
     /// Silently dropped (senders time out).
     #[default]

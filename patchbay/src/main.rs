@@ -1,7 +1,6 @@
-//! The `patchbay` command-line tool.
-
-mod cli;
+//! The `patchbay` command-line tool: a thin wrapper around
+//! [`patchbay::cli::main`] (the library's feature `cli`, on by default).
 
 fn main() -> std::process::ExitCode {
-    cli::main()
+    patchbay::cli::main()
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use patchbay::{Lab, NetnsError};
+use patchbay::{Lab, TaskError};
 use patchbay_tests::*;
 
 #[tokio::test]
@@ -28,7 +28,7 @@ async fn abort_abort_on_drop_and_detach() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(50)).await;
     task.abort();
     let e = task.await.unwrap_err();
-    assert!(matches!(e, NetnsError::Aborted { .. }), "{e}");
+    assert!(matches!(e, TaskError::Aborted { .. }), "{e}");
     let n = ticks.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(ticks.load(Ordering::Relaxed), n, "an aborted task stops");

@@ -231,10 +231,11 @@ async fn cgnat_chain_shows_the_carrier_address() -> anyhow::Result<()> {
 #[tokio::test]
 async fn timing_conntrack_expiry_gives_a_new_mapping() -> anyhow::Result<()> {
     require_root!();
-    let timeouts = ConntrackTimeouts {
-        udp: Duration::from_secs(2),
-        udp_stream: Duration::from_secs(2),
-        ..Default::default()
+    let timeouts = {
+        let mut o = ConntrackTimeouts::default();
+        o.udp = Duration::from_secs(2);
+        o.udp_stream = Duration::from_secs(2);
+        o
     };
     let w = world("nat-expiry", |b| b.nat(Nat::Symmetric).conntrack(timeouts)).await?;
     let udp = w.home.sysctl("net/netfilter/nf_conntrack_udp_timeout")?;
@@ -303,11 +304,12 @@ async fn timing_full_cone_mapping_lives_as_long_as_the_configured_map_timeout() 
     require_root!();
     let w = world("nat-eim-expiry", |b| b.nat(Nat::FullCone)).await?;
     // Set at runtime: sysctls and the nft map timeout follow.
-    let timeouts = ConntrackTimeouts {
-        udp: Duration::from_secs(2),
-        udp_stream: Duration::from_secs(2),
-        eim_map: Some(Duration::from_millis(2500)),
-        ..Default::default()
+    let timeouts = {
+        let mut o = ConntrackTimeouts::default();
+        o.udp = Duration::from_secs(2);
+        o.udp_stream = Duration::from_secs(2);
+        o.eim_map = Some(Duration::from_millis(2500));
+        o
     };
     w.home.set_conntrack_timeouts(timeouts.clone()).await?;
     assert_eq!(w.home.nat_config()?.conntrack, Some(timeouts));

@@ -39,10 +39,11 @@ struct World {
 async fn world(opts: LabOpts) -> Result<World> {
     let lab = Lab::with_opts(opts).await?;
     let isp = lab.add_router("isp").build().await?;
-    let timeouts = ConntrackTimeouts {
-        udp: NAT_UDP_TIMEOUT,
-        udp_stream: NAT_UDP_TIMEOUT,
-        ..Default::default()
+    let timeouts = {
+        let mut o = ConntrackTimeouts::default();
+        o.udp = NAT_UDP_TIMEOUT;
+        o.udp_stream = NAT_UDP_TIMEOUT;
+        o
     };
     let home = lab
         .add_router("home")
@@ -329,10 +330,11 @@ fn in_vt(test: &str) -> Result<()> {
         "--nocapture".as_ref(),
     ]
     .map(std::ffi::OsString::from);
-    let opts = patchbay::vt::VtOpts {
-        guard: Duration::from_secs(240),
-        cwd: Some("/".into()),
-        ..Default::default()
+    let opts = {
+        let mut o = patchbay::vt::VtOpts::default();
+        o.guard = Duration::from_secs(240);
+        o.cwd = Some("/".into());
+        o
     };
     let out = patchbay::vt::run(&argv, &opts)?;
     let stdout = String::from_utf8_lossy(&out.stdout);

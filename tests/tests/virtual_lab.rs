@@ -61,9 +61,10 @@ fn a_lab_runs_in_virtual_time() -> Result<()> {
         "--nocapture".as_ref(),
     ]
     .map(std::ffi::OsString::from);
-    let opts = patchbay::vt::VtOpts {
-        guard: Duration::from_secs(240),
-        ..Default::default()
+    let opts = {
+        let mut o = patchbay::vt::VtOpts::default();
+        o.guard = Duration::from_secs(240);
+        o
     };
     let t = Instant::now();
     let out = patchbay::vt::run(&argv, &opts)?;

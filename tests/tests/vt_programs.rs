@@ -42,11 +42,12 @@ fn tolerance(expect: Duration) -> Duration {
 
 fn opts() -> Option<VtOpts> {
     match vt::find_uml_binary() {
-        Ok(binary) => Some(VtOpts {
-            guard: Duration::from_secs(120),
-            uml_binary: Some(binary),
-            cwd: Some(PathBuf::from("/")),
-            ..VtOpts::default()
+        Ok(binary) => Some({
+            let mut o = VtOpts::default();
+            o.guard = Duration::from_secs(120);
+            o.uml_binary = Some(binary);
+            o.cwd = Some(PathBuf::from("/"));
+            o
         }),
         Err(e @ VtError::UmlNotFound { .. }) => {
             skip(&format!("no UML kernel; run `cargo xtask build-uml` ({e})"));
@@ -220,9 +221,10 @@ fn ping_right_after_boot() -> anyhow::Result<()> {
     if !have(&[("ping", "iputils-ping")]) {
         return Ok(());
     }
-    let opts = VtOpts {
-        uptime: Duration::ZERO,
-        ..opts
+    let opts = {
+        let mut o = opts;
+        o.uptime = Duration::ZERO;
+        o
     };
     let argv: Vec<OsString> = ["ping", "-n", "-c", "3", "-i", "2", "127.0.0.1"]
         .iter()

@@ -15,6 +15,7 @@ use serde::Serialize;
 /// What happened to a socket (decoded `KIND_*` plus its arguments).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
+#[non_exhaustive]
 pub enum EventKind {
     /// The initial (SYN or SYN-ACK) RTO was set to `jiffies` (`BPF_SOCK_OPS_TIMEOUT_INIT`).
     TimeoutInit {

@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::scenario::bench::{BenchEntry, LADDER, RUNS, Step, bench_scenario};
+use crate::scenario::bench_dir;
+use crate::scenario::{Mode, Scenario, Size};
 use anyhow::Context;
-use patchbay::scenario::bench::{BenchEntry, LADDER, RUNS, Step, bench_scenario};
-use patchbay::scenario::bench_dir;
-use patchbay::scenario::{Mode, Scenario, Size};
 
 use super::progress::bar;
 use super::table;

@@ -4,12 +4,12 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use patchbay::scenario::bench_dir;
-use patchbay::scenario::modes::{
+use crate::scenario::bench_dir;
+use crate::scenario::modes::{
     ModeStep, ModesEntry, SuiteTotals, bench_modes, runs_per_scenario, totals,
 };
-use patchbay::scenario::{Mode, Scenario, Size, VerifyResult};
+use crate::scenario::{Mode, Scenario, Size, VerifyResult};
+use anyhow::Context;
 
 use super::progress::bar;
 use super::table;

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use patchbay::{Lab, LabOpts};
+use crate::{Lab, LabOpts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(clap::Args)]
@@ -168,8 +168,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 /// The headline scenarios with the k each is shown at: syn-blackhole at
 /// `k`; nat-udp-expiry at most at 10, the largest k its whole-second
 /// conntrack timeout (10 s at the demo's size) stays faithful at.
-fn headline_plan(k: f64) -> Vec<(patchbay::scenario::Scenario, f64)> {
-    use patchbay::scenario::Scenario;
+fn headline_plan(k: f64) -> Vec<(crate::scenario::Scenario, f64)> {
+    use crate::scenario::Scenario;
     vec![
         (Scenario::SynBlackhole, k),
         (Scenario::NatUdpExpiry, k.min(10.0)),
@@ -178,7 +178,7 @@ fn headline_plan(k: f64) -> Vec<(patchbay::scenario::Scenario, f64)> {
 
 /// Runs the headline scenarios at k = 1 and compressed, with a spinner on a
 /// terminal.
-async fn compare(k: f64, quiet: bool) -> anyhow::Result<Vec<patchbay::scenario::VerifyResult>> {
+async fn compare(k: f64, quiet: bool) -> anyhow::Result<Vec<crate::scenario::VerifyResult>> {
     use std::io::IsTerminal;
     let bar = if !quiet && std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new_spinner();
@@ -195,7 +195,7 @@ async fn compare(k: f64, quiet: bool) -> anyhow::Result<Vec<patchbay::scenario::
             None if !quiet => eprintln!("  {msg}"),
             None => {}
         }
-        out.push(patchbay::scenario::verify(s, sk, 1.0, patchbay::scenario::Size::Default).await?);
+        out.push(crate::scenario::verify(s, sk, 1.0, crate::scenario::Size::Default).await?);
     }
     if let Some(b) = bar {
         b.finish_and_clear();

@@ -18,7 +18,7 @@ pub struct DoctorArgs {
 
 pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     if args.cleanup {
-        let reaped = patchbay::doctor::cleanup_stale_labs()?;
+        let reaped = crate::doctor::cleanup_stale_labs()?;
         if args.json {
             println!("{}", serde_json::json!({ "reaped": reaped }));
         } else if reaped.is_empty() {
@@ -30,7 +30,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let report = patchbay::doctor::probe_with_scale(args.time_scale).await;
+    let report = crate::doctor::probe_with_scale(args.time_scale).await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

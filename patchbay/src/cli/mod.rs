@@ -1,5 +1,9 @@
-//! Command-line front end: argument parsing and output rendering only; the
-//! work is done by the library.
+//! The `patchbay` command-line tool (feature `cli`, on by default): argument
+//! parsing and output rendering. Its one public item is [`main`], which the
+//! `patchbay` binary calls; everything it uses only for the command line
+//! (the scenario bench and ladders, SVG, the web view, doctor's printing)
+//! is crate-private, so a library user sees the lab API and, with
+//! `default-features = false`, does not build clap, axum or indicatif.
 
 mod bench;
 mod bench_modes;
@@ -53,13 +57,12 @@ enum Cmd {
     Serve(serve::ServeArgs),
 }
 
+/// Runs the `patchbay` command line with the process's arguments and returns
+/// its exit code (the whole of the binary `patchbay`).
 pub fn main() -> ExitCode {
     // Die quietly on a closed pipe (`patchbay doctor --json | head`), like
     // other Unix tools, instead of panicking in println!.
-    // SAFETY: setting a signal disposition has no memory-safety preconditions.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    crate::sys::default_sigpipe();
     let cli = Cli::parse();
     init_tracing();
     // A user namespace can only be entered while the process has one
@@ -111,7 +114,7 @@ fn init_tracing() {
     let rust_log = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty());
-    let bpf_log = std::env::var(patchbay::bpf::LOG_ENV)
+    let bpf_log = std::env::var(crate::bpf::LOG_ENV)
         .ok()
         .map(|v| v.trim().to_ascii_lowercase())
         .filter(|v| !v.is_empty() && v != "off" && v != "0");

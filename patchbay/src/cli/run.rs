@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::labfile::{LabFile, RunReport, StepOutcome};
 use anyhow::Context;
-use patchbay::labfile::{LabFile, RunReport, StepOutcome};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -16,7 +16,7 @@ pub struct RunArgs {
     json: bool,
     /// Override the file's `[lab] time-scale` (k; 1 = real time).
     #[arg(long, conflicts_with = "virtual_time")]
-    time_scale: Option<patchbay::compress::TimeScale>,
+    time_scale: Option<crate::compress::TimeScale>,
     /// Run the lab in virtual time, inside a User-Mode-Linux kernel (the
     /// same as `[lab] time = "virtual"`).
     #[arg(long = "virtual")]
@@ -64,10 +64,10 @@ pub fn before_runtime(args: &RunArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let file = LabFile::load(&args.file)?;
-    if args.virtual_time || file.lab.time == Some(patchbay::labfile::TimeMode::Virtual) {
+    if args.virtual_time || file.lab.time == Some(crate::labfile::TimeMode::Virtual) {
         return Ok(());
     }
-    patchbay::init_userns().context(
+    crate::init_userns().context(
         "running a lab as an ordinary user needs a user namespace (docs/unprivileged.md)",
     )?;
     IN_USERNS.store(true, Ordering::Relaxed);
@@ -78,7 +78,7 @@ pub fn before_runtime(args: &RunArgs) -> anyhow::Result<()> {
 /// ordinary user in a user namespace: eBPF (compression at k > 1, or
 /// telemetry) must be attached in the initial user namespace. The library
 /// refuses the same; this says it in the lab file's words, before the build.
-fn needs_root(file: &LabFile, time_scale: Option<patchbay::compress::TimeScale>) -> Option<String> {
+fn needs_root(file: &LabFile, time_scale: Option<crate::compress::TimeScale>) -> Option<String> {
     let k = time_scale
         .map(f64::from)
         .or(file.lab.time_scale)
@@ -137,7 +137,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
 
 async fn run_lab(args: &RunArgs, file: &LabFile) -> anyhow::Result<ExitCode> {
     let wants_virtual =
-        args.virtual_time || file.lab.time == Some(patchbay::labfile::TimeMode::Virtual);
+        args.virtual_time || file.lab.time == Some(crate::labfile::TimeMode::Virtual);
     let seed = args.seed.or(file.lab.seed);
     anyhow::ensure!(
         seed.is_none() || wants_virtual,
@@ -148,12 +148,12 @@ async fn run_lab(args: &RunArgs, file: &LabFile) -> anyhow::Result<ExitCode> {
         return reexec_in_vt(args, file, seed);
     }
     let json = args.json;
-    let o = patchbay::labfile::RunOverrides {
+    let o = crate::labfile::RunOverrides {
         time_scale: args.time_scale,
         virtual_time: wants_virtual,
         outdir: args.outdir.clone(),
     };
-    let report = patchbay::labfile::run(file, o, |s| {
+    let report = crate::labfile::run(file, o, |s| {
         if !json {
             eprintln!(
                 "  step {:>2} {:<5} {}",
@@ -254,14 +254,14 @@ fn reexec_in_vt(args: &RunArgs, file: &LabFile, seed: Option<u64>) -> anyhow::Re
         argv.push(d.clone().into());
     }
     argv.push("--virtual".into());
-    let opts = patchbay::vt::VtOpts {
+    let opts = crate::vt::VtOpts {
         guard: std::time::Duration::from_secs(args.guard),
         env: super::vt::forwarded_env(),
         seed,
         results_dir: outdir.clone(),
         ..Default::default()
     };
-    let out = patchbay::vt::run(&argv, &opts)?;
+    let out = crate::vt::run(&argv, &opts)?;
     if let Some(d) = outdir.filter(|_| remove_on_success && out.exit_code == 0) {
         std::fs::remove_dir_all(&d).with_context(|| format!("removing {}", d.display()))?;
     }
@@ -294,11 +294,7 @@ mod tests {
         let parse = |t: &str| LabFile::parse(t, std::path::Path::new("x.toml")).unwrap();
         let plain = parse("[lab]\nlabel = \"x\"\n");
         assert_eq!(needs_root(&plain, None), None);
-        let why = needs_root(
-            &plain,
-            Some(patchbay::compress::TimeScale::new(10.0).unwrap()),
-        )
-        .unwrap();
+        let why = needs_root(&plain, Some(crate::compress::TimeScale::new(10.0).unwrap())).unwrap();
         assert!(
             why.contains("sysctl-only = true") && why.contains("--sysctl-only"),
             "{why}"
@@ -306,7 +302,7 @@ mod tests {
         let k10 = parse("[lab]\ntime-scale = 10\n");
         assert!(needs_root(&k10, None).is_some());
         assert_eq!(
-            needs_root(&k10, Some(patchbay::compress::TimeScale::REAL_TIME)),
+            needs_root(&k10, Some(crate::compress::TimeScale::REAL_TIME)),
             None
         );
         let sysctl = parse("[lab]\ntime-scale = 10\nsysctl-only = true\n");

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use patchbay::scenario::{Scenario, Size};
+use crate::scenario::{Scenario, Size};
 
 #[derive(clap::Args)]
 pub struct ScenarioArgs {

@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::serve::{ServeOpts, Server};
 use anyhow::Context;
-use patchbay::serve::{ServeOpts, Server};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -74,7 +74,7 @@ pub struct Live {
     /// The served run directory; the lab writes its artifacts there.
     pub dir: PathBuf,
     url: String,
-    task: tokio::task::JoinHandle<Result<(), patchbay::serve::ServeError>>,
+    task: tokio::task::JoinHandle<Result<(), crate::serve::ServeError>>,
 }
 
 /// Starts serving the run directory `outdir` (or a new temporary one) on

@@ -95,8 +95,8 @@ pub fn demo_tools() -> Vec<Tool> {
 }
 
 /// What a lab file runs: its steps' programs and the host tools its lab
-/// needs ([`patchbay::labfile::LabFile::programs`]).
-pub fn lab_tools(file: &patchbay::labfile::LabFile) -> Vec<Tool> {
+/// needs ([`crate::labfile::LabFile::programs`]).
+pub fn lab_tools(file: &crate::labfile::LabFile) -> Vec<Tool> {
     file.programs()
         .into_iter()
         .map(|(bin, step)| {

@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
+use crate::scenario::{Mode, Scenario, Size, VerifyResult, verify, virt};
 use anyhow::Context;
-use patchbay::scenario::{Mode, Scenario, Size, VerifyResult, verify, virt};
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use patchbay::vt::{self, VtClock, VtOpts};
+use crate::vt::{self, VtClock, VtOpts};
 
 #[derive(clap::Args)]
 pub struct VtArgs {
@@ -51,7 +51,7 @@ pub struct VtArgs {
     slow_clock: bool,
     /// The run's seed: the same seed repeats the run byte for byte (docs/determinism.md).
     /// Default: PATCHBAY_VT_SEED, else a random one, printed so that the run can be replayed.
-    #[arg(long, env = patchbay::vt::SEED_ENV, conflicts_with_all = ["seeds", "profile"])]
+    #[arg(long, env = crate::vt::SEED_ENV, conflicts_with_all = ["seeds", "profile"])]
     seed: Option<u64>,
     /// Sweep: run the command once per seed of an inclusive range `A..B` (e.g. `1..1000`), one
     /// guest per seed, and report the failing seeds with a command replaying each.
@@ -123,7 +123,7 @@ const VOLATILE_ENV: &[&str] = &[
     "NEXTEST_TEST_GLOBAL_SLOT",
     "NEXTEST_TEST_GROUP_SLOT",
     "NEXTEST_TEST_THREADS",
-    patchbay::vt::SEED_ENV,
+    crate::vt::SEED_ENV,
     KEEP_WRITES_ENV,
     SUMMARY_ENV,
 ];

@@ -19,8 +19,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::vt::{self, GuestProcesses, VtOpts, VtOutcome};
 use anyhow::{Context, Result, bail, ensure};
-use patchbay::vt::{self, GuestProcesses, VtOpts, VtOutcome};
 use serde::Serialize;
 
 /// Boots per `true` measurement (the median is reported).

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::vt::{VtError, VtOutcome};
 use anyhow::Context;
-use patchbay::vt::{VtError, VtOutcome};
 use serde::Serialize;
 
 /// The marker file of a directory `--keep-writes` made for one nextest test: only such a

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::vt::{self, VtOpts, VtOutcome};
 use anyhow::{Context, bail, ensure};
-use patchbay::vt::{self, VtOpts, VtOutcome};
 use serde::Serialize;
 
 /// An inclusive range of seeds, `A..B` (or a single seed `A`).

@@ -61,7 +61,7 @@ pub use dns::DnsServer;
 /// thing in `main`, or in a `#[ctor]` of a test binary). Idempotent.
 pub fn init_userns() -> anyhow::Result<()> {
     // Shared with every later call, so the error sits behind an Arc.
-    type Once = Result<(), std::sync::Arc<crate::UsernsError>>;
+    type Once = Result<(), std::sync::Arc<crate::Error>>;
     static RESULT: std::sync::OnceLock<Once> = std::sync::OnceLock::new();
     RESULT
         .get_or_init(|| crate::init_userns().map_err(std::sync::Arc::new))

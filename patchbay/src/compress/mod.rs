@@ -32,12 +32,33 @@ mod schedule;
 mod tcp;
 mod timers;
 
-pub use caps::{BpfFeatures, HzSource, KernelCaps, NeighFamily, NetnsSysctlCaps, SysctlDefaults};
-pub use external::{ScaledConntrack, ScaledLink, scale_conntrack, scale_link};
-pub use model::{ArmContext, JiffyModel, ModelError};
-pub use plan::{BpfTargets, FaithfulK, LADDER, LadderPoint, Plan, PlanError, TcpFidelity};
-pub use probe::{ProbeError, probe_hz, probe_kernel};
+// What a test author reads: the time scale and the compression report
+// (`Lab::compression_report`). The planner, the jiffy model, the kernel
+// capability probe and the scaling helpers are the lab's machinery.
+pub use plan::TcpFidelity;
 pub use report::{CompressionReport, FaithfulSummary};
 pub use scale::{MAX_TIME_SCALE, ScaleError, TimeScale};
-pub use schedule::{Fidelity, Prediction};
-pub use timers::{ExternalTimer, Mechanism, Status, TimerEntry, TimerInputs, Unit};
+pub use schedule::Fidelity;
+pub use timers::{Mechanism, Status, TimerEntry, Unit};
+
+internal! {
+    pub use caps::{BpfFeatures, HzSource, KernelCaps, NeighFamily, NetnsSysctlCaps, SysctlDefaults};
+}
+internal! {
+    pub use external::{ScaledConntrack, ScaledLink, scale_conntrack, scale_link};
+}
+internal! {
+    pub use model::{ArmContext, JiffyModel, ModelError};
+}
+internal! {
+    pub use plan::{BpfTargets, FaithfulK, LADDER, LadderPoint, Plan, PlanError};
+}
+internal! {
+    pub use probe::{ProbeError, probe_hz, probe_kernel};
+}
+internal! {
+    pub use schedule::Prediction;
+}
+internal! {
+    pub use timers::{ExternalTimer, TimerInputs};
+}

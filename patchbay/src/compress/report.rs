@@ -32,7 +32,7 @@ pub struct CompressionReport {
     /// `full` or `sysctl-only`.
     pub mode: String,
     /// The probed capabilities.
-    pub caps: KernelCaps,
+    pub(crate) caps: KernelCaps,
     /// Every timer.
     pub timers: Vec<TimerEntry>,
     /// Predicted TCP fidelity at this k.
@@ -43,7 +43,7 @@ pub struct CompressionReport {
 
 impl CompressionReport {
     /// Builds the report of `plan`.
-    pub fn new(plan: &Plan, caps: &KernelCaps, faithful: Option<&FaithfulK>) -> Self {
+    pub(crate) fn new(plan: &Plan, caps: &KernelCaps, faithful: Option<&FaithfulK>) -> Self {
         Self {
             scale: plan.scale().get(),
             hz: plan.hz(),

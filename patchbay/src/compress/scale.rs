@@ -16,6 +16,7 @@ pub const MAX_TIME_SCALE: f64 = 1000.0;
 
 /// Why a time scale was rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ScaleError {
     /// k was NaN.
     #[error(

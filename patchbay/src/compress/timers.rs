@@ -10,6 +10,7 @@ use super::scale::TimeScale;
 /// Unit of a timer value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Unit {
     /// Kernel jiffies (1/HZ s).
     Jiffies,
@@ -45,6 +46,7 @@ impl Unit {
 /// How a value reaches the kernel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
+#[non_exhaustive]
 pub enum Mechanism {
     /// A per-namespace (or per-interface) sysctl, key relative to /proc/sys.
     Sysctl {
@@ -89,6 +91,7 @@ impl Mechanism {
 /// How faithfully a timer is compressed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
+#[non_exhaustive]
 pub enum Status {
     /// Applied = default / k exactly.
     Exact,

@@ -26,6 +26,7 @@ pub(crate) use server::serve;
 
 /// A record a [`DnsZone`] serves.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum DnsRecord {
     /// An IPv4 address.
     A(Ipv4Addr),
@@ -56,6 +57,7 @@ impl Default for DnsZone {
 
 /// Bad DNS input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DnsError {
     /// A name that is not a valid DNS name.
     #[error(

@@ -26,6 +26,7 @@ use super::{FirewallAction, FirewallPolicy};
 /// `"allow-all"`, `"block-all"` or a list of ports (`[80, 443]`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(try_from = "RawPorts", into = "RawPorts")]
+#[non_exhaustive]
 pub enum PortPolicy {
     /// Every destination port (no filtering).
     #[default]

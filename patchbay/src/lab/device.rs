@@ -6,7 +6,8 @@ use std::sync::Arc;
 use crate::addr;
 use crate::error::{Error, NetlinkContext, Result};
 use crate::sys::netlink::{self, VethEnd};
-use crate::sys::netns::{Netns, Task};
+use crate::sys::netns::Netns;
+use crate::task::Task;
 
 use super::LabInner;
 use super::node::{Iface, Node, NodeInner, NodeKind};
@@ -223,10 +224,10 @@ async fn add_dummy(
                 ),
             }
         } else {
-            Error::Netlink {
-                context: format!("creating dummy interface {iface} with {addrs:?}"),
-                source: e,
-            }
+            Error::netlink(
+                format!("creating dummy interface {iface} with {addrs:?}"),
+                e,
+            )
         }
     })?;
     let v4 = addrs.iter().find_map(|a| match a {

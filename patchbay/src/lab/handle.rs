@@ -11,7 +11,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::addr;
 use crate::error::{Error, Result};
-use crate::sys::netns::{Netns, Task, ThreadTask};
+use crate::sys::netns::Netns;
+use crate::task::{Task, ThreadTask};
 
 use super::Lab;
 use super::node::Node;
@@ -27,7 +28,7 @@ impl Node {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        Ok(self.netns().spawn_thread(f)?)
+        Ok(self.netns().spawn_thread(f)?.into())
     }
 }
 
@@ -67,7 +68,7 @@ impl Exchange {
         Fut: Future<Output = T> + 'static,
         T: Send + 'static,
     {
-        Ok(self.ns.spawn(f)?)
+        Ok(self.ns.spawn(f)?.into())
     }
 
     /// Runs `f` on the exchange's worker and waits for its result.
@@ -85,7 +86,7 @@ impl Exchange {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        Ok(self.ns.spawn_thread(f)?)
+        Ok(self.ns.spawn_thread(f)?.into())
     }
 
     fn prepare(&self, cmd: &mut std::process::Command) {

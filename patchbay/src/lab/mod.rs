@@ -49,6 +49,7 @@ use std::sync::{Arc, Mutex};
 
 pub use capture::CaptureGuard;
 pub use clock::LabClock;
+#[cfg(feature = "cli")]
 pub(crate) use clock::monotonic_now;
 pub use compression::LabEvent;
 pub use device::{Device, DeviceBuilder};

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use crate::error::{Error, NetlinkContext, Result};
 use crate::sys::netlink;
-use crate::sys::netns::{Netns, Task};
+use crate::sys::netns::Netns;
+use crate::task::Task;
 
 use super::LabInner;
 use super::capture::CaptureGuard;
@@ -18,6 +19,7 @@ use super::capture::CaptureGuard;
 /// Whether a node is a router or a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum NodeKind {
     /// Forwards between its LAN and its uplink.
     Router,
@@ -131,7 +133,7 @@ impl Node {
     }
 
     /// The node's namespace worker.
-    pub fn netns(&self) -> &Netns {
+    pub(crate) fn netns(&self) -> &Netns {
         self.inner.ns()
     }
 
@@ -202,7 +204,7 @@ impl Node {
         Fut: Future<Output = T> + 'static,
         T: Send + 'static,
     {
-        Ok(self.inner.ns().spawn(move || f(handle))?)
+        Ok(self.inner.ns().spawn(move || f(handle))?.into())
     }
 
     /// Runs an async closure on the node's runtime (a current-thread tokio

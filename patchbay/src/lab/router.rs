@@ -8,7 +8,8 @@ use crate::addr::{self, IpSupport, LanKind};
 use crate::error::{Error, NetlinkContext, Result};
 use crate::nat::NatV6Mode;
 use crate::sys::netlink;
-use crate::sys::netns::{Netns, Task};
+use crate::sys::netns::Netns;
+use crate::task::Task;
 
 use super::LabInner;
 use super::node::{Node, NodeKind};
@@ -56,8 +57,13 @@ impl RouterBuilder {
     }
 
     /// Which address pool the LAN draws from (default: from the NAT mode:
-    /// public without NAT, 100.64/10 for CGNAT, 10/8 otherwise).
-    pub fn lan_kind(mut self, kind: LanKind) -> Self {
+    /// public without NAT, 100.64/10 for CGNAT, 10/8 otherwise). Crate-
+    /// private: `LanKind` is not API (the compat layer's routers use it).
+    #[cfg_attr(
+        not(feature = "compat"),
+        expect(dead_code, reason = "used by the compat layer only")
+    )]
+    pub(crate) fn lan_kind(mut self, kind: LanKind) -> Self {
         self.lan_kind = Some(kind);
         self
     }

@@ -20,14 +20,29 @@ mod step;
 mod subst;
 mod validate;
 
-pub use dns::{DnsSection, DnsServerSpec, NameSpec};
+// The loader is the API: read and check a file (`LabFile`), run it (`run`), read the report.
+// The schema's sections are the file format (docs/toml.md), not Rust API; they stay
+// crate-private so the format can grow.
 pub use error::{Entry, InvalidEntry, LabFileError};
 pub use exec::StepOutcome;
-pub use mobility::MobilityStep;
 pub use run::{RunOverrides, RunReport, run};
-pub use schema::{DeviceSpec, IfaceSpec, LabFile, LabSection, RegionSpec, RouterSpec, TimeMode};
-pub use step::{Step, StepKind};
-pub use subst::{SubstError, Vars, substitute};
+pub use schema::LabFile;
+
+internal! {
+    pub use dns::{DnsSection, DnsServerSpec, NameSpec};
+}
+internal! {
+    pub use schema::{DeviceSpec, IfaceSpec, LabSection, RegionSpec, RouterSpec, TimeMode};
+}
+internal! {
+    pub use step::{Step, StepKind};
+}
+internal! {
+    pub use mobility::MobilityStep;
+}
+internal! {
+    pub use subst::{SubstError, Vars, substitute};
+}
 
 use std::path::Path;
 

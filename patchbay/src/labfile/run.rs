@@ -27,6 +27,7 @@ pub struct RunReport {
 
 /// Overrides of a lab file's settings from the command line.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct RunOverrides {
     /// Replaces `[lab] time-scale`.
     pub time_scale: Option<crate::compress::TimeScale>,

@@ -10,22 +10,22 @@ use super::step::Step;
 pub struct LabFile {
     /// Lab-wide options.
     #[serde(default)]
-    pub lab: LabSection,
+    pub(crate) lab: LabSection,
     /// Routers, in build order.
     #[serde(default, rename = "router")]
-    pub routers: Vec<RouterSpec>,
+    pub(crate) routers: Vec<RouterSpec>,
     /// Devices, built after the routers.
     #[serde(default, rename = "device")]
-    pub devices: Vec<DeviceSpec>,
+    pub(crate) devices: Vec<DeviceSpec>,
     /// Steps, executed in order.
     #[serde(default, rename = "step")]
-    pub steps: Vec<Step>,
+    pub(crate) steps: Vec<Step>,
     /// Names: hosts entries, nameservers, DNS servers.
     #[serde(default)]
-    pub dns: Option<super::dns::DnsSection>,
+    pub(crate) dns: Option<super::dns::DnsSection>,
     /// Regions (`[region.NAME]`), built before the routers.
     #[serde(default, rename = "region")]
-    pub regions: std::collections::BTreeMap<String, RegionSpec>,
+    pub(crate) regions: std::collections::BTreeMap<String, RegionSpec>,
 }
 
 /// A `[region.NAME]` table.

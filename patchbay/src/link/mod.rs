@@ -24,6 +24,7 @@ use units::UnitError;
 
 /// Invalid link-condition input.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LinkError {
     /// A percentage outside 0..=100.
     #[error("{field} = {value}% is out of range: it must be between 0% and 100%")]
@@ -54,6 +55,7 @@ pub enum LinkError {
 /// [`Preset::condition`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Preset {
     /// Gigabit Ethernet: 1 gbit/s, no added delay (works without netem).
     Lan,
@@ -309,7 +311,7 @@ impl LinkCondition {
     }
 
     /// Whether this condition needs `netem` (anything but a rate limit).
-    pub fn needs_netem(&self) -> bool {
+    pub(crate) fn needs_netem(&self) -> bool {
         !self.delay.is_zero()
             || !self.jitter.is_zero()
             || self.loss > 0.0
@@ -324,7 +326,7 @@ impl LinkCondition {
     }
 
     /// The time-related values.
-    pub fn timing(&self) -> LinkTiming {
+    pub(crate) fn timing(&self) -> LinkTiming {
         LinkTiming {
             delay_us: self.delay.as_micros() as u64,
             jitter_us: self.jitter.as_micros() as u64,
@@ -334,7 +336,7 @@ impl LinkCondition {
     }
 
     /// A copy with the time-related values replaced.
-    pub fn with_timing(&self, t: LinkTiming) -> LinkCondition {
+    pub(crate) fn with_timing(&self, t: LinkTiming) -> LinkCondition {
         LinkCondition {
             delay: Duration::from_micros(t.delay_us),
             jitter: Duration::from_micros(t.jitter_us),

@@ -44,6 +44,7 @@ pub use v6::{
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Nat {
     /// No NAT: the LAN uses public addresses and is routed.
     #[default]
@@ -96,7 +97,7 @@ impl Nat {
     /// The RFC 4787 mode that implements this one (upstream's names map to
     /// ours: `Home` → `PortRestricted`, `Corporate`/`CloudNat` →
     /// `Symmetric`; the rest are themselves).
-    pub fn behaviour(self) -> Nat {
+    pub(crate) fn behaviour(self) -> Nat {
         match self {
             Nat::Home => Nat::PortRestricted,
             Nat::Corporate | Nat::CloudNat => Nat::Symmetric,
@@ -106,12 +107,12 @@ impl Nat {
 
     /// Conntrack timeouts that come with this mode (upstream's per-preset
     /// values), used when the router sets none; `None` keeps the kernel's.
-    pub fn preset_timeouts(self) -> Option<ConntrackTimeouts> {
+    pub(crate) fn preset_timeouts(self) -> Option<ConntrackTimeouts> {
         presets::nat_timeouts(self)
     }
 
     /// The address pool a router with this NAT gives its LAN.
-    pub fn lan_kind(self) -> LanKind {
+    pub(crate) fn lan_kind(self) -> LanKind {
         match self {
             Nat::None => LanKind::Public,
             Nat::Cgnat => LanKind::Cgnat,

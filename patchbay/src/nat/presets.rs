@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::NatV6Mode;
 use super::{ConntrackTimeouts, Nat, NatConfig};
-use crate::addr::{IpSupport, LanKind};
+use crate::addr::IpSupport;
 use crate::firewall::Firewall;
 
 /// Timeouts with upstream's three knobs; the rest keep Linux's defaults.
@@ -35,7 +35,7 @@ pub(crate) fn nat_timeouts(nat: Nat) -> Option<ConntrackTimeouts> {
 impl NatConfig {
     /// The timeouts in force: the router's own, else its mode's
     /// ([`Nat::preset_timeouts`]), else `None` (the kernel's).
-    pub fn effective_conntrack(&self) -> Option<ConntrackTimeouts> {
+    pub(crate) fn effective_conntrack(&self) -> Option<ConntrackTimeouts> {
         self.conntrack
             .clone()
             .or_else(|| self.nat.preset_timeouts())
@@ -53,6 +53,7 @@ impl NatConfig {
 /// Debian's `tayga`); the others are dual-stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum RouterPreset {
     /// Home router: NAT [`Nat::Home`] (EIM + APDF, upstream's timeouts),
     /// block-inbound firewall, private LAN.
@@ -160,7 +161,8 @@ impl RouterPreset {
     }
 
     /// The address pool of the router's LAN.
-    pub fn lan_kind(self) -> LanKind {
+    #[cfg(test)]
+    pub(crate) fn lan_kind(self) -> crate::addr::LanKind {
         self.nat().lan_kind()
     }
 }
@@ -169,6 +171,7 @@ impl RouterPreset {
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
+    use crate::addr::LanKind;
     use crate::firewall::FirewallPolicy;
 
     #[test]

@@ -18,6 +18,7 @@ use crate::link::units;
 /// duration string: `[router.conntrack] udp = "30s"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ConntrackTimeouts {
     /// UDP flow seen in one direction only (`nf_conntrack_udp_timeout`).
     #[serde(with = "units::duration")]
@@ -96,7 +97,7 @@ impl ConntrackTimeouts {
 
     /// The sysctls (keys relative to `/proc/sys`) that set these timeouts,
     /// in whole seconds (rounded, at least 1 s).
-    pub fn to_sysctls(&self) -> BTreeMap<String, String> {
+    pub(crate) fn to_sysctls(&self) -> BTreeMap<String, String> {
         let keys = [
             ("udp_timeout", self.udp),
             ("udp_timeout_stream", self.udp_stream),
@@ -118,7 +119,10 @@ impl ConntrackTimeouts {
 
     /// Applies `f` to every timeout (the hook for timer compression, which
     /// computes its own clamps).
-    pub fn map_durations(&self, mut f: impl FnMut(Duration) -> Duration) -> ConntrackTimeouts {
+    pub(crate) fn map_durations(
+        &self,
+        mut f: impl FnMut(Duration) -> Duration,
+    ) -> ConntrackTimeouts {
         ConntrackTimeouts {
             udp: f(self.udp),
             udp_stream: f(self.udp_stream),

@@ -159,7 +159,7 @@ struct Client {
     /// Lets the client run its `then` step.
     go: oneshot::Sender<()>,
     /// The client; ends with `then`'s outcome (`None`: past the limit).
-    task: crate::sys::netns::Task<Option<Outcome>>,
+    task: crate::Task<Option<Outcome>>,
     /// When the client started `then`, in its own task: the moment it
     /// triggers the scenario's fault itself (its write, its close). A start
     /// mark taken there keeps the hand-off from the scenario to the client's

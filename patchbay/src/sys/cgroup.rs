@@ -354,6 +354,7 @@ pub fn reap_dead(base: &Path) -> Vec<PathBuf> {
 /// Reaps stale process cgroups anywhere in the cgroup2 hierarchy, not only
 /// beside this process's own (their owners may have run in another cgroup,
 /// e.g. another login session). Returns the directories it removed.
+#[cfg(feature = "cli")]
 pub fn reap_dead_everywhere() -> Result<Vec<PathBuf>, CgroupError> {
     let mount = cgroup2_mount().ok_or(CgroupError::NoCgroup2)?;
     let mut reaped = Vec::new();

@@ -65,6 +65,10 @@ fn input_note(stdin: &Option<String>) -> String {
 #[derive(Debug, Clone)]
 pub struct CmdOutput {
     /// Standard output.
+    #[cfg_attr(
+        not(feature = "cli"),
+        expect(dead_code, reason = "read by doctor (feature `cli`) only")
+    )]
     pub stdout: String,
 }
 

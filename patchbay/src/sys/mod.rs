@@ -25,9 +25,21 @@ pub(crate) mod netlink;
 pub(crate) mod netns;
 pub(crate) mod nft;
 pub(crate) mod sandbox;
+#[cfg(feature = "cli")]
 pub(crate) mod sockdiag;
 pub(crate) mod spawn;
 pub(crate) mod sysctl;
 pub(crate) mod tc;
 pub(crate) mod userns;
 pub(crate) mod watchdog;
+
+/// Restores the default SIGPIPE disposition, so that the command line dies
+/// quietly on a closed pipe (`patchbay doctor --json | head`) instead of
+/// panicking in `println!`.
+#[cfg(feature = "cli")]
+pub(crate) fn default_sigpipe() {
+    // SAFETY: setting a signal disposition has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

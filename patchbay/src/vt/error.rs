@@ -5,6 +5,7 @@ use std::time::Duration;
 
 /// Everything that can go wrong while running a command inside the UML guest.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum VtError {
     /// No UML kernel binary was found.
     #[error(
@@ -171,8 +172,8 @@ pub enum VtError {
         what: &'static str,
         /// The UML pid.
         pid: i32,
-        /// The errno.
+        /// The errno (as an `io::Error`: no dependency's type in the API).
         #[source]
-        source: nix::Error,
+        source: std::io::Error,
     },
 }

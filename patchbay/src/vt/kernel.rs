@@ -66,6 +66,7 @@ impl UmlKernel {
 
 /// How the UML kernel runs guest processes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub enum GuestProcesses {
     /// Seccomp (`seccomp=on`) when the kernel has it, else ptrace. If the host refuses the
     /// seccomp filter (e.g. inside a restrictive container) the run is repeated under ptrace.

@@ -73,6 +73,7 @@ pub const DEFAULT_UPTIME: Duration = Duration::from_secs(300);
 
 /// How the guest clock runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum VtClock {
     /// `time-travel=inf-cpu`: virtual time, jumping forward whenever the guest is idle; CPU work
     /// takes no virtual time. A clock read through a syscall advances it by 256 ns; with the
@@ -87,6 +88,7 @@ pub enum VtClock {
 
 /// Options of one virtual-time run.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct VtOpts {
     /// Wall-clock limit for the whole run, boot included. A guest still running then is killed
     /// and [`VtError::GuardTimeout`] returned (busy loops never advance virtual time).

@@ -336,7 +336,7 @@ fn kill_group(pgid: i32) -> Result<(), VtError> {
         Err(source) => Err(VtError::Process {
             what: "killing the UML process group",
             pid: pgid,
-            source,
+            source: source.into(),
         }),
     }
 }
@@ -350,7 +350,11 @@ fn has_exited(pid: i32, what: &'static str) -> Result<bool, VtError> {
     ) {
         Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => Ok(false),
         Ok(_) => Ok(true),
-        Err(source) => Err(VtError::Process { what, pid, source }),
+        Err(source) => Err(VtError::Process {
+            what,
+            pid,
+            source: source.into(),
+        }),
     }
 }
 

@@ -7,6 +7,7 @@ use super::{VtError, io};
 
 /// The guest's view of the host tree, which it mounts over hostfs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum GuestRoot {
     /// The host tree, writable through an overlay (overlayfs) whose upper layer is a tmpfs in
     /// guest memory: the command may write anywhere (its target directory, the package dir,

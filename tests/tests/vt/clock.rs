@@ -133,13 +133,11 @@ fn vdso_clock_reads_equal_the_syscall() -> anyhow::Result<()> {
 
     // The same probe with the fast clock off must fail the check: every read is a syscall
     // and moves the clock (so the check above can tell).
-    let slow = vt::run(
-        &[probe.clone().into(), "1".into()],
-        &VtOpts {
-            fast_clock: false,
-            ..opts.clone()
-        },
-    )?;
+    let slow = vt::run(&[probe.clone().into(), "1".into()], &{
+        let mut o = opts.clone();
+        o.fast_clock = false;
+        o
+    })?;
     let slow_out = text(&slow.stdout);
     let err = check_fast(&slow_out).expect_err("syscall-only reads pass the check");
     println!("with the fast clock off the check fails, as it must: {err}");
@@ -197,10 +195,11 @@ fn tokio_program_reads_the_clock_without_syscalls() -> anyhow::Result<()> {
         .join(format!("vt-strace-{}", std::process::id()));
     let mut counts = Vec::new();
     for fast_clock in [true, false] {
-        let opts = VtOpts {
-            fast_clock,
-            results_dir: Some(results.clone()),
-            ..opts.clone()
+        let opts = {
+            let mut o = opts.clone();
+            o.fast_clock = fast_clock;
+            o.results_dir = Some(results.clone());
+            o
         };
         let summary = results.join("strace");
         let mut cmd = vec![
@@ -316,9 +315,10 @@ fn spinning_on_the_clock_ends() -> anyhow::Result<()> {
     let Some((opts, _serial)) = fast_clock_setup() else {
         return Ok(());
     };
-    let opts = VtOpts {
-        guard: Duration::from_secs(120),
-        ..opts
+    let opts = {
+        let mut o = opts;
+        o.guard = Duration::from_secs(120);
+        o
     };
     let mut cmd = vec![std::env::current_exe()?.into_os_string()];
     cmd.extend(

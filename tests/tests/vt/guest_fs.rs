@@ -31,10 +31,11 @@ fn run_write_attempts(opts: VtOpts, tag: &str) -> anyhow::Result<(String, Vec<St
     let results = dir.join("results");
     // Working in `dir` makes it visible in the guest even when the checkout
     // lives under /tmp (which the guest otherwise covers with a tmpfs).
-    let opts = VtOpts {
-        results_dir: Some(results.clone()),
-        cwd: Some(dir.clone()),
-        ..opts
+    let opts = {
+        let mut o = opts;
+        o.results_dir = Some(results.clone());
+        o.cwd = Some(dir.clone());
+        o
     };
     let out = vt::run(&argv(&["sh", "-c", &write_attempts(&victim, &dir)]), &opts)?;
     let stdout = text(&out.stdout);
@@ -90,9 +91,10 @@ fn host_root_is_read_only_and_results_dir_writable() -> anyhow::Result<()> {
     let Some((opts, _serial)) = setup() else {
         return Ok(());
     };
-    let opts = VtOpts {
-        root: vt::GuestRoot::ReadOnly,
-        ..opts
+    let opts = {
+        let mut o = opts;
+        o.root = vt::GuestRoot::ReadOnly;
+        o
     };
     let (stdout, _) = run_write_attempts(opts, "ro")?;
     assert!(
@@ -118,10 +120,11 @@ fn keep_writes_copies_what_the_command_wrote() -> anyhow::Result<()> {
     let script = "mkdir -p out/sub && echo log > out/sub/test.log && ln -s test.log out/link \
                   && echo changed > old && rm -f out/../old2 && echo t > /tmp/not-kept";
     std::fs::write(dir.join("old2"), "host")?;
-    let opts = VtOpts {
-        cwd: Some(dir.clone()),
-        keep_writes: Some(keep.clone()),
-        ..opts
+    let opts = {
+        let mut o = opts;
+        o.cwd = Some(dir.clone());
+        o.keep_writes = Some(keep.clone());
+        o
     };
     let out = match vt::run(&argv(&["sh", "-c", script]), &opts) {
         Err(VtError::GuestSetup { step, .. }) if step.contains("no writable overlay") => {

@@ -20,11 +20,12 @@ fn setup() -> Option<(VtOpts, MutexGuard<'static, ()>)> {
     match vt::find_uml_binary() {
         Ok(binary) => {
             let guard = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-            let opts = VtOpts {
-                guard: Duration::from_secs(60),
-                uml_binary: Some(binary),
-                cwd: Some(PathBuf::from("/")),
-                ..VtOpts::default()
+            let opts = {
+                let mut o = VtOpts::default();
+                o.guard = Duration::from_secs(60);
+                o.uml_binary = Some(binary);
+                o.cwd = Some(PathBuf::from("/"));
+                o
             };
             Some((opts, guard))
         }
@@ -91,9 +92,10 @@ fn real_clock_follows_the_host() -> anyhow::Result<()> {
     let Some((opts, _serial)) = setup() else {
         return Ok(());
     };
-    let opts = VtOpts {
-        clock: VtClock::Real,
-        ..opts
+    let opts = {
+        let mut o = opts;
+        o.clock = VtClock::Real;
+        o
     };
     let out = vt::run(&argv(&["sleep", "1"]), &opts)?;
     assert_eq!(out.exit_code, 0);
@@ -165,9 +167,10 @@ fn busy_loop_is_killed_by_the_guard() -> anyhow::Result<()> {
     let Some((opts, _serial)) = setup() else {
         return Ok(());
     };
-    let opts = VtOpts {
-        guard: Duration::from_secs(4),
-        ..opts
+    let opts = {
+        let mut o = opts;
+        o.guard = Duration::from_secs(4);
+        o
     };
     let started = std::time::Instant::now();
     let err =
@@ -223,9 +226,10 @@ fn missing_command_is_a_typed_error() -> anyhow::Result<()> {
         }
         other => panic!("expected CommandNotFound, got {other}"),
     }
-    let bad_cwd = VtOpts {
-        cwd: Some(PathBuf::from("/nonexistent-patchbay-dir")),
-        ..opts.clone()
+    let bad_cwd = {
+        let mut o = opts.clone();
+        o.cwd = Some(PathBuf::from("/nonexistent-patchbay-dir"));
+        o
     };
     match vt::run(&argv(&["true"]), &bad_cwd).expect_err("must fail") {
         VtError::Cwd { cwd, why } => {
@@ -322,9 +326,10 @@ fn guest_panic_is_a_typed_error() -> anyhow::Result<()> {
     let Some((opts, _serial)) = setup() else {
         return Ok(());
     };
-    let opts = VtOpts {
-        guard: Duration::from_secs(20),
-        ..opts
+    let opts = {
+        let mut o = opts;
+        o.guard = Duration::from_secs(20);
+        o
     };
     let err = vt::run(&argv(&["sh", "-c", "echo c > /proc/sysrq-trigger"]), &opts)
         .expect_err("must panic");
@@ -450,9 +455,10 @@ fn a_kernel_without_time_travel_is_refused() -> anyhow::Result<()> {
          *) exit 1;;\nesac\n",
     )?;
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755))?;
-    let opts = VtOpts {
-        uml_binary: Some(fake.clone()),
-        ..VtOpts::default()
+    let opts = {
+        let mut o = VtOpts::default();
+        o.uml_binary = Some(fake.clone());
+        o
     };
     let err = vt::run(&argv(&["true"]), &opts).expect_err("no time travel");
     std::fs::remove_dir_all(&dir)?;
