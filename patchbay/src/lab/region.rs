@@ -29,7 +29,7 @@ use crate::sys::netlink::{self, VethEnd};
 use crate::sys::{nft, tc};
 
 use super::Lab;
-use super::region_routes::{LinkRec, key, region_prefixes, route_via, transit};
+use super::region_routes::{key, region_prefixes, route_via, transit};
 use super::router::{Router, RouterBuilder};
 
 /// Prefix of region router names.
@@ -146,35 +146,7 @@ impl Lab {
         }
         condition.validate()?;
         let (lo, hi) = if a < b { (&ra, &rb) } else { (&rb, &ra) };
-        let n = {
-            let mut r = self.inner.regions();
-            if r.links.contains_key(&key(a, b)) {
-                return Err(Error::invalid(
-                    "region_link",
-                    crate::InvalidReason::Duplicate,
-                    format!("region link {label} exists already"),
-                ));
-            }
-            let n = u8::try_from(r.links.len())
-                .ok()
-                .filter(|n| *n < 63)
-                .ok_or_else(|| {
-                    Error::invalid(
-                        "region_link",
-                        crate::InvalidReason::OutOfRange,
-                        "at most 63 region links per lab",
-                    )
-                })?;
-            r.links.insert(
-                key(a, b),
-                LinkRec {
-                    n,
-                    broken: None,
-                    cut_table: None,
-                },
-            );
-            n
-        };
+        let n = self.inner.regions().reserve(a, b, &label)?;
         let (t_lo, t_hi) = transit(n);
         let lo_ns = lo.router.netns().clone();
         let hi_ns = hi.router.netns().clone();

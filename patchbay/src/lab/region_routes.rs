@@ -30,6 +30,39 @@ pub(crate) struct Regions {
     pub(super) links: BTreeMap<(String, String), LinkRec>,
 }
 
+impl Regions {
+    /// Records a new link between regions `a` and `b` and returns its number (which picks
+    /// its transit addresses): at most 63 per lab, one per pair.
+    pub(super) fn reserve(&mut self, a: &str, b: &str, label: &str) -> Result<u8> {
+        if self.links.contains_key(&key(a, b)) {
+            return Err(Error::invalid(
+                "region_link",
+                crate::InvalidReason::Duplicate,
+                format!("region link {label} exists already"),
+            ));
+        }
+        let n = u8::try_from(self.links.len())
+            .ok()
+            .filter(|n| *n < 63)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "region_link",
+                    crate::InvalidReason::OutOfRange,
+                    "at most 63 region links per lab",
+                )
+            })?;
+        self.links.insert(
+            key(a, b),
+            LinkRec {
+                n,
+                broken: None,
+                cut_table: None,
+            },
+        );
+        Ok(n)
+    }
+}
+
 pub(super) fn key(a: &str, b: &str) -> (String, String) {
     if a <= b {
         (a.to_string(), b.to_string())
