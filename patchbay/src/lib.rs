@@ -66,6 +66,7 @@ internal! {
 mod error;
 mod firewall;
 mod invalid;
+mod kernel_error;
 mod lab;
 pub mod labfile;
 mod link;
@@ -85,9 +86,10 @@ pub mod vt;
 pub use addr::{AddrError, IpSupport};
 pub use bpf::{EventKind, TcpEvent};
 pub use dns::{DnsError, DnsRecord, DnsServer, DnsZone};
-pub use error::{Error, KernelError, Result, Subsystem};
+pub use error::{Error, Result};
 pub use firewall::{Firewall, FirewallAction, FirewallPolicy, OutboundPolicy, PortPolicy};
 pub use invalid::{InvalidLab, InvalidReason};
+pub use kernel_error::{KernelError, Subsystem};
 pub use lab::{
     CaptureGuard, Device, DeviceBuilder, Direction, Exchange, FaultGuard, Iface, Lab, LabClock,
     LabEvent, LabOpts, NatBehavior, NatFiltering, NatMapping, Node, NodeKind, Reflector, Region,

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::error::KernelError;
+use crate::kernel_error::KernelError;
 use crate::sys::netns::{self, NetnsError};
 
 /// Why awaiting a [`Task`] or [`ThreadTask`] gave no value.

@@ -142,26 +142,16 @@ struct Report {
     failing: Vec<SeedResult>,
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-    vt::interrupt();
-}
-
 /// Ctrl-C (SIGINT) stops the sweep from starting further seeds and kills the running guests
 /// (`vt::interrupt`), whose runners remove their run directories; the report then shows the
 /// seeds that had finished.
 fn catch_sigint() -> anyhow::Result<()> {
-    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-    let act = SigAction::new(
-        SigHandler::Handler(on_sigint),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
-    unsafe { sigaction(Signal::SIGINT, &act) }.context("installing the Ctrl-C handler")?;
-    Ok(())
+    crate::sys::sigint::catch().context("installing the Ctrl-C handler")
+}
+
+/// Whether Ctrl-C was pressed.
+fn interrupted() -> bool {
+    crate::sys::sigint::received()
 }
 
 /// The command that replays one seed.
@@ -265,13 +255,13 @@ pub fn run(sweep: Sweep) -> anyhow::Result<std::process::ExitCode> {
         for _ in 0..sweep.jobs.min(planned.len().max(1)) {
             s.spawn(|| {
                 loop {
-                    if INTERRUPTED.load(Ordering::SeqCst) || stopped.load(Ordering::SeqCst) {
+                    if interrupted() || stopped.load(Ordering::SeqCst) {
                         return;
                     }
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some(&seed) = planned.get(i) else { return };
                     let r = run_seed(seed, &sweep);
-                    if INTERRUPTED.load(Ordering::SeqCst) && r.exit_code.is_none() {
+                    if interrupted() && r.exit_code.is_none() {
                         // Killed by the Ctrl-C: not a verdict on the seed.
                         return;
                     }
@@ -313,7 +303,7 @@ pub fn run(sweep: Sweep) -> anyhow::Result<std::process::ExitCode> {
         passed,
         failed: run - passed,
         stopped_early: stopped.load(Ordering::SeqCst) && run < planned.len(),
-        interrupted: INTERRUPTED.load(Ordering::SeqCst),
+        interrupted: interrupted(),
         wall_s: wall.as_secs_f64(),
         seeds_per_minute: run as f64 / wall.as_secs_f64().max(1e-9) * 60.0,
         mean_boot_s: mean(results.iter().map(|r| r.boot_s)),

@@ -25,6 +25,7 @@ pub(crate) mod netlink;
 pub(crate) mod netns;
 pub(crate) mod nft;
 pub(crate) mod sandbox;
+pub(crate) mod sigint;
 #[cfg(feature = "cli")]
 pub(crate) mod sockdiag;
 pub(crate) mod spawn;

@@ -70,9 +70,10 @@ pub(crate) fn interrupt() {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-/// Whether [`interrupt`] was called.
+/// Whether [`interrupt`] was called, or a Ctrl-C arrived in a process that catches it
+/// (`sys::sigint`, the `patchbay` command line).
 pub(crate) fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+    INTERRUPTED.load(Ordering::SeqCst) || crate::sys::sigint::received()
 }
 
 #[derive(Debug, Default)]
@@ -200,7 +201,7 @@ pub(crate) fn run_uml(
         if Instant::now() >= deadline {
             break true;
         }
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if self::interrupted() {
             interrupted = true;
             break false;
         }
