@@ -53,6 +53,7 @@ pub fn run(plan: &Plan, setup: &Setup) -> Result<()> {
         binary: &list.binary,
         cwd: &list.cwd,
         crate_dir: &setup.crate_dir,
+        slow_clock: plan.slow_clock,
     };
     let mut out = Vec::new();
     for t in &chosen {
@@ -88,6 +89,8 @@ struct Guest<'a> {
     binary: &'a Path,
     cwd: &'a Path,
     crate_dir: &'a Path,
+    /// `patchbay vt --slow-clock`.
+    slow_clock: bool,
 }
 
 impl Guest<'_> {
@@ -103,6 +106,7 @@ impl Guest<'_> {
             }
         }
         c.arg("vt")
+            .args(self.slow_clock.then_some("--slow-clock"))
             .args(vt_args)
             .arg("--")
             .arg(self.binary)
@@ -182,11 +186,12 @@ impl Guest<'_> {
     /// The raw replay: `patchbay vt --seed N` in the test's directory.
     fn replay_line(&self, t: &Listed, seed: u64) -> String {
         format!(
-            "cd {} && PATCHBAY_UML={} CARGO_MANIFEST_DIR={} {} vt --seed {seed} -- {} {}",
+            "cd {} && PATCHBAY_UML={} CARGO_MANIFEST_DIR={} {} vt{} --seed {seed} -- {} {}",
             self.cwd.display(),
             self.kernel.display(),
             self.crate_dir.display(),
             self.cli.display(),
+            if self.slow_clock { " --slow-clock" } else { "" },
             self.binary.display(),
             test_args(t).join(" ")
         )
@@ -222,9 +227,15 @@ impl Report<'_> {
     /// `cargo xtask iroh-suite` sweeping just this seed: the same environment as the sweep.
     fn xtask_line(&self, name: &str, seed: u64) -> String {
         format!(
-            "cd {} && cargo xtask iroh-suite --against {} --seeds {seed} -E 'test(={name})'",
+            "cd {} && cargo xtask iroh-suite --against {}{}{} --seeds {seed} -E 'test(={name})'",
             self.repo.display(),
-            self.plan.against.name()
+            self.plan.against.name(),
+            if self.plan.release { " --release" } else { "" },
+            if self.plan.slow_clock {
+                " --slow-clock"
+            } else {
+                ""
+            }
         )
     }
 
