@@ -298,16 +298,35 @@ fn check_nextest() -> Result<()> {
     Ok(())
 }
 
-/// Builds (if needed) the UML kernel of this checkout's config and the `patchbay` CLI.
+/// Builds (if needed) the UML kernel of this checkout's config and the `patchbay` CLI. A
+/// kernel named by `PATCHBAY_UML` is used as it is (e.g. an older build, for before/after
+/// comparisons), and nothing is built for it.
 fn vt_tools(repo: &Path) -> Result<(PathBuf, PathBuf)> {
-    eprintln!("iroh-suite: the UML kernel (cargo xtask build-uml; about 10 min when not cached)");
-    let kernel = crate::uml::build_uml(crate::uml::BuildUmlArgs {
-        kernel: crate::uml::DEFAULT_KERNEL.to_string(),
-        jobs: None,
-        out_dir: None,
-        force: false,
-    })
-    .context("building the UML kernel for virtual time")?;
+    let kernel = match std::env::var_os("PATCHBAY_UML") {
+        Some(k) => {
+            let k = PathBuf::from(k);
+            ensure!(
+                k.is_file(),
+                "PATCHBAY_UML={} is not a file; unset it to use the kernel `cargo xtask \
+                 build-uml` builds",
+                k.display()
+            );
+            eprintln!("iroh-suite: the UML kernel {} (PATCHBAY_UML)", k.display());
+            k
+        }
+        None => {
+            eprintln!(
+                "iroh-suite: the UML kernel (cargo xtask build-uml; about 10 min when not cached)"
+            );
+            crate::uml::build_uml(crate::uml::BuildUmlArgs {
+                kernel: crate::uml::DEFAULT_KERNEL.to_string(),
+                jobs: None,
+                out_dir: None,
+                force: false,
+            })
+            .context("building the UML kernel for virtual time")?
+        }
+    };
     eprintln!("iroh-suite: cargo build -p patchbay (the `patchbay vt` runner)");
     quiet_step(
         crate::test::cargo(repo).args(["build", "-p", "patchbay"]),
