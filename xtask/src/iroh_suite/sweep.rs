@@ -224,11 +224,14 @@ impl Report<'_> {
         self.chosen.iter().copied().find(|t| t.name == name)
     }
 
-    /// `cargo xtask iroh-suite` sweeping just this seed: the same environment as the sweep.
+    /// `cargo xtask iroh-suite` sweeping just this seed: the same environment as the sweep,
+    /// the guest kernel included (a seed's verdict holds for one kernel build).
     fn xtask_line(&self, name: &str, seed: u64) -> String {
         format!(
-            "cd {} && cargo xtask iroh-suite --against {}{}{} --seeds {seed} -E 'test(={name})'",
+            "cd {} && PATCHBAY_UML={} cargo xtask iroh-suite --against {}{}{} --seeds {seed} \
+             -E 'test(={name})'",
             self.repo.display(),
+            self.guest.kernel.display(),
             self.plan.against.name(),
             if self.plan.release { " --release" } else { "" },
             if self.plan.slow_clock {
