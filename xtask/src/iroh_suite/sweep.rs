@@ -183,10 +183,16 @@ impl Guest<'_> {
         Ok(())
     }
 
-    /// The raw replay: `patchbay vt --seed N` in the test's directory.
+    /// The raw replay: `patchbay vt --seed N` in the test's directory, with the variables the
+    /// sweep gave the guest. `CARGO` belongs to them: iroh's testdir runs it, and without it
+    /// (measured: degrade_server_very_bad_cellular, seed 10) the guest's run differs and
+    /// the verdict with it.
     fn replay_line(&self, t: &Listed, seed: u64) -> String {
+        let cargo = std::env::var_os("CARGO")
+            .map(|c| format!("CARGO={} ", Path::new(&c).display()))
+            .unwrap_or_default();
         format!(
-            "cd {} && PATCHBAY_UML={} CARGO_MANIFEST_DIR={} {} vt{} --seed {seed} -- {} {}",
+            "cd {} && {cargo}PATCHBAY_UML={} CARGO_MANIFEST_DIR={} {} vt{} --seed {seed} -- {} {}",
             self.cwd.display(),
             self.kernel.display(),
             self.crate_dir.display(),
