@@ -102,6 +102,14 @@ pub struct IrohSuiteArgs {
     /// id>/<test name> on the host (`patchbay vt --keep-writes`).
     #[arg(long)]
     pub keep_writes: Option<PathBuf>,
+    /// Virtual time: every guest clock read is a syscall (`patchbay vt --slow-clock`, the
+    /// kernel's `patchbay_vclock=off`), for before/after comparisons of the trap-free clock.
+    #[arg(long)]
+    pub slow_clock: bool,
+    /// Build and run iroh's test target with the release profile (`cargo nextest
+    /// --cargo-profile release`); iroh's CI runs debug.
+    #[arg(long)]
+    pub release: bool,
     /// Print the report as JSON on stdout (progress stays on stderr).
     #[arg(long)]
     pub json: bool,
@@ -123,6 +131,10 @@ pub struct Plan {
     /// A sweep: its seeds (inclusive) and replays per failing seed.
     pub sweep: Option<(u64, u64, usize)>,
     pub keep_writes: Option<PathBuf>,
+    /// Guest clock reads through the syscall (`patchbay vt --slow-clock`).
+    pub slow_clock: bool,
+    /// The release profile for iroh's test target.
+    pub release: bool,
     pub json: bool,
 }
 
@@ -147,6 +159,10 @@ impl Plan {
              tests write to the host directly)"
         );
         ensure!(
+            virtual_time || !args.slow_clock,
+            "--slow-clock chooses how a guest reads its clock: it needs --virtual"
+        );
+        ensure!(
             args.jobs != Some(0),
             "--jobs 0: at least one test must run at a time"
         );
@@ -161,6 +177,8 @@ impl Plan {
             seed: args.seed,
             sweep,
             keep_writes: args.keep_writes.clone(),
+            slow_clock: args.slow_clock,
+            release: args.release,
             json: args.json,
         })
     }
@@ -168,7 +186,9 @@ impl Plan {
     /// The mode's name in reports: `upstream`, `ours virtual`, ...
     pub fn label(&self) -> String {
         let time = if self.virtual_time { "virtual" } else { "real" };
-        format!("{} {time}", self.against.name())
+        let clock = if self.slow_clock { " slow-clock" } else { "" };
+        let build = if self.release { " release" } else { "" };
+        format!("{} {time}{clock}{build}", self.against.name())
     }
 }
 
@@ -278,16 +298,35 @@ fn check_nextest() -> Result<()> {
     Ok(())
 }
 
-/// Builds (if needed) the UML kernel of this checkout's config and the `patchbay` CLI.
+/// Builds (if needed) the UML kernel of this checkout's config and the `patchbay` CLI. A
+/// kernel named by `PATCHBAY_UML` is used as it is (e.g. an older build, for before/after
+/// comparisons), and nothing is built for it.
 fn vt_tools(repo: &Path) -> Result<(PathBuf, PathBuf)> {
-    eprintln!("iroh-suite: the UML kernel (cargo xtask build-uml; about 10 min when not cached)");
-    let kernel = crate::uml::build_uml(crate::uml::BuildUmlArgs {
-        kernel: crate::uml::DEFAULT_KERNEL.to_string(),
-        jobs: None,
-        out_dir: None,
-        force: false,
-    })
-    .context("building the UML kernel for virtual time")?;
+    let kernel = match std::env::var_os("PATCHBAY_UML") {
+        Some(k) => {
+            let k = PathBuf::from(k);
+            ensure!(
+                k.is_file(),
+                "PATCHBAY_UML={} is not a file; unset it to use the kernel `cargo xtask \
+                 build-uml` builds",
+                k.display()
+            );
+            eprintln!("iroh-suite: the UML kernel {} (PATCHBAY_UML)", k.display());
+            k
+        }
+        None => {
+            eprintln!(
+                "iroh-suite: the UML kernel (cargo xtask build-uml; about 10 min when not cached)"
+            );
+            crate::uml::build_uml(crate::uml::BuildUmlArgs {
+                kernel: crate::uml::DEFAULT_KERNEL.to_string(),
+                jobs: None,
+                out_dir: None,
+                force: false,
+            })
+            .context("building the UML kernel for virtual time")?
+        }
+    };
     eprintln!("iroh-suite: cargo build -p patchbay (the `patchbay vt` runner)");
     quiet_step(
         crate::test::cargo(repo).args(["build", "-p", "patchbay"]),
@@ -319,6 +358,9 @@ fn nextest(plan: &Plan, setup: &Setup, sub: &str) -> Command {
         .env("CARGO_TARGET_DIR", &setup.target);
     if plan.against == Against::Upstream {
         c.arg("--locked");
+    }
+    if plan.release {
+        c.args(["--cargo-profile", "release"]);
     }
     c
 }
@@ -385,9 +427,10 @@ fn run_suite(plan: &Plan, setup: &Setup) -> Result<()> {
             "the patchbay CLI's path {cli:?} has whitespace, which a cargo target runner \
              cannot hold; move the checkout"
         );
+        let clock = if plan.slow_clock { " --slow-clock" } else { "" };
         c.env(
             "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER",
-            format!("{cli} vt --"),
+            format!("{cli} vt{clock} --"),
         )
         .env("PATCHBAY_UML", kernel)
         .env("PATCHBAY_VT_SUMMARY", &summary);
@@ -461,6 +504,8 @@ mod tests {
         let p = plan(&["--virtual", "-j", "1", "--seed", "7", "-E", "test(x)"]).expect("ok");
         assert_eq!((p.jobs, p.seed), (1, Some(7)));
         assert_eq!(p.filter.as_deref(), Some("test(x)"));
+        let p = plan(&["--virtual", "--slow-clock", "--release"]).expect("ok");
+        assert_eq!(p.label(), "ours virtual slow-clock release");
     }
 
     #[test]
@@ -491,6 +536,10 @@ mod tests {
         assert!(e.to_string().contains("--virtual"), "{e}");
         assert!(plan(&["--keep-writes", "/tmp/k"]).is_err());
         assert!(plan(&["--jobs", "0", "--virtual"]).is_err());
+        assert!(
+            plan(&["--slow-clock"]).is_err(),
+            "slow clock without --virtual"
+        );
         assert!(plan(&["--against", "theirs"]).is_err());
     }
 

@@ -247,8 +247,14 @@ pub fn replay_line(
         repo.display(),
         plan.against.name()
     );
+    if plan.release {
+        s.push_str(" --release");
+    }
     if plan.virtual_time {
         s.push_str(" --virtual");
+        if plan.slow_clock {
+            s.push_str(" --slow-clock");
+        }
         if let Some(seed) = seed {
             let _ = write!(s, " --seed {seed}");
         }
@@ -291,6 +297,8 @@ mod tests {
             filter: None,
             run_ignored: super::super::RunIgnored::Default,
             keep_writes: None,
+            slow_clock: false,
+            release: false,
             json: false,
             dir: None,
         };
@@ -300,6 +308,17 @@ mod tests {
             l,
             "cd /r && cargo xtask iroh-suite --against upstream --virtual --seed 5 \
              -E 'test(=nat::x)' --run-ignored all"
+        );
+        let args = super::super::IrohSuiteArgs {
+            slow_clock: true,
+            release: true,
+            ..args
+        };
+        let plan = Plan::new(&args, 2).expect("plan");
+        assert_eq!(
+            replay_line(&plan, Path::new("/r"), "a", false, Some(1)),
+            "cd /r && cargo xtask iroh-suite --against upstream --release --virtual \
+             --slow-clock --seed 1 -E 'test(=a)'"
         );
     }
 }

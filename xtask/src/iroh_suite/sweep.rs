@@ -53,6 +53,7 @@ pub fn run(plan: &Plan, setup: &Setup) -> Result<()> {
         binary: &list.binary,
         cwd: &list.cwd,
         crate_dir: &setup.crate_dir,
+        slow_clock: plan.slow_clock,
     };
     let mut out = Vec::new();
     for t in &chosen {
@@ -88,6 +89,8 @@ struct Guest<'a> {
     binary: &'a Path,
     cwd: &'a Path,
     crate_dir: &'a Path,
+    /// `patchbay vt --slow-clock`.
+    slow_clock: bool,
 }
 
 impl Guest<'_> {
@@ -103,6 +106,7 @@ impl Guest<'_> {
             }
         }
         c.arg("vt")
+            .args(self.slow_clock.then_some("--slow-clock"))
             .args(vt_args)
             .arg("--")
             .arg(self.binary)
@@ -179,14 +183,21 @@ impl Guest<'_> {
         Ok(())
     }
 
-    /// The raw replay: `patchbay vt --seed N` in the test's directory.
+    /// The raw replay: `patchbay vt --seed N` in the test's directory, with the variables the
+    /// sweep gave the guest. `CARGO` belongs to them: iroh's testdir runs it, and without it
+    /// (measured: degrade_server_very_bad_cellular, seed 10) the guest's run differs and
+    /// the verdict with it.
     fn replay_line(&self, t: &Listed, seed: u64) -> String {
+        let cargo = std::env::var_os("CARGO")
+            .map(|c| format!("CARGO={} ", Path::new(&c).display()))
+            .unwrap_or_default();
         format!(
-            "cd {} && PATCHBAY_UML={} CARGO_MANIFEST_DIR={} {} vt --seed {seed} -- {} {}",
+            "cd {} && {cargo}PATCHBAY_UML={} CARGO_MANIFEST_DIR={} {} vt{} --seed {seed} -- {} {}",
             self.cwd.display(),
             self.kernel.display(),
             self.crate_dir.display(),
             self.cli.display(),
+            if self.slow_clock { " --slow-clock" } else { "" },
             self.binary.display(),
             test_args(t).join(" ")
         )
@@ -219,12 +230,21 @@ impl Report<'_> {
         self.chosen.iter().copied().find(|t| t.name == name)
     }
 
-    /// `cargo xtask iroh-suite` sweeping just this seed: the same environment as the sweep.
+    /// `cargo xtask iroh-suite` sweeping just this seed: the same environment as the sweep,
+    /// the guest kernel included (a seed's verdict holds for one kernel build).
     fn xtask_line(&self, name: &str, seed: u64) -> String {
         format!(
-            "cd {} && cargo xtask iroh-suite --against {} --seeds {seed} -E 'test(={name})'",
+            "cd {} && PATCHBAY_UML={} cargo xtask iroh-suite --against {}{}{} --seeds {seed} \
+             -E 'test(={name})'",
             self.repo.display(),
-            self.plan.against.name()
+            self.guest.kernel.display(),
+            self.plan.against.name(),
+            if self.plan.release { " --release" } else { "" },
+            if self.plan.slow_clock {
+                " --slow-clock"
+            } else {
+                ""
+            }
         )
     }
 
