@@ -99,6 +99,9 @@ pub fn run(args: TestArgs) -> Result<()> {
     step_fn("public API (patchbay/public-api.txt vs rustdoc)", || {
         crate::public_api::run(&crate::public_api::PublicApiArgs { bless: false })
     })?;
+    step_fn("module graph (no import cycle in patchbay/src)", || {
+        crate::modgraph::run(&crate::modgraph::ModGraphArgs { check: true })
+    })?;
     step_fn(
         "check-ebpf (committed object vs a fresh build)",
         crate::ebpf::check_ebpf,
