@@ -28,6 +28,7 @@
 
 mod boot;
 mod error;
+mod fsutil;
 mod kernel;
 mod locate;
 mod paths;
@@ -36,6 +37,9 @@ mod root;
 mod rundir;
 mod script;
 mod userns;
+
+pub(crate) use fsutil::{host_tool, io};
+use fsutil::{os_concat, read_optional, write_executable};
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -572,86 +576,5 @@ pub(crate) fn tail_lines(bytes: &[u8], n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn os_concat(prefix: &str, path: &Path) -> OsString {
-    let mut s = OsString::from(prefix);
-    s.push(path.as_os_str());
-    s
-}
-
-pub(crate) fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VtError {
-    let path = path.to_path_buf();
-    move |source| VtError::Io { what, path, source }
-}
-
-/// Reads a result file; `None` when the guest did not write it.
-fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, VtError> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io("reading a result file", path)(e)),
-    }
-}
-
-/// `/usr/bin/NAME`, else `/bin/NAME`: a host tool the runner or the guest init uses by path.
-pub(crate) fn host_tool(name: &str) -> Option<PathBuf> {
-    ["/usr/bin", "/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
-
-fn write_executable(path: &Path, text: &[u8]) -> Result<(), VtError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).map_err(io("writing the guest init", path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-        .map_err(io("making the guest init executable", path))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mem_validation() {
-        assert!(validate_mem("512M").is_ok());
-        assert!(validate_mem("1024").is_ok());
-        for bad in ["", "M", "512MM", "5x", "-1M"] {
-            assert!(validate_mem(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn clock_parsing() {
-        assert_eq!(
-            parse_clock("300000000000 302000000256\n"),
-            Some(Duration::from_nanos(2_000_000_256))
-        );
-        assert_eq!(parse_clock("5 4"), None);
-    }
-
-    #[test]
-    fn uptime_parsing() {
-        let (a, b) = parse_uptime("0.41 30.42\n").expect("parses");
-        assert_eq!(a, Duration::from_millis(410));
-        assert_eq!(b, Duration::from_millis(30420));
-        assert!(parse_uptime("x").is_none());
-    }
-
-    #[test]
-    fn panic_excerpt_ends_at_the_panic_line() {
-        let console = "a\nb cause\nKernel panic - not syncing: x\nCall Trace:\n";
-        assert_eq!(
-            panic_excerpt(console).as_deref(),
-            Some("a\nb cause\nKernel panic - not syncing: x")
-        );
-        assert!(panic_excerpt("fine\n").is_none());
-    }
-
-    #[test]
-    fn missing_env_binary_is_named() {
-        let err = VtError::UmlNotFound {
-            searched: "a/*/linux".into(),
-        };
-        assert!(err.to_string().contains("cargo xtask build-uml"));
-    }
-}
+mod tests;
