@@ -427,7 +427,11 @@ fn run_suite(plan: &Plan, setup: &Setup) -> Result<()> {
             "the patchbay CLI's path {cli:?} has whitespace, which a cargo target runner \
              cannot hold; move the checkout"
         );
-        let clock = if plan.slow_clock { " --slow-clock" } else { "" };
+        let clock = if plan.slow_clock {
+            " --slow-clock"
+        } else {
+            " --fast-clock"
+        };
         c.env(
             "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER",
             format!("{cli} vt{clock} --"),

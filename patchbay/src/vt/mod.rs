@@ -140,9 +140,11 @@ pub struct VtOpts {
     /// and, alone with the results dir, writable for the guest. Needs [`GuestRoot::Overlay`].
     pub keep_writes: Option<PathBuf>,
     /// Read the guest clock without a trap where the kernel can ([`UmlKernel::fast_clock`]);
-    /// default `true`. `false` boots such a kernel with `patchbay_vclock=off`: every
-    /// `clock_gettime`, `gettimeofday` and `time` is a syscall that moves the clock by 256 ns,
-    /// as on kernels without `xtask/uml-vdso.patch`. For comparisons.
+    /// default `false` (opt-in): `false` boots such a kernel with `patchbay_vclock=off`, so
+    /// every `clock_gettime`, `gettimeofday` and `time` is a syscall that moves the clock by
+    /// 256 ns, as on kernels without `xtask/uml-vdso.patch`. The trap-free clock is off by
+    /// default because a read right after a time-travel jump can lag the kernel's clock by
+    /// up to a tick (docs/virtual-time.md, "The clock patch", known issue).
     pub fast_clock: bool,
 }
 
@@ -161,7 +163,7 @@ impl Default for VtOpts {
             seed: None,
             root: GuestRoot::Overlay,
             keep_writes: None,
-            fast_clock: true,
+            fast_clock: false,
         }
     }
 }

@@ -106,7 +106,11 @@ impl Guest<'_> {
             }
         }
         c.arg("vt")
-            .args(self.slow_clock.then_some("--slow-clock"))
+            .arg(if self.slow_clock {
+                "--slow-clock"
+            } else {
+                "--fast-clock"
+            })
             .args(vt_args)
             .arg("--")
             .arg(self.binary)
@@ -197,7 +201,11 @@ impl Guest<'_> {
             self.kernel.display(),
             self.crate_dir.display(),
             self.cli.display(),
-            if self.slow_clock { " --slow-clock" } else { "" },
+            if self.slow_clock {
+                " --slow-clock"
+            } else {
+                " --fast-clock"
+            },
             self.binary.display(),
             test_args(t).join(" ")
         )
