@@ -7,18 +7,15 @@
 //! real-time behaviour (including the kernel's own rounding and lateness) rather than
 //! naive `default / k`. See `docs/compression.md`.
 //!
-//! Building a plan for a lab:
+//! A test author meets this module through a lab's time mode and its report (the plan itself
+//! is crate-private):
 //! ```no_run
-//! use patchbay::compress::{BpfFeatures, CompressionReport, Plan, TimeScale, TimerInputs, probe_kernel};
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let (caps, defaults) = probe_kernel(BpfFeatures::default())?; // once per process
-//! let plan = Plan::compute(TimeScale::new(20.0)?, &caps, &defaults, &TimerInputs::default())?;
-//! for (key, value) in plan.sysctls_for_netns() { /* write in each lab namespace */ }
-//! for (key, value) in plan.sysctls_for_iface("eth0") { /* after the interface exists */ }
-//! let bpf = plan.bpf(); // per-netns settings of the sock_ops program
-//! let faithful = Plan::largest_faithful_k(&caps, &defaults, &TimerInputs::default())?;
-//! println!("{}", CompressionReport::new(&plan, &caps, Some(&faithful)));
-//! # let _ = bpf; Ok(()) }
+//! use patchbay::{Lab, LabOpts, TimeMode};
+//! # async fn demo() -> patchbay::Result<()> {
+//! let lab = Lab::with_opts(LabOpts::default().time_mode(TimeMode::compressed(20.0)?)).await?;
+//! // Which timers run 20 times faster, through which mechanism, and which do not.
+//! println!("{}", lab.compression_report()?);
+//! # Ok(()) }
 //! ```
 
 mod caps;
