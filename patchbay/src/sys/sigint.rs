@@ -5,10 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static RECEIVED: AtomicBool = AtomicBool::new(false);
 
+#[cfg(feature = "cli")]
 extern "C" fn on_sigint(_: libc::c_int) {
     RECEIVED.store(true, Ordering::SeqCst);
 }
 
+#[cfg(feature = "cli")]
 /// Replaces the process's SIGINT disposition with one that sets the flag [`received`]
 /// reads, instead of terminating the process.
 pub(crate) fn catch() -> nix::Result<()> {
