@@ -45,12 +45,12 @@ pub struct VtArgs {
     /// With --profile: also profile seccomp kernels under ptrace.
     #[arg(long, requires = "profile")]
     both_modes: bool,
-    /// Read the guest clock without a trap (`xtask/uml-vdso.patch`; opt-in while a read right
-    /// after a time-travel jump can lag by a tick: docs/virtual-time.md).
+    /// Read the guest clock without a trap where the kernel can (`xtask/uml-vdso.patch`): the
+    /// default; the flag stays for scripts that name it.
     #[arg(long, conflicts_with = "slow_clock")]
     fast_clock: bool,
-    /// Make every guest clock read a syscall (`patchbay_vclock=off`; the default), as on
-    /// kernels without the trap-free clock.
+    /// Make every guest clock read a syscall (`patchbay_vclock=off`), as on kernels without
+    /// the trap-free clock: for before/after comparisons.
     #[arg(long)]
     slow_clock: bool,
     /// The run's seed: the same seed repeats the run byte for byte (docs/determinism.md).
@@ -178,7 +178,7 @@ pub fn run(args: VtArgs) -> anyhow::Result<ExitCode> {
         } else {
             vt::GuestRoot::Overlay
         },
-        fast_clock: args.fast_clock,
+        fast_clock: args.fast_clock || !args.slow_clock,
         ..VtOpts::default()
     };
     if !args.no_cargo_shim {
@@ -315,7 +315,7 @@ fn profile(args: &VtArgs) -> anyhow::Result<ExitCode> {
             let opts = VtOpts {
                 uml_binary: Some(k.clone()),
                 processes,
-                fast_clock: args.fast_clock,
+                fast_clock: args.fast_clock || !args.slow_clock,
                 ..VtOpts::default()
             };
             let p = vt_profile::profile(&opts)?;

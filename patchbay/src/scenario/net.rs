@@ -238,7 +238,7 @@ pub(crate) async fn app_timer(k: f64, _size: Size) -> Result<Trace, ScenarioErro
             // Start of each attempt, in virtual time since the start mark.
             for start in [v(0.0), v(4.0), v(9.5)] {
                 tokio::time::sleep_until((t0 + clock.to_wall(start)).into()).await;
-                r.observe("c", "app:attempt", format!("at {start:?}"));
+                r.observe_intent("c", "app:attempt", format!("at {start:?}"));
                 let conn = tokio::net::TcpStream::connect((ip, TCP_PORT));
                 match tokio::time::timeout(clock.to_wall(attempt_timeout), conn).await {
                     Ok(Ok(st)) => {
@@ -256,7 +256,7 @@ pub(crate) async fn app_timer(k: f64, _size: Size) -> Result<Trace, ScenarioErro
         })
         .lab(SC, "running the client")?;
     tokio::time::sleep_until((t0 + clock.to_wall(v(6.6))).into()).await;
-    rec.observe("s", "app:heal-requested", "");
+    rec.observe_intent("s", "app:heal-requested", "");
     fault.heal().await.lab(SC, "healing s")?;
     let out = tokio::time::timeout(limit, client).await;
     drop(l);

@@ -108,7 +108,7 @@ pub struct Recorder {
     /// Half the time the two monotonic reads around `t0` took: the
     /// uncertainty of `t0_mono`.
     slack: Duration,
-    obs: std::sync::Mutex<Vec<TraceEvent>>,
+    obs: std::sync::Mutex<Vec<(Tie, TraceEvent)>>,
     last: std::sync::Mutex<Instant>,
 }
 
@@ -150,15 +150,27 @@ impl Recorder {
         self.clock.to_virtual(t.saturating_duration_since(self.t0))
     }
 
-    /// Records an observation made at wall-clock instant `at`.
+    /// Records an observation made at wall-clock instant `at`: the outcome of something the
+    /// node did (a connect's error, a read's data), which follows the kernel events of the same
+    /// instant.
     pub fn observe_at(&self, at: Instant, node: &str, kind: &str, detail: impl Into<String>) {
+        self.push(Tie::Outcome, at, node, kind, detail.into());
+    }
+
+    /// Records, now, what a node is about to do (an attempt, a request): it precedes the kernel
+    /// events of the same instant, which it causes.
+    pub fn observe_intent(&self, node: &str, kind: &str, detail: impl Into<String>) {
+        self.push(Tie::Intent, Instant::now(), node, kind, detail.into());
+    }
+
+    fn push(&self, tie: Tie, at: Instant, node: &str, kind: &str, detail: String) {
         let ev = TraceEvent {
             virtual_at: self.virtual_of(at),
             node: node.to_string(),
             kind: kind.to_string(),
-            detail: detail.into(),
+            detail,
         };
-        lock(&self.obs).push(ev);
+        lock(&self.obs).push((tie, ev));
         let mut last = lock(&self.last);
         if at > *last {
             *last = at;
@@ -184,16 +196,18 @@ impl Recorder {
                 None => continue,
             };
             if let Some((kind, detail)) = classify(&e.tcp.kind) {
-                events.push(TraceEvent {
+                let ev = TraceEvent {
                     virtual_at: self.clock.to_virtual(since),
                     node: e.node.clone(),
                     kind,
                     detail,
-                });
+                };
+                events.push((Tie::Kernel, ev));
             }
         }
-        // Stable sort: events with equal times keep their recording order.
-        events.sort_by_key(|e| e.virtual_at);
+        // Stable sort: events with equal times and ties keep their recording order.
+        events.sort_by_key(|(tie, e)| (e.virtual_at, *tie));
+        let events: Vec<TraceEvent> = events.into_iter().map(|(_, e)| e).collect();
         let last = *lock(&self.last);
         Trace {
             scenario: self.scenario.clone(),
@@ -202,6 +216,19 @@ impl Recorder {
             events,
         }
     }
+}
+
+/// Where an observation goes among events of the same instant. Ties are the rule in virtual
+/// time with the trap-free clock, where a guest process runs in zero time: a connect that
+/// fails with `ETIMEDOUT` reads the very nanosecond the kernel's RTO expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Tie {
+    /// What a node is about to do: before the kernel's events it causes.
+    Intent,
+    /// The kernel's telemetry.
+    Kernel,
+    /// What a node saw happen: after the kernel's events that caused it.
+    Outcome,
 }
 
 /// `Instant::now()` and its `CLOCK_MONOTONIC` value (the same clock on
@@ -245,6 +272,7 @@ pub fn on_port(e: &LabEvent, port: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TcpEvent;
 
     #[test]
     fn unstable_kinds_are_dropped() {
@@ -262,5 +290,49 @@ mod tests {
             (k.as_str(), d.as_str()),
             ("rto", "retransmits=1 rto=50 jiffies")
         );
+    }
+
+    /// With the trap-free guest clock a process runs in zero virtual time: its outcome, the
+    /// kernel event that caused it and the intent before it share one instant, and the trace
+    /// must still read in causal order.
+    #[test]
+    fn ties_order_intent_kernel_outcome() {
+        let t0 = Instant::now();
+        let rec = Recorder {
+            scenario: "syn-blackhole".into(),
+            clock: LabClock::new(t0, crate::compress::TimeScale::REAL_TIME),
+            t0,
+            t0_mono: Duration::from_secs(100),
+            slack: Duration::ZERO,
+            obs: std::sync::Mutex::new(vec![]),
+            last: std::sync::Mutex::new(t0),
+        };
+        let at = t0 + Duration::from_secs(7);
+        rec.observe_at(at, "c", "connect:ETIMEDOUT", "");
+        rec.push(Tie::Intent, at, "c", "app:attempt", String::new());
+        let expired = LabEvent {
+            at: Duration::from_secs(7),
+            virtual_at: Duration::from_secs(7),
+            node: "c".into(),
+            tcp: TcpEvent {
+                monotonic: Duration::from_secs(107),
+                netns_cookie: 1,
+                local: None,
+                remote: None,
+                kind: EventKind::Rto {
+                    retransmits: 5,
+                    rto_jiffies: 200,
+                    expired: true,
+                },
+                state: 2,
+                total_retrans: 5,
+                srtt_us: 0,
+                snd_cwnd: 10,
+            },
+        };
+        let trace = rec.finish(&[expired], |_| true);
+        let kinds: Vec<&str> = trace.events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["app:attempt", "rto:expired", "connect:ETIMEDOUT"]);
+        assert!(trace.events.iter().all(|e| e.virtual_at == Duration::from_secs(7)));
     }
 }

@@ -140,11 +140,11 @@ pub struct VtOpts {
     /// and, alone with the results dir, writable for the guest. Needs [`GuestRoot::Overlay`].
     pub keep_writes: Option<PathBuf>,
     /// Read the guest clock without a trap where the kernel can ([`UmlKernel::fast_clock`]);
-    /// default `false` (opt-in): `false` boots such a kernel with `patchbay_vclock=off`, so
-    /// every `clock_gettime`, `gettimeofday` and `time` is a syscall that moves the clock by
-    /// 256 ns, as on kernels without `xtask/uml-vdso.patch`. The trap-free clock is off by
-    /// default because a read right after a time-travel jump can lag the kernel's clock by
-    /// up to a tick (docs/virtual-time.md, "The clock patch", known issue).
+    /// default `true`. `false` boots such a kernel with `patchbay_vclock=off`, so every
+    /// `clock_gettime`, `gettimeofday` and `time` is a syscall that moves the clock by 256 ns,
+    /// as on kernels without `xtask/uml-vdso.patch` (for before/after comparisons). With the
+    /// fast clock a process runs in zero virtual time: what it reads right after a kernel event
+    /// carries that event's very nanosecond.
     pub fast_clock: bool,
 }
 
@@ -163,7 +163,7 @@ impl Default for VtOpts {
             seed: None,
             root: GuestRoot::Overlay,
             keep_writes: None,
-            fast_clock: false,
+            fast_clock: true,
         }
     }
 }

@@ -16,7 +16,7 @@ use super::{argv, host_binary, setup, text};
 /// `setup()` for a kernel with the fast clock, else `None` after the skip line.
 fn fast_clock_setup() -> Option<(VtOpts, std::sync::MutexGuard<'static, ()>)> {
     let (mut opts, serial) = setup()?;
-    // The trap-free clock is opt-in (VtOpts::fast_clock defaults to false).
+    // The default; set anyway so that the test does not depend on it.
     opts.fast_clock = true;
     let binary = opts.uml_binary.clone().expect("setup names the kernel");
     let kernel = vt::probe_kernel(&binary).expect("probing the UML kernel");
