@@ -32,6 +32,8 @@ pub(crate) struct ChildSandbox {
     pub mem_dir: CString,
     /// A user namespace to enter first (unprivileged callers).
     pub userns: Option<UsernsMaps>,
+    /// The one host CPU of the child and everything it starts (`vt::cpu`).
+    pub cpu: Option<usize>,
 }
 
 /// Makes the child of `cmd` enter `sb` between fork and exec.
@@ -59,9 +61,13 @@ fn enter(sb: &ChildSandbox) -> std::io::Result<()> {
         writable,
         mem_dir,
         userns,
+        cpu,
     } = sb;
     if let Some(maps) = userns {
         enter_userns(maps)?;
+    }
+    if let Some(cpu) = *cpu {
+        pin(cpu)?;
     }
     let root = c"/";
     let tmpfs = c"tmpfs";
@@ -157,6 +163,18 @@ fn enter(sb: &ChildSandbox) -> std::io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Runs in the forked child before exec: the child's affinity mask becomes `cpu` alone, which
+/// every process it starts inherits.
+fn pin(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it (and ignores
+    // numbers past its size); sched_setaffinity reads it for the call.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        check(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set).into())
+    }
 }
 
 /// Runs in the forked child before exec: `unshare(CLONE_NEWUSER)` and the id maps, with raw

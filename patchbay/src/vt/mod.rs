@@ -27,6 +27,7 @@
 //! command or working directory is missing.
 
 mod boot;
+mod cpu;
 mod error;
 mod fsutil;
 mod kernel;

@@ -119,11 +119,14 @@ pub(crate) fn run_uml(
     let alias = (cstring(&sandbox.alias.0)?, cstring(&sandbox.alias.1)?);
     let userns = super::userns::plan();
     let unprivileged = userns.is_some();
+    // Held until the guest has ended (the end of this function).
+    let cpu = super::cpu::claim();
     let child = crate::sys::sandbox::ChildSandbox {
         alias,
         writable,
         mem_dir,
         userns,
+        cpu: cpu.as_ref().map(|c| c.cpu),
     };
     // The console goes to a regular file, not a pipe: every read of a pipe sends SIGIO to its
     // writer (O_ASYNC, which UML sets on its console fd), and that SIGIO would interrupt the
