@@ -237,7 +237,7 @@ pub fn run(args: VtArgs) -> anyhow::Result<ExitCode> {
         };
         let clock = match (out.kernel.fast_clock, opts.fast_clock) {
             (true, true) => "read through the vDSO",
-            (true, false) => "a syscall per read (--fast-clock reads through the vDSO)",
+            (true, false) => "a syscall per read (--slow-clock)",
             (false, _) => "a syscall per read (no patchbay_vclock in this kernel)",
         };
         eprintln!(

@@ -63,7 +63,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn claims_are_exclusive_and_end_on_drop() {
+    fn claims_are_exclusive() {
         if allowed().len() < 2 {
             println!("SKIP: one CPU in this process's affinity mask, nothing to claim");
             return;
@@ -74,13 +74,5 @@ mod tests {
         };
         let b = claim();
         assert_ne!(Some(a.cpu), b.as_ref().map(|b| b.cpu));
-        let cpu = a.cpu;
-        drop(a);
-        drop(b);
-        // Free again: the same CPU can be claimed (unless a concurrent guest took it).
-        let addr = SocketAddr::from_abstract_name(name(cpu).as_bytes()).expect("name");
-        if let Ok(s) = UnixListener::bind_addr(&addr) {
-            drop(s);
-        }
     }
 }
