@@ -144,7 +144,7 @@ fn relay_loop(
             let rec = json!({"wall_ms": w, "virtual_ms": v, "cmd": n, "stream": stream, "line": text.trim_end_matches('\n')});
             let mut f = j.lock().unwrap_or_else(|p| p.into_inner());
             // Best effort, like every artifact write.
-            let _ = writeln!(f, "{rec}");
+            let _ = super::artifacts::append_line(&mut f, &rec);
         }
         line.clear();
     };
