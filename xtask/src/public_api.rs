@@ -22,12 +22,33 @@ const LISTING: &str = "patchbay/public-api.txt";
 #[derive(clap::Args, Debug)]
 pub struct PublicApiArgs {
     /// Write the current listing to patchbay/public-api.txt instead of comparing.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "from_json")]
     pub bless: bool,
+    /// Print the listing of another crate's rustdoc JSON (`cargo +nightly rustdoc --lib --
+    /// -Z unstable-options --output-format json`) instead, with the same rules: to compare
+    /// surfaces, e.g. upstream patchbay's.
+    #[arg(long, value_name = "FILE")]
+    pub from_json: Option<std::path::PathBuf>,
 }
 
 /// Runs `cargo xtask public-api`.
 pub fn run(args: &PublicApiArgs) -> Result<()> {
+    if let Some(json) = &args.from_json {
+        let text =
+            fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
+        let doc: Value = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {} as rustdoc JSON", json.display()))?;
+        let lines = render(&doc)?;
+        for l in &lines {
+            println!("{l}");
+        }
+        eprintln!(
+            "public-api: {} public items in {}",
+            lines.len(),
+            json.display()
+        );
+        return Ok(());
+    }
     let root = crate::test::workspace_root()?;
     let current = listing(&root)?;
     let path = root.join(LISTING);

@@ -97,7 +97,10 @@ pub fn run(args: TestArgs) -> Result<()> {
         )?;
     }
     step_fn("public API (patchbay/public-api.txt vs rustdoc)", || {
-        crate::public_api::run(&crate::public_api::PublicApiArgs { bless: false })
+        crate::public_api::run(&crate::public_api::PublicApiArgs {
+            bless: false,
+            from_json: None,
+        })
     })?;
     step_fn("module graph (no import cycle in patchbay/src)", || {
         crate::modgraph::run(&crate::modgraph::ModGraphArgs { check: true })
