@@ -89,7 +89,7 @@ pub(crate) struct Artifacts {
 }
 
 /// Appends `v` and a newline to `f` with one `write(2)`: formatting a `Value` straight into a
-/// `File` issues a syscall per JSON token (40 per event), each a trap in a virtual-time guest.
+/// `File` issues a syscall per JSON token, each a trap in a virtual-time guest.
 pub(super) fn append_line(f: &mut File, v: &Value) -> std::io::Result<()> {
     let mut line = v.to_string().into_bytes();
     line.push(b'\n');
