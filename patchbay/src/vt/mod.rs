@@ -20,7 +20,9 @@
 //! writes stay in guest memory ([`GuestRoot`]); fresh proc, sysfs, devtmpfs, cgroup2
 //! (`/sys/fs/cgroup`), bpffs; empty tmpfs over `/tmp`, `/run`, `/var/tmp` and `/dev/shm`; `lo`
 //! up; the results directory mounted writable at the same path as on the host.
-//! The command gets `PATCHBAY_VT=1` and `PATCHBAY_VT_RESULTS=<results dir>` in its environment.
+//! The command gets `PATCHBAY_VT=1`, `PATCHBAY_VT_RESULTS=<results dir>` and
+//! `GLIBC_TUNABLES=glibc.malloc.arena_max=1` (one malloc arena: fewer traps on one guest CPU;
+//! the caller's own `GLIBC_TUNABLES`, even empty, replaces it) in its environment.
 //!
 //! Results directory layout (written by the guest): `stdout`, `stderr`, `exit_code`,
 //! `uptime` (guest `/proc/uptime` seconds at command start and end), and `error` only when the
@@ -102,7 +104,8 @@ pub struct VtOpts {
     /// a fresh directory under the host's temp dir, removed afterwards.
     pub results_dir: Option<PathBuf>,
     /// Extra environment for the command (applied on top of `PATH`, `HOME=/root`,
-    /// `PATCHBAY_VT=1` and `PATCHBAY_VT_RESULTS`; the host environment is not inherited).
+    /// `PATCHBAY_VT=1`, `PATCHBAY_VT_RESULTS` and `GLIBC_TUNABLES=glibc.malloc.arena_max=1`;
+    /// the host environment is not inherited).
     pub env: Vec<(String, String)>,
     /// Working directory in the guest; `None`: the caller's current directory. `/tmp`, `/run`
     /// and `/var/tmp` are guest tmpfs mounts, except that the top directory holding the command
