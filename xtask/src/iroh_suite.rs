@@ -323,6 +323,7 @@ fn vt_tools(repo: &Path) -> Result<(PathBuf, PathBuf)> {
                 jobs: None,
                 out_dir: None,
                 force: false,
+                keep_tree: false,
             })
             .context("building the UML kernel for virtual time")?
         }

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_uml;
 mod cache;
+mod disk;
 mod ebpf;
 mod iroh_suite;
 mod matrix;

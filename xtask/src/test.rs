@@ -78,15 +78,24 @@ const UML_PACKAGES: &[(&str, &str)] = &[
 
 pub fn run(args: TestArgs) -> Result<()> {
     let root = workspace_root()?;
+    let target = target_dir(&root);
+    let cache = crate::cache::cache_dir("");
+    crate::disk::report("start", &target, &cache);
+    let r = run_steps(&root, args);
+    crate::disk::report("end", &target, &cache);
+    r
+}
+
+fn run_steps(root: &Path, args: TestArgs) -> Result<()> {
     ensure_packages()?;
     if !args.no_lint {
         step(
             "cargo fmt --check",
-            cargo(&root).args(["fmt", "--all", "--", "--check"]),
+            cargo(root).args(["fmt", "--all", "--", "--check"]),
         )?;
         step(
             "cargo clippy",
-            cargo(&root).args([
+            cargo(root).args([
                 "clippy",
                 "--workspace",
                 "--all-targets",
@@ -119,6 +128,7 @@ pub fn run(args: TestArgs) -> Result<()> {
             jobs: None,
             out_dir: Some(out.clone()),
             force: false,
+            keep_tree: false,
         })
         .context("building the UML kernel for the virtual-time tests (skip with --no-uml)")?;
         uml_env = Some(built);
@@ -127,11 +137,11 @@ pub fn run(args: TestArgs) -> Result<()> {
     // run it.
     step(
         "cargo build -p patchbay (the CLI)",
-        cargo(&root).args(["build", "-p", "patchbay"]),
+        cargo(root).args(["build", "-p", "patchbay"]),
     )?;
     let nextest = has_nextest();
     if nextest {
-        let mut c = cargo(&root);
+        let mut c = cargo(root);
         c.args(["nextest", "run", "--workspace", "--no-fail-fast"])
             .args(&args.nextest_args);
         if let Some(uml) = &uml_env {
@@ -141,7 +151,7 @@ pub fn run(args: TestArgs) -> Result<()> {
         match &uml_env {
             Some(uml) => {
                 step_fn("virtual-time partition (one UML guest per test)", || {
-                    run_vt_partition(&root, uml)
+                    run_vt_partition(root, uml)
                 })?;
             }
             None => println!("xtask: virtual-time partition skipped (--no-uml)"),
@@ -150,7 +160,7 @@ pub fn run(args: TestArgs) -> Result<()> {
         println!(
             "xtask: cargo-nextest is not installed; falling back to `cargo test` (install it with `cargo install cargo-nextest --locked`)"
         );
-        let mut c = cargo(&root);
+        let mut c = cargo(root);
         c.args([
             "test",
             "--workspace",
@@ -162,7 +172,7 @@ pub fn run(args: TestArgs) -> Result<()> {
     }
     step(
         "doctests",
-        cargo(&root).args(["test", "--doc", "--workspace"]),
+        cargo(root).args(["test", "--doc", "--workspace"]),
     )?;
     if args.no_upstream {
         println!("xtask: upstream check skipped (--no-upstream)");
@@ -194,10 +204,7 @@ pub fn run(args: TestArgs) -> Result<()> {
 /// Runs [`VT_PARTITION`] with every test process in its own UML guest, in parallel up to the
 /// core count, and prints the wall time.
 fn run_vt_partition(root: &Path, uml: &Path) -> Result<()> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let cli = target.join("debug").join("patchbay");
+    let cli = target_dir(root).join("debug").join("patchbay");
     anyhow::ensure!(cli.is_file(), "{} was not built", cli.display());
     let mut c = cargo(root);
     c.args([
@@ -227,6 +234,13 @@ fn run_vt_partition(root: &Path, uml: &Path) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     r
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR`, else `<root>/target`.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
 }
 
 pub fn workspace_root() -> Result<PathBuf> {

@@ -25,7 +25,8 @@
 //!    user, host and build count), so the binary, and the guest's random stream for a seed, do
 //!    not depend on the machine or the time of the build; then copy the binary to
 //!    `<out>/<debian version>-<hash of fragment and applied patches>/linux`, where
-//!    `patchbay::vt` finds it. `<out>` defaults to the cache `cargo xtask test` uses
+//!    `patchbay::vt` finds it, and remove the source and build trees (about 2 GB; `--keep-tree`
+//!    keeps them). `<out>` defaults to the cache `cargo xtask test` uses
 //!    (`~/.cache/patchbay/uml`, or `$PATCHBAY_CACHE_DIR/uml`).
 
 mod patches;
@@ -89,6 +90,11 @@ pub struct BuildUmlArgs {
     /// Rebuild even when the cached binary exists.
     #[arg(long)]
     pub force: bool,
+    /// Keep the unpacked source (`<out>/src-<version>`, about 1.8 GB) and the build directory
+    /// (`<out>/build-<key>`, with `vmlinux`-style objects for profiling) after a successful
+    /// build; by default only the kernel binary and its `.config` stay.
+    #[arg(long)]
+    pub keep_tree: bool,
 }
 
 /// The cache key of a build: Debian version plus a hash of the fragment, the patches applied
@@ -142,8 +148,8 @@ pub fn build_uml(args: BuildUmlArgs) -> Result<PathBuf> {
     }
     check_host_tools()?;
 
-    let (src, applied) =
-        source::unpack_source(&deb, &args.kernel, &out.join(format!("src-{version}")))?;
+    let src_dir = out.join(format!("src-{version}"));
+    let (src, applied) = source::unpack_source(&deb, &args.kernel, &src_dir)?;
     let key = cache_key(&version, applied);
     let cache_dir = out.join(&key);
     let cached = cache_dir.join("linux");
@@ -175,6 +181,9 @@ pub fn build_uml(args: BuildUmlArgs) -> Result<PathBuf> {
     })?;
     fs::copy(build.join(".config"), cache_dir.join("config"))?;
     fs::rename(&tmp, &cached)?;
+    if !args.keep_tree {
+        remove_trees(&[src_dir, build])?;
+    }
     let size = fs::metadata(&cached)?.len();
     eprintln!(
         "[uml] done in {}: {} ({:.1} MB)",
@@ -183,6 +192,21 @@ pub fn build_uml(args: BuildUmlArgs) -> Result<PathBuf> {
         size as f64 / 1e6
     );
     Ok(cached)
+}
+
+/// Removes the source and build trees of a finished build (about 2 GB that nothing reads once
+/// the binary is cached); `--keep-tree` keeps them.
+fn remove_trees(dirs: &[PathBuf]) -> Result<()> {
+    for dir in dirs {
+        fs::remove_dir_all(dir).with_context(|| {
+            format!(
+                "removing {} after the build (pass --keep-tree to keep it)",
+                dir.display()
+            )
+        })?;
+    }
+    eprintln!("[uml] removed the source and build trees (--keep-tree keeps them)");
+    Ok(())
 }
 
 fn check_host_tools() -> Result<()> {
