@@ -311,14 +311,63 @@ pub(crate) fn with_blackholable_peer<T: Send + 'static>(
     result
 }
 
+/// What [`established_then_blackhole`] saw.
+pub(crate) struct Blackholed {
+    /// From the write into the black hole until the kernel gave up (ETIMEDOUT).
+    pub(crate) elapsed: Duration,
+    /// The socket's retransmission timeout when the black hole began (`tcpi_rto`).
+    pub(crate) rto: Duration,
+}
+
+impl Blackholed {
+    /// The latest the kernel may give up without a user timeout, for this socket's RTO `r`.
+    /// Its model deadline for `tcp_retries2=3` is 3 s (15 × the 200 ms minimum), checked only
+    /// when the retransmission timer fires and counted from the first retransmission. After
+    /// the tail loss probe (at most `r`), the timer fires at `2r, 4r, 8r, ...`, so the kernel
+    /// gives up at the first `r·2^j` with `r·(2^j − 2) ≥ 3 s`. Measured on 6.18: `r` = 204 ms,
+    /// given up after 6.72–6.78 s (`32r` plus the probe). A quarter more, and half a second,
+    /// for a loaded host; a slow first RTT sample raises `r` and the deadline with it.
+    pub(crate) fn latest_default_giveup(&self) -> Duration {
+        let r = self.rto.max(Duration::from_millis(200));
+        let mut j = 2u32;
+        while r * (2u32.pow(j) - 2) < Duration::from_secs(3) {
+            j += 1;
+        }
+        (r * 2u32.pow(j) + r).mul_f64(1.25) + Duration::from_millis(500)
+    }
+}
+
+/// The socket's retransmission timeout (`TCP_INFO`'s `tcpi_rto`).
+fn tcp_rto(s: &TcpStream) -> Result<Duration> {
+    // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the fd is open for the call; the kernel writes at most `len` bytes into `info`.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    ensure!(
+        rc == 0,
+        "getsockopt(TCP_INFO): {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(Duration::from_micros(info.tcpi_rto.into()))
+}
+
 /// An established connection from a fresh namespace to a peer namespace over a veth pair, then
-/// a black hole, then a write: returns how long until the kernel gives up (ETIMEDOUT).
-/// `tcp_retries2=3` in the client namespace: the kernel's model deadline is
-/// 200 ms * (1 + 2 + 4 + 8) = 3 s.
+/// a black hole, then a write: returns how long until the kernel gives up (ETIMEDOUT), with
+/// the socket's RTO when the black hole began. `tcp_retries2=3` in the client namespace: the
+/// kernel's model deadline is 200 ms * (1 + 2 + 4 + 8) = 3 s.
 pub(crate) fn established_then_blackhole(
     engine: Arc<Engine>,
     cfg: Option<NetnsConfig>,
-) -> Result<Duration> {
+) -> Result<Blackholed> {
     use std::io::{Read, Write};
     with_blackholable_peer(move |blackhole| {
         sysctl("net.ipv4.tcp_retries2", "3")?;
@@ -328,6 +377,7 @@ pub(crate) fn established_then_blackhole(
         s.write_all(b"hello")?;
         std::thread::sleep(Duration::from_millis(200));
         blackhole()?;
+        let rto = tcp_rto(&s)?;
         let start = Instant::now();
         s.write_all(b"into the void")?;
         let mut buf = [0u8; 16];
@@ -340,7 +390,7 @@ pub(crate) fn established_then_blackhole(
             err.kind() == std::io::ErrorKind::TimedOut,
             "connection failed with {err}, expected a timeout"
         );
-        Ok(elapsed)
+        Ok(Blackholed { elapsed, rto })
     })
 }
 
