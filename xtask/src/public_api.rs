@@ -34,11 +34,7 @@ pub struct PublicApiArgs {
 /// Runs `cargo xtask public-api`.
 pub fn run(args: &PublicApiArgs) -> Result<()> {
     if let Some(json) = &args.from_json {
-        let text =
-            fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
-        let doc: Value = serde_json::from_str(&text)
-            .with_context(|| format!("parsing {} as rustdoc JSON", json.display()))?;
-        let lines = render(&doc)?;
+        let lines = listing_of(json)?;
         for l in &lines {
             println!("{l}");
         }
@@ -106,11 +102,16 @@ fn listing(root: &Path) -> Result<String> {
         .arg(&target)
         .args(["--", "-Z", "unstable-options", "--output-format", "json"]);
     run_quiet(&mut cmd)?;
-    let json = target.join("doc").join("patchbay.json");
-    let text = fs::read_to_string(&json).with_context(|| format!("reading {}", json.display()))?;
-    let doc: Value = serde_json::from_str(&text).context("parsing rustdoc JSON")?;
-    let lines = render(&doc)?;
+    let lines = listing_of(&target.join("doc").join("patchbay.json"))?;
     Ok(lines.into_iter().map(|l| l + "\n").collect())
+}
+
+/// The listing of a rustdoc JSON file: its public items, one line each, sorted.
+fn listing_of(json: &Path) -> Result<BTreeSet<String>> {
+    let text = fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
+    let doc: Value = serde_json::from_str(&text)
+        .with_context(|| format!("parsing {} as rustdoc JSON", json.display()))?;
+    render(&doc)
 }
 
 fn run_quiet(cmd: &mut Command) -> Result<()> {
