@@ -62,9 +62,28 @@ impl InvalidLab {
     }
 }
 
+/// The names an unknown one could have been, for an error message: `"a", "b"`, or `none`.
+pub(crate) fn known_names<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> String {
+    let list: Vec<String> = names
+        .into_iter()
+        .map(|n| format!("{:?}", n.as_ref()))
+        .collect();
+    if list.is_empty() {
+        "none".to_owned()
+    } else {
+        list.join(", ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_names_are_quoted_and_comma_separated() {
+        assert_eq!(known_names(["isp", "home"]), r#""isp", "home""#);
+        assert_eq!(known_names(Vec::<String>::new()), "none");
+    }
 
     #[test]
     fn the_message_is_the_display_and_the_parts_stay_typed() {

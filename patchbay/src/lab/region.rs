@@ -107,9 +107,9 @@ impl Lab {
 
     fn region_named(&self, link: &str, name: &str) -> Result<Region> {
         self.region(name).ok_or_else(|| {
-            let known: Vec<String> = self.inner.regions().names.keys().cloned().collect();
+            let known = crate::invalid::known_names(self.inner.regions().names.keys());
             Error::invalid("region", crate::InvalidReason::Unknown, format!(
-                "region link {link}: unknown region {name:?} (known regions: {known:?}); add it with lab.add_region({name:?})"
+                "region link {link}: unknown region {name:?} (known regions: {known}); add it with lab.add_region({name:?})"
             ))
         })
     }

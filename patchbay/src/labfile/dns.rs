@@ -71,7 +71,10 @@ impl DnsSection {
                 Err(InvalidLab::new(
                     "node",
                     InvalidReason::Unknown,
-                    format!("[dns] {what} names unknown node {n:?}; known nodes: {nodes:?}"),
+                    format!(
+                        "[dns] {what} names unknown node {n:?}; known nodes: {}",
+                        crate::invalid::known_names(nodes)
+                    ),
                 )
                 .node(n))
             }

@@ -66,8 +66,8 @@ impl Sim {
             "to",
             InvalidReason::Unknown,
             format!(
-                "`{key}` to unknown router {r:?}; set `to` to one of {:?}",
-                self.routers.keys().collect::<Vec<_>>()
+                "`{key}` to unknown router {r:?}; set `to` to one of {}",
+                crate::invalid::known_names(self.routers.keys())
             ),
         ))
     }

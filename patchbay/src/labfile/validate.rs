@@ -69,8 +69,8 @@ impl LabFile {
                         "links",
                         InvalidReason::Unknown,
                         format!(
-                            "region {name:?} links to unknown region {other:?}; declare [region.{other}] (known regions: {:?})",
-                            self.regions.keys().collect::<Vec<_>>()
+                            "region {name:?} links to unknown region {other:?}; declare [region.{other}] (known regions: {})",
+                            crate::invalid::known_names(self.regions.keys())
                         ),
                     )));
                 }
@@ -183,8 +183,10 @@ impl LabFile {
                         "router",
                         InvalidReason::Unknown,
                         format!(
-                            "device {name:?}: interface {:?} is on unknown router {:?}; known routers: {:?}",
-                            i.name, i.router, names.routers
+                            "device {name:?}: interface {:?} is on unknown router {:?}; known routers: {}",
+                            i.name,
+                            i.router,
+                            crate::invalid::known_names(&names.routers)
                         ),
                     )));
                 }
@@ -301,8 +303,8 @@ impl LabFile {
                     },
                     InvalidReason::Unknown,
                     format!(
-                        "region link {a}–{b} names an unknown region (known regions: {:?})",
-                        self.regions.keys().collect::<Vec<_>>()
+                        "region link {a}–{b} names an unknown region (known regions: {})",
+                        crate::invalid::known_names(self.regions.keys())
                     ),
                 ))
             }
