@@ -226,7 +226,6 @@ fn row(s: &StepOutcome) -> Vec<String> {
 /// given to the guest as its writable results directory, so the lab's artifacts land on the
 /// host; the guest's own `stdout`, `stderr` and `exit_code` files join them there.
 fn reexec_in_vt(args: &RunArgs, file: &LabFile, seed: Option<u64>) -> anyhow::Result<ExitCode> {
-    use std::io::Write;
     let exe = std::env::current_exe()?;
     let outdir = match args.outdir.as_ref().or(file.lab.outdir.as_ref()) {
         Some(d) => {
@@ -259,14 +258,14 @@ fn reexec_in_vt(args: &RunArgs, file: &LabFile, seed: Option<u64>) -> anyhow::Re
         env: super::vt::forwarded_env(),
         seed,
         results_dir: outdir.clone(),
+        // The step lines and the table as the guest prints them, not all at the end.
+        echo: true,
         ..Default::default()
     };
     let out = crate::vt::run(&argv, &opts)?;
     if let Some(d) = outdir.filter(|_| remove_on_success && out.exit_code == 0) {
         std::fs::remove_dir_all(&d).with_context(|| format!("removing {}", d.display()))?;
     }
-    std::io::stdout().write_all(&out.stdout)?;
-    std::io::stderr().write_all(&out.stderr)?;
     if let Some(s) = out.seed {
         // The same guest command: `--json` and `--outdir` change what the run does.
         let mut replay = format!("{} run {}", exe.display(), args.file.display());

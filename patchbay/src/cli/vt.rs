@@ -7,7 +7,6 @@
 //! guest's costs.
 
 use std::ffi::OsString;
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -206,14 +205,15 @@ pub fn run(args: VtArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.keep_writes {
         opts.keep_writes = Some(super::vt_report::keep_writes_dir(dir)?);
     }
+    // One guest: its output shows as it is written (a sweep's guests run in parallel and
+    // report at the end).
+    opts.echo = true;
     let started = std::time::Instant::now();
     let result = vt::run(&args.command, &opts);
     if let Some(file) = &args.summary {
         super::vt_report::append_summary(file, &args.command, &result, started.elapsed())?;
     }
     let out = result?;
-    std::io::stdout().write_all(&out.stdout)?;
-    std::io::stderr().write_all(&out.stderr)?;
     for w in &out.warnings {
         eprintln!("patchbay vt: warning: {w}");
     }

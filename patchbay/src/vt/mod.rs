@@ -30,6 +30,7 @@
 
 mod boot;
 mod cpu;
+mod echo;
 mod error;
 mod fsutil;
 mod kernel;
@@ -150,6 +151,11 @@ pub struct VtOpts {
     /// fast clock a process runs in zero virtual time: what it reads right after a kernel event
     /// carries that event's very nanosecond.
     pub fast_clock: bool,
+    /// Copy the command's stdout and stderr to this process's while the guest runs (polled
+    /// every 20 ms of wall time), as a command run outside a guest would show them; default
+    /// `false`. [`VtOutcome::stdout`] and [`VtOutcome::stderr`] carry them either way. Reading
+    /// happens on the host only: the guest, and a seeded run's bytes, do not change.
+    pub echo: bool,
 }
 
 impl Default for VtOpts {
@@ -168,6 +174,7 @@ impl Default for VtOpts {
             root: GuestRoot::Overlay,
             keep_writes: None,
             fast_clock: true,
+            echo: false,
         }
     }
 }
@@ -387,7 +394,11 @@ fn run_once(
         mem_dir: g.join("mem"),
     };
     let started = Instant::now();
+    let echo = opts.echo.then(|| echo::Echo::start(&results)).transpose()?;
     let finished = process::run_uml(&binary, &args, &sandbox, opts.guard)?;
+    if let Some(e) = echo {
+        e.finish();
+    }
     let wall = started.elapsed();
     if finished.interrupted {
         return Err(VtError::Interrupted);

@@ -475,5 +475,6 @@ fn a_kernel_without_time_travel_is_refused() -> anyhow::Result<()> {
 }
 
 mod clock;
+mod echo;
 mod guest_fs;
 mod unprivileged;
