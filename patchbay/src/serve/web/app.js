@@ -157,9 +157,17 @@ function localWindow(all, bounds) {
     return { total: all.length, t_min, t_max, nodes: Object.keys(node_kinds), node_kinds, kinds, in_window: events.length, binned: false, events };
   };
 }
+// What the timeline's axis measures, by the run's time mode: the guest's clock, or the lab
+// clock (wall time since the lab started, × k when compressed).
+function axisName() {
+  const r = S.run.run || {};
+  if (r.time_mode === 'virtual') return 'virtual time: the guest clock';
+  if ((r.time_scale || 1) !== 1) return `lab time: wall time × k=${r.time_scale}`;
+  return r.time_mode === 'real' ? 'wall time since the lab started' : 'lab time';
+}
 async function renderTimeline() {
   const p = panel('timeline');
-  p.replaceChildren(el('h2', { text: 'Timeline (virtual time)' }));
+  p.replaceChildren(el('h2', { text: `Timeline (${axisName()})` }));
   S.timeline = null;
   const id = S.id;
   let source;
