@@ -38,11 +38,16 @@ fn setup() -> Option<(VtOpts, MutexGuard<'static, ()>)> {
 }
 
 /// The `patchbay` CLI next to this test binary (`target/<profile>/patchbay`; `cargo xtask test`
-/// builds it), or `None`.
+/// builds it), or `None` after printing the skip line.
 fn patchbay_cli() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let p = exe.parent()?.parent()?.join("patchbay");
-    p.is_file().then_some(p)
+    let p = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("patchbay")))
+        .filter(|p| p.is_file());
+    if p.is_none() {
+        skip("no `patchbay` binary next to the test binaries: run `cargo build -p patchbay`");
+    }
+    p
 }
 
 fn argv(args: &[&str]) -> Vec<OsString> {
