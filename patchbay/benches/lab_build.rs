@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use patchbay::Lab;
+use patchbay::native::Lab;
 
 /// One lab shape.
 struct Shape {
@@ -57,7 +57,8 @@ struct Run {
 async fn one(shape: &Shape) -> anyhow::Result<Run> {
     let t0 = Instant::now();
     let prewarm = std::env::var_os("PATCHBAY_BENCH_NO_PREWARM").is_none();
-    let lab = Lab::with_opts(patchbay::LabOpts::default().prewarm_neighbors(prewarm)).await?;
+    let lab =
+        Lab::with_opts(patchbay::native::LabOpts::default().prewarm_neighbors(prewarm)).await?;
     let mut routers = Vec::with_capacity(shape.routers);
     for i in 0..shape.routers {
         routers.push(lab.add_router(&format!("r{i}")).build().await?);

@@ -45,7 +45,11 @@ pub struct InvalidLab {
 
 impl InvalidLab {
     /// An invalid `field` for `reason`, explained by `message`.
-    pub fn new(field: &'static str, reason: InvalidReason, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        field: &'static str,
+        reason: InvalidReason,
+        message: impl Into<String>,
+    ) -> Self {
         InvalidLab {
             node: None,
             field,
@@ -56,7 +60,7 @@ impl InvalidLab {
 
     /// The same error, about `node`.
     #[must_use]
-    pub fn node(mut self, node: impl Into<String>) -> Self {
+    pub(crate) fn node(mut self, node: impl Into<String>) -> Self {
         self.node = Some(node.into());
         self
     }

@@ -28,7 +28,7 @@ pub enum Subsystem {
     Cgroup,
     /// Flushing conntrack state (netlink).
     Conntrack,
-    /// Entering a user namespace ([`crate::init_userns`]).
+    /// Entering a user namespace ([`crate::native::init_userns`]).
     UserNamespace,
 }
 

@@ -1,25 +1,46 @@
-//! patchbay: network labs on the real Linux kernel stack.
+//! patchbay: network labs on the real Linux kernel stack, in real, compressed or
+//! virtual time.
 //!
-//! A [`Lab`] is a set of Linux network namespaces wired into routers and
-//! devices with veth pairs and bridges. Code under test runs inside them,
-//! on the real kernel stack, through [`Node::spawn`], [`Node::run_sync`] and
-//! [`Node::spawn_command`].
+//! A [`Lab`] is a set of Linux network namespaces wired into routers and devices with
+//! veth pairs and bridges. Code under test runs inside them, on the real kernel stack,
+//! through [`Device::spawn`], [`Device::run_sync`] and [`Device::spawn_command`].
 //!
-//! The crate is layered (see `docs/architecture.md`):
-//! - **the lab and the time modes** (this module's re-exports, [`vt`],
-//!   [`labfile`]) on top; the command line (`cli`, feature `cli`, on by
-//!   default: `patchbay::cli::main` is the binary) with what only it needs
-//!   (scenario bench, SVG, the devtools web view, doctor's printing), all
-//!   crate-private;
-//! - **kernel-free logic** in the middle: the compression plan ([`compress`]),
-//!   scenarios and fidelity checking, NAT, firewall and link models, the
-//!   address plan;
-//! - **one crate-private kernel layer** at the bottom (`sys`: netlink,
-//!   namespaces, nft, tc, sysctl, cgroups and the command runner); the eBPF
-//!   timer engine (`bpf`) is crate-private too.
+//! The API has the shape of upstream patchbay 0.7 (n0-computer/patchbay), so that its
+//! users' tests compile unchanged (with the `patchbay-compat` package, which re-exports
+//! exactly upstream's names; docs/porting.md), plus patchbay's time modes:
+//! [`LabBuilder::time_mode`] with [`TimeMode`], the lab's [`LabClock`] and its
+//! [`compress::CompressionReport`]. [`vt`] runs a test binary in the time-travel guest,
+//! [`labfile`] loads and runs TOML labs.
 //!
-//! The public surface is checked in (`patchbay/public-api.txt`) and compared
-//! by `cargo xtask test`.
+//! ```no_run
+//! use patchbay::{Lab, Nat, TimeMode};
+//! # async fn demo() -> anyhow::Result<()> {
+//! let lab = Lab::builder().time_mode(TimeMode::compressed(10.0)?).build().await?;
+//! let isp = lab.add_router("isp").build().await?;
+//! let home = lab.add_router("home").upstream(isp.id()).nat(Nat::Moderate).build().await?;
+//! let laptop = lab.add_device("laptop").iface("eth0", home.id()).build().await?;
+//! let server = lab.add_device("server").iface("eth0", isp.id()).build().await?;
+//! let addr = server.ip().expect("server has an address");
+//! let refused = laptop
+//!     .spawn(move |_| async move { tokio::net::TcpStream::connect((addr, 80)).await.is_err() })?
+//!     .await?;
+//! # let _ = refused; Ok(()) }
+//! ```
+//!
+//! Requirements: root (or [`init_userns`] for labs in real time), Linux 5.10+ with
+//! network namespaces, veth and bridges, `nft` and `tc`; compression needs cgroup v2 and
+//! eBPF `sock_ops` (Linux 5.15+), virtual time patchbay's UML kernel
+//! (`cargo xtask build-uml`).
+//!
+//! The crate is layered (see `docs/architecture.md`): this API and the time modes on
+//! top, over the name-based builder it translates to (crate-private; `native` with the
+//! workspace-only feature `internals`) and the command line (`cli`, default feature);
+//! kernel-free logic in the middle (the compression plan, scenarios and fidelity, NAT,
+//! firewall and link models); one crate-private kernel layer at the bottom (`sys`:
+//! netlink, namespaces, nft, tc, sysctl, cgroups; the eBPF engine in `bpf`).
+//!
+//! The public surface is checked in (`patchbay/public-api.txt`) and compared by
+//! `cargo xtask test`.
 #![deny(missing_docs)]
 
 /// Declares items that are public with the feature `internals` and
@@ -54,23 +75,35 @@ internal! {
 }
 #[cfg(feature = "cli")]
 pub mod cli;
-#[cfg(feature = "compat")]
-pub mod compat;
+mod compat;
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 pub mod compress;
+// Parts of the builder that only `native` callers reach (tests, with `internals`).
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod dns;
 internal! {
     #[cfg(feature = "cli")]
     pub mod doctor;
 }
 mod error;
+// Parts of the builder that only `native` callers reach (tests, with `internals`).
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod firewall;
 mod invalid;
 mod kernel_error;
+// Parts of the builder that only `native` callers reach (tests, with `internals`).
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod lab;
 pub mod labfile;
+// Parts of the builder that only `native` callers reach (tests, with `internals`).
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod link;
+// Parts of the builder that only `native` callers reach (tests, with `internals`).
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod nat;
+internal! {
+    pub mod native;
+}
 internal! {
     #[cfg(feature = "cli")]
     pub mod scenario;
@@ -79,44 +112,37 @@ internal! {
     #[cfg(feature = "cli")]
     pub mod serve;
 }
+// Parts of the builder that only `native` callers reach (tests, with `internals`).
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod sys;
+// Parts of the builder that only `native` callers reach (tests, with `internals`).
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod task;
 pub mod vt;
 
-pub use addr::{AddrError, IpSupport};
-pub use bpf::{EventKind, TcpEvent};
-pub use dns::{DnsError, DnsRecord, DnsServer, DnsZone};
+// The API: upstream patchbay 0.7's shape (see `compat`), with the time modes.
+pub use addr::IpSupport;
+pub use compat::{
+    ConntrackTimeouts, DefaultRegions, Device, DeviceBuilder, Firewall, FirewallConfig,
+    FirewallConfigBuilder, Iface, IfaceConfig, Ipv4Net, Ipv6DadMode, Ipv6Profile,
+    Ipv6ProvisioningMode, Ix, Lab, LabBuilder, LinkCondition, LinkDirection, MetricsBuilder, Nat,
+    NatConfig, NatConfigBuilder, NatConfigError, NatFiltering, NatMapping, NodeId, OutDir,
+    PortPolicy, ReflectorGuard, Region, RegionLink, Router, RouterBuilder, RouterIface,
+    RouterPreset, TestGuard, check_caps, dns_server, init_userns, init_userns_for_ctor,
+};
 pub use error::{Error, Result};
-pub use firewall::{Firewall, FirewallAction, FirewallPolicy, OutboundPolicy, PortPolicy};
 pub use invalid::{InvalidLab, InvalidReason};
 pub use kernel_error::{KernelError, Subsystem};
-pub use lab::{
-    CaptureGuard, Device, DeviceBuilder, Direction, Exchange, FaultGuard, Iface, Lab, LabClock,
-    LabEvent, LabOpts, NatBehavior, NatFiltering, NatMapping, Node, NodeKind, Reflector, Region,
-    Router, RouterBuilder, TimeMode,
+pub use lab::{LabClock, TimeMode};
+pub use nat::NatV6Mode;
+
+// The crate's own code names the builder's other types from the root.
+#[allow(unused_imports)]
+pub(crate) use native::{
+    AddrError, CaptureGuard, Direction, DnsError, DnsRecord, DnsZone, EventKind, Exchange,
+    FaultGuard, FirewallAction, FirewallPolicy, LabEvent, LabOpts, LinkError, NatBehavior, Node,
+    NodeKind, OutboundPolicy, Preset, Reflector, Task, TaskError, TcpEvent, ThreadTask,
+    nat64_embed, nat64_extract,
 };
-pub use link::{LinkCondition, LinkError, Preset};
 // The timing half of a link condition, as the compression plan scales it.
 pub(crate) use link::LinkTiming;
-pub use nat::{
-    ConntrackTimeouts, Nat, NatConfig, NatV6Mode, RouterPreset, nat64_embed, nat64_extract,
-};
-
-/// Makes an unprivileged process root of a fresh user namespace (uid and
-/// gid 0 inside map to the caller's own ids outside), so labs without
-/// compression build and run without root. Does nothing when the process
-/// is already root (effective uid 0). Must be called while the process has
-/// one thread, first thing in `main` (see `docs/unprivileged.md`).
-///
-/// What changes: `getuid()` reports 0; files the process creates belong to
-/// the caller outside; the process can no longer use host privileges it
-/// did not have anyway. Compression at k > 1 needs eBPF in the initial user
-/// namespace and is refused unless `LabOpts::sysctl_only(true)`.
-///
-/// Needs unprivileged user namespaces (`kernel.unprivileged_userns_clone`,
-/// Linux 3.8+). A failure is an [`Error::Kernel`] of
-/// [`Subsystem::UserNamespace`].
-pub fn init_userns() -> Result<()> {
-    Ok(sys::userns::init_userns()?)
-}
-pub use task::{Task, TaskError, ThreadTask};

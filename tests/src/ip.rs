@@ -21,7 +21,7 @@ pub fn ip_here(args: &[&str]) -> anyhow::Result<String> {
 
 /// Runs `ip ARGS` in `node`'s namespace as a spawned process and returns its standard output;
 /// an error with `ip`'s message when it fails.
-pub fn ip_in(node: &patchbay::Node, args: &[&str]) -> anyhow::Result<String> {
+pub fn ip_in(node: &patchbay::native::Node, args: &[&str]) -> anyhow::Result<String> {
     let mut cmd = std::process::Command::new("ip");
     cmd.args(args)
         .stdout(std::process::Stdio::piped())

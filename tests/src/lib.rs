@@ -51,7 +51,10 @@ pub fn patchbay_bin() -> anyhow::Result<std::path::PathBuf> {
 
 /// Starts a UDP reflector on `node` and returns once it is bound: it echoes
 /// each datagram with the sender's address appended (`payload|ip:port`).
-pub async fn start_udp_reflector(node: &patchbay::Node, bind: SocketAddr) -> anyhow::Result<()> {
+pub async fn start_udp_reflector(
+    node: &patchbay::native::Node,
+    bind: SocketAddr,
+) -> anyhow::Result<()> {
     let sock = node
         .spawn(move |_| async move { std::net::UdpSocket::bind(bind) })?
         .await??;
@@ -63,7 +66,7 @@ pub async fn start_udp_reflector(node: &patchbay::Node, bind: SocketAddr) -> any
 }
 
 /// Starts a TCP echo server on `node` and returns once it listens.
-pub async fn start_tcp_echo(node: &patchbay::Node, bind: SocketAddr) -> anyhow::Result<()> {
+pub async fn start_tcp_echo(node: &patchbay::native::Node, bind: SocketAddr) -> anyhow::Result<()> {
     let l = node
         .spawn(move |_| async move { std::net::TcpListener::bind(bind) })?
         .await??;

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use patchbay::{Device, Lab, LabOpts};
+use patchbay::{native::Device, native::Lab, native::LabOpts};
 
 /// A lab labelled `label` with one router `r` and two devices on its LAN, `c` and `s`.
 pub async fn device_pair(label: &str) -> anyhow::Result<(Lab, Device, Device)> {

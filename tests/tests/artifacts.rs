@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use patchbay::{Lab, LabOpts, Nat};
+use patchbay::{native::Lab, native::LabOpts, native::Nat};
 use patchbay_tests::*;
 
 fn tmpdir(tag: &str) -> std::path::PathBuf {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use patchbay::bpf::EventKind;
-use patchbay::{Direction, Lab, LabOpts, TimeMode};
+use patchbay::{TimeMode, native::Direction, native::Lab, native::LabOpts};
 use patchbay_tests::*;
 
 struct SynRun {
@@ -178,7 +178,7 @@ fn setsockopt_int(fd: i32, level: i32, name: i32, v: i32) {
 }
 
 /// Sets app timers on a fresh socket in `node` and reads them back.
-async fn app_timers(node: &patchbay::Node) -> Result<(i32, i32, i32)> {
+async fn app_timers(node: &patchbay::native::Node) -> Result<(i32, i32, i32)> {
     Ok(node
         .spawn(|_| async move {
             let s = socket2_like();

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use patchbay::{DnsZone, Lab, LabOpts, Node, TimeMode};
+use patchbay::{TimeMode, native::DnsZone, native::Lab, native::LabOpts, native::Node};
 use patchbay_tests::*;
 
 async fn run(node: &Node, argv: &[&str]) -> Result<(bool, String)> {

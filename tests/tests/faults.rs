@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use patchbay::{Device, Direction, Lab, LabOpts};
+use patchbay::{native::Device, native::Direction, native::Lab, native::LabOpts};
 use patchbay_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -3,13 +3,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use patchbay::{Firewall, FirewallAction, Lab, LabOpts};
+use patchbay::{native::Firewall, native::FirewallAction, native::Lab, native::LabOpts};
 use patchbay_tests::*;
 
 const T: Duration = Duration::from_millis(800);
 
 /// TCP connect outcome from `from` to `to`: Ok, refused or timed out.
-async fn connect(from: &patchbay::Node, to: SocketAddr) -> anyhow::Result<&'static str> {
+async fn connect(from: &patchbay::native::Node, to: SocketAddr) -> anyhow::Result<&'static str> {
     let r = from
         .spawn(move |_| async move {
             match tokio::time::timeout(T, tokio::net::TcpStream::connect(to)).await {
@@ -25,7 +25,10 @@ async fn connect(from: &patchbay::Node, to: SocketAddr) -> anyhow::Result<&'stat
 
 /// Like [`connect`], retried a few times while it times out (fresh veth
 /// links can drop their very first packets).
-async fn connect_retry(from: &patchbay::Node, to: SocketAddr) -> anyhow::Result<&'static str> {
+async fn connect_retry(
+    from: &patchbay::native::Node,
+    to: SocketAddr,
+) -> anyhow::Result<&'static str> {
     for _ in 0..3 {
         match connect(from, to).await? {
             "timeout" => continue,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use patchbay::{Lab, TaskError};
+use patchbay::{native::Lab, native::TaskError};
 use patchbay_tests::*;
 
 #[tokio::test]

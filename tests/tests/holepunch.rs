@@ -18,7 +18,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use patchbay::{Lab, Nat};
+use patchbay::{native::Lab, native::Nat};
 use patchbay_tests::require_root;
 use tokio::net::UdpSocket;
 

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use patchbay::{DnsZone, IpSupport, Lab, LabOpts, NatV6Mode, Node};
+use patchbay::{IpSupport, NatV6Mode, native::DnsZone, native::Lab, native::LabOpts, native::Node};
 use patchbay_tests::*;
 
 /// Runs `argv` in `node`; returns (success, stdout + stderr).
@@ -239,7 +239,7 @@ async fn v6_only_device_reaches_v4_server_through_nat64_and_dns64() -> Result<()
         }
         panic!("getent ahosts server.lab failed: {out}\n{diag}");
     }
-    let synth = patchbay::nat64_embed(s4).to_string();
+    let synth = patchbay::native::nat64_embed(s4).to_string();
     assert!(out.contains(&synth), "DNS64 answer {synth} not in: {out}");
     let (ok, out) = run(
         &phone,

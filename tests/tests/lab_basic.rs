@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use patchbay::{Lab, LabOpts};
+use patchbay::{native::Lab, native::LabOpts};
 use patchbay_tests::*;
 
 const T: Duration = Duration::from_secs(5);

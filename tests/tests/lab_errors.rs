@@ -1,6 +1,6 @@
 //! Bad input: every class gets a clear error and leaves nothing behind.
 
-use patchbay::Lab;
+use patchbay::native::Lab;
 use patchbay_tests::*;
 
 fn msg<T: std::fmt::Debug>(r: patchbay::Result<T>) -> String {

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use patchbay::{Lab, LabOpts};
+use patchbay::{native::Lab, native::LabOpts};
 use patchbay_tests::*;
 
 /// The network-namespace inodes used by any thread or fd of `pid`.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use patchbay::Lab;
+use patchbay::native::Lab;
 use patchbay_tests::*;
 
 const T: Duration = Duration::from_secs(5);

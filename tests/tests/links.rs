@@ -5,7 +5,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use patchbay::{Device, Error, LinkCondition};
+use patchbay::{Error, native::Device, native::LinkCondition};
 use patchbay_tests::traffic::*;
 use patchbay_tests::*;
 

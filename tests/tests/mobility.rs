@@ -4,10 +4,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use patchbay::{Lab, LabOpts, Nat};
+use patchbay::{native::Lab, native::LabOpts, native::Nat};
 use patchbay_tests::*;
 
-async fn lab() -> anyhow::Result<(Lab, patchbay::Device, patchbay::Device)> {
+async fn lab() -> anyhow::Result<(Lab, patchbay::native::Device, patchbay::native::Device)> {
     let lab = Lab::with_opts(LabOpts::default().label("mob")).await?;
     let isp = lab.add_router("isp").build().await?;
     lab.add_router("wifi")
@@ -297,7 +297,7 @@ async fn moved_and_added_interfaces_get_only_the_families_of_their_new_lan() -> 
     let hotel = lab
         .add_router("hotel")
         .upstream(&isp)
-        .preset(patchbay::RouterPreset::Hotel)
+        .preset(patchbay::native::RouterPreset::Hotel)
         .build()
         .await?;
     let v6 = lab

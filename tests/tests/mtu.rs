@@ -6,7 +6,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use patchbay::{Device, Lab, LabOpts};
+use patchbay::{native::Device, native::Lab, native::LabOpts};
 use patchbay_tests::traffic::*;
 use patchbay_tests::*;
 

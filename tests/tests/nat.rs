@@ -7,7 +7,10 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
-use patchbay::{ConntrackTimeouts, Device, Lab, LabOpts, Nat, Router};
+use patchbay::{
+    native::ConntrackTimeouts, native::Device, native::Lab, native::LabOpts, native::Nat,
+    native::Router,
+};
 use patchbay_tests::*;
 
 const REFLECT: u16 = 7000;
@@ -23,7 +26,7 @@ struct World {
 
 async fn world(
     label: &str,
-    build: impl FnOnce(patchbay::RouterBuilder) -> patchbay::RouterBuilder,
+    build: impl FnOnce(patchbay::native::RouterBuilder) -> patchbay::native::RouterBuilder,
 ) -> anyhow::Result<World> {
     let lab = Lab::with_opts(LabOpts::default().label(label)).await?;
     let public = lab.add_router("pub").build().await?;
@@ -49,7 +52,7 @@ async fn world(
 }
 
 /// A blocking UDP socket created inside `node`'s namespace.
-fn sock(node: &patchbay::Node, port: u16) -> anyhow::Result<UdpSocket> {
+fn sock(node: &patchbay::native::Node, port: u16) -> anyhow::Result<UdpSocket> {
     let s = node.run_sync(move || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))??;
     s.set_read_timeout(Some(Duration::from_millis(700)))?;
     Ok(s)

@@ -1,7 +1,10 @@
 //! The NAT classifier is the ground truth that each NAT mode is what it
 //! claims: RFC 5780-style probes against two public addresses and ports.
 
-use patchbay::{Lab, LabOpts, Nat, NatFiltering as F, NatMapping as M, RouterPreset};
+use patchbay::{
+    native::Lab, native::LabOpts, native::Nat, native::NatFiltering as F, native::NatMapping as M,
+    native::RouterPreset,
+};
 use patchbay_tests::*;
 
 #[tokio::test]

@@ -5,7 +5,10 @@
 use std::net::SocketAddr;
 use std::process::Stdio;
 
-use patchbay::{Firewall, FirewallAction, Lab, LabOpts, Node, OutboundPolicy, PortPolicy};
+use patchbay::{
+    native::Firewall, native::FirewallAction, native::Lab, native::LabOpts, native::Node,
+    native::OutboundPolicy, native::PortPolicy,
+};
 use patchbay_tests::*;
 
 /// A minimal HTTP server on `node` at `addr`: answers every request with

@@ -5,12 +5,14 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
-use patchbay::{Device, Lab, LabOpts, Nat, RouterPreset, TimeMode};
+use patchbay::{
+    TimeMode, native::Device, native::Lab, native::LabOpts, native::Nat, native::RouterPreset,
+};
 use patchbay_tests::*;
 
 const REFLECT: u16 = 7000;
 
-fn sock(node: &patchbay::Node) -> anyhow::Result<UdpSocket> {
+fn sock(node: &patchbay::native::Node) -> anyhow::Result<UdpSocket> {
     let s = node.run_sync(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))??;
     s.set_read_timeout(Some(Duration::from_millis(700)))?;
     Ok(s)

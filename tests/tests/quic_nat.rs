@@ -24,7 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use patchbay::{ConntrackTimeouts, Device, Lab, LabOpts, Nat, TimeMode};
+use patchbay::{
+    TimeMode, native::ConntrackTimeouts, native::Device, native::Lab, native::LabOpts, native::Nat,
+};
 use patchbay_tests::*;
 
 const PORT: u16 = 4433;

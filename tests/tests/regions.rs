@@ -5,7 +5,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use patchbay::{Device, Error, Lab, LabOpts, LinkCondition};
+use patchbay::{Error, native::Device, native::Lab, native::LabOpts, native::LinkCondition};
 use patchbay_tests::*;
 
 /// `ping -c N DST` from `node`: (replies, ttl of the last reply, avg RTT ms).

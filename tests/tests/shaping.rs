@@ -5,7 +5,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use patchbay::{Direction, Error, LinkCondition};
+use patchbay::{Error, native::Direction, native::LinkCondition};
 use patchbay_tests::traffic::*;
 use patchbay_tests::*;
 

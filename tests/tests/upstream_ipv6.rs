@@ -5,7 +5,7 @@
 //!
 //! Our NAT64 prefix is `2001:db8:64::/96`, not upstream's `64:ff9b::/96` (the well-known
 //! prefix must not carry non-global IPv4, RFC 6052 3.1; docs/porting.md, "Addresses"), so
-//! the tests build NAT64 addresses with the core's `patchbay::nat64_embed` (upstream 0.7 has
+//! the tests build NAT64 addresses with the core's `patchbay::native::nat64_embed` (upstream 0.7 has
 //! no public helper; its users write the prefix by hand).
 //!
 //! Runs as root on the host, and in virtual time in the UML partition of `cargo xtask test`.
@@ -267,7 +267,7 @@ async fn nat64_reaches_ipv4_hosts() -> Result<()> {
         phone.ip6().is_some() && phone.ip().is_some(),
         "a dual-stack phone"
     );
-    let via64 = SocketAddr::from((patchbay::nat64_embed(v4_ip), 3478));
+    let via64 = SocketAddr::from((patchbay::native::nat64_embed(v4_ip), 3478));
     let seen = udp_observed(&phone, via64, ANY6).await?;
     let wan = carrier.uplink_ip().context("carrier v4")?;
     ensure!(

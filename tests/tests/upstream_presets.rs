@@ -412,7 +412,7 @@ async fn preset_isp_v6() -> Result<()> {
         .build()
         .await?;
     let dc_v4 = w.dc.uplink_ip().context("dc v4")?;
-    let via64 = SocketAddr::from((patchbay::nat64_embed(dc_v4), 53));
+    let via64 = SocketAddr::from((patchbay::native::nat64_embed(dc_v4), 53));
     let seen = udp_observed(&phone, via64, SocketAddr::from(([0u16; 8], 0))).await?;
     ensure!(seen.is_ipv4(), "the IPv4 host saw {seen}");
     Ok(())

@@ -5,14 +5,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use patchbay::{Firewall, Lab, LabOpts, Nat, TimeMode};
+use patchbay::{TimeMode, native::Firewall, native::Lab, native::LabOpts, native::Nat};
 use patchbay_tests::*;
 
 /// Runs before `main`, while the process has one thread: the only moment
 /// `unshare(CLONE_NEWUSER)` works. Only the child asks for it.
 extern "C" fn enter_userns() {
     if std::env::var_os("PATCHBAY_USERNS_CHILD").is_some()
-        && let Err(e) = patchbay::init_userns()
+        && let Err(e) = patchbay::native::init_userns()
     {
         eprintln!("USERNS-INIT-ERROR: {e}");
     }

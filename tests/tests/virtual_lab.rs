@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use patchbay::{Direction, Lab, LabOpts, TimeMode};
+use patchbay::{TimeMode, native::Direction, native::Lab, native::LabOpts};
 use patchbay_tests::*;
 
 /// Runs inside the guest (started by the test below).

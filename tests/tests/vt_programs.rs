@@ -123,7 +123,7 @@ fn run_predicted(
         ran.stderr.trim().replace('\n', " | "),
     );
     assert!(
-        start >= vt::DEFAULT_UPTIME,
+        start >= vt::VtOpts::default().uptime,
         "the command must start at the realistic uptime, not {start:?}"
     );
     let diff = virt.abs_diff(expect);

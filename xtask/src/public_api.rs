@@ -94,9 +94,9 @@ fn listing(root: &Path) -> Result<String> {
             "-p",
             "patchbay",
             "--lib",
-            // The upstream-compatible layer is part of the listing (`patchbay::compat`).
+            // With upstream's optional `Device::record_iroh_metrics`.
             "--features",
-            "compat,iroh-metrics",
+            "iroh-metrics",
             "--target-dir",
         ])
         .arg(&target)

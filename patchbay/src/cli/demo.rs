@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crate::{Lab, LabOpts};
+use crate::{LabOpts, native::Lab};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(clap::Args)]

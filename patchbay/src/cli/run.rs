@@ -67,7 +67,7 @@ pub fn before_runtime(args: &RunArgs) -> anyhow::Result<()> {
     if args.virtual_time || file.lab.time == Some(crate::labfile::TimeMode::Virtual) {
         return Ok(());
     }
-    crate::init_userns().context(
+    crate::native::init_userns().context(
         "running a lab as an ordinary user needs a user namespace (docs/unprivileged.md)",
     )?;
     IN_USERNS.store(true, Ordering::Relaxed);

@@ -32,7 +32,7 @@ impl Device {
         }
     }
 
-    pub(crate) fn core(&self) -> Result<crate::Device> {
+    pub(crate) fn core(&self) -> Result<crate::native::Device> {
         self.lab
             .get()?
             .core
@@ -359,7 +359,7 @@ impl Iface {
         }
     }
 
-    fn core(&self) -> Option<crate::Iface> {
+    fn core(&self) -> Option<crate::native::Iface> {
         self.dev.core().ok()?.iface(&self.name)
     }
 

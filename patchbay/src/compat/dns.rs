@@ -21,14 +21,17 @@ type Names = BTreeMap<String, (Option<IpAddr>, Option<IpAddr>)>;
 /// addresses. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct DnsServer {
-    server: Arc<crate::DnsServer>,
+    server: Arc<crate::native::DnsServer>,
     /// The records, for in-process lookups ([`DnsServer::resolve`]).
     names: Arc<Mutex<Names>>,
 }
 
 impl DnsServer {
     /// The lab's server, started on first call.
-    pub(crate) fn of(core: &crate::Lab, slot: &Mutex<Option<DnsServer>>) -> Result<DnsServer> {
+    pub(crate) fn of(
+        core: &crate::native::Lab,
+        slot: &Mutex<Option<DnsServer>>,
+    ) -> Result<DnsServer> {
         let mut slot = lock(slot);
         if let Some(s) = slot.as_ref() {
             return Ok(s.clone());

@@ -1,4 +1,4 @@
-//! Upstream 0.7's firewall presets and builder, translated into the core's [`crate::Firewall`].
+//! Upstream 0.7's firewall presets and builder, translated into the core's [`crate::native::Firewall`].
 //!
 //! One difference: the core's firewall guards the router itself too (its `input` chain), not
 //! only what it forwards, so with `BlockInbound` an unsolicited packet to the router's own
@@ -46,12 +46,12 @@ impl Firewall {
     }
 
     /// The core firewall (`None`: no firewall).
-    pub(crate) fn to_core(&self) -> Option<crate::Firewall> {
+    pub(crate) fn to_core(&self) -> Option<crate::native::Firewall> {
         let c = self.to_config()?;
         let mut fw = if c.block_inbound {
-            crate::Firewall::block_inbound()
+            crate::native::Firewall::block_inbound()
         } else {
-            crate::Firewall::default()
+            crate::native::Firewall::default()
         };
         if c.outbound_tcp != PortPolicy::AllowAll || c.outbound_udp != PortPolicy::AllowAll {
             fw = fw.outbound(crate::OutboundPolicy {
@@ -77,14 +77,14 @@ pub enum PortPolicy {
 }
 
 impl PortPolicy {
-    fn to_core(&self) -> crate::PortPolicy {
+    fn to_core(&self) -> crate::native::PortPolicy {
         match self {
-            PortPolicy::AllowAll => crate::PortPolicy::AllowAll,
-            PortPolicy::Allow(p) if p.is_empty() => crate::PortPolicy::BlockAll,
+            PortPolicy::AllowAll => crate::native::PortPolicy::AllowAll,
+            PortPolicy::Allow(p) if p.is_empty() => crate::native::PortPolicy::BlockAll,
             PortPolicy::Allow(p) => {
-                crate::PortPolicy::Allow(p.iter().copied().collect::<BTreeSet<_>>())
+                crate::native::PortPolicy::Allow(p.iter().copied().collect::<BTreeSet<_>>())
             }
-            PortPolicy::BlockAll => crate::PortPolicy::BlockAll,
+            PortPolicy::BlockAll => crate::native::PortPolicy::BlockAll,
         }
     }
 }
@@ -172,15 +172,15 @@ mod tests {
     fn presets_and_builder_translate_to_the_core() {
         assert!(Firewall::None.to_core().is_none());
         let b = Firewall::BlockInbound.to_core().unwrap();
-        assert_eq!(b, crate::Firewall::block_inbound());
+        assert_eq!(b, crate::native::Firewall::block_inbound());
         let mut f = FirewallConfigBuilder::default();
         f.block_inbound().allow_udp(&[53]);
         let c = Firewall::Custom(f.build()).to_core().unwrap();
         assert_eq!(c.policy, crate::FirewallPolicy::BlockInbound);
         let out = c.outbound.unwrap();
-        assert_eq!(out.tcp, crate::PortPolicy::AllowAll);
-        assert_eq!(out.udp, crate::PortPolicy::Allow([53].into()));
+        assert_eq!(out.tcp, crate::native::PortPolicy::AllowAll);
+        assert_eq!(out.udp, crate::native::PortPolicy::Allow([53].into()));
         let corp = Firewall::Corporate.to_core().unwrap().effective_outbound();
-        assert_eq!(corp.tcp, crate::PortPolicy::Allow([80, 443].into()));
+        assert_eq!(corp.tcp, crate::native::PortPolicy::Allow([80, 443].into()));
     }
 }

@@ -1,4 +1,4 @@
-//! Upstream's `Lab`, `LabBuilder`, `OutDir` and `TestGuard` over the core's [`crate::Lab`].
+//! Upstream's `Lab`, `LabBuilder`, `OutDir` and `TestGuard` over the core's [`crate::native::Lab`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -17,7 +17,7 @@ use super::router::{self, Router, RouterBuilder};
 use super::shared::{Entry, Kind, NodeId, RouterSettings, Shared};
 use super::sync::block_on;
 
-/// Where a lab writes its run directory ([`crate::Lab`]'s artifacts: `run.json`,
+/// Where a lab writes its run directory ([`crate::native::Lab`]'s artifacts: `run.json`,
 /// `events.jsonl`, command logs; see docs/artifacts.md).
 #[derive(Clone, Debug)]
 pub enum OutDir {
@@ -33,6 +33,8 @@ pub enum OutDir {
 pub struct LabBuilder {
     outdir: Option<OutDir>,
     label: Option<String>,
+    time: crate::TimeMode,
+    sysctl_only: bool,
 }
 
 impl LabBuilder {
@@ -86,6 +88,25 @@ impl LabBuilder {
         self
     }
 
+    /// How time runs in the lab (patchbay's addition to upstream's builder; default
+    /// [`TimeMode::Real`](crate::TimeMode::Real)). [`TimeMode::Compressed`](crate::TimeMode)
+    /// divides the kernel's timers by k inside this lab (root, cgroup v2 and eBPF
+    /// `sock_ops`, Linux 5.15+; docs/compression.md); `TimeMode::Virtual` asserts that the
+    /// test runs in patchbay's time-travel guest (docs/virtual-time.md).
+    pub fn time_mode(mut self, mode: crate::TimeMode) -> Self {
+        self.time = mode;
+        self
+    }
+
+    /// Compresses by per-namespace sysctls only, without eBPF (patchbay's addition): for a
+    /// compressed lab where eBPF is unavailable, such as in the user namespace of
+    /// [`init_userns`](crate::init_userns). What is then not compressed is listed by
+    /// [`Lab::compression_report`]. Default off.
+    pub fn sysctl_only(mut self, on: bool) -> Self {
+        self.sysctl_only = on;
+        self
+    }
+
     /// Creates the lab.
     pub async fn build(self) -> Result<Lab> {
         let run_dir = self.outdir.map(|o| match o {
@@ -99,7 +120,9 @@ impl LabBuilder {
                 ))
             }
         });
-        let mut opts = crate::LabOpts::default();
+        let mut opts = crate::LabOpts::default()
+            .time_mode(self.time)
+            .sysctl_only(self.sysctl_only);
         if let Some(l) = &self.label {
             opts = opts.label(super::shared::sanitize(l));
         }
@@ -108,7 +131,7 @@ impl LabBuilder {
                 .map_err(|e| anyhow!("creating the run directory {}: {e}", d.display()))?;
             opts = opts.outdir(d).keep_artifacts(true);
         }
-        let core = crate::Lab::with_opts(opts).await?;
+        let core = crate::native::Lab::with_opts(opts).await?;
         Ok(Lab {
             shared: Arc::new(Shared::new(core, run_dir, self.label)),
         })
@@ -155,6 +178,23 @@ impl Lab {
     /// A builder.
     pub fn builder() -> LabBuilder {
         LabBuilder::default()
+    }
+
+    /// How time runs in the lab ([`LabBuilder::time_mode`]).
+    pub fn time_mode(&self) -> crate::TimeMode {
+        self.shared.core.time_mode()
+    }
+
+    /// The lab's clock: time since the lab started, as the code inside experiences it (k
+    /// times the wall clock under compression).
+    pub fn clock(&self) -> crate::LabClock {
+        self.shared.core.clock()
+    }
+
+    /// Per kernel timer: default, target, applied value, mechanism and status at the
+    /// lab's k, and the largest faithful k on this kernel (docs/compression.md).
+    pub fn compression_report(&self) -> Result<crate::compress::CompressionReport> {
+        Ok(self.shared.core.compression_report()?)
     }
 
     /// A lab with its run directory in `$PATCHBAY_OUTDIR` (if set).
@@ -368,7 +408,7 @@ impl Drop for TestGuard {
 }
 
 impl Lab {
-    fn core_region(&self, r: &Region) -> Result<crate::Region> {
+    fn core_region(&self, r: &Region) -> Result<crate::native::Region> {
         self.shared
             .core
             .region(r.name())

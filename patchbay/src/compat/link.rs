@@ -1,5 +1,5 @@
 //! Upstream 0.7's link conditions (millisecond fields, `const` setters, named presets) and
-//! their translation into the core's [`crate::LinkCondition`] (microseconds, bits/s).
+//! their translation into the core's [`crate::native::LinkCondition`] (microseconds, bits/s).
 //!
 //! Translation, field by field: `latency_ms` → delay, `jitter_ms` → jitter, `loss_pct` →
 //! loss, `loss_burst_pkts` → loss bursts (Gilbert-Elliott), `rate_kbit` → rate with a rate
@@ -266,10 +266,10 @@ impl LinkCondition {
     }
 
     /// The core condition (see the module docs for the translation).
-    pub(crate) fn to_core(self) -> crate::LinkCondition {
+    pub(crate) fn to_core(self) -> crate::native::LinkCondition {
         let ms = |v: u32| Duration::from_millis(u64::from(v));
         let pct = |v: f32| (f64::from(v) * 1e6).round() / 1e6;
-        let mut c = crate::LinkCondition::default()
+        let mut c = crate::native::LinkCondition::default()
             .delay(ms(self.latency_ms))
             .jitter(ms(self.jitter_ms))
             .loss(pct(self.loss_pct))

@@ -1,16 +1,20 @@
-//! Upstream patchbay 0.7's API on this crate (feature `compat`): test files written for
-//! n0-computer/patchbay 0.7 compile and run unchanged through the `patchbay-compat` package
-//! (`patchbay = { package = "patchbay-compat", path = "…/patchbay/compat" }` in
-//! `Cargo.toml`; see docs/porting.md).
+//! The API: upstream patchbay 0.7's shape (n0-computer/patchbay), re-exported at the crate
+//! root, so that test files written for upstream compile and run unchanged (through the
+//! `patchbay-compat` package, which re-exports exactly upstream's root names; see
+//! docs/porting.md), plus patchbay's time modes on [`LabBuilder`] and [`Lab`].
 //!
-//! It is a translation layer over the core, not a second implementation: ids become the
-//! core's node names, upstream's NAT tiers become RFC 4787 modes, millisecond link
-//! conditions become the core's, and every operation is the core's. Upstream's signatures
-//! are kept, `anyhow::Result` included. Where the behaviour differs, the item's docs and
-//! docs/porting.md say so.
+//! It is a translation layer over the crate-private name-based builder (`crate::native`),
+//! not a second implementation: ids become node names, upstream's NAT tiers become RFC 4787
+//! modes, millisecond link conditions become the builder's, and every operation is the
+//! builder's. Upstream's signatures are kept, `anyhow::Result` included. Where the behaviour
+//! differs, the item's docs and docs/porting.md say so.
 //!
-//! Requirements: as the core's ([`crate::Lab`]): root, or a user namespace entered with
-//! [`init_userns`] before any thread starts; `nft` and `tc`; netem for delay and loss.
+//! Upstream's enums (`Nat`, `Firewall`, `PortPolicy`, `RouterPreset`, ...) are not
+//! `#[non_exhaustive]`, as upstream's are not: a test that matches one exhaustively must keep
+//! compiling. They change only with the upstream version this API follows.
+//!
+//! Requirements: root, or a user namespace entered with [`init_userns`] before any thread
+//! starts; `nft` and `tc`; netem for delay and loss.
 
 mod device;
 mod dns;
@@ -47,14 +51,12 @@ pub use runner::ReflectorGuard;
 pub use shared::NodeId;
 
 pub use crate::sys::userns::init_userns_for_ctor;
-pub use crate::{IpSupport, NatV6Mode};
 pub use ipnet::Ipv4Net;
 
 /// Upstream's `dns_server` module: the lab DNS server's handle.
 pub mod dns_server {
     pub use super::dns::{DnsServer, RecordType};
 }
-pub use dns::DnsServer;
 
 /// Makes an unprivileged process root of its own user namespace, so labs build without
 /// root; does nothing when the process is root. Call it before any thread starts (first
@@ -64,7 +66,7 @@ pub fn init_userns() -> anyhow::Result<()> {
     type Once = Result<(), std::sync::Arc<crate::Error>>;
     static RESULT: std::sync::OnceLock<Once> = std::sync::OnceLock::new();
     RESULT
-        .get_or_init(|| crate::init_userns().map_err(std::sync::Arc::new))
+        .get_or_init(|| crate::native::init_userns().map_err(std::sync::Arc::new))
         .clone()
         .map_err(anyhow::Error::from)
 }

@@ -3,10 +3,10 @@
 //!
 //! | upstream | RFC 4787 | core |
 //! |---|---|---|
-//! | `Open` | EIM + EIF | [`crate::Nat::FullCone`] |
-//! | `Moderate` | EIM + APDF | [`crate::Nat::PortRestricted`] |
-//! | `Strict` | EDM (random ports) + APDF | [`crate::Nat::Symmetric`] |
-//! | EIM + ADF (`Custom`) | | [`crate::Nat::AddressRestricted`] |
+//! | `Open` | EIM + EIF | [`crate::native::Nat::FullCone`] |
+//! | `Moderate` | EIM + APDF | [`crate::native::Nat::PortRestricted`] |
+//! | `Strict` | EDM (random ports) + APDF | [`crate::native::Nat::Symmetric`] |
+//! | EIM + ADF (`Custom`) | | [`crate::native::Nat::AddressRestricted`] |
 //!
 //! Timeouts are upstream's (UDP 30 s, UDP stream 300 s, TCP established 7200 s, and the
 //! endpoint-independent mapping's 300 s), set explicitly on the core router.
@@ -166,26 +166,26 @@ impl NatConfig {
     /// endpoint-independent filtering has no separate core mode: it is the symmetric NAT
     /// (upstream's rules for it deliver nothing either, as EDM keeps no mapping to deliver
     /// unsolicited packets to).
-    pub(crate) fn to_core(self) -> anyhow::Result<crate::NatConfig> {
+    pub(crate) fn to_core(self) -> anyhow::Result<crate::native::NatConfig> {
         self.validate()?;
         let nat = match (self.mapping, self.filtering) {
             (NatMapping::EndpointIndependent, NatFiltering::EndpointIndependent) => {
-                crate::Nat::FullCone
+                crate::native::Nat::FullCone
             }
             (NatMapping::EndpointIndependent, NatFiltering::AddressDependent) => {
-                crate::Nat::AddressRestricted
+                crate::native::Nat::AddressRestricted
             }
             (NatMapping::EndpointIndependent, NatFiltering::AddressAndPortDependent) => {
-                crate::Nat::PortRestricted
+                crate::native::Nat::PortRestricted
             }
-            (NatMapping::EndpointDependent, _) => crate::Nat::Symmetric,
+            (NatMapping::EndpointDependent, _) => crate::native::Nat::Symmetric,
         };
         let t = self.timeouts;
         let secs = |s: u32| Duration::from_secs(u64::from(s));
-        Ok(crate::NatConfig {
+        Ok(crate::native::NatConfig {
             nat,
             hairpin: self.hairpin,
-            conntrack: Some(crate::ConntrackTimeouts {
+            conntrack: Some(crate::native::ConntrackTimeouts {
                 udp: secs(t.udp),
                 udp_stream: secs(t.udp_stream),
                 tcp_established: secs(t.tcp_established),
@@ -269,14 +269,17 @@ mod tests {
     fn presets_expand_as_upstream_and_map_to_the_rfc_modes() {
         let core = |n: Nat| n.to_config().unwrap().to_core().unwrap().nat;
         assert_eq!(Nat::None.to_config(), None);
-        assert_eq!(core(Nat::Open), crate::Nat::FullCone);
-        assert_eq!(core(Nat::Moderate), crate::Nat::PortRestricted);
-        assert_eq!(core(Nat::Strict), crate::Nat::Symmetric);
+        assert_eq!(core(Nat::Open), crate::native::Nat::FullCone);
+        assert_eq!(core(Nat::Moderate), crate::native::Nat::PortRestricted);
+        assert_eq!(core(Nat::Strict), crate::native::Nat::Symmetric);
         let adf = NatConfig::builder()
             .filtering(NatFiltering::AddressDependent)
             .build()
             .unwrap();
-        assert_eq!(adf.to_core().unwrap().nat, crate::Nat::AddressRestricted);
+        assert_eq!(
+            adf.to_core().unwrap().nat,
+            crate::native::Nat::AddressRestricted
+        );
         let t = Nat::Moderate
             .to_config()
             .unwrap()

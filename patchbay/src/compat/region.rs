@@ -60,9 +60,9 @@ impl RegionLink {
         }
     }
 
-    pub(super) fn to_core(&self) -> crate::LinkCondition {
+    pub(super) fn to_core(&self) -> crate::native::LinkCondition {
         let ms = |v: u32| Duration::from_millis(u64::from(v));
-        let mut c = crate::LinkCondition::default()
+        let mut c = crate::native::LinkCondition::default()
             .delay(ms(self.latency_ms))
             .jitter(ms(self.jitter_ms))
             .loss(self.loss_pct);

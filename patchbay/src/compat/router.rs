@@ -72,7 +72,7 @@ impl Router {
         }
     }
 
-    fn core(&self) -> Result<crate::Router> {
+    fn core(&self) -> Result<crate::native::Router> {
         self.lab
             .get()?
             .core
@@ -258,7 +258,7 @@ impl Router {
         let nat: Option<NatConfig> = mode.into();
         let cfg = match nat {
             Some(c) => c.to_core()?,
-            None => crate::NatConfig::default(),
+            None => crate::native::NatConfig::default(),
         };
         self.core()?.set_nat_config(cfg).await?;
         self.update(|r| r.nat = nat)

@@ -72,7 +72,7 @@ pub(crate) struct Entry {
 /// weakly, so that dropping the last `Lab` tears the lab down even while tasks on its
 /// workers still hold handles (as upstream's `Lab` drop does).
 pub(crate) struct Shared {
-    pub core: crate::Lab,
+    pub core: crate::native::Lab,
     pub run_dir: Option<PathBuf>,
     pub label: Option<String>,
     pub dns: Mutex<Option<super::dns::DnsServer>>,
@@ -90,7 +90,11 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    pub fn new(core: crate::Lab, run_dir: Option<PathBuf>, label: Option<String>) -> Shared {
+    pub fn new(
+        core: crate::native::Lab,
+        run_dir: Option<PathBuf>,
+        label: Option<String>,
+    ) -> Shared {
         Shared {
             core,
             run_dir,

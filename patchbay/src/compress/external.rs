@@ -1,6 +1,6 @@
 //! Timers owned by other configuration: link timing (netem/tc) and a router's conntrack
 //! timeouts. These adapters reuse the owners' own types and scaling hooks
-//! ([`crate::LinkTiming::scaled`], [`crate::ConntrackTimeouts::map_durations`]) so there is
+//! ([`crate::LinkTiming::scaled`], [`crate::native::ConntrackTimeouts::map_durations`]) so there is
 //! one way to scale each value, and add the report entries.
 
 use std::time::Duration;
@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::scale::TimeScale;
 use super::timers::{Mechanism, Status, TimerEntry, Unit, entry, status_for};
-use crate::{ConntrackTimeouts, LinkTiming};
+use crate::{LinkTiming, native::ConntrackTimeouts};
 
 /// A scaled link and the report entries describing it.
 #[derive(Debug, Clone, PartialEq, Serialize)]

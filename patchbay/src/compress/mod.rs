@@ -10,9 +10,9 @@
 //! A test author meets this module through a lab's time mode and its report (the plan itself
 //! is crate-private):
 //! ```no_run
-//! use patchbay::{Lab, LabOpts, TimeMode};
-//! # async fn demo() -> patchbay::Result<()> {
-//! let lab = Lab::with_opts(LabOpts::default().time_mode(TimeMode::compressed(20.0)?)).await?;
+//! use patchbay::{Lab, TimeMode};
+//! # async fn demo() -> anyhow::Result<()> {
+//! let lab = Lab::builder().time_mode(TimeMode::compressed(20.0)?).build().await?;
 //! // Which timers run 20 times faster, through which mechanism, and which do not.
 //! println!("{}", lab.compression_report()?);
 //! # Ok(()) }

@@ -14,7 +14,7 @@ use super::timers::{
     Mechanism, TimerEntry, TimerInputs, Unit, entry, fixed, scale_ms_jiffies, scale_whole,
     secs_error,
 };
-use crate::{ConntrackTimeouts, LinkTiming};
+use crate::{LinkTiming, native::ConntrackTimeouts};
 
 /// Why a plan could not be computed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -42,7 +42,8 @@ pub struct BpfTargets {
 }
 
 /// Predicted fidelity of the TCP scenarios at the plan's k.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct TcpFidelity {
     /// SYN to a blackhole.
     pub syn: Fidelity,
@@ -62,7 +63,7 @@ struct IfaceTemplate {
 /// The compression plan of one lab at one k. Pure data: compute it with
 /// [`Plan::compute`], apply it with [`Plan::sysctls_for_netns`],
 /// [`Plan::sysctls_for_iface`] and [`Plan::bpf`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Plan {
     scale: TimeScale,
     hz: u32,
@@ -451,7 +452,7 @@ impl Plan {
 }
 
 /// Result of [`Plan::largest_faithful_k`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FaithfulK {
     /// Largest faithful k for TCP (both scenarios).
     pub k: f64,
@@ -464,7 +465,7 @@ pub struct FaithfulK {
 }
 
 /// One rung of the ladder.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LadderPoint {
     /// The scale.
     pub k: f64,

@@ -10,6 +10,7 @@ use super::timers::{Status, TimerEntry, Unit};
 
 /// Summary of the largest faithful k.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct FaithfulSummary {
     /// Largest faithful k for TCP.
     pub k: f64,
@@ -22,6 +23,7 @@ pub struct FaithfulSummary {
 /// What `patchbay doctor` and `lab.compression_report()` print: human table via
 /// `Display`, JSON via serde.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct CompressionReport {
     /// The time scale k.
     pub scale: f64,

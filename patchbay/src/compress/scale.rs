@@ -70,7 +70,7 @@ pub struct TimeScale(f64);
 
 impl TimeScale {
     /// Real time (k = 1): nothing is compressed.
-    pub const REAL_TIME: TimeScale = TimeScale(1.0);
+    pub(crate) const REAL_TIME: TimeScale = TimeScale(1.0);
 
     /// Validates `k`.
     pub fn new(k: f64) -> Result<Self, ScaleError> {
@@ -101,28 +101,28 @@ impl TimeScale {
     }
 
     /// True for k = 1.
-    pub fn is_real_time(self) -> bool {
+    pub(crate) fn is_real_time(self) -> bool {
         self.0 == 1.0
     }
 
     /// k x 1000, rounded, as carried in the eBPF settings map (`scale_milli`).
-    pub fn milli(self) -> u32 {
+    pub(crate) fn milli(self) -> u32 {
         // k <= 1000, so k * 1000 <= 1e6 fits a u32.
         (self.0 * 1000.0).round() as u32
     }
 
     /// The wall-clock duration that corresponds to `virtual_time` in the lab.
-    pub fn to_wall(self, virtual_time: Duration) -> Duration {
+    pub(crate) fn to_wall(self, virtual_time: Duration) -> Duration {
         virtual_time.div_f64(self.0)
     }
 
     /// The virtual duration that corresponds to `wall` of real time.
-    pub fn to_virtual(self, wall: Duration) -> Duration {
+    pub(crate) fn to_virtual(self, wall: Duration) -> Duration {
         wall.mul_f64(self.0)
     }
 
     /// `value / k` as a float (the target of a timer whose real-time value is `value`).
-    pub fn divide(self, value: f64) -> f64 {
+    pub(crate) fn divide(self, value: f64) -> f64 {
         value / self.0
     }
 }

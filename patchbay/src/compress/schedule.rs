@@ -118,7 +118,8 @@ impl Prediction {
 }
 
 /// Predicted error of a compressed schedule against its real-time baseline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Fidelity {
     /// Same event kinds in the same order, and both sequences stable.
     pub sequence_match: bool,
@@ -136,7 +137,7 @@ pub struct Fidelity {
 
 impl Fidelity {
     /// Within 5% median / 15% max with an identical sequence.
-    pub fn is_faithful(&self) -> bool {
+    pub(crate) fn is_faithful(&self) -> bool {
         self.sequence_match && self.median_pct <= MEDIAN_LIMIT_PCT && self.max_pct <= MAX_LIMIT_PCT
     }
 

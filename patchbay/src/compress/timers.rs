@@ -30,7 +30,7 @@ pub enum Unit {
 
 impl Unit {
     /// Short suffix for tables.
-    pub fn suffix(self) -> &'static str {
+    pub(crate) fn suffix(self) -> &'static str {
         match self {
             Unit::Jiffies => "j",
             Unit::Nanoseconds => "ns",
@@ -44,7 +44,7 @@ impl Unit {
 }
 
 /// How a value reaches the kernel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 #[non_exhaustive]
 pub enum Mechanism {
@@ -76,7 +76,7 @@ pub enum Mechanism {
 
 impl Mechanism {
     /// Short text for tables.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match self {
             Mechanism::Sysctl { key } => format!("sysctl {key}"),
             Mechanism::Bpf { field } => format!("bpf {field}"),
@@ -89,7 +89,7 @@ impl Mechanism {
 }
 
 /// How faithfully a timer is compressed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 #[non_exhaustive]
 pub enum Status {
@@ -122,7 +122,7 @@ pub enum Status {
 
 impl Status {
     /// Short text for tables.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match self {
             Status::Exact => "exact".to_string(),
             Status::Rounded { error_pct } => format!("rounded ({error_pct:+.1}%)"),
@@ -136,7 +136,7 @@ impl Status {
     }
 
     /// True when the timer is compressed at all (exact, rounded or clamped).
-    pub fn is_scaled(&self) -> bool {
+    pub(crate) fn is_scaled(&self) -> bool {
         matches!(
             self,
             Status::Exact | Status::Rounded { .. } | Status::Clamped { .. }
@@ -145,7 +145,8 @@ impl Status {
 }
 
 /// One timer of the plan.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct TimerEntry {
     /// Timer name, e.g. `tcp.rto_min`.
     pub name: String,

@@ -1,7 +1,7 @@
 //! Names in a lab: hosts entries, nameservers and an in-lab DNS server.
 //!
-//! - **Hosts entries** ([`crate::Lab::dns_entry`]) and **nameservers**
-//!   ([`crate::Lab::set_nameserver`], [`crate::Node::set_nameserver`]) are
+//! - **Hosts entries** ([`crate::native::Lab::dns_entry`]) and **nameservers**
+//!   ([`crate::native::Lab::set_nameserver`], [`crate::Node::set_nameserver`]) are
 //!   rendered into per-node `hosts` and `resolv.conf` files in the lab's
 //!   directory. Every process spawned in a node then sees them at
 //!   `/etc/hosts` and `/etc/resolv.conf`: it starts in a private mount

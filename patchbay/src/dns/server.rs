@@ -70,7 +70,6 @@ impl DnsServer {
     }
 
     /// Removes the records of `name` of one type.
-    #[cfg(feature = "compat")]
     pub(crate) async fn remove_type(
         &self,
         name: &str,

@@ -43,7 +43,7 @@ impl LabClock {
     }
 
     /// The time scale k.
-    pub fn scale(&self) -> TimeScale {
+    pub(crate) fn scale(&self) -> TimeScale {
         self.scale
     }
 
@@ -57,18 +57,13 @@ impl LabClock {
         self.to_virtual(self.start.elapsed())
     }
 
-    /// Virtual time of a wall-clock instant.
-    pub fn virtual_at(&self, t: Instant) -> Duration {
-        self.to_virtual(t.saturating_duration_since(self.start))
-    }
-
     /// The wall-clock duration of a virtual one.
-    pub fn to_wall(self, virtual_time: Duration) -> Duration {
+    pub(crate) fn to_wall(self, virtual_time: Duration) -> Duration {
         self.scale.to_wall(virtual_time)
     }
 
     /// The virtual duration of a wall-clock one.
-    pub fn to_virtual(self, wall: Duration) -> Duration {
+    pub(crate) fn to_virtual(self, wall: Duration) -> Duration {
         self.scale.to_virtual(wall)
     }
 

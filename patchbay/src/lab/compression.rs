@@ -158,7 +158,7 @@ impl Compression {
                         feature: "eBPF sock_ops on cgroup v2 (CAP_BPF/CAP_SYS_ADMIN, Linux 5.15+)"
                             .into(),
                         hint: format!(
-                            "{e}; run as root on a kernel with BPF and cgroup v2, or opt into sysctl-only compression with LabOpts::sysctl_only(true) (the compression report then lists what is not compressed)"
+                            "{e}; run as root on a kernel with BPF and cgroup v2, or opt into sysctl-only compression with LabBuilder::sysctl_only(true) (`sysctl-only = true` in a lab file) (the compression report then lists what is not compressed)"
                         ),
                     });
                 }
@@ -226,8 +226,8 @@ impl Compression {
     pub fn conntrack(
         &self,
         router: &str,
-        t: &crate::ConntrackTimeouts,
-    ) -> crate::ConntrackTimeouts {
+        t: &crate::native::ConntrackTimeouts,
+    ) -> crate::native::ConntrackTimeouts {
         match &self.plan {
             Some(p) => p.conntrack(router, t).timeouts,
             None => t.clone(),
@@ -235,7 +235,11 @@ impl Compression {
     }
 
     /// A link condition as the lab applies it: delay and jitter / k, rate × k.
-    pub fn link(&self, name: &str, c: &crate::LinkCondition) -> crate::LinkCondition {
+    pub fn link(
+        &self,
+        name: &str,
+        c: &crate::native::LinkCondition,
+    ) -> crate::native::LinkCondition {
         match &self.plan {
             Some(p) => c.with_timing(p.link(name, &c.timing()).timing),
             None => c.clone(),

@@ -14,7 +14,7 @@ use super::node::{Iface, Node, NodeInner, NodeKind};
 use super::topo::{Member, check_ifname};
 use super::wiring::sync_carriers;
 
-/// Builds a [`Device`]; from [`crate::Lab::add_device`].
+/// Builds a [`Device`]; from [`crate::native::Lab::add_device`].
 #[derive(Debug)]
 #[must_use = "call .build().await"]
 pub struct DeviceBuilder {

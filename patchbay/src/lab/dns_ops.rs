@@ -121,7 +121,7 @@ impl Node {
     }
 
     /// Adds a hosts entry that only this node sees (`/etc/hosts` of its processes and of
-    /// in-process resolvers on its worker), next to the lab's ([`crate::Lab::dns_entry`]).
+    /// in-process resolvers on its worker), next to the lab's ([`crate::native::Lab::dns_entry`]).
     pub fn dns_entry(&self, name: &str, ip: IpAddr) -> Result<()> {
         let n = dns::normalize_name(name)?;
         let lab = self.lab_inner()?;
@@ -197,7 +197,7 @@ impl super::Exchange {
     /// Starts an in-lab DNS server in the exchange (the lab's root namespace), answering
     /// `zone` on UDP and TCP port 53 of [`super::Exchange::ip`] and
     /// [`super::Exchange::ip6`], which every node of the lab reaches (through its routers'
-    /// NATs). Point nodes at it with [`crate::Lab::set_nameservers`]. Runs until
+    /// NATs). Point nodes at it with [`crate::native::Lab::set_nameservers`]. Runs until
     /// [`DnsServer::stop`] or until the lab is dropped.
     pub async fn serve_dns(&self, zone: DnsZone) -> Result<DnsServer> {
         let addrs = vec![IpAddr::V4(self.ip()), IpAddr::V6(self.ip6())];

@@ -68,7 +68,7 @@ impl Device {
 
     /// Adds an interface named `name` on `router`'s LAN at run time, with a
     /// fresh address from that LAN (each family the LAN has: see
-    /// [`crate::RouterBuilder::ip_support`]). The default route stays where it is
+    /// [`crate::native::RouterBuilder::ip_support`]). The default route stays where it is
     /// (see [`Device::set_default_route`]).
     pub async fn add_iface(&self, name: &str, router: &str) -> Result<Iface> {
         check_ifname(self.name(), name)?;

@@ -1,19 +1,7 @@
 //! The lab: a set of network namespaces wired into a topology.
 //!
-//! ```no_run
-//! # async fn demo() -> patchbay::Result<()> {
-//! use patchbay::Lab;
-//! let lab = Lab::new().await?;
-//! let isp = lab.add_router("isp").build().await?;
-//! let home = lab.add_router("home").upstream(&isp).build().await?;
-//! let laptop = lab.add_device("laptop").iface("eth0", &home).build().await?;
-//! let server = lab.add_device("server").iface("eth0", &isp).build().await?;
-//! let addr = server.ip().expect("server has an address");
-//! let ok = laptop
-//!     .spawn(move |_| async move { tokio::net::TcpStream::connect((addr, 80)).await.is_err() })?
-//!     .await?;
-//! # let _ = ok; Ok(()) }
-//! ```
+//! This is the name-based builder the crate is built on ([`crate::native`]); the API's
+//! [`crate::Lab`] translates upstream patchbay 0.7's calls onto it (see the crate docs).
 //!
 //! Requires root (or `CAP_SYS_ADMIN` + `CAP_NET_ADMIN`), Linux 4.19+ with
 //! network namespaces, veth and bridge support.

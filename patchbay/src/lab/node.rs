@@ -43,7 +43,7 @@ pub struct Iface {
     /// Prefix length of `ip`.
     pub prefix: u8,
     /// The router (or `"exchange"`) at the other end; empty for a dummy interface
-    /// ([`crate::DeviceBuilder::dummy`]).
+    /// ([`crate::native::DeviceBuilder::dummy`]).
     pub peer: String,
 }
 
@@ -110,8 +110,8 @@ impl NodeInner {
     }
 }
 
-/// A router or device of a lab: the part of [`crate::Router`] and
-/// [`crate::Device`] that is the same for both. Cheap to clone.
+/// A router or device of a lab: the part of [`crate::native::Router`] and
+/// [`crate::native::Device`] that is the same for both. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Node {
     pub(crate) inner: Arc<NodeInner>,
@@ -360,7 +360,7 @@ impl Node {
     }
 
     /// Records a firewall change (event and topology.json).
-    pub(crate) fn firewall_changed(&self, fw: &crate::Firewall) {
+    pub(crate) fn firewall_changed(&self, fw: &crate::native::Firewall) {
         let v = serde_json::to_value(fw).unwrap_or_default();
         if let Some(lab) = self.inner.lab.upgrade()
             && let Some(a) = lab.artifacts()

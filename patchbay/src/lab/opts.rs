@@ -5,11 +5,11 @@ use crate::compress::{ScaleError, TimeScale};
 /// How time runs in a lab: one choice, so that no two settings can conflict.
 ///
 /// ```
-/// use patchbay::{LabOpts, TimeMode};
+/// use patchbay::{Lab, TimeMode};
 /// # fn demo() -> Result<(), patchbay::compress::ScaleError> {
-/// let real = LabOpts::default();
-/// let fast = LabOpts::default().time_mode(TimeMode::compressed(20.0)?);
-/// let exact = LabOpts::default().time_mode(TimeMode::Virtual { seed: None });
+/// let real = Lab::builder();
+/// let fast = Lab::builder().time_mode(TimeMode::compressed(20.0)?);
+/// let exact = Lab::builder().time_mode(TimeMode::Virtual { seed: None });
 /// # let _ = (real, fast, exact); Ok(()) }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -20,7 +20,7 @@ pub enum TimeMode {
     Real,
     /// Every kernel timer that shapes timeout-heavy scenarios runs k times faster inside the
     /// lab's namespaces only (see `docs/compression.md`). k > 1 needs root, cgroup v2 and
-    /// eBPF `sock_ops` (Linux 5.15+) unless [`LabOpts::sysctl_only`]; k = 1 is real time.
+    /// eBPF `sock_ops` (Linux 5.15+); k = 1 is real time.
     Compressed(TimeScale),
     /// The lab runs inside patchbay's User-Mode-Linux kernel in time-travel mode
     /// (`patchbay vt -- <test binary>`, or the cargo runner in `docs/virtual-time.md`), where
@@ -128,7 +128,7 @@ impl LabOpts {
     }
 
     /// Collect eBPF TCP telemetry (RTO, retransmit and state events; see
-    /// [`crate::Lab::tcp_events`]). Default: on when k > 1 (except in
+    /// [`crate::native::Lab::tcp_events`]). Default: on when k > 1 (except in
     /// sysctl-only mode), off at k = 1. Needs eBPF.
     pub fn telemetry(mut self, on: bool) -> Self {
         self.telemetry = Some(on);
@@ -175,7 +175,7 @@ impl LabOpts {
     /// pcapng captures requested with [`crate::Node::capture`]. A previous
     /// run in `dir` is replaced; a non-empty directory that holds no run is
     /// refused. Retention: the directory is kept when the lab fails (dropped
-    /// while panicking, or [`crate::Lab::fail`]), and removed on success
+    /// while panicking, or [`crate::native::Lab::fail`]), and removed on success
     /// unless [`LabOpts::keep_artifacts`] or `PATCHBAY_KEEP_ARTIFACTS` is set.
     pub fn outdir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.outdir = Some(dir.into());

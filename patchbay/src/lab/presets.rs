@@ -1,5 +1,5 @@
 //! Router presets and regions on the builder: the hooks that apply
-//! [`crate::RouterPreset`] to a [`RouterBuilder`].
+//! [`crate::native::RouterPreset`] to a [`RouterBuilder`].
 
 use super::router::RouterBuilder;
 use crate::nat::RouterPreset;

@@ -14,7 +14,7 @@ use crate::task::Task;
 use super::LabInner;
 use super::node::{Node, NodeKind};
 
-/// Builds a [`Router`]; from [`crate::Lab::add_router`].
+/// Builds a [`Router`]; from [`crate::native::Lab::add_router`].
 #[derive(Debug)]
 #[must_use = "call .build().await"]
 pub struct RouterBuilder {
@@ -59,18 +59,14 @@ impl RouterBuilder {
     /// Which address pool the LAN draws from (default: from the NAT mode:
     /// public without NAT, 100.64/10 for CGNAT, 10/8 otherwise). Crate-
     /// private: `LanKind` is not API (the compat layer's routers use it).
-    #[cfg_attr(
-        not(feature = "compat"),
-        expect(dead_code, reason = "used by the compat layer only")
-    )]
     pub(crate) fn lan_kind(mut self, kind: LanKind) -> Self {
         self.lan_kind = Some(kind);
         self
     }
 
-    /// The router's NAT mode (default: [`crate::Nat::None`]). See
-    /// [`crate::Nat`] for what each mode does and what it needs.
-    pub fn nat(mut self, nat: crate::Nat) -> Self {
+    /// The router's NAT mode (default: [`crate::native::Nat::None`]). See
+    /// [`crate::native::Nat`] for what each mode does and what it needs.
+    pub fn nat(mut self, nat: crate::native::Nat) -> Self {
         self.nat.nat = nat;
         self
     }
@@ -82,19 +78,19 @@ impl RouterBuilder {
     }
 
     /// Conntrack timeouts of the router's namespace (default: the kernel's).
-    pub fn conntrack(mut self, timeouts: crate::ConntrackTimeouts) -> Self {
+    pub fn conntrack(mut self, timeouts: crate::native::ConntrackTimeouts) -> Self {
         self.nat.conntrack = Some(timeouts);
         self
     }
 
     /// NAT mode, hairpinning and timeouts at once.
-    pub fn nat_config(mut self, config: crate::NatConfig) -> Self {
+    pub fn nat_config(mut self, config: crate::native::NatConfig) -> Self {
         self.nat = config;
         self
     }
 
     /// A firewall on the router (inbound = arriving on `wan`).
-    pub fn firewall(mut self, firewall: crate::Firewall) -> Self {
+    pub fn firewall(mut self, firewall: crate::native::Firewall) -> Self {
         self.firewall = Some(firewall);
         self
     }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::{DnsZone, InvalidLab, InvalidReason, Lab, Node};
+use crate::{DnsZone, InvalidLab, InvalidReason, Node, native::Lab};
 
 /// The `[dns]` table.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]

@@ -10,7 +10,7 @@ use tokio::io::AsyncReadExt;
 use super::mobility::MobilityStep;
 use super::step::{Command, Step, StepKind};
 use super::subst::{SubstError, Vars, substitute};
-use crate::{Error, InvalidLab, InvalidReason, Lab, Node};
+use crate::{Error, InvalidLab, InvalidReason, Node, native::Lab};
 
 /// Default limit for foreground commands and waits.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);

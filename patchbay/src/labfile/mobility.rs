@@ -1,6 +1,6 @@
 //! Mobility steps of lab files: `replug`, `add-iface`, `remove-iface`,
 //! `default-route`, `renew` and `remove-node` (see `docs/toml.md`). They
-//! call the library's run-time mobility ([`crate::Device::replug_iface`]
+//! call the library's run-time mobility ([`crate::native::Device::replug_iface`]
 //! and friends); [`super::mobility_check`] follows them through the
 //! topology before the lab is built.
 

@@ -1,7 +1,7 @@
 //! TOML lab descriptions: routers, devices and a list of steps.
 //!
 //! The format is documented in `docs/toml.md`. Parsing and validation are
-//! pure; [`run`] builds the lab and executes the steps.
+//! pure; `run` (the command line's `patchbay run`) builds the lab and executes the steps.
 //!
 //! Inside: [`schema`](LabFile) and [`step`](Step) are the file's shape;
 //! `validate` and `mobility_check` check it before anything is built;
@@ -24,8 +24,13 @@ mod validate;
 // The schema's sections are the file format (docs/toml.md), not Rust API; they stay
 // crate-private so the format can grow.
 pub use error::{Entry, InvalidEntry, LabFileError};
-pub use exec::StepOutcome;
-pub use run::{RunOverrides, RunReport, run};
+// Running a lab file is the command line's (`patchbay run`); the library loads and checks one.
+internal! {
+    pub use exec::StepOutcome;
+}
+internal! {
+    pub use run::{RunOverrides, RunReport, run};
+}
 pub use schema::LabFile;
 
 internal! {

@@ -41,7 +41,7 @@ impl LabFile {
     /// firewalls, faults), `tc` (link conditions, region links), `tayga`
     /// (NAT64). Commands are read, not run: a program named by a variable
     /// (`$PROG`) is not found.
-    pub fn programs(&self) -> BTreeMap<String, Option<usize>> {
+    pub(crate) fn programs(&self) -> BTreeMap<String, Option<usize>> {
         let mut out = BTreeMap::new();
         for (tool, needed) in self.host_tools() {
             if needed {
@@ -70,7 +70,7 @@ impl LabFile {
                         .is_some_and(|p| p.nat_v6() == crate::NatV6Mode::Nat64))
         });
         let nft = routers.iter().any(|r| {
-            r.nat.is_some_and(|n| n != crate::Nat::None)
+            r.nat.is_some_and(|n| n != crate::native::Nat::None)
                 || r.preset.is_some()
                 || r.firewall.is_some()
                 || r.nat_v6.is_some_and(|m| m != crate::NatV6Mode::None)

@@ -8,7 +8,7 @@ use super::exec::{State, StepOutcome, run_step};
 use super::schema::LabFile;
 use super::step::StepKind;
 use super::subst::Vars;
-use crate::{Error, InvalidReason, Lab, LabOpts, Result};
+use crate::{Error, InvalidReason, LabOpts, Result, native::Lab};
 
 /// A whole run.
 #[derive(Debug, Clone, Serialize)]

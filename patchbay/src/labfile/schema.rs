@@ -35,7 +35,7 @@ pub struct RegionSpec {
     /// Links to other regions: region name → link condition (a preset or
     /// a table such as `{ delay = "40ms" }`, applied to both ends).
     #[serde(default)]
-    pub links: std::collections::BTreeMap<String, crate::LinkCondition>,
+    pub links: std::collections::BTreeMap<String, crate::native::LinkCondition>,
 }
 
 /// The `[lab]` table.
@@ -127,16 +127,16 @@ pub struct RouterSpec {
     pub upstream: Option<String>,
     /// NAT mode (default `none`).
     #[serde(default)]
-    pub nat: Option<crate::Nat>,
+    pub nat: Option<crate::native::Nat>,
     /// Hairpinning on the NAT.
     #[serde(default)]
     pub hairpin: Option<bool>,
     /// Conntrack timeouts of this router (scaled by the lab's k).
     #[serde(default)]
-    pub conntrack: Option<crate::ConntrackTimeouts>,
+    pub conntrack: Option<crate::native::ConntrackTimeouts>,
     /// Firewall of the router (inbound = arriving on `wan`).
     #[serde(default)]
-    pub firewall: Option<crate::Firewall>,
+    pub firewall: Option<crate::native::Firewall>,
     /// Address families of the LAN: `v4-only`, `v6-only`, `dual-stack`.
     #[serde(default)]
     pub ip_support: Option<crate::IpSupport>,
@@ -145,7 +145,7 @@ pub struct RouterSpec {
     pub nat_v6: Option<crate::NatV6Mode>,
     /// A router preset; the other keys override its values.
     #[serde(default)]
-    pub preset: Option<crate::RouterPreset>,
+    pub preset: Option<crate::native::RouterPreset>,
     /// The region the router joins (instead of `upstream`).
     #[serde(default)]
     pub region: Option<String>,
@@ -171,7 +171,7 @@ pub struct DeviceSpec {
     pub default_via: Option<String>,
     /// Firewall of the device (inbound = arriving on any interface).
     #[serde(default)]
-    pub firewall: Option<crate::Firewall>,
+    pub firewall: Option<crate::native::Firewall>,
     /// Nameserver of the device: an IP address or a node name.
     #[serde(default)]
     pub nameserver: Option<String>,
@@ -187,7 +187,7 @@ pub struct IfaceSpec {
     pub router: String,
     /// Link condition: a preset name or a table (delay, jitter, loss, rate…).
     #[serde(default)]
-    pub link: Option<crate::LinkCondition>,
+    pub link: Option<crate::native::LinkCondition>,
     /// Which direction `link` shapes: `out` (egress), `in` (ingress) or
     /// `both` (default).
     #[serde(default)]

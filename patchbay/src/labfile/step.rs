@@ -60,7 +60,7 @@ pub struct Step {
     pub link: Option<String>,
     /// The new condition of a `link` step.
     #[serde(default)]
-    pub condition: Option<crate::LinkCondition>,
+    pub condition: Option<crate::native::LinkCondition>,
     /// Flush the NAT state of a router.
     #[serde(default)]
     pub flush_nat: Option<String>,
@@ -159,7 +159,7 @@ pub enum StepKind {
         /// Interface.
         iface: String,
         /// The condition.
-        condition: crate::LinkCondition,
+        condition: crate::native::LinkCondition,
     },
     /// Flush a router's NAT state.
     FlushNat(String),

@@ -10,7 +10,7 @@ impl Vars {
     /// Collects the variables of every node of a lab:
     /// `NODE.ip`, `NODE.ip6`, `NODE.IFACE.ip`, `NODE.IFACE.ip6`, and for
     /// routers `NODE.lan_ip`, `NODE.lan_ip6`.
-    pub fn from_lab(lab: &crate::Lab) -> Vars {
+    pub fn from_lab(lab: &crate::native::Lab) -> Vars {
         let mut v = BTreeMap::new();
         for name in lab.node_names() {
             let Some(node) = lab.node(&name) else {

@@ -45,7 +45,7 @@ impl NatConfig {
 /// A router modelled on a real-world deployment (upstream patchbay's
 /// `RouterPreset`, plus `Mobile`). In TOML: `preset = "home"` on a
 /// `[[router]]`; keys set next to it override the preset's values, as
-/// builder calls after [`crate::RouterBuilder::preset`] do.
+/// builder calls after [`crate::native::RouterBuilder::preset`] do.
 ///
 /// Presets also set the LAN's IP support as upstream does
 /// ([`RouterPreset::ip_support`]): `PublicV4` and `Hotel` are v4-only,

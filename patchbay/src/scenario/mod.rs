@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::{Device, Lab, LabOpts};
+use crate::{native::Device, native::Lab, LabOpts};
 pub use fidelity::{Fidelity, check};
 pub use trace::{Trace, TraceEvent};
 

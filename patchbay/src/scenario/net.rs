@@ -8,7 +8,7 @@ use super::trace::{Recorder, Trace, on_port};
 use super::{
     LabCtx, ScenarioError, Size, budget, errno_name, io_err, pair, scenario_lab, settle, unexpected,
 };
-use crate::{ConntrackTimeouts, Direction, Nat};
+use crate::{native::ConntrackTimeouts, Direction, native::Nat};
 
 const UDP_PORT: u16 = 7200;
 const TCP_PORT: u16 = 7300;

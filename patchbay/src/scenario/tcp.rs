@@ -11,7 +11,7 @@ use super::trace::{Recorder, Trace, on_port};
 use super::{
     LabCtx, ScenarioError, Size, budget, errno_name, io_err, pair, scenario_lab, settle, unexpected,
 };
-use crate::{Device, Direction, Lab};
+use crate::{native::Device, Direction, native::Lab};
 
 const PORT: u16 = 7100;
 /// `TCP_FIN_WAIT2` in `include/net/tcp_states.h` (also the substate a

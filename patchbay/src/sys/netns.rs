@@ -100,10 +100,6 @@ struct Inner {
     mnt: OwnedFd,
     /// The worker's runtime, for tasks that must be `tokio` tasks (the compat layer's
     /// `JoinHandle`s).
-    #[cfg_attr(
-        not(feature = "compat"),
-        expect(dead_code, reason = "read by the compat layer only")
-    )]
     rt: tokio::runtime::Handle,
     tx: Mutex<Option<mpsc::UnboundedSender<Msg>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -243,7 +239,6 @@ impl Netns {
 
     /// The worker's tokio runtime (a current-thread runtime driven by the worker): tasks
     /// spawned on it run on the worker, inside the namespace.
-    #[cfg(feature = "compat")]
     pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
         &self.inner.rt
     }

@@ -95,7 +95,6 @@ pub fn init_userns() -> Result<(), UsernsError> {
 ///
 /// # Safety
 /// Call it only from a single-threaded constructor (`#[ctor::ctor]`), as upstream requires.
-#[cfg(feature = "compat")]
 pub unsafe fn init_userns_for_ctor() {
     if let Err(e) = init_userns() {
         eprintln!("patchbay: {e}");

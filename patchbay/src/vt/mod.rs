@@ -50,23 +50,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use error::VtError;
-pub use kernel::{GuestProcesses, UmlKernel, probe as probe_kernel};
+pub use kernel::GuestProcesses;
+internal! {
+    pub use kernel::{UmlKernel, probe as probe_kernel};
+}
 pub use locate::find_uml_binary;
 pub use root::GuestRoot;
+pub(crate) use rundir::RESULT_FILES;
 
 /// Environment variable naming the UML `linux` binary; overrides the search.
 pub const UML_ENV: &str = "PATCHBAY_UML";
-
-/// Files the guest writes into the results directory; stale ones are removed before a run.
-pub(crate) const RESULT_FILES: &[&str] = &[
-    "stdout",
-    "stderr",
-    "exit_code",
-    "uptime",
-    "clock",
-    "error",
-    root::KEEP_ERROR,
-];
 
 /// The guest's wall clock at boot in seeded virtual-time runs (`time-travel-start`):
 /// 2026-01-01T00:00:00Z, in seconds since the Unix epoch.
@@ -77,7 +70,7 @@ pub const GUEST_EPOCH: u64 = 1_767_225_600;
 pub const SEED_ENV: &str = "PATCHBAY_VT_SEED";
 
 /// The default virtual uptime at which the command starts ([`VtOpts::uptime`]).
-pub const DEFAULT_UPTIME: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_UPTIME: Duration = Duration::from_secs(300);
 
 /// How the guest clock runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -181,6 +174,7 @@ impl Default for VtOpts {
 
 /// The result of a command that ran to completion in the guest.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct VtOutcome {
     /// The command's exit code (128 + N when killed by signal N).
     pub exit_code: i32,
@@ -200,12 +194,12 @@ pub struct VtOutcome {
     pub virtual_elapsed: Option<Duration>,
     /// Host wall-clock time from spawning UML to the guest reporting the command's end (the
     /// rest of [`VtOutcome::wall`] is power-off).
-    pub command_end_wall: Option<Duration>,
+    pub(crate) command_end_wall: Option<Duration>,
     /// `PATCHBAY-VT-MARK <name>` lines the guest wrote to `/dev/console`, with the host
     /// wall-clock time since spawning UML at which each arrived (for profiling).
     pub marks: Vec<(String, Duration)>,
-    /// The kernel that ran, as probed.
-    pub kernel: UmlKernel,
+    /// The kernel that ran, as probed (for the command line's report).
+    pub(crate) kernel: UmlKernel,
     /// Whether guest processes ran under seccomp (else ptrace).
     pub seccomp: bool,
     /// The seed the run used ([`VtOpts::seed`], or the random one chosen); `None` when the

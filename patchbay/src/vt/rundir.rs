@@ -5,6 +5,17 @@ use std::path::{Path, PathBuf};
 
 use super::{VtError, io};
 
+/// Files the guest writes into the results directory; stale ones are removed before a run.
+pub(crate) const RESULT_FILES: &[&str] = &[
+    "stdout",
+    "stderr",
+    "exit_code",
+    "uptime",
+    "clock",
+    "error",
+    super::root::KEEP_ERROR,
+];
+
 /// Creates (if needed) and canonicalizes a caller-given results dir, removing stale results.
 pub(crate) fn prepare_results(dir: &Path, result_files: &[&str]) -> Result<PathBuf, VtError> {
     std::fs::create_dir_all(dir).map_err(io("creating the results dir", dir))?;

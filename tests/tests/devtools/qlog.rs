@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::{Context, ensure};
-use patchbay::{Lab, LabOpts, Nat};
+use patchbay::{native::Lab, native::LabOpts, native::Nat};
 use serde_json::Value;
 
 use super::*;
