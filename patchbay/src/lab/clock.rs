@@ -58,12 +58,12 @@ impl LabClock {
     }
 
     /// The wall-clock duration of a virtual one.
-    pub(crate) fn to_wall(self, virtual_time: Duration) -> Duration {
+    pub fn to_wall(self, virtual_time: Duration) -> Duration {
         self.scale.to_wall(virtual_time)
     }
 
     /// The virtual duration of a wall-clock one.
-    pub(crate) fn to_virtual(self, wall: Duration) -> Duration {
+    pub fn to_virtual(self, wall: Duration) -> Duration {
         self.scale.to_virtual(wall)
     }
 
