@@ -10,17 +10,23 @@
 mod dns;
 mod duration;
 mod error;
-mod exec;
-mod mobility;
 mod mobility_check;
-mod programs;
-mod run;
 mod schema;
 mod step;
-mod subst;
 mod validate;
+// The runner, which only the command line (and, with `internals`, the tests) calls.
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
+mod exec;
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
+mod mobility;
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
+mod programs;
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
+mod run;
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
+mod subst;
 
-// The loader is the API: read and check a file (`LabFile`), run it (`run`), read the report.
+// The loader is the API: read and check a file (`LabFile`).
 // The schema's sections are the file format (docs/toml.md), not Rust API; they stay
 // crate-private so the format can grow.
 pub use error::{Entry, InvalidEntry, LabFileError};

@@ -50,7 +50,8 @@ pub struct UmlKernel {
 
 impl UmlKernel {
     /// Why this kernel runs its guest processes under ptrace, or `None` when it uses seccomp
-    /// under `mode`.
+    /// under `mode`. (The command line's report.)
+    #[cfg_attr(not(feature = "cli"), allow(dead_code))]
     pub fn ptrace_reason(&self, mode: GuestProcesses) -> Option<String> {
         match mode {
             GuestProcesses::Ptrace => Some("ptrace was asked for".into()),

@@ -194,11 +194,13 @@ pub struct VtOutcome {
     pub virtual_elapsed: Option<Duration>,
     /// Host wall-clock time from spawning UML to the guest reporting the command's end (the
     /// rest of [`VtOutcome::wall`] is power-off).
+    #[cfg_attr(not(feature = "cli"), allow(dead_code))]
     pub(crate) command_end_wall: Option<Duration>,
     /// `PATCHBAY-VT-MARK <name>` lines the guest wrote to `/dev/console`, with the host
     /// wall-clock time since spawning UML at which each arrived (for profiling).
     pub marks: Vec<(String, Duration)>,
     /// The kernel that ran, as probed (for the command line's report).
+    #[cfg_attr(not(feature = "cli"), allow(dead_code))]
     pub(crate) kernel: UmlKernel,
     /// Whether guest processes ran under seccomp (else ptrace).
     pub seccomp: bool,
