@@ -78,7 +78,8 @@ pub mod cli;
 mod compat;
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 pub mod compress;
-// Parts of the builder that only `native` callers reach (tests, with `internals`).
+// The builder's modules (dns, firewall, lab, link, nat, sys, task) hold parts that only
+// `native` callers reach (tests, with `internals`): dead code is allowed without it.
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod dns;
 internal! {
@@ -86,19 +87,15 @@ internal! {
     pub mod doctor;
 }
 mod error;
-// Parts of the builder that only `native` callers reach (tests, with `internals`).
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod firewall;
 mod invalid;
 mod kernel_error;
-// Parts of the builder that only `native` callers reach (tests, with `internals`).
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod lab;
 pub mod labfile;
-// Parts of the builder that only `native` callers reach (tests, with `internals`).
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod link;
-// Parts of the builder that only `native` callers reach (tests, with `internals`).
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod nat;
 internal! {
@@ -112,10 +109,8 @@ internal! {
     #[cfg(feature = "cli")]
     pub mod serve;
 }
-// Parts of the builder that only `native` callers reach (tests, with `internals`).
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod sys;
-// Parts of the builder that only `native` callers reach (tests, with `internals`).
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod task;
 pub mod vt;
